@@ -1,0 +1,72 @@
+"""Twelve-factor configuration: everything comes from the environment, with local defaults.
+
+The defaults run against the services of a development machine (RabbitMQ and PostgreSQL on
+loopback) and the project's own TaskRouter emulator, so nothing needs setting to try it out.
+Secrets are kept out of ``repr`` so that they never reach a log line by accident.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from workers.errors import ConfigurationError
+
+DEFAULT_BROKER_URL = "amqp://guest:guest@127.0.0.1:5672//"
+DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/reservations"
+DEFAULT_TASKROUTER_BASE_URL = "https://taskrouter.twilio.com"
+# The emulator's well-known local credentials; never valid against the real Twilio.
+EMULATOR_ACCOUNT_SID = "AC" + "0" * 32
+EMULATOR_AUTH_TOKEN = "emulator-auth-token"  # noqa: S105 - public, emulator only
+
+
+@dataclass(frozen=True, slots=True)
+class TwilioCredentials:
+    """How the twilio SDK authenticates: an auth token, or an API key and secret."""
+
+    account_sid: str
+    username: str
+    password: str = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    broker_url: str = DEFAULT_BROKER_URL
+    database_url: str = field(default=DEFAULT_DATABASE_URL, repr=False)
+    taskrouter_base_url: str = DEFAULT_TASKROUTER_BASE_URL
+    twilio: TwilioCredentials = field(
+        default=TwilioCredentials(EMULATOR_ACCOUNT_SID, EMULATOR_ACCOUNT_SID, EMULATOR_AUTH_TOKEN)
+    )
+    ledger_pii_key: str | None = field(default=None, repr=False)
+    audit_api_token: str | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        return cls(
+            broker_url=env.get("CELERY_BROKER_URL", DEFAULT_BROKER_URL),
+            database_url=env.get("DATABASE_URL", DEFAULT_DATABASE_URL),
+            taskrouter_base_url=env.get("TASKROUTER_BASE_URL", DEFAULT_TASKROUTER_BASE_URL).rstrip("/"),
+            twilio=_twilio_credentials(env),
+            ledger_pii_key=env.get("LEDGER_PII_KEY") or None,
+            audit_api_token=env.get("AUDIT_API_TOKEN") or None,
+        )
+
+
+def _twilio_credentials(env: Mapping[str, str]) -> TwilioCredentials:
+    account_sid = env.get("TWILIO_ACCOUNT_SID", EMULATOR_ACCOUNT_SID)
+    api_key, api_secret = env.get("TWILIO_API_KEY"), env.get("TWILIO_API_SECRET")
+    if api_key or api_secret:
+        if not (api_key and api_secret):
+            raise ConfigurationError("TWILIO_API_KEY and TWILIO_API_SECRET must be set together")
+        return TwilioCredentials(account_sid, api_key, api_secret)
+    token = env.get("TWILIO_AUTH_TOKEN")
+    if token is None:
+        if "TWILIO_ACCOUNT_SID" in env:
+            raise ConfigurationError(
+                "TWILIO_ACCOUNT_SID is set, but neither TWILIO_AUTH_TOKEN"
+                " nor TWILIO_API_KEY and TWILIO_API_SECRET are"
+            )
+        token = EMULATOR_AUTH_TOKEN
+    return TwilioCredentials(account_sid, account_sid, token)
