@@ -41,3 +41,59 @@ class TransitionRefused(ReservationsError):
 
     def __str__(self) -> str:
         return self.message
+
+
+class TaskRouterError(ReservationsError):
+    """TaskRouter answered with an error, or could not be reached.
+
+    Raised only by the gateway, which is the one place that inspects twilio's exceptions and HTTP.
+    ``status`` is the HTTP status (None when no response came back), ``code`` Twilio's error code.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        status: int | None = None,
+        code: int | None = None,
+        request_id: str | None = None,
+    ) -> None:
+        super().__init__(message, status, code, request_id)
+        self.message = message
+        self.status = status
+        self.code = code
+        self.request_id = request_id
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class PreconditionFailed(TaskRouterError):
+    """HTTP 412: the reservation changed since the ETag we sent. Fetch again and re-plan."""
+
+
+class PermanentTaskRouterError(TaskRouterError):
+    """HTTP 400, 401, 403, 404 (and other 4xx): retrying the same request cannot help."""
+
+
+class TransientTaskRouterError(TaskRouterError):
+    """HTTP 5xx, a time-out or a dropped connection: retry later with backoff.
+
+    ``retry_after`` is the server's ``Retry-After`` in seconds, when it sent one. After a time-out
+    or a dropped connection the update may have been applied, so the next attempt fetches first.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        status: int | None = None,
+        code: int | None = None,
+        request_id: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message, status, code, request_id)
+        self.args = (message, status, code, request_id, retry_after)
+        self.retry_after = retry_after
+
+
+class Throttled(TransientTaskRouterError):
+    """HTTP 429: too many requests. Wait at least ``retry_after`` seconds."""

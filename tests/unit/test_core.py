@@ -13,7 +13,16 @@ from workers.core.state_machine import (
     status_after_instruction,
     status_after_system_event,
 )
-from workers.errors import ConfigurationError, InvalidParameter, ReservationsError, TransitionRefused
+from workers.errors import (
+    ConfigurationError,
+    InvalidParameter,
+    PermanentTaskRouterError,
+    PreconditionFailed,
+    ReservationsError,
+    Throttled,
+    TransientTaskRouterError,
+    TransitionRefused,
+)
 
 SID = "WR" + "a" * 32
 
@@ -171,6 +180,10 @@ def test_system_events_only_from_pending() -> None:
         ConfigurationError("bad env"),
         InvalidParameter("MaxParticipants", "too big"),
         TransitionRefused("Reservation WR... is not currently in a Pending state."),
+        PreconditionFailed("HTTP 412: Precondition Failed", 412, 20412, "RQ1"),
+        PermanentTaskRouterError("HTTP 404: not found", 404, 20404, None),
+        TransientTaskRouterError("connection dropped"),
+        Throttled("HTTP 429: Too Many Requests", 429, 20429, "RQ2", retry_after=3.0),
     ],
 )
 def test_errors_survive_pickling(error: ReservationsError) -> None:
@@ -178,3 +191,4 @@ def test_errors_survive_pickling(error: ReservationsError) -> None:
     assert type(copy) is type(error)
     assert str(copy) == str(error)
     assert copy.args == error.args
+    assert vars(copy) == vars(error)

@@ -1,0 +1,1 @@
+"""The edge that talks to TaskRouter (through the twilio SDK, never raw HTTP)."""

@@ -1,0 +1,190 @@
+"""The TaskRouter gateway: fetch and update reservations through the twilio SDK.
+
+The one place that talks to TaskRouter and the one place that inspects twilio's exceptions and HTTP
+statuses; everything above it sees :class:`ReservationState` and the project's own errors.
+
+The twilio client is not documented as thread-safe and keeps a small connection pool, so build one
+gateway per thread, greenlet or process (``TaskRouterGateway.from_settings`` does that cheaply).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import requests
+from twilio.base.exceptions import TwilioRestException, TwilioServiceException
+from twilio.http.http_client import TwilioHttpClient
+from twilio.http.response import Response
+from twilio.rest import Client
+
+from workers.config import Settings
+from workers.core.action import Action
+from workers.core.state_machine import Status
+from workers.errors import (
+    PermanentTaskRouterError,
+    PreconditionFailed,
+    TaskRouterError,
+    Throttled,
+    TransientTaskRouterError,
+)
+
+DEFAULT_TIMEOUT_SECONDS = 10.0
+# twilio's HTTP client logs every request line at INFO; our own logs say what matters, without noise.
+logging.getLogger("twilio.http_client").setLevel(logging.WARNING)
+
+
+@dataclass(frozen=True, slots=True)
+class ReservationRef:
+    """Where a reservation lives: the task-scoped endpoint when a task SID is known."""
+
+    workspace_sid: str
+    reservation_sid: str
+    task_sid: str | None = None
+    worker_sid: str | None = None
+
+    @classmethod
+    def of(cls, action: Action) -> ReservationRef:
+        return cls(action.workspace_sid, action.reservation_sid, action.task_sid, action.worker_sid)
+
+
+@dataclass(frozen=True, slots=True)
+class ReservationState:
+    """A reservation as TaskRouter last showed it, with the ETag that guards the next update."""
+
+    sid: str
+    status: Status
+    etag: str | None
+    task_sid: str
+    worker_sid: str
+    request_id: str | None
+    http_status: int
+
+
+class _RecordingHttpClient(TwilioHttpClient):  # type: ignore[misc]
+    """Keeps the last response, so an error's ``Retry-After`` and request id can be read."""
+
+    last_response: Response | None = None
+
+    def request(self, *args: Any, **kwargs: Any) -> Response:
+        self.last_response = None
+        response: Response = super().request(*args, **kwargs)
+        self.last_response = response
+        return response
+
+
+class TaskRouterGateway:
+    def __init__(self, client: Client, http_client: _RecordingHttpClient) -> None:
+        self._client = client
+        self._http = http_client
+        self._v1 = client.taskrouter.v1
+
+    @classmethod
+    def from_settings(cls, settings: Settings, timeout: float = DEFAULT_TIMEOUT_SECONDS) -> TaskRouterGateway:
+        http_client = _RecordingHttpClient(pool_connections=True, timeout=timeout)
+        credentials = settings.twilio
+        client = Client(
+            credentials.username,
+            credentials.password,
+            account_sid=credentials.account_sid,
+            http_client=http_client,
+        )
+        client.taskrouter.base_url = settings.taskrouter_base_url
+        return cls(client, http_client)
+
+    def fetch(self, ref: ReservationRef) -> ReservationState:
+        """Fetch the reservation and its ETag.
+
+        Twilio's spec declares no ETag on the worker-scoped fetch; the body carries the task SID, so
+        the ETag then comes from the task-scoped fetch of the same reservation.
+        """
+        response = self._call(lambda: self._context(ref).fetch_with_http_info())
+        state = self._state(response)
+        if state.etag is None and ref.task_sid is None:
+            task_ref = ReservationRef(ref.workspace_sid, ref.reservation_sid, task_sid=state.task_sid)
+            return self.fetch(task_ref)
+        return state
+
+    def update(
+        self, ref: ReservationRef, arguments: Mapping[str, Any], if_match: str | None
+    ) -> ReservationState:
+        """Send the update; ``if_match`` None sends it unconditionally (only replays do that)."""
+        kwargs = dict(arguments)
+        if if_match is not None:
+            kwargs["if_match"] = if_match
+        response = self._call(lambda: self._context(ref).update_with_http_info(**kwargs))
+        return self._state(response)
+
+    def _context(self, ref: ReservationRef) -> Any:
+        workspace = self._v1.workspaces(ref.workspace_sid)
+        if ref.task_sid is not None:
+            return workspace.tasks(ref.task_sid).reservations(ref.reservation_sid)
+        if ref.worker_sid is None:
+            raise ValueError("a reservation reference needs a task SID or a worker SID")
+        return workspace.workers(ref.worker_sid).reservations(ref.reservation_sid)
+
+    def _state(self, response: Any) -> ReservationState:
+        instance = response.data
+        headers: Mapping[str, str] = response.headers
+        return ReservationState(
+            sid=instance.sid,
+            status=Status(instance.reservation_status),
+            etag=header(headers, "ETag"),
+            task_sid=instance.task_sid,
+            worker_sid=instance.worker_sid,
+            request_id=header(headers, "Twilio-Request-Id"),
+            http_status=response.status_code,
+        )
+
+    def _call(self, request: Any) -> Any:
+        try:
+            return request()
+        except (TwilioRestException, TwilioServiceException) as exc:
+            raise self._translate(exc) from exc
+        except requests.Timeout as exc:
+            raise TransientTaskRouterError(f"TaskRouter did not answer in time: {exc}") from exc
+        except requests.ConnectionError as exc:
+            raise TransientTaskRouterError(f"TaskRouter connection failed: {exc}") from exc
+
+    def _translate(self, exc: TwilioRestException | TwilioServiceException) -> TaskRouterError:
+        status = int(exc.status)
+        code = int(exc.code) if exc.code is not None else None
+        headers: Mapping[str, str] = self._http.last_response.headers if self._http.last_response else {}
+        request_id = header(headers, "Twilio-Request-Id")
+        message = _message(exc)
+        if status == 412:
+            return PreconditionFailed(message, status, code, request_id)
+        if status == 429:
+            return Throttled(
+                message, status, code, request_id, retry_after=_seconds(header(headers, "Retry-After"))
+            )
+        if status >= 500:
+            retry_after = _seconds(header(headers, "Retry-After"))
+            return TransientTaskRouterError(message, status, code, request_id, retry_after)
+        return PermanentTaskRouterError(message, status, code, request_id)
+
+
+def header(headers: Mapping[str, str], name: str) -> str | None:
+    """A header's value whatever its casing: the SDK hands back a plain, case-sensitive dict."""
+    wanted = name.lower()
+    for key, value in headers.items():
+        if key.lower() == wanted:
+            return value
+    return None
+
+
+def _seconds(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None  # an HTTP date; rare from Twilio, and our backoff still applies
+
+
+def _message(exc: TwilioRestException | TwilioServiceException) -> str:
+    if isinstance(exc, TwilioServiceException):
+        return f"HTTP {exc.status} {exc.title}: {exc.detail or ''}".strip()
+    return f"HTTP {exc.status}: {exc.msg}"
