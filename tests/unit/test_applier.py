@@ -1,0 +1,160 @@
+"""The If-Match protocol, against fakes of the ledger and the gateway."""
+
+from __future__ import annotations
+
+import random
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from tests.fakes import FakeGateway, FakeLedger
+from workers.applier import ActionApplier, CachedReservation, Delivery, Done, RetryLater
+from workers.core.action import Action, ActionKind
+from workers.core.planner import Outcome
+from workers.core.retry import RetryPolicy
+from workers.core.state_machine import Status
+from workers.errors import PermanentTaskRouterError, Throttled, TransientTaskRouterError
+
+NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
+WS, WT, WR = "WS" + "1" * 32, "WT" + "2" * 32, "WR" + "3" * 32
+
+
+def make(kind: ActionKind = ActionKind.ACCEPT, **fields: Any) -> Action:
+    return Action(uuid.uuid4(), kind, WS, WR, task_sid=WT, **fields)
+
+
+def applier(ledger: FakeLedger, gateway: FakeGateway, **policy: Any) -> ActionApplier:
+    return ActionApplier(
+        ledger,
+        gateway,
+        RetryPolicy(**policy),
+        rng=random.Random(3),
+        clock=lambda: NOW,
+        sleep=lambda _: None,
+    )
+
+
+def test_accept_is_applied_with_one_fetch_and_one_update() -> None:
+    ledger, gateway = FakeLedger(), FakeGateway()
+    result = applier(ledger, gateway).apply(make())
+    assert result == Done(Outcome.APPLIED, "applied")
+    assert (gateway.fetches, gateway.updates) == (1, 1)
+    assert gateway.status is Status.ACCEPTED
+    assert ledger.kinds() == ["transition", "settled"]
+    assert ledger.rows[0][1] == {"from": Status.PENDING, "to": Status.ACCEPTED, "before": "0", "after": "1"}
+    assert ledger.locked == [WR]
+
+
+def test_cached_etag_saves_the_fetch() -> None:
+    ledger, gateway = FakeLedger(), FakeGateway(status=Status.ACCEPTED, version=4)
+    ledger.cache[WR] = CachedReservation(Status.ACCEPTED, "4")
+    assert applier(ledger, gateway).apply(make(ActionKind.COMPLETE)).outcome is Outcome.APPLIED  # type: ignore[union-attr]
+    assert (gateway.fetches, gateway.updates) == (0, 1)
+
+
+def test_stale_cache_costs_a_412_then_a_fetch() -> None:
+    ledger, gateway = FakeLedger(), FakeGateway(status=Status.ACCEPTED, version=6)
+    ledger.cache[WR] = CachedReservation(Status.ACCEPTED, "4")
+    assert applier(ledger, gateway).apply(make(ActionKind.COMPLETE)).outcome is Outcome.APPLIED  # type: ignore[union-attr]
+    assert ledger.kinds() == ["conflict", "transition", "settled"]
+    assert (gateway.fetches, gateway.updates) == (1, 2)
+
+
+def test_cache_never_decides_that_nothing_is_to_be_sent() -> None:
+    ledger, gateway = FakeLedger(), FakeGateway(status=Status.PENDING, version=2)
+    ledger.cache[WR] = CachedReservation(Status.ACCEPTED, "1")  # stale: says already accepted
+    assert applier(ledger, gateway).apply(make()).outcome is Outcome.APPLIED  # type: ignore[union-attr]
+    assert gateway.fetches == 1
+
+
+def test_412s_are_retried_immediately_then_fall_back_to_a_delayed_retry() -> None:
+    ledger, gateway = FakeLedger(), FakeGateway(interference=2)
+    assert applier(ledger, gateway).apply(make()).outcome is Outcome.APPLIED  # type: ignore[union-attr]
+    assert ledger.kinds() == ["conflict", "conflict", "transition", "settled"]
+
+    ledger, gateway = FakeLedger(), FakeGateway(interference=10)
+    result = applier(ledger, gateway, immediate_conflict_tries=3).apply(make())
+    assert isinstance(result, RetryLater)
+    assert result.fetch_first
+    assert ledger.kinds() == ["conflict"] * 4
+    assert ledger.outcomes == {}
+
+
+def test_already_in_target_state_sends_nothing() -> None:
+    ledger, gateway = FakeLedger(), FakeGateway(status=Status.ACCEPTED)
+    action = make()
+    assert applier(ledger, gateway).apply(action).outcome is Outcome.ALREADY_APPLIED  # type: ignore[union-attr]
+    assert gateway.updates == 0
+    assert ledger.outcomes == {action.action_id: Outcome.ALREADY_APPLIED}
+
+
+def test_impossible_transition_sends_nothing() -> None:
+    ledger, gateway = FakeLedger(), FakeGateway(status=Status.TIMEOUT)
+    assert applier(ledger, gateway).apply(make()).outcome is Outcome.INVALID_TRANSITION  # type: ignore[union-attr]
+    assert gateway.updates == 0
+
+
+def test_a_settled_action_is_not_applied_again() -> None:
+    ledger, gateway = FakeLedger(), FakeGateway()
+    action = make()
+    applier(ledger, gateway).apply(action)
+    again = applier(ledger, gateway).apply(action)
+    assert isinstance(again, Done)
+    assert again.outcome is Outcome.APPLIED
+    assert gateway.updates == 1
+
+
+def test_throttling_retries_later_honouring_retry_after() -> None:
+    ledger = FakeLedger()
+    gateway = FakeGateway(failures=[Throttled("HTTP 429", 429, 20429, "RQ", retry_after=9.0)])
+    result = applier(ledger, gateway, base_delay=0.5).apply(make())
+    assert isinstance(result, RetryLater)
+    assert result.delay == 9.0
+    assert ledger.kinds() == ["attempt"]
+    # The next run fetches first: the update may have landed.
+    done = applier(ledger, gateway).apply(make(), Delivery(retries=1, fetch_first=True))
+    assert isinstance(done, Done)
+
+
+def test_exhausted_retries_dead_letter_the_action() -> None:
+    ledger = FakeLedger()
+    gateway = FakeGateway(failures=[TransientTaskRouterError("HTTP 503", 503, 20503)])
+    action = make()
+    result = applier(ledger, gateway, max_delayed_retries=2).apply(action, Delivery(retries=2))
+    assert isinstance(result, Done)
+    assert result.outcome is Outcome.DEAD_LETTERED
+    assert ledger.outcomes[action.action_id] is Outcome.DEAD_LETTERED
+
+
+def test_404_fails_without_retry() -> None:
+    ledger = FakeLedger()
+    gateway = FakeGateway(failures=[PermanentTaskRouterError("HTTP 404", 404, 20404)])
+    assert applier(ledger, gateway).apply(make()).outcome is Outcome.FAILED  # type: ignore[union-attr]
+    assert gateway.updates == 1
+
+
+def test_400_after_the_target_was_reached_is_already_applied() -> None:
+    # Our earlier update timed out but landed; TaskRouter now refuses the repeat with a 400.
+    ledger, gateway = FakeLedger(), FakeGateway()
+    gateway.failures.append(PermanentTaskRouterError("HTTP 400: already accepted", 400, 20001))
+    original_update = gateway.update
+
+    def landed_then_refused(*args: Any, **kwargs: Any) -> Any:
+        gateway.status = Status.ACCEPTED
+        return original_update(*args, **kwargs)
+
+    gateway.update = landed_then_refused  # type: ignore[method-assign]
+    assert applier(ledger, gateway).apply(make()).outcome is Outcome.ALREADY_APPLIED  # type: ignore[union-attr]
+
+
+def test_not_yet_possible_waits_then_expires() -> None:
+    ledger, gateway = FakeLedger(), FakeGateway(status=Status.PENDING)
+    action = make(ActionKind.COMPLETE, not_after=NOW + timedelta(minutes=1))
+    result = applier(ledger, gateway).apply(action)
+    assert isinstance(result, RetryLater)
+    assert gateway.updates == 0
+    later = ActionApplier(ledger, gateway, clock=lambda: NOW + timedelta(minutes=2), sleep=lambda _: None)
+    assert later.apply(action, Delivery(retries=1, fetch_first=True)) == Done(
+        Outcome.EXPIRED,
+        f"past not_after {action.not_after.isoformat()}",  # type: ignore[union-attr]
+    )

@@ -1,0 +1,70 @@
+"""The broker topology: every exchange and queue the system uses, named once.
+
+Producers in any language publish to the ``reservations`` exchange (design doc, wire contract);
+the apply task's own queue is quorum, so Celery's native delayed delivery parks retry countdowns
+in the broker instead of holding them unacknowledged in a worker (RabbitMQ's ``consumer_timeout``
+would otherwise close the channel under a long countdown). Rejected and exhausted messages go to
+the dead-letter exchange with their reason in a header.
+"""
+
+from __future__ import annotations
+
+from kombu.entity import Exchange, Queue
+
+# The wire contract, version 1.
+ACTIONS_EXCHANGE = Exchange("reservations", type="topic", durable=True)
+ACTIONS_QUEUE_NAME = "reservations.actions"
+ACTIONS_ROUTING_PATTERN = "action.#"
+
+# Dead letters.
+DEAD_LETTER_EXCHANGE = Exchange("reservations.dlx", type="fanout", durable=True)
+DEAD_LETTER_QUEUE_NAME = "reservations.dead"
+REASON_HEADER = "x-reservations-reason"
+ACTION_ID_HEADER = "x-reservations-action-id"
+
+# The Celery task queue of the apply task (topic, so native delayed delivery can route to it).
+APPLY_EXCHANGE = Exchange("reservations.apply", type="topic", durable=True)
+APPLY_QUEUE_NAME = "reservations.apply"
+APPLY_ROUTING_KEY = "reservations.apply"
+# After this many deliveries (a worker dying on the same message again and again), RabbitMQ
+# dead-letters the message instead of redelivering it forever.
+DELIVERY_LIMIT = 20
+
+_QUORUM = {"x-queue-type": "quorum"}
+
+
+def routing_key_for(action: str) -> str:
+    """The routing key producers use for an action, e.g. ``action.accept``."""
+    return f"action.{action}"
+
+
+def actions_queue() -> Queue:
+    return Queue(
+        ACTIONS_QUEUE_NAME,
+        ACTIONS_EXCHANGE,
+        routing_key=ACTIONS_ROUTING_PATTERN,
+        durable=True,
+        queue_arguments={
+            **_QUORUM,
+            "x-dead-letter-exchange": DEAD_LETTER_EXCHANGE.name,
+            "x-delivery-limit": DELIVERY_LIMIT,
+        },
+    )
+
+
+def apply_queue() -> Queue:
+    return Queue(
+        APPLY_QUEUE_NAME,
+        APPLY_EXCHANGE,
+        routing_key=APPLY_ROUTING_KEY,
+        durable=True,
+        queue_arguments={
+            **_QUORUM,
+            "x-dead-letter-exchange": DEAD_LETTER_EXCHANGE.name,
+            "x-delivery-limit": DELIVERY_LIMIT,
+        },
+    )
+
+
+def dead_letter_queue() -> Queue:
+    return Queue(DEAD_LETTER_QUEUE_NAME, DEAD_LETTER_EXCHANGE, durable=True, queue_arguments=dict(_QUORUM))
