@@ -145,3 +145,36 @@ def test_delays_grow_are_capped_honour_retry_after_and_run_out() -> None:
 def test_policy_refuses_delays_that_would_trip_consumer_timeout() -> None:
     with pytest.raises(ValueError, match="consumer_timeout"):
         RetryPolicy(max_delay=3600)
+
+
+def test_action_round_trips_through_its_wire_form() -> None:
+    action = make(
+        ActionKind.CALL,
+        params={"call_from": "+15550001111", "call_url": "https://x.test/twiml", "call_accept": True},
+        expected_status=Status.PENDING,
+        not_after=NOW,
+        correlation_id="corr-1",
+        producer="routing-svc",
+    )
+    message = action.to_message()
+    assert message["schema"] == "reservation-action/v1"
+    assert message["not_after"] == "2026-11-22T12:00:00+00:00"
+    assert Action.from_message(message) == action
+    assert Action.from_message({**message, "not_after": "2026-11-22T12:00:00Z"}) == action
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"schema": "reservation-action/v2"},
+        {"action": "explode"},
+        {"action_id": "not-a-uuid"},
+        {"not_after": "2026-11-22T12:00:00"},
+        {"params": {"nonsense": 1}},
+        {"task_sid": None},
+    ],
+)
+def test_structurally_bad_messages_raise_value_error(change: dict[str, Any]) -> None:
+    message = {**make(ActionKind.ACCEPT).to_message(), **change}
+    with pytest.raises(ValueError):  # noqa: PT011 - any ValueError subclass is the contract
+        Action.from_message(message)

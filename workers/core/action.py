@@ -89,6 +89,36 @@ class Action:
             arguments["instruction"] = self.action.value
         return arguments
 
+    @classmethod
+    def from_message(cls, message: Mapping[str, Any]) -> Action:
+        """Build an action from its wire form.
+
+        Assumes the message passed the JSON Schema; raises ValueError (or KeyError) on the
+        structural errors it still meets, never anything else.
+        """
+        if message.get("schema") != SCHEMA_ID:
+            raise ValueError(f"unsupported schema {message.get('schema')!r}")
+        expected = message.get("expected_status")
+        not_after = message.get("not_after")
+        parsed_not_after = None
+        if not_after is not None:
+            parsed_not_after = datetime.fromisoformat(str(not_after).replace("Z", "+00:00"))
+            if parsed_not_after.tzinfo is None:
+                raise ValueError("not_after needs a time zone")
+        return cls(
+            action_id=uuid.UUID(str(message["action_id"])),
+            action=ActionKind(message["action"]),
+            workspace_sid=str(message["workspace_sid"]),
+            reservation_sid=str(message["reservation_sid"]),
+            task_sid=message.get("task_sid"),
+            worker_sid=message.get("worker_sid"),
+            params=dict(message.get("params") or {}),
+            expected_status=Status(expected) if expected is not None else None,
+            not_after=parsed_not_after,
+            correlation_id=message.get("correlation_id"),
+            producer=message.get("producer"),
+        )
+
     def to_message(self) -> dict[str, Any]:
         """The wire form: a JSON-ready dict of the v1 contract, without the absent fields."""
         message: dict[str, Any] = {
