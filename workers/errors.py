@@ -97,3 +97,42 @@ class TransientTaskRouterError(TaskRouterError):
 
 class Throttled(TransientTaskRouterError):
     """HTTP 429: too many requests. Wait at least ``retry_after`` seconds."""
+
+
+class UnknownResource(ReservationsError):
+    """The emulator has no such workspace, task, worker or reservation (TaskRouter's 404)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ResourceConflict(ReservationsError):
+    """The emulator's admin API was asked to create something that already exists differently."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class IfMatchMismatch(ReservationsError):
+    """The emulator's store: an update's ``If-Match`` did not name the current version (HTTP 412).
+
+    Not to be confused with :class:`PreconditionFailed`, which the gateway raises when TaskRouter
+    answers 412.
+    """
+
+    def __init__(self, sid: str, if_match: str, current: str) -> None:
+        super().__init__(sid, if_match, current)
+        self.sid = sid
+        self.if_match = if_match
+        self.current = current
+
+    def __str__(self) -> str:
+        return f"Reservation {self.sid}: If-Match {self.if_match!r} does not match the current ETag"

@@ -1,0 +1,329 @@
+"""TaskRouter's Reservation API over HTTP: routes, auth, error bodies, ETag and If-Match.
+
+The hot path (fetch and update) is kept lean for the benchmarks: no middleware, no logging,
+the accepted ``Authorization`` headers precomputed, one dict lookup for the reservation, and
+the check-and-set in one synchronous store call with no await in between.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from urllib.parse import parse_qs
+
+from aiohttp import web
+
+from workers.core.parameters import RESERVATION_STATUSES, Scope, parse_update_form
+from workers.emulator.counters import DROPPED, Counters
+from workers.emulator.faults import FaultInjector, FaultKind, Plan
+from workers.emulator.model import Reservation
+from workers.emulator.settings import BasicAuth, EmulatorSettings
+from workers.emulator.store import Store
+from workers.emulator.wire import (
+    JSON_CONTENT_TYPE,
+    REQUEST_ID_HEADER,
+    Operation,
+    encode,
+    error_body,
+    etag_headers,
+    list_envelope,
+    list_etag,
+    new_request_id,
+    parse_if_match,
+    representation,
+)
+from workers.errors import IfMatchMismatch, InvalidParameter, TransitionRefused, UnknownResource
+
+logger = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+TASK_RESERVATIONS = "/v1/Workspaces/{workspace_sid}/Tasks/{task_sid}/Reservations"
+WORKER_RESERVATIONS = "/v1/Workspaces/{workspace_sid}/Workers/{worker_sid}/Reservations"
+
+# Twilio error codes by HTTP status, with Twilio's messages.
+_FAULT_STATUS: dict[FaultKind, tuple[int, int, str]] = {
+    FaultKind.THROTTLE: (429, 20429, "Too Many Requests"),
+    FaultKind.INTERNAL_ERROR: (500, 20500, "Internal Server Error"),
+    FaultKind.UNAVAILABLE: (503, 20503, "Service Unavailable"),
+}
+MAX_PAGE_SIZE = 1000
+DEFAULT_PAGE_SIZE = 50
+
+
+class TwilioApi:
+    """The six reservation operations (fetch, update, list; task- and worker-scoped)."""
+
+    def __init__(
+        self, store: Store, counters: Counters, faults: FaultInjector, settings: EmulatorSettings
+    ) -> None:
+        self._store = store
+        self._counters = counters
+        self._faults = faults
+        self._account_sid = settings.account_sid
+        self._auth = BasicAuth(settings.credentials())
+        self._etag_names = etag_headers(settings.strict_headers)
+
+    def routes(self) -> list[web.RouteDef]:
+        item = "/{sid}"
+        return [
+            web.get(TASK_RESERVATIONS + item, _guard(self.fetch_task)),
+            web.post(TASK_RESERVATIONS + item, _guard(self.update_task)),
+            web.get(TASK_RESERVATIONS, _guard(self.list_task)),
+            web.get(WORKER_RESERVATIONS + item, _guard(self.fetch_worker)),
+            web.post(WORKER_RESERVATIONS + item, _guard(self.update_worker)),
+            web.get(WORKER_RESERVATIONS, _guard(self.list_worker)),
+        ]
+
+    async def fallback(self, request: web.Request) -> web.StreamResponse:
+        """Anything else: 401 without auth, 405 for a known path, 404 otherwise."""
+        request_id = new_request_id()
+        if not self._auth.allows(request.headers.get("Authorization")):
+            return _unauthorized(request_id)
+        if request.path.startswith("/v1/Workspaces/") and "/Reservations" in request.path:
+            return _error(405, 20004, "Method not allowed", request_id)
+        return _error(404, 20404, f"The requested resource {request.path} was not found", request_id)
+
+    # -- the six operations -------------------------------------------------------------------------
+
+    async def fetch_task(self, request: web.Request) -> web.StreamResponse:
+        info = request.match_info
+        return await self._fetch(
+            request, Scope.TASK, info["workspace_sid"], info["sid"], info["task_sid"], None
+        )
+
+    async def fetch_worker(self, request: web.Request) -> web.StreamResponse:
+        info = request.match_info
+        return await self._fetch(
+            request, Scope.WORKER, info["workspace_sid"], info["sid"], None, info["worker_sid"]
+        )
+
+    async def update_task(self, request: web.Request) -> web.StreamResponse:
+        info = request.match_info
+        return await self._update(
+            request, Scope.TASK, info["workspace_sid"], info["sid"], info["task_sid"], None
+        )
+
+    async def update_worker(self, request: web.Request) -> web.StreamResponse:
+        info = request.match_info
+        return await self._update(
+            request, Scope.WORKER, info["workspace_sid"], info["sid"], None, info["worker_sid"]
+        )
+
+    async def list_task(self, request: web.Request) -> web.StreamResponse:
+        info = request.match_info
+        return await self._list(request, Scope.TASK, info["workspace_sid"], info["task_sid"])
+
+    async def list_worker(self, request: web.Request) -> web.StreamResponse:
+        info = request.match_info
+        return await self._list(request, Scope.WORKER, info["workspace_sid"], info["worker_sid"])
+
+    # -- shared implementation ----------------------------------------------------------------------
+
+    async def _fetch(
+        self,
+        request: web.Request,
+        scope: Scope,
+        workspace_sid: str,
+        sid: str,
+        task_sid: str | None,
+        worker_sid: str | None,
+    ) -> web.StreamResponse:
+        request_id = new_request_id()
+        if not self._auth.allows(request.headers.get("Authorization")):
+            self._counters.record(Operation.FETCH, sid, 401)
+            return _unauthorized(request_id)
+        plan = self._faults.plan(Operation.FETCH, sid)
+        if plan is not None:
+            early = await self._disturb(request, plan, Operation.FETCH, sid, request_id)
+            if early is not None:
+                return early
+        reservation = self._store.find(workspace_sid, sid, task_sid=task_sid, worker_sid=worker_sid)
+        if reservation is None:
+            return self._not_found(request, Operation.FETCH, sid, request_id)
+        return self._reservation_response(request, scope, Operation.FETCH, reservation, request_id, plan)
+
+    async def _update(
+        self,
+        request: web.Request,
+        scope: Scope,
+        workspace_sid: str,
+        sid: str,
+        task_sid: str | None,
+        worker_sid: str | None,
+    ) -> web.StreamResponse:
+        request_id = new_request_id()
+        if not self._auth.allows(request.headers.get("Authorization")):
+            self._counters.record(Operation.UPDATE, sid, 401)
+            return _unauthorized(request_id)
+        plan = self._faults.plan(Operation.UPDATE, sid)
+        if plan is not None:
+            early = await self._disturb(request, plan, Operation.UPDATE, sid, request_id)
+            if early is not None:
+                return early
+        body = await request.read()
+        # From here on, no await: the lookup, the If-Match check and the change are one step.
+        if self._store.find(workspace_sid, sid, task_sid=task_sid, worker_sid=worker_sid) is None:
+            return self._not_found(request, Operation.UPDATE, sid, request_id)
+        if_match = request.headers.get("If-Match")
+        try:
+            form = parse_qs(body.decode(), keep_blank_values=True, strict_parsing=False)
+            params = parse_update_form(form, scope)
+            reservation = self._store.update(
+                sid,
+                params,
+                None if if_match is None else parse_if_match(if_match),
+                request_id,
+                concurrent_change=plan is not None and plan.concurrent_change,
+            )
+        except (InvalidParameter, TransitionRefused) as refused:
+            self._counters.record(Operation.UPDATE, sid, 400)
+            return _error(400, 20001, refused.message, request_id)
+        except UnicodeDecodeError:
+            self._counters.record(Operation.UPDATE, sid, 400)
+            return _error(400, 20001, "The request body is not valid UTF-8", request_id)
+        except IfMatchMismatch:
+            self._counters.record(Operation.UPDATE, sid, 412)
+            return _error(412, 20412, "Precondition Failed", request_id)
+        except UnknownResource:
+            return self._not_found(request, Operation.UPDATE, sid, request_id)
+        return self._reservation_response(request, scope, Operation.UPDATE, reservation, request_id, plan)
+
+    async def _list(
+        self, request: web.Request, scope: Scope, workspace_sid: str, parent_sid: str
+    ) -> web.StreamResponse:
+        request_id = new_request_id()
+        if not self._auth.allows(request.headers.get("Authorization")):
+            self._counters.record(Operation.LIST, None, 401)
+            return _unauthorized(request_id)
+        plan = self._faults.plan(Operation.LIST, None)
+        if plan is not None:
+            early = await self._disturb(request, plan, Operation.LIST, None, request_id)
+            if early is not None:
+                return early
+        if scope is Scope.TASK:
+            reservations = self._store.task_reservations(workspace_sid, parent_sid)
+        else:
+            reservations = self._store.worker_reservations(workspace_sid, parent_sid)
+        if reservations is None:
+            return self._not_found(request, Operation.LIST, None, request_id)
+        query = request.query
+        filters: dict[str, str] = {}
+        status = query.get("ReservationStatus")
+        if status is not None:
+            if status not in RESERVATION_STATUSES:
+                self._counters.record(Operation.LIST, None, 400)
+                allowed = ", ".join(RESERVATION_STATUSES)
+                message = (
+                    f"Invalid value '{status}' for parameter 'ReservationStatus': must be one of {allowed}"
+                )
+                return _error(400, 20001, message, request_id)
+            filters["ReservationStatus"] = status
+            reservations = [r for r in reservations if r.status == status]
+        worker_sid = query.get("WorkerSid") if scope is Scope.TASK else None
+        if worker_sid is not None:
+            filters["WorkerSid"] = worker_sid
+            reservations = [r for r in reservations if r.worker_sid == worker_sid]
+        raw_size = query.get("PageSize", str(DEFAULT_PAGE_SIZE))
+        if not raw_size.isdigit() or not 1 <= int(raw_size) <= MAX_PAGE_SIZE:
+            self._counters.record(Operation.LIST, None, 400)
+            message = (
+                f"Invalid value '{raw_size}' for parameter 'PageSize': must be between 1 and {MAX_PAGE_SIZE}"
+            )
+            return _error(400, 20001, message, request_id)
+        base = _base_url(request)
+        items = [representation(r, scope, base, self._account_sid) for r in reservations]
+        body = encode(list_envelope(items, base + request.path, filters, int(raw_size)))
+        headers = {REQUEST_ID_HEADER: request_id, "Content-Type": JSON_CONTENT_TYPE}
+        etag_name = self._etag_names[(scope, Operation.LIST)]
+        if etag_name is not None:
+            headers[etag_name] = list_etag(reservations)
+        self._counters.record(Operation.LIST, None, 200)
+        if plan is not None and plan.failure is FaultKind.DROP:
+            return self._drop(request, Operation.LIST, None)
+        return web.Response(body=body, headers=headers)
+
+    def _reservation_response(
+        self,
+        request: web.Request,
+        scope: Scope,
+        operation: Operation,
+        reservation: Reservation,
+        request_id: str,
+        plan: Plan | None,
+    ) -> web.StreamResponse:
+        if plan is not None and plan.failure is FaultKind.DROP:
+            # An "after_apply" drop: the work is done, the client never hears of it.
+            return self._drop(request, operation, reservation.sid)
+        body = encode(representation(reservation, scope, _base_url(request), self._account_sid))
+        headers = {REQUEST_ID_HEADER: request_id, "Content-Type": JSON_CONTENT_TYPE}
+        etag_name = self._etag_names[(scope, operation)]
+        if etag_name is not None:
+            headers[etag_name] = reservation.etag
+        self._counters.record(operation, reservation.sid, 200)
+        return web.Response(body=body, headers=headers)
+
+    async def _disturb(
+        self, request: web.Request, plan: Plan, operation: Operation, sid: str | None, request_id: str
+    ) -> web.StreamResponse | None:
+        """Carry out a fault plan's delay and early failure; None lets the request go on."""
+        if plan.delay:
+            await asyncio.sleep(plan.delay)
+        if plan.failure is None or plan.after_apply:
+            return None
+        if plan.failure is FaultKind.DROP:
+            return self._drop(request, operation, sid)
+        status, code, message = _FAULT_STATUS[plan.failure]
+        self._counters.record(operation, sid, status)
+        response = _error(status, code, message, request_id)
+        if plan.failure is FaultKind.THROTTLE:
+            response.headers["Retry-After"] = str(plan.retry_after)
+        return response
+
+    def _drop(self, request: web.Request, operation: Operation, sid: str | None) -> web.StreamResponse:
+        """Close the connection without a response (aiohttp discards what we return)."""
+        self._counters.record(operation, sid, DROPPED)
+        transport = request.transport
+        if transport is not None:
+            transport.close()
+        return web.Response(status=204)
+
+    def _not_found(
+        self, request: web.Request, operation: Operation, sid: str | None, request_id: str
+    ) -> web.StreamResponse:
+        self._counters.record(operation, sid, 404)
+        return _error(404, 20404, f"The requested resource {request.path} was not found", request_id)
+
+
+def _base_url(request: web.Request) -> str:
+    return f"{request.scheme}://{request.host}"
+
+
+def _error(status: int, code: int, message: str, request_id: str) -> web.Response:
+    return web.Response(
+        status=status,
+        body=error_body(status, code, message),
+        headers={REQUEST_ID_HEADER: request_id, "Content-Type": JSON_CONTENT_TYPE},
+    )
+
+
+def _unauthorized(request_id: str) -> web.Response:
+    response = _error(401, 20003, "Authenticate", request_id)
+    response.headers["WWW-Authenticate"] = 'Basic realm="Twilio API"'
+    return response
+
+
+def _guard(handler: Handler) -> Handler:
+    """Turn a bug into Twilio's 500 body (code 20500) instead of aiohttp's plain-text page."""
+
+    async def guarded(request: web.Request) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except (web.HTTPException, asyncio.CancelledError):
+            raise
+        except Exception:
+            logger.exception("emulator: unexpected error on %s %s", request.method, request.path)
+            return _error(500, 20500, "Internal Server Error", new_request_id())
+
+    return guarded

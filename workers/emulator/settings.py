@@ -1,0 +1,70 @@
+"""How an emulator instance is configured, and the basic-auth check that follows from it."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass, field
+
+from workers.config import EMULATOR_ACCOUNT_SID, EMULATOR_AUTH_TOKEN
+from workers.core.sids import is_sid
+from workers.emulator.store import DEFAULT_LOG_SIZE
+from workers.errors import ConfigurationError
+
+
+@dataclass(frozen=True, slots=True)
+class EmulatorSettings:
+    """One emulator's identity and behaviour.
+
+    ``strict_headers`` reproduces the ETag header spellings of Twilio's OpenAPI spec instead of
+    sending ``ETag`` on every reservation response (see ``wire.etag_headers``).
+    """
+
+    account_sid: str = EMULATOR_ACCOUNT_SID
+    auth_token: str = field(default=EMULATOR_AUTH_TOKEN, repr=False)
+    api_key: str | None = None
+    api_secret: str | None = field(default=None, repr=False)
+    strict_headers: bool = False
+    access_log: bool = False
+    log_size: int = DEFAULT_LOG_SIZE
+
+    def __post_init__(self) -> None:
+        if not is_sid(self.account_sid, "AC"):
+            raise ConfigurationError(f"The account SID {self.account_sid!r} must match ^AC[0-9a-fA-F]{{32}}$")
+        if (self.api_key is None) != (self.api_secret is None):
+            raise ConfigurationError("An API key and its secret must be given together")
+        if self.log_size < 1:
+            raise ConfigurationError("The transition log must keep at least one entry")
+
+    def credentials(self) -> list[tuple[str, str]]:
+        """The (username, password) pairs basic auth accepts."""
+        pairs = [(self.account_sid, self.auth_token)]
+        if self.api_key is not None and self.api_secret is not None:
+            pairs.append((self.api_key, self.api_secret))
+        return pairs
+
+
+class BasicAuth:
+    """Checks an ``Authorization`` header; the exact headers the SDK sends are precomputed."""
+
+    def __init__(self, credentials: list[tuple[str, str]]) -> None:
+        self._pairs = frozenset(credentials)
+        self._headers = frozenset(
+            "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+            for user, password in credentials
+        )
+
+    def allows(self, header: str | None) -> bool:
+        if header is None:
+            return False
+        if header in self._headers:
+            return True
+        scheme, _, value = header.strip().partition(" ")
+        if scheme.lower() != "basic":
+            return False
+        try:
+            decoded = base64.b64decode(value.strip(), validate=True).decode()
+        except (binascii.Error, UnicodeDecodeError):
+            return False
+        user, colon, password = decoded.partition(":")
+        return bool(colon) and (user, password) in self._pairs
