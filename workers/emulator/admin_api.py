@@ -37,12 +37,12 @@ from workers.emulator.wire import (
     JSON_CONTENT_TYPE,
     REQUEST_ID_HEADER,
     encode,
-    error_body,
     new_request_id,
     reservation_path,
 )
 from workers.errors import (
     InvalidParameter,
+    ReservationsError,
     ResourceConflict,
     TransitionRefused,
     UnknownResource,
@@ -262,12 +262,14 @@ def _json(handler: Callable[[web.Request], Awaitable[tuple[int, object]]]) -> Ha
         try:
             status, payload = await handler(request)
             body = encode(payload)
-        except (InvalidParameter, TransitionRefused) as refused:
-            status, body = 400, error_body(400, 20001, refused.message)
+        except InvalidParameter as invalid:
+            status, body = 400, _error(400, 20001, invalid, parameter=invalid.parameter)
+        except TransitionRefused as refused:
+            status, body = 400, _error(400, 20001, refused)
         except UnknownResource as missing:
-            status, body = 404, error_body(404, 20404, missing.message)
+            status, body = 404, _error(404, 20404, missing)
         except ResourceConflict as conflict:
-            status, body = 409, error_body(409, 20409, conflict.message)
+            status, body = 409, _error(409, 20409, conflict)
         return web.Response(
             status=status,
             body=body,
@@ -275,6 +277,20 @@ def _json(handler: Callable[[web.Request], Awaitable[tuple[int, object]]]) -> Ha
         )
 
     return wrapped
+
+
+def _error(status: int, code: int, error: ReservationsError, parameter: str | None = None) -> bytes:
+    """Twilio's error shape, plus the project's error class (and parameter) for the admin client."""
+    body: dict[str, object] = {
+        "code": code,
+        "message": str(error),
+        "more_info": f"https://www.twilio.com/docs/errors/{code}",
+        "status": status,
+        "error": type(error).__name__,
+    }
+    if parameter is not None:
+        body["parameter"] = parameter
+    return encode(body)
 
 
 async def _body(request: web.Request) -> Mapping[str, object]:

@@ -1,0 +1,286 @@
+"""A typed client of the emulator's admin API, for tests, the demo and the benchmarks.
+
+Admin errors come back as the project's own exceptions (``UnknownResource``,
+``ResourceConflict``, ``InvalidParameter``, ``TransitionRefused``), rebuilt from the class name
+the admin API puts in its error bodies.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, fields
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+import requests
+
+from workers.errors import (
+    InvalidParameter,
+    ReservationsError,
+    ResourceConflict,
+    TransitionRefused,
+    UnknownResource,
+)
+
+DEFAULT_TIMEOUT = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class ReservationInfo:
+    """A reservation as the admin API shows it: with its ``version`` (the ETag) and both paths."""
+
+    sid: str
+    workspace_sid: str
+    task_sid: str
+    worker_sid: str
+    worker_name: str
+    status: str
+    version: int
+    etag: str
+    date_created: str
+    date_updated: str
+    worker_activity_sid: str | None
+    task_path: str
+    worker_path: str
+
+
+@dataclass(frozen=True, slots=True)
+class TransitionInfo:
+    """One transition log entry (see ``workers.emulator.model.Transition``)."""
+
+    sequence: int
+    reservation_sid: str
+    task_sid: str
+    worker_sid: str
+    workspace_sid: str
+    from_status: str
+    to_status: str
+    version_before: int
+    version_after: int
+    source: str
+    request_id: str | None
+    requested: str
+    at: float
+    note: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class OperationCounts:
+    """Requests of one operation: the total, and by HTTP status (``"dropped"`` for drops)."""
+
+    total: int
+    by_status: Mapping[str, int]
+
+    def status(self, status: int | str) -> int:
+        return self.by_status.get(str(status), 0)
+
+
+@dataclass(frozen=True, slots=True)
+class ReservationCounts:
+    """The Twilio API requests whose path named one reservation."""
+
+    fetch: OperationCounts
+    update: OperationCounts
+
+    @property
+    def calls(self) -> int:
+        return self.fetch.total + self.update.total
+
+
+T = TypeVar("T")
+
+
+def _record(cls: type[T], payload: Mapping[str, Any]) -> T:
+    return cls(**{field.name: payload[field.name] for field in fields(cls)})  # type: ignore[arg-type]
+
+
+def _operation(payload: Mapping[str, int]) -> OperationCounts:
+    return OperationCounts(
+        total=payload.get("total", 0), by_status={k: v for k, v in payload.items() if k != "total"}
+    )
+
+
+class EmulatorAdmin:
+    """``EmulatorAdmin("http://127.0.0.1:8099")``; use as a context manager to close its session."""
+
+    def __init__(self, base_url: str, timeout: float = DEFAULT_TIMEOUT) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._timeout = timeout
+        self._session = requests.Session()
+
+    def close(self) -> None:
+        self._session.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    # -- seeding --------------------------------------------------------------------------------
+
+    def health(self) -> dict[str, Any]:
+        return self._call("GET", "/health")
+
+    def create_workspace(self, sid: str | None = None, friendly_name: str | None = None) -> dict[str, Any]:
+        return self._call("POST", "/workspaces", {"sid": sid, "friendly_name": friendly_name})
+
+    def create_task(
+        self, workspace_sid: str | None = None, sid: str | None = None, rejections: int = 0
+    ) -> dict[str, Any]:
+        body = {"workspace_sid": workspace_sid, "sid": sid, "rejections": rejections}
+        return self._call("POST", "/tasks", body)
+
+    def task(self, sid: str) -> dict[str, Any]:
+        return self._call("GET", f"/tasks/{sid}")
+
+    def create_worker(
+        self, workspace_sid: str | None = None, sid: str | None = None, friendly_name: str | None = None
+    ) -> dict[str, Any]:
+        body = {"workspace_sid": workspace_sid, "sid": sid, "friendly_name": friendly_name}
+        return self._call("POST", "/workers", body)
+
+    def worker(self, sid: str) -> dict[str, Any]:
+        return self._call("GET", f"/workers/{sid}")
+
+    def create_reservation(
+        self,
+        *,
+        sid: str | None = None,
+        workspace_sid: str | None = None,
+        task_sid: str | None = None,
+        worker_sid: str | None = None,
+        worker_name: str | None = None,
+        status: str = "pending",
+        task_rejections: int | None = None,
+    ) -> ReservationInfo:
+        """A new reservation; missing workspace, task and worker are created with it."""
+        body = {
+            "sid": sid,
+            "workspace_sid": workspace_sid,
+            "task_sid": task_sid,
+            "worker_sid": worker_sid,
+            "worker_name": worker_name,
+            "status": status,
+            "task_rejections": task_rejections,
+        }
+        return _record(ReservationInfo, self._call("POST", "/reservations", body))
+
+    def reservation(self, sid: str) -> ReservationInfo:
+        return _record(ReservationInfo, self._call("GET", f"/reservations/{sid}"))
+
+    # -- behind the clients' backs --------------------------------------------------------------
+
+    def change(self, sid: str, action: str, *, worker_activity_sid: str | None = None) -> ReservationInfo:
+        """accept, reject, wrapup, complete (another agent), timeout, cancel, rescind (TaskRouter), touch."""
+        body = {"action": action, "worker_activity_sid": worker_activity_sid}
+        return _record(ReservationInfo, self._call("POST", f"/reservations/{sid}/change", body))
+
+    # -- inspection -----------------------------------------------------------------------------
+
+    def transitions(self, reservation_sid: str | None = None, since: int = 0) -> list[TransitionInfo]:
+        params: dict[str, str] = {"since": str(since)}
+        if reservation_sid is not None:
+            params["reservation_sid"] = reservation_sid
+        payload = self._call("GET", "/transitions", params=params)
+        return [_record(TransitionInfo, entry) for entry in payload["transitions"]]
+
+    def counters(self) -> dict[str, Any]:
+        """Everything: ``requests``, ``by_status``, ``operations`` and per-reservation counts."""
+        return self._call("GET", "/counters")
+
+    def reservation_counts(self, sid: str) -> ReservationCounts:
+        payload = self._call("GET", "/counters", params={"reservation_sid": sid})
+        return ReservationCounts(fetch=_operation(payload["fetch"]), update=_operation(payload["update"]))
+
+    def reset_counters(self) -> None:
+        self._call("POST", "/counters/reset")
+
+    def reset(self) -> None:
+        """Forget every resource, transition, counter and fault."""
+        self._call("POST", "/reset")
+
+    # -- faults ---------------------------------------------------------------------------------
+
+    def add_fault(
+        self,
+        kind: str,
+        *,
+        rate: float = 1.0,
+        seed: int = 0,
+        operations: Iterable[str] | None = None,
+        reservation_sids: Iterable[str] | None = None,
+        latency_ms: float = 0.0,
+        jitter_ms: float = 0.0,
+        retry_after: int = 1,
+        after_apply: bool = False,
+    ) -> str:
+        """Add a fault (latency, throttle, internal_error, unavailable, drop, conflict_storm); its id."""
+        body: dict[str, Any] = {
+            "kind": kind,
+            "rate": rate,
+            "seed": seed,
+            "latency_ms": latency_ms,
+            "jitter_ms": jitter_ms,
+            "retry_after": retry_after,
+            "after_apply": after_apply,
+        }
+        if operations is not None:
+            body["operations"] = list(operations)
+        if reservation_sids is not None:
+            body["reservation_sids"] = list(reservation_sids)
+        return str(self._call("POST", "/faults", body)["id"])
+
+    def faults(self) -> list[dict[str, Any]]:
+        return list(self._call("GET", "/faults")["faults"])
+
+    def remove_fault(self, fault_id: str) -> None:
+        self._call("DELETE", f"/faults/{fault_id}")
+
+    def clear_faults(self) -> None:
+        self._call("DELETE", "/faults")
+
+    # -- plumbing -------------------------------------------------------------------------------
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        body: Mapping[str, Any] | None = None,
+        params: Mapping[str, str] | None = None,
+    ) -> dict[str, Any]:
+        json_body: dict[str, Any] | None = None
+        if body is not None:
+            json_body = {key: value for key, value in body.items() if value is not None}
+        response = self._session.request(
+            method,
+            f"{self.base_url}/_emulator{path}",
+            json=json_body,
+            params=params,
+            timeout=self._timeout,
+        )
+        try:
+            payload = response.json()
+        except ValueError:
+            payload = {"message": response.text}
+        if response.status_code >= 400:
+            raise _error(response.status_code, payload)
+        if not isinstance(payload, dict):
+            raise ReservationsError(f"emulator admin API: unexpected answer to {method} {path}")
+        return payload
+
+
+def _error(status: int, payload: Mapping[str, Any]) -> ReservationsError:
+    message = str(payload.get("message", f"HTTP {status}"))
+    kind = payload.get("error")
+    if kind == "InvalidParameter":
+        return InvalidParameter(str(payload.get("parameter", "")), message)
+    if kind == "TransitionRefused":
+        return TransitionRefused(message)
+    if kind == "UnknownResource":
+        return UnknownResource(message)
+    if kind == "ResourceConflict":
+        return ResourceConflict(message)
+    return ReservationsError(f"emulator admin API: HTTP {status}: {message}")
