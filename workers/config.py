@@ -39,6 +39,8 @@ class Settings:
         default=TwilioCredentials(EMULATOR_ACCOUNT_SID, EMULATOR_ACCOUNT_SID, EMULATOR_AUTH_TOKEN)
     )
     ledger_pii_key: str | None = field(default=None, repr=False)
+    # The role that owns the ledger's tables runs migrations; defaults to DATABASE_URL.
+    ledger_migration_url: str | None = field(default=None, repr=False)
     audit_api_token: str | None = field(default=None, repr=False)
 
     @classmethod
@@ -50,8 +52,14 @@ class Settings:
             taskrouter_base_url=env.get("TASKROUTER_BASE_URL", DEFAULT_TASKROUTER_BASE_URL).rstrip("/"),
             twilio=_twilio_credentials(env),
             ledger_pii_key=env.get("LEDGER_PII_KEY") or None,
+            ledger_migration_url=env.get("LEDGER_MIGRATION_URL") or None,
             audit_api_token=env.get("AUDIT_API_TOKEN") or None,
         )
+
+    @property
+    def migration_url(self) -> str:
+        """Where ``reservations migrate`` connects: LEDGER_MIGRATION_URL, else DATABASE_URL."""
+        return self.ledger_migration_url or self.database_url
 
 
 def _twilio_credentials(env: Mapping[str, str]) -> TwilioCredentials:

@@ -136,3 +136,41 @@ class IfMatchMismatch(ReservationsError):
 
     def __str__(self) -> str:
         return f"Reservation {self.sid}: If-Match {self.if_match!r} does not match the current ETag"
+
+
+class LedgerError(ReservationsError):
+    """The ledger could not do what was asked of it."""
+
+
+class LedgerUnavailable(LedgerError):
+    """The ledger's database cannot be reached, or refused the connection."""
+
+
+class AppendOnlyViolation(LedgerError):
+    """The ledger is append-only: an UPDATE, DELETE or TRUNCATE of its rows was refused."""
+
+
+class LedgerPermissionDenied(LedgerError):
+    """The ledger's database role may not do this (the writer only inserts and selects)."""
+
+
+class UnknownAction(LedgerError):
+    """No action with this ``action_id`` was ever recorded as received."""
+
+    def __init__(self, action_id: str) -> None:
+        super().__init__(action_id)
+        self.action_id = action_id
+
+    def __str__(self) -> str:
+        return f"no action {self.action_id} was recorded as received"
+
+
+class MigrationError(LedgerError):
+    """The database's migrations cannot be reconciled with the ones this code ships."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message

@@ -1,0 +1,1 @@
+"""The PostgreSQL ledger: append-only, tamper-evident, replayable (design doc, "The ledger")."""

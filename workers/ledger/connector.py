@@ -1,0 +1,161 @@
+"""The ledger's only door to PostgreSQL: connections, the pool, the role, error translation.
+
+This is the one module that looks at psycopg's exceptions; everything above it sees the
+project's own (:mod:`workers.errors`). Every connection it hands out runs as one of the
+ledger's roles (``SET ROLE``), so that even with a superuser ``DATABASE_URL`` the application
+cannot update the ledger or switch off its guards.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+import psycopg_pool
+from psycopg import errors as pg_errors
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.types.numeric import IntLoader
+
+from workers.errors import (
+    AppendOnlyViolation,
+    LedgerError,
+    LedgerPermissionDenied,
+    LedgerUnavailable,
+    UnknownAction,
+)
+from workers.ledger.models import Role
+
+APPEND_ONLY_SQLSTATE = "RL001"
+UNKNOWN_ACTION_SQLSTATE = "RL002"
+_UUID = re.compile(r"[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}")
+
+Connection = psycopg.Connection[Any]
+
+
+@contextmanager
+def translated() -> Iterator[None]:
+    """Turn driver errors into the project's errors, keeping the driver's as the cause."""
+    try:
+        yield
+    except psycopg_pool.PoolTimeout as exc:
+        raise LedgerUnavailable(f"no ledger connection available: {exc}") from exc
+    except psycopg.Error as exc:
+        raise _translate(exc) from exc
+
+
+def _translate(exc: psycopg.Error) -> LedgerError:
+    message = (exc.diag.message_primary or str(exc)).strip()
+    if exc.sqlstate == APPEND_ONLY_SQLSTATE:
+        return AppendOnlyViolation(message)
+    if exc.sqlstate == UNKNOWN_ACTION_SQLSTATE:
+        found = _UUID.search(message)
+        return UnknownAction(found.group(0) if found else message)
+    if isinstance(exc, pg_errors.InsufficientPrivilege):
+        return LedgerPermissionDenied(message)
+    if isinstance(exc, psycopg.OperationalError):
+        return LedgerUnavailable(message)
+    return LedgerError(message)
+
+
+def prepare(conn: Connection, role: Role | None) -> None:
+    """Make a fresh connection ledger-ready: autocommit, xid8 as int, and the role."""
+    conn.autocommit = True
+    conn.adapters.register_loader("xid8", IntLoader)
+    if role is not None:
+        conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(role.value)))
+
+
+@contextmanager
+def connect(conninfo: str, role: Role | None, **kwargs: Any) -> Iterator[Connection]:
+    """One connection outside the pool (migrations, the CLI, tests), errors translated."""
+    with translated():
+        conn = psycopg.connect(conninfo, **kwargs)
+        try:
+            prepare(conn, role)
+            yield conn
+        finally:
+            conn.close()
+
+
+class Connector:
+    """A pool of connections that all run as ``role``."""
+
+    def __init__(
+        self,
+        conninfo: str,
+        role: Role = Role.WRITER,
+        *,
+        min_size: int = 1,
+        max_size: int = 10,
+        timeout: float = 10.0,
+        name: str = "ledger",
+    ) -> None:
+        self.role = role
+        self._pool = psycopg_pool.ConnectionPool(
+            conninfo,
+            min_size=min_size,
+            max_size=max_size,
+            timeout=timeout,
+            name=name,
+            open=False,
+            configure=self._configure,
+        )
+
+    def _configure(self, conn: Connection) -> None:
+        prepare(conn, self.role)
+
+    def open(self, wait: bool = True, timeout: float = 10.0) -> None:
+        with translated():
+            self._pool.open(wait=wait, timeout=timeout)
+
+    def close(self) -> None:
+        self._pool.close()
+
+    def __enter__(self) -> Connector:
+        self.open()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @contextmanager
+    def connection(self) -> Iterator[Connection]:
+        with translated(), self._pool.connection() as conn:
+            yield conn
+
+
+def with_database(conninfo: str, dbname: str) -> str:
+    """The same connection string, pointed at another database."""
+    return make_conninfo(conninfo, dbname=dbname)
+
+
+def database_name(conninfo: str) -> str:
+    params = conninfo_to_dict(conninfo)
+    name = params.get("dbname") or params.get("user") or "postgres"
+    return str(name)
+
+
+def ensure_database(conninfo: str, maintenance_db: str = "postgres") -> bool:
+    """Create the database ``conninfo`` names if it does not exist; True when it was created."""
+    name = database_name(conninfo)
+    with connect(with_database(conninfo, maintenance_db), None) as conn:
+        exists = conn.execute("SELECT FROM pg_database WHERE datname = %s", [name]).fetchone()
+        if exists is not None:
+            return False
+        with translated():
+            try:
+                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+            except pg_errors.DuplicateDatabase:
+                return False  # created meanwhile by a concurrent migrator
+        return True
+
+
+def drop_database(conninfo: str, maintenance_db: str = "postgres") -> None:
+    """Drop the database ``conninfo`` names, disconnecting its sessions (tests, benchmarks)."""
+    name = database_name(conninfo)
+    with connect(with_database(conninfo, maintenance_db), None) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))

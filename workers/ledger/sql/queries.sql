@@ -1,0 +1,181 @@
+-- The ledger's named queries, loaded once by workers.ledger.queries. Each starts with a
+-- "-- name: <name>" line; the comment lines that follow describe it. Write operations call the
+-- functions of the migrations, so that each is one transaction and one round trip.
+
+-- name: record_received
+-- Register an action and append its 'received' row; false when action_id was already known.
+SELECT ledger.record_received(
+    %(action_id)s, %(action)s, %(workspace_sid)s, %(reservation_sid)s, %(task_sid)s,
+    %(worker_sid)s, %(params)s, %(expected_status)s, %(not_after)s, %(correlation_id)s,
+    %(producer)s, %(worker_host)s, %(worker_pid)s
+) AS created;
+
+-- name: get_action
+-- One action's registry entry.
+SELECT action_id, action, workspace_sid, reservation_sid, task_sid, worker_sid, params,
+       expected_status, not_after, correlation_id, producer, received_at, attempts, outcome,
+       outcome_at, redrives
+  FROM ledger.actions
+ WHERE action_id = %(action_id)s;
+
+-- name: record_step
+-- Append an attempt, a conflict or a redrive of a received action.
+SELECT ledger.record_step(
+    %(kind)s, %(action_id)s, %(attempt)s, %(http_status)s, %(twilio_error_code)s,
+    %(twilio_request_id)s, %(duration_ms)s, %(from_status)s, %(to_status)s, %(etag_before)s,
+    %(etag_after)s, %(detail)s, %(worker_host)s, %(worker_pid)s
+) AS position;
+
+-- name: record_transition
+-- Append a transition, update the projection and settle the action's outcome, in one transaction.
+SELECT transition_position, outcome_position, outcome
+  FROM ledger.record_transition(
+    %(action_id)s, %(reservation_sid)s, %(workspace_sid)s, %(task_sid)s, %(worker_sid)s,
+    %(from_status)s, %(to_status)s, %(etag_before)s, %(etag_after)s, %(attempt)s,
+    %(http_status)s, %(twilio_request_id)s, %(duration_ms)s, %(outcome)s, %(detail)s,
+    %(worker_host)s, %(worker_pid)s
+);
+
+-- name: record_outcome
+-- Settle an action without a transition; the first outcome recorded wins.
+SELECT outcome_position, outcome
+  FROM ledger.record_outcome(
+    %(action_id)s, %(outcome)s, %(http_status)s, %(twilio_error_code)s, %(twilio_request_id)s,
+    %(detail)s, %(worker_host)s, %(worker_pid)s
+);
+
+-- name: record_rejected_input
+-- Append a message that broke the schema.
+SELECT ledger.record_rejected_input(
+    %(action_id)s, %(action)s, %(workspace_sid)s, %(reservation_sid)s, %(task_sid)s,
+    %(worker_sid)s, %(params)s, %(correlation_id)s, %(producer)s, %(detail)s, %(worker_host)s,
+    %(worker_pid)s
+) AS position;
+
+-- name: get_reservation
+-- The projection's row for one reservation: its cached status and ETag.
+SELECT reservation_sid, workspace_sid, task_sid, worker_sid, status, etag, last_position, updated_at
+  FROM ledger.reservations
+ WHERE reservation_sid = %(reservation_sid)s;
+
+-- name: all_reservations
+-- The whole projection, for comparison with a rebuild.
+SELECT reservation_sid, workspace_sid, task_sid, worker_sid, status, etag, last_position, updated_at
+  FROM ledger.reservations
+ ORDER BY reservation_sid;
+
+-- name: transitions_in_chain_order
+-- What the projection is folded from: every transition, each reservation's in chain order.
+SELECT * FROM ledger.events WHERE kind = 'transition' ORDER BY chain_key, chain_seq;
+
+-- name: clear_projection
+-- Empty the projection before a rebuild (owner only).
+DELETE FROM ledger.reservations;
+
+-- name: insert_projection
+-- One row of a rebuilt projection (owner only).
+INSERT INTO ledger.reservations (
+    reservation_sid, workspace_sid, task_sid, worker_sid, status, etag, last_position, updated_at
+) VALUES (
+    %(reservation_sid)s, %(workspace_sid)s, %(task_sid)s, %(worker_sid)s, %(status)s, %(etag)s,
+    %(last_position)s, %(updated_at)s
+);
+
+-- name: history
+-- Ledger rows in ledger order, after a cursor, only below the horizon of the oldest
+-- transaction still in flight. {filters} is composed with psycopg.sql from fixed columns.
+SELECT *
+  FROM ledger.events e
+ WHERE e.tx_id < pg_snapshot_xmin(pg_current_snapshot())
+   AND (e.tx_id, e.position) > (%(after_tx_id)s::text::xid8, %(after_position)s)
+   {filters}
+ ORDER BY e.tx_id, e.position
+ LIMIT %(limit)s;
+
+-- name: seal_checkpoint
+-- Seal the chain heads that moved since the last checkpoint.
+SELECT checkpoint_id, chains, max_position, digest FROM ledger.seal_checkpoint();
+
+-- name: verify_rows
+-- Every row whose hash, link or sequence number is wrong, with what was expected.
+SELECT position, chain_key, chain_seq, row_hash <> computed AS altered,
+       prev_hash <> coalesce(expected_prev, '\x0000000000000000000000000000000000000000000000000000000000000000'::bytea) AS broken_link,
+       chain_seq - coalesce(previous_seq, 0) - 1 AS missing_before
+  FROM (
+    SELECT e.position, e.chain_key, e.chain_seq, e.prev_hash, e.row_hash,
+           ledger.event_hash(e) AS computed,
+           lag(e.row_hash) OVER chain AS expected_prev,
+           lag(e.chain_seq) OVER chain AS previous_seq
+      FROM ledger.events e
+    WINDOW chain AS (PARTITION BY e.chain_key ORDER BY e.chain_seq)
+  ) AS checked
+ WHERE row_hash <> computed
+    OR prev_hash <> coalesce(expected_prev, '\x0000000000000000000000000000000000000000000000000000000000000000'::bytea)
+    OR chain_seq <> coalesce(previous_seq, 0) + 1
+ ORDER BY position;
+
+-- name: verify_heads
+-- Chains that end short of their head, or on another row than their head, or not at all.
+SELECT h.chain_key, h.chain_seq AS head_seq, h.head_position,
+       t.chain_seq AS tail_seq, t.position AS tail_position
+  FROM ledger.chain_heads h
+  LEFT JOIN LATERAL (
+    SELECT e.chain_seq, e.position, e.row_hash
+      FROM ledger.events e
+     WHERE e.chain_key = h.chain_key AND e.chain_seq <= h.chain_seq
+     ORDER BY e.chain_seq DESC
+     LIMIT 1
+  ) AS t ON true
+ WHERE t.chain_seq IS NULL OR t.chain_seq <> h.chain_seq OR t.row_hash <> h.head_hash
+ ORDER BY h.head_position;
+
+-- name: verify_sealed_heads
+-- Each chain's latest sealed head that the ledger no longer holds as sealed.
+SELECT s.checkpoint_id, s.chain_key, s.chain_seq, s.head_position,
+       e.position IS NULL AS missing
+  FROM (
+    SELECT DISTINCT ON (chain_key) checkpoint_id, chain_key, chain_seq, head_hash, head_position
+      FROM ledger.checkpoint_heads
+     ORDER BY chain_key, checkpoint_id DESC
+  ) AS s
+  LEFT JOIN ledger.events e ON e.chain_key = s.chain_key AND e.chain_seq = s.chain_seq
+ WHERE e.position IS NULL OR e.row_hash <> s.head_hash
+ ORDER BY s.head_position;
+
+-- name: verify_checkpoints
+-- Checkpoints whose digest or link to the previous one does not hold.
+SELECT c.checkpoint_id, c.max_position
+  FROM ledger.checkpoints c
+  LEFT JOIN ledger.checkpoints p ON p.checkpoint_id = c.checkpoint_id - 1
+  LEFT JOIN LATERAL (
+    SELECT coalesce(array_agg(h.chain_key ORDER BY h.chain_key), '{}') AS keys,
+           coalesce(array_agg(h.chain_seq ORDER BY h.chain_key), '{}') AS seqs,
+           coalesce(array_agg(encode(h.head_hash, 'hex') ORDER BY h.chain_key), '{}') AS hashes,
+           count(*) AS chains
+      FROM ledger.checkpoint_heads h
+     WHERE h.checkpoint_id = c.checkpoint_id
+  ) AS s ON true
+ WHERE c.prev_digest <> coalesce(p.digest, '\x0000000000000000000000000000000000000000000000000000000000000000'::bytea)
+    OR (p.checkpoint_id IS NULL AND c.checkpoint_id <> 1)
+    OR s.chains <> c.chains
+    OR c.digest <> ledger.checkpoint_digest(c.prev_digest, c.checkpoint_id, c.max_position, s.keys, s.seqs, s.hashes)
+ ORDER BY c.checkpoint_id;
+
+-- name: count_events
+-- How many rows the ledger holds.
+SELECT count(*) AS n FROM ledger.events;
+
+-- name: verify_unheaded_rows
+-- Rows past their chain's head, or in a chain that has no head: rows nobody appended.
+SELECT e.position, e.chain_key, e.chain_seq, h.chain_seq AS head_seq
+  FROM ledger.events e
+  LEFT JOIN ledger.chain_heads h ON h.chain_key = e.chain_key
+ WHERE h.chain_key IS NULL OR e.chain_seq > h.chain_seq
+ ORDER BY e.position;
+
+-- name: latest_checkpoint
+-- The newest checkpoint, to be noted outside the database.
+SELECT checkpoint_id, chains, max_position, digest
+  FROM ledger.checkpoints
+ ORDER BY checkpoint_id DESC
+ LIMIT 1;
