@@ -1,0 +1,95 @@
+"""Fault injection is deterministic, filterable and removable."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+from twilio.base.exceptions import TwilioRestException
+
+from tests.emulator.conftest import reservation_context
+from workers.emulator.admin import EmulatorAdmin, ReservationInfo
+from workers.errors import InvalidParameter
+
+
+def outcomes(context: Any, count: int) -> list[int]:
+    seen = []
+    for _ in range(count):
+        try:
+            context.fetch()
+            seen.append(200)
+        except TwilioRestException as error:
+            seen.append(error.status)
+    return seen
+
+
+def test_same_seed_same_sequence(client: Any, admin: EmulatorAdmin, seeded: ReservationInfo) -> None:
+    context = reservation_context(client, seeded, "task")
+    fault = admin.add_fault("throttle", rate=0.5, seed=42, operations=["fetch"])
+    first = outcomes(context, 30)
+    admin.remove_fault(fault)
+    admin.add_fault("throttle", rate=0.5, seed=42, operations=["fetch"])
+    second = outcomes(context, 30)
+    assert first == second
+    assert 0 < first.count(429) < 30
+    admin.clear_faults()
+    admin.add_fault("throttle", rate=0.5, seed=7, operations=["fetch"])
+    assert outcomes(context, 30) != first
+
+
+def test_faults_are_limited_to_their_reservations_and_operations(
+    client: Any, admin: EmulatorAdmin, seeded: ReservationInfo
+) -> None:
+    other = admin.create_reservation()
+    admin.add_fault("internal_error", reservation_sids=[seeded.sid], operations=["update"])
+    assert reservation_context(client, seeded, "task").fetch().sid == seeded.sid
+    assert reservation_context(client, other, "task").update(reservation_status="accepted").sid == other.sid
+    with pytest.raises(TwilioRestException) as refused:
+        reservation_context(client, seeded, "task").update(reservation_status="accepted")
+    assert refused.value.status == 500
+    (description,) = admin.faults()
+    assert (description["eligible"], description["fired"]) == (1, 1)
+
+
+def test_latency_delays_without_blocking_other_requests(
+    client: Any, admin: EmulatorAdmin, seeded: ReservationInfo
+) -> None:
+    admin.add_fault("latency", latency_ms=200, jitter_ms=50, operations=["fetch"])
+    started = time.monotonic()
+    reservation_context(client, seeded, "task").fetch()
+    elapsed = time.monotonic() - started
+    assert 0.2 <= elapsed < 2.0
+
+
+def test_conflict_storm_makes_updates_412_and_logs_the_touch(
+    client: Any, admin: EmulatorAdmin, seeded: ReservationInfo
+) -> None:
+    admin.add_fault("conflict_storm", rate=1.0)
+    context = reservation_context(client, seeded, "task")
+    etag = context.fetch_with_http_info().headers["ETag"]
+    with pytest.raises(TwilioRestException) as refused:
+        context.update(if_match=etag, reservation_status="accepted")
+    assert refused.value.status == 412
+    after = admin.reservation(seeded.sid)
+    assert (after.status, after.version) == ("pending", 2)
+    (touch,) = admin.transitions(seeded.sid)
+    assert (touch.source, touch.requested, touch.version_after) == ("fault", "touch", 2)
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"kind": "explode"},
+        {"kind": "throttle", "rate": 1.5},
+        {"kind": "throttle", "operations": ["delete"]},
+        {"kind": "conflict_storm", "operations": ["fetch"]},
+        {"kind": "throttle", "after_apply": True},
+        {"kind": "latency", "latency_ms": -1},
+        {"kind": "throttle", "seed": "x"},
+    ],
+)
+def test_bad_fault_specs_are_refused(admin: EmulatorAdmin, spec: dict[str, Any]) -> None:
+    kind = spec.pop("kind")
+    with pytest.raises(InvalidParameter):
+        admin.add_fault(kind, **spec)
