@@ -56,3 +56,15 @@ def test_demo_succeeds() -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "OK" in result.stdout
+
+
+def test_module_entry_point_is_the_same_command() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "workers.emulator", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 0
+    assert "--strict-headers" in result.stdout

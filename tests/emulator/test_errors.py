@@ -227,3 +227,18 @@ def test_drop_after_apply_applies_the_update_but_never_answers(
 def test_unsupported_method_is_405(client: Any, seeded: ReservationInfo) -> None:
     response = client.request("DELETE", client.taskrouter.base_url + seeded.task_path)
     assert response.status_code == 405
+
+
+@pytest.mark.parametrize(
+    ("query", "named"),
+    [({"ReservationStatus": "maybe"}, "ReservationStatus"), ({"PageSize": "0"}, "PageSize")],
+)
+def test_bad_list_filters_are_400(
+    client: Any, seeded: ReservationInfo, query: dict[str, str], named: str
+) -> None:
+    url = client.taskrouter.base_url + seeded.task_path.rsplit("/", 1)[0]
+    response = client.request("GET", url, params=query)
+    assert response.status_code == 400
+    body = json.loads(response.text)
+    assert body["code"] == 20001
+    assert named in body["message"]
