@@ -141,3 +141,9 @@ def test_reset_forgets_everything(admin: EmulatorAdmin, seeded: ReservationInfo)
         admin.reservation(seeded.sid)
     assert admin.faults() == []
     assert admin.transitions() == []
+
+
+def test_seeding_an_existing_task_keeps_its_rejections_unless_told(admin: EmulatorAdmin) -> None:
+    task = admin.create_task(rejections=5)
+    assert admin.create_task(task["workspace_sid"], task["sid"])["rejections"] == 5
+    assert admin.create_task(task["workspace_sid"], task["sid"], rejections=7)["rejections"] == 7

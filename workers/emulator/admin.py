@@ -128,7 +128,7 @@ class EmulatorAdmin:
         return self._call("POST", "/workspaces", {"sid": sid, "friendly_name": friendly_name})
 
     def create_task(
-        self, workspace_sid: str | None = None, sid: str | None = None, rejections: int = 0
+        self, workspace_sid: str | None = None, sid: str | None = None, rejections: int | None = None
     ) -> dict[str, Any]:
         body = {"workspace_sid": workspace_sid, "sid": sid, "rejections": rejections}
         return self._call("POST", "/tasks", body)

@@ -98,7 +98,7 @@ class AdminApi:
     async def create_task(self, request: web.Request) -> tuple[int, object]:
         spec = await _body(request)
         task = self._store.create_task(
-            _opt_str(spec, "workspace_sid"), _opt_str(spec, "sid"), _opt_int(spec, "rejections") or 0
+            _opt_str(spec, "workspace_sid"), _opt_str(spec, "sid"), _opt_int(spec, "rejections")
         )
         return 201, task_view(task, self._store.task_reservation_sids(task.sid))
 

@@ -133,8 +133,9 @@ class Store:
             return self._workspace(sid, friendly_name)
 
     def create_task(
-        self, workspace_sid: str | None = None, sid: str | None = None, rejections: int = 0
+        self, workspace_sid: str | None = None, sid: str | None = None, rejections: int | None = None
     ) -> Task:
+        """A task (or the existing one, its rejection count set when ``rejections`` is given)."""
         with self._lock:
             workspace = self._workspace(workspace_sid, None)
             return self._task(workspace.sid, sid, rejections)
