@@ -16,6 +16,13 @@ BEGIN
     IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'reservations_reader') THEN
         CREATE ROLE reservations_reader NOLOGIN;
     END IF;
+    -- A writer may also read as the reader (e.g. to run `reservations ledger verify`).
+    IF NOT EXISTS (
+        SELECT FROM pg_catalog.pg_auth_members m
+         WHERE m.roleid = 'reservations_reader'::regrole AND m.member = 'reservations_writer'::regrole
+    ) THEN
+        GRANT reservations_reader TO reservations_writer;
+    END IF;
 END
 $roles$;
 
@@ -86,8 +93,9 @@ CREATE INDEX events_workspace ON ledger.events (workspace_sid, tx_id, position);
 CREATE INDEX events_action ON ledger.events (action_id, tx_id, position) WHERE action_id IS NOT NULL;
 CREATE INDEX events_correlation ON ledger.events (correlation_id, tx_id, position)
     WHERE correlation_id IS NOT NULL;
-CREATE INDEX events_recorded_at ON ledger.events (recorded_at);
-CREATE INDEX events_params ON ledger.events USING gin (params jsonb_path_ops);
+-- recorded_at grows with position (the database clock at insert), so a BRIN index is enough.
+CREATE INDEX events_recorded_at ON ledger.events USING brin (recorded_at);
+CREATE INDEX events_params ON ledger.events USING gin (params jsonb_path_ops) WHERE params IS NOT NULL;
 
 -- The head of each hash chain: its last sequence number, hash and position. A chain whose tail
 -- was cut no longer ends where its head says.
@@ -99,26 +107,38 @@ CREATE TABLE ledger.chain_heads (
 );
 
 -- The canonical serialisation of a ledger row: the one definition that the chain trigger and
--- `reservations ledger verify` both hash. jsonb's text form is deterministic (object keys sorted
--- by length, then bytes); times are microseconds since the epoch, so the session's TimeZone
--- cannot change it. Changing this function breaks every existing chain: add a new one instead.
+-- `reservations ledger verify` both hash. It is the text form of a row value (PostgreSQL's record
+-- output: fields separated by commas, NULL as nothing, any field with a delimiter, quote or
+-- space double-quoted with its quotes and backslashes doubled), which is unambiguous and does
+-- not depend on session settings: the time is microseconds since the epoch, jsonb's text form is
+-- deterministic (keys sorted by length, then bytes). The leading 1 is the format's version.
+-- Changing this function breaks every existing chain: add a version 2 instead.
+-- (plpgsql rather than SQL: a SQL function over a whole row is not inlined and costs ten times more.)
 CREATE FUNCTION ledger.event_canonical(e ledger.events) RETURNS text
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
-RETURN jsonb_build_array(
-    1,
-    e.position, e.tx_id::text, e.chain_key, e.chain_seq,
-    (extract(epoch FROM e.recorded_at) * 1000000)::bigint,
-    e.kind, e.action_id, e.action,
-    e.workspace_sid, e.reservation_sid, e.task_sid, e.worker_sid,
-    e.from_status, e.to_status, e.etag_before, e.etag_after,
-    e.attempt, e.http_status, e.twilio_error_code, e.twilio_request_id, e.duration_ms,
-    e.outcome, e.worker_host, e.worker_pid, e.correlation_id, e.producer, e.params, e.detail
-)::text;
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
+AS $$
+BEGIN
+    RETURN ROW(
+        1,
+        e.position, e.tx_id, e.chain_key, e.chain_seq,
+        (extract(epoch FROM e.recorded_at) * 1000000)::bigint,
+        e.kind, e.action_id, e.action,
+        e.workspace_sid, e.reservation_sid, e.task_sid, e.worker_sid,
+        e.from_status, e.to_status, e.etag_before, e.etag_after,
+        e.attempt, e.http_status, e.twilio_error_code, e.twilio_request_id, e.duration_ms,
+        e.outcome, e.worker_host, e.worker_pid, e.correlation_id, e.producer, e.params, e.detail
+    )::text;
+END
+$$;
 
 -- row_hash = sha256(prev_hash || canonical text); the first row of a chain follows 32 zero bytes.
 CREATE FUNCTION ledger.event_hash(e ledger.events) RETURNS bytea
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
-RETURN sha256(e.prev_hash || convert_to(ledger.event_canonical(e), 'UTF8'));
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
+AS $$
+BEGIN
+    RETURN sha256(e.prev_hash || convert_to(ledger.event_canonical(e), 'UTF8'));
+END
+$$;
 
 -- The advisory lock that serialises the appends to one chain (class 0x4c454447, "LEDG").
 -- Taken before the transaction's first write, it also makes chain order agree with ledger order.
@@ -138,20 +158,23 @@ BEGIN
     PERFORM ledger.lock_chain(NEW.chain_key);
     -- The advisory lock serialises this chain's appends, so no row lock is needed here.
     SELECT * INTO head FROM ledger.chain_heads WHERE chain_key = NEW.chain_key;
-    IF NOT FOUND THEN
-        head := ROW(NEW.chain_key, 0, '\x0000000000000000000000000000000000000000000000000000000000000000'::bytea, 0);
-    END IF;
     NEW.position := nextval('ledger.events_position_seq');
     NEW.tx_id := pg_current_xact_id();
     NEW.recorded_at := clock_timestamp();
-    NEW.chain_seq := head.chain_seq + 1;
-    NEW.prev_hash := head.head_hash;
-    NEW.row_hash := ledger.event_hash(NEW);
-    INSERT INTO ledger.chain_heads AS h (chain_key, chain_seq, head_hash, head_position)
-    VALUES (NEW.chain_key, NEW.chain_seq, NEW.row_hash, NEW.position)
-    ON CONFLICT (chain_key) DO UPDATE
-        SET chain_seq = excluded.chain_seq, head_hash = excluded.head_hash,
-            head_position = excluded.head_position;
+    IF NOT FOUND THEN
+        NEW.chain_seq := 1;
+        NEW.prev_hash := '\x0000000000000000000000000000000000000000000000000000000000000000'::bytea;
+        NEW.row_hash := ledger.event_hash(NEW);
+        INSERT INTO ledger.chain_heads (chain_key, chain_seq, head_hash, head_position)
+        VALUES (NEW.chain_key, NEW.chain_seq, NEW.row_hash, NEW.position);
+    ELSE
+        NEW.chain_seq := head.chain_seq + 1;
+        NEW.prev_hash := head.head_hash;
+        NEW.row_hash := ledger.event_hash(NEW);
+        UPDATE ledger.chain_heads
+           SET chain_seq = NEW.chain_seq, head_hash = NEW.row_hash, head_position = NEW.position
+         WHERE chain_key = NEW.chain_key;
+    END IF;
     RETURN NEW;
 END
 $$;
@@ -442,16 +465,23 @@ BEGIN
         p_twilio_request_id, p_duration_ms, p_worker_host, p_worker_pid, a.correlation_id, a.producer,
         p_detail
     ) RETURNING position, recorded_at INTO t_pos, t_at;
-    INSERT INTO ledger.reservations AS x (
-        reservation_sid, workspace_sid, task_sid, worker_sid, status, etag, last_position, updated_at
-    ) VALUES (
-        p_reservation_sid, coalesce(p_workspace_sid, a.workspace_sid, r.workspace_sid),
-        coalesce(p_task_sid, a.task_sid, r.task_sid), coalesce(p_worker_sid, a.worker_sid, r.worker_sid),
-        p_to_status, p_etag_after, t_pos, t_at
-    ) ON CONFLICT (reservation_sid) DO UPDATE SET
-        workspace_sid = excluded.workspace_sid, task_sid = excluded.task_sid,
-        worker_sid = excluded.worker_sid, status = excluded.status, etag = excluded.etag,
-        last_position = excluded.last_position, updated_at = excluded.updated_at;
+    -- The chain lock is held, so nobody else can create or change this reservation's row.
+    IF r.reservation_sid IS NULL THEN
+        INSERT INTO ledger.reservations (
+            reservation_sid, workspace_sid, task_sid, worker_sid, status, etag, last_position, updated_at
+        ) VALUES (
+            p_reservation_sid, coalesce(p_workspace_sid, a.workspace_sid),
+            coalesce(p_task_sid, a.task_sid), coalesce(p_worker_sid, a.worker_sid),
+            p_to_status, p_etag_after, t_pos, t_at
+        );
+    ELSE
+        UPDATE ledger.reservations SET
+            workspace_sid = coalesce(p_workspace_sid, a.workspace_sid, r.workspace_sid),
+            task_sid = coalesce(p_task_sid, a.task_sid, r.task_sid),
+            worker_sid = coalesce(p_worker_sid, a.worker_sid, r.worker_sid),
+            status = p_to_status, etag = p_etag_after, last_position = t_pos, updated_at = t_at
+         WHERE reservation_sid = p_reservation_sid;
+    END IF;
     IF p_outcome IS NOT NULL AND p_action_id IS NOT NULL THEN
         o_pos := ledger.settle(
             a, p_outcome, p_http_status, NULL, p_twilio_request_id, p_detail, p_worker_host, p_worker_pid

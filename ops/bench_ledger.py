@@ -1,0 +1,210 @@
+"""Benchmark the ledger on a fresh database that it creates, migrates and drops.
+
+Prints:
+  1. transitions recorded per second (transition row + projection + outcome row, one
+     transaction each) with 1, 4 and 16 concurrent writers, each writer its own process and
+     connection (target: at least 2,000/s at 16 writers);
+  2. history-query latency p50/p99 for one reservation with one million rows in the ledger
+     (target: p99 under 5 ms).
+
+The million rows are bulk-loaded set-based (INSERT ... SELECT generate_series) with the chain
+trigger switched off (session_replication_role = replica, superuser only): they are filler
+with placeholder hashes, there only to make the indexes and the table the size of a busy
+ledger. The reservation that is queried is written through the real repository, so its rows
+are real appends. Run from the repository root: ``.venv/bin/python ops/bench_ledger.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import statistics
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+
+from workers.config import DEFAULT_DATABASE_URL
+from workers.core.sids import new_sid
+from workers.ledger.connector import Connector, connect, drop_database, with_database
+from workers.ledger.migrations import migrate
+from workers.ledger.models import Outcome, Role
+from workers.ledger.store import Ledger
+
+ACTIONS_PER_WRITER = 20_000
+
+
+@dataclass(frozen=True)
+class WriterJob:
+    url: str
+    writer: int
+    duration: float
+    reservations: int
+
+
+def _register_actions(url: str, writer_ids: int, reservations: int) -> None:
+    """Register the actions every writer will settle, set-based (the registry is not append-only)."""
+    with connect(url, None) as conn:
+        conn.execute(
+            """
+            INSERT INTO ledger.actions (action_id, action, workspace_sid, reservation_sid, task_sid)
+            SELECT md5(w || ':' || n)::uuid, 'accept', 'WS' || repeat('0', 32),
+                   'WR' || lpad(to_hex(w * 1000000 + n %% %(reservations)s), 32, '0'),
+                   'WT' || lpad(to_hex(w * 1000000 + n), 32, '0')
+              FROM generate_series(1, %(writers)s) AS w, generate_series(1, %(per)s) AS n
+            """,
+            {"writers": writer_ids, "per": ACTIONS_PER_WRITER, "reservations": reservations},
+        )
+
+
+def _action_id(writer: int, n: int) -> uuid.UUID:
+    import hashlib
+
+    return uuid.UUID(hashlib.md5(f"{writer}:{n}".encode()).hexdigest())  # noqa: S324 - ids, not security
+
+
+def _writer(job: WriterJob, start: multiprocessing.synchronize.Event, results: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
+    connector = Connector(job.url, Role.WRITER, min_size=1, max_size=1)
+    connector.open()
+    ledger = Ledger(connector, "bench-key")
+    start.wait()
+    deadline = time.perf_counter() + job.duration
+    done = 0
+    while time.perf_counter() < deadline and done < ACTIONS_PER_WRITER:
+        n = done + 1
+        sid = "WR" + format(job.writer * 1_000_000 + n % job.reservations, "032x")
+        ledger.record_transition(
+            sid,
+            action_id=_action_id(job.writer, n),
+            from_status="pending",
+            to_status="accepted",
+            etag_before=f"e{n}",
+            etag_after=f"e{n + 1}",
+            attempt=1,
+            http_status=200,
+            duration_ms=12,
+            outcome=Outcome.APPLIED,
+        )
+        done += 1
+    ledger.close()
+    results.put(done)
+
+
+def transitions_per_second(url: str, first: int, writers: int, duration: float, reservations: int) -> float:
+    ctx = multiprocessing.get_context("fork")
+    start = ctx.Event()
+    results: multiprocessing.Queue[int] = ctx.Queue()
+    procs = [
+        ctx.Process(target=_writer, args=(WriterJob(url, w, duration, reservations), start, results))
+        for w in range(first, first + writers)
+    ]
+    for proc in procs:
+        proc.start()
+    time.sleep(1.0)  # let every writer connect before the clock starts
+    began = time.perf_counter()
+    start.set()
+    total = sum(results.get(timeout=duration + 60) for _ in procs)
+    elapsed = time.perf_counter() - began
+    for proc in procs:
+        proc.join()
+    return total / elapsed
+
+
+def load_filler(url: str, rows: int, reservations: int) -> float:
+    began = time.perf_counter()
+    with connect(url, None) as conn:
+        conn.execute("SET session_replication_role = replica")
+        conn.execute(
+            """
+            INSERT INTO ledger.events (
+                position, tx_id, recorded_at, chain_key, chain_seq, prev_hash, row_hash, kind,
+                action_id, reservation_sid, workspace_sid, task_sid, worker_sid, from_status, to_status,
+                etag_before, etag_after, attempt, http_status, duration_ms, worker_host, worker_pid
+            )
+            SELECT nextval('ledger.events_position_seq'), pg_current_xact_id(), clock_timestamp(),
+                   'WF' || lpad(to_hex(g %% %(reservations)s), 32, '0'), g,
+                   '\\x00'::bytea, sha256(int8send(g)),
+                   (ARRAY['received', 'attempt', 'transition', 'outcome'])[1 + g %% 4],
+                   md5(g::text)::uuid,
+                   'WF' || lpad(to_hex(g %% %(reservations)s), 32, '0'), 'WS' || repeat('0', 32),
+                   'WT' || lpad(to_hex(g %% %(reservations)s), 32, '0'),
+                   'WK' || lpad(to_hex(g %% 500), 32, '0'), 'pending', 'accepted',
+                   'e' || g, 'e' || (g + 1), 1, 200, 10, 'bench', 1
+              FROM generate_series(1, %(rows)s) AS g
+            """,
+            {"rows": rows, "reservations": reservations},
+        )
+        conn.execute("ANALYZE ledger.events")
+    return time.perf_counter() - began
+
+
+def history_latency(url: str, queries: int) -> tuple[float, float, int]:
+    connector = Connector(url, Role.READER, min_size=1, max_size=1)
+    connector.open()
+    writer = Connector(url, Role.WRITER, min_size=1, max_size=1)
+    writer.open()
+    ledger, reader = Ledger(writer, "bench-key"), Ledger(connector, "bench-key")
+    sid = new_sid("WR")
+    for n in range(10):
+        ledger.record_transition(
+            sid, from_status="pending", to_status="accepted", etag_before=str(n), etag_after=str(n + 1)
+        )
+    samples = []
+    for _ in range(queries):
+        began = time.perf_counter()
+        rows = reader.history(reservation_sid=sid)
+        samples.append((time.perf_counter() - began) * 1000)
+    ledger.close()
+    reader.close()
+    quantiles = statistics.quantiles(samples, n=100)
+    return quantiles[49], quantiles[98], len(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--database-url",
+        default=os.environ.get("DATABASE_URL", DEFAULT_DATABASE_URL),
+        help="a superuser connection; the benchmark creates and drops its own database next to it"
+        " (env DATABASE_URL)",
+    )
+    parser.add_argument("--writers", default="1,4,16", help="concurrent writer counts (default 1,4,16)")
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per writer count (default 5)")
+    parser.add_argument("--rows", type=int, default=1_000_000, help="ledger rows for the history query")
+    parser.add_argument("--queries", type=int, default=2000, help="history queries to time (default 2000)")
+    parser.add_argument(
+        "--reservations", type=int, default=1000, help="reservations per writer (default 1000)"
+    )
+    args = parser.parse_args(argv)
+    writer_counts = [int(w) for w in args.writers.split(",")]
+
+    url = with_database(args.database_url, f"reservations_bench_{os.getpid()}")
+    drop_database(url)
+    migrate(url)
+    try:
+        print(f"database: {url.split('dbname=')[-1]} (fresh, dropped afterwards)")
+        _register_actions(url, sum(writer_counts), args.reservations)
+        first = 1
+        for writers in writer_counts:
+            rate = transitions_per_second(url, first, writers, args.duration, args.reservations)
+            first += writers
+            print(f"transitions/s with {writers:>2} writers: {rate:8.0f}")
+        with connect(url, None) as conn:
+            existing = conn.execute("SELECT count(*) FROM ledger.events").fetchone()
+        filler = args.rows - int(existing[0] if existing else 0)
+        seconds = load_filler(url, max(filler, 0), max(args.rows // 10, 1))
+        print(f"loaded {max(filler, 0)} filler rows in {seconds:.1f}s (ledger now ~{args.rows} rows)")
+        p50, p99, n = history_latency(url, args.queries)
+        print(
+            f"history of one reservation ({n} rows), {args.queries} queries: p50 {p50:.2f} ms, p99 {p99:.2f} ms"
+        )
+    finally:
+        drop_database(url)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
