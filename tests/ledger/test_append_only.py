@@ -1,0 +1,115 @@
+"""The database itself keeps the ledger append-only, and the application's role cannot change that."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+
+from tests.ledger.conftest import make_action, open_ledger, superuser
+from workers.errors import AppendOnlyViolation, LedgerPermissionDenied
+from workers.ledger.connector import Connector, connect
+from workers.ledger.models import Outcome, Role
+from workers.ledger.store import Ledger
+from workers.ledger.verify import verify
+
+pytestmark = pytest.mark.integration
+
+CHANGES = {
+    "UPDATE": "UPDATE ledger.events SET detail = 'changed'",
+    "DELETE": "DELETE FROM ledger.events",
+    "TRUNCATE": "TRUNCATE ledger.events",
+    "UPDATE no row": "UPDATE ledger.events SET detail = 'x' WHERE false",
+    "UPSERT": "INSERT INTO ledger.events SELECT * FROM ledger.events LIMIT 1"
+    " ON CONFLICT (position) DO UPDATE SET detail = 'x'",
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def some_rows(ledger: Ledger) -> None:
+    action = make_action()
+    ledger.record_received(action)
+    ledger.record_transition(
+        action.reservation_sid,
+        action_id=action.action_id,
+        from_status="pending",
+        to_status="accepted",
+        etag_before="1",
+        etag_after="2",
+        outcome=Outcome.APPLIED,
+    )
+
+
+@pytest.mark.parametrize("statement", list(CHANGES.values()), ids=list(CHANGES))
+def test_even_a_superuser_cannot_change_ledger_rows(db_url: str, statement: str) -> None:
+    with superuser(db_url) as conn, pytest.raises(psycopg.Error, match="append-only") as caught:
+        conn.execute(statement)  # type: ignore[arg-type]
+    assert caught.value.sqlstate == "RL001"
+    with superuser(db_url) as conn:
+        count = conn.execute("SELECT count(*) FROM ledger.events").fetchone()
+    assert count is not None
+    assert count[0] >= 3
+
+
+@pytest.mark.parametrize("statement", list(CHANGES.values())[:3], ids=list(CHANGES)[:3])
+def test_the_owner_is_refused_with_the_projects_error(db_url: str, statement: str) -> None:
+    with pytest.raises(AppendOnlyViolation, match="append-only"), connect(db_url, Role.OWNER) as conn:
+        conn.execute(statement)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "table", ["ledger.checkpoints", "ledger.checkpoint_heads"], ids=["checkpoints", "checkpoint_heads"]
+)
+def test_checkpoints_are_append_only_too(db_url: str, ledger: Ledger, table: str) -> None:
+    ledger.checkpoint()
+    with superuser(db_url) as conn:
+        for statement in (f"DELETE FROM {table}", f"TRUNCATE {table} CASCADE"):
+            with pytest.raises(psycopg.Error, match="append-only"):
+                conn.execute(statement)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "UPDATE ledger.events SET detail = 'x'",
+        "DELETE FROM ledger.events",
+        "TRUNCATE ledger.events",
+        "ALTER TABLE ledger.events DISABLE TRIGGER events_append_only",
+        "ALTER TABLE ledger.events DISABLE TRIGGER USER",
+        "DROP TRIGGER events_append_only ON ledger.events",
+        "SET session_replication_role = replica",
+        "UPDATE ledger.chain_heads SET chain_seq = 0",
+        "INSERT INTO ledger.chain_heads VALUES ('x', 1, '\\x00', 1)",
+        "CREATE OR REPLACE FUNCTION ledger.refuse_change() RETURNS trigger LANGUAGE sql AS 'SELECT NULL'",
+    ],
+)
+def test_the_writer_pool_cannot_change_or_unguard_the_ledger_even_with_a_superuser_url(
+    db_url: str, statement: str
+) -> None:
+    connector = Connector(db_url, Role.WRITER, min_size=1, max_size=1)
+    with connector:
+        with connector.connection() as conn:
+            assert conn.execute("SELECT current_user").fetchone() == ("reservations_writer",)
+        with pytest.raises(LedgerPermissionDenied), connector.connection() as conn:
+            conn.execute(statement)  # type: ignore[arg-type]
+
+
+def test_the_reader_only_reads(db_url: str) -> None:
+    with open_ledger(db_url, Role.READER) as reader:
+        assert reader.history(limit=1)
+        with pytest.raises(LedgerPermissionDenied):
+            reader.record_received(make_action())
+
+
+def test_a_writer_cannot_forge_chain_fields(db_url: str) -> None:
+    with connect(db_url, Role.WRITER) as conn:
+        row = conn.execute(
+            "INSERT INTO ledger.events (position, tx_id, recorded_at, chain_key, chain_seq, prev_hash,"
+            " row_hash, kind, reservation_sid) VALUES (-1, '1', '2000-01-01', 'forged', 99, '\\x01', '\\x02',"
+            " 'transition', 'WRforged') RETURNING position, chain_key, chain_seq, row_hash"
+        ).fetchone()
+        assert row is not None
+        assert row[0] > 0
+        assert row[1] == "WRforged"
+        assert row[2] == 1
+        assert row[3] != b"\x02"
+        assert verify(conn) == []

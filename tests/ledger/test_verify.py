@@ -1,0 +1,185 @@
+"""Tamper evidence: verify finds each altered, removed and inserted row, with its position.
+
+The tampering is done as a superuser with the guards switched off (session_replication_role =
+replica), which is what an attacker with full database access could do.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+from click.testing import CliRunner
+
+from tests.ledger.conftest import make_action, superuser
+from workers.cli import main
+from workers.ledger.connector import connect
+from workers.ledger.models import LedgerEvent, Outcome, Problem, Role
+from workers.ledger.store import Ledger
+from workers.ledger.verify import verify
+
+pytestmark = pytest.mark.integration
+
+
+def _fill(ledger: Ledger, reservations: int = 3) -> list[LedgerEvent]:
+    for _ in range(reservations):
+        action = make_action()
+        ledger.record_received(action)
+        ledger.record_attempt(action.action_id, attempt=1, etag_before="1", http_status=200)
+        ledger.record_transition(
+            action.reservation_sid,
+            action_id=action.action_id,
+            from_status="pending",
+            to_status="accepted",
+            etag_before="1",
+            etag_after="2",
+            outcome=Outcome.APPLIED,
+        )
+    return ledger.history()
+
+
+def _problems(url: str) -> list[Problem]:
+    with connect(url, Role.READER) as conn:
+        return verify(conn)
+
+
+def _tamper(url: str, statements: str, *params: object) -> None:
+    """Run ``;``-separated statements with the guards off; ``params`` fill their %s in order."""
+    remaining = list(params)
+    with superuser(url) as conn:
+        conn.execute("SET session_replication_role = replica")
+        for statement in statements.split("; "):
+            count = statement.count("%s")
+            conn.execute(statement, remaining[:count])  # type: ignore[arg-type]
+            remaining = remaining[count:]
+
+
+def test_an_intact_ledger_verifies(fresh_ledger: Ledger, fresh_db_url: str) -> None:
+    _fill(fresh_ledger)
+    fresh_ledger.checkpoint()
+    _fill(fresh_ledger, 1)
+    assert _problems(fresh_db_url) == []
+    result = CliRunner().invoke(main, ["ledger", "verify", "--checkpoint", "--database-url", fresh_db_url])
+    assert result.exit_code == 0, result.output
+    assert "checkpoint 2" in result.output
+
+
+def test_an_altered_row_is_found_at_its_position(fresh_ledger: Ledger, fresh_db_url: str) -> None:
+    rows = _fill(fresh_ledger)
+    victim = rows[4]
+    _tamper(fresh_db_url, "UPDATE ledger.events SET http_status = 500 WHERE position = %s", victim.position)
+    assert [(p.kind, p.position) for p in _problems(fresh_db_url)] == [("altered", victim.position)]
+    result = CliRunner().invoke(main, ["ledger", "verify", "--database-url", fresh_db_url])
+    assert result.exit_code == 1
+    assert f"altered at position {victim.position}" in result.output
+
+
+def test_an_altered_row_with_a_recomputed_hash_breaks_the_next_link(
+    fresh_ledger: Ledger, fresh_db_url: str
+) -> None:
+    rows = _fill(fresh_ledger)
+    victim = rows[1]
+    _tamper(
+        fresh_db_url,
+        "UPDATE ledger.events e SET http_status = 500 WHERE position = %s;"
+        " UPDATE ledger.events e SET row_hash = ledger.event_hash(e) WHERE position = %s",
+        victim.position,
+        victim.position,
+    )
+    found = [(p.kind, p.position) for p in _problems(fresh_db_url)]
+    following = next(
+        r for r in rows if r.chain_key == victim.chain_key and r.chain_seq == victim.chain_seq + 1
+    )
+    assert found == [("broken_link", following.position)]
+
+
+def test_a_removed_row_is_found(fresh_ledger: Ledger, fresh_db_url: str) -> None:
+    rows = _fill(fresh_ledger)
+    victim = rows[1]
+    _tamper(fresh_db_url, "DELETE FROM ledger.events WHERE position = %s", victim.position)
+    following = next(
+        r for r in rows if r.chain_key == victim.chain_key and r.chain_seq == victim.chain_seq + 1
+    )
+    problems = _problems(fresh_db_url)
+    assert [(p.kind, p.position) for p in problems] == [("removed", following.position)]
+    assert f"chain seq {following.chain_seq}" in problems[0].message
+
+
+def test_a_removed_tail_is_found_at_the_heads_position(fresh_ledger: Ledger, fresh_db_url: str) -> None:
+    rows = _fill(fresh_ledger)
+    last = max((r for r in rows if r.chain_key == rows[0].chain_key), key=lambda r: r.chain_seq)
+    _tamper(fresh_db_url, "DELETE FROM ledger.events WHERE position = %s", last.position)
+    assert [(p.kind, p.position) for p in _problems(fresh_db_url)] == [("removed", last.position)]
+
+
+def test_a_removed_chain_is_found_through_the_checkpoint(fresh_ledger: Ledger, fresh_db_url: str) -> None:
+    rows = _fill(fresh_ledger)
+    fresh_ledger.checkpoint()
+    chain = rows[0].chain_key
+    head = max(r.position for r in rows if r.chain_key == chain)
+    _tamper(
+        fresh_db_url,
+        "DELETE FROM ledger.events WHERE chain_key = %s; DELETE FROM ledger.chain_heads WHERE chain_key = %s",
+        chain,
+        chain,
+    )
+    assert [(p.kind, p.position) for p in _problems(fresh_db_url)] == [("removed", head)]
+
+
+def test_an_inserted_row_is_found(fresh_ledger: Ledger, fresh_db_url: str) -> None:
+    rows = _fill(fresh_ledger)
+    head = max((r for r in rows if r.chain_key == rows[0].chain_key), key=lambda r: r.chain_seq)
+    # A well-forged row: right sequence number, right link, right hash. Only the head betrays it.
+    _tamper(
+        fresh_db_url,
+        "INSERT INTO ledger.events (position, tx_id, recorded_at, chain_key, chain_seq, prev_hash, row_hash,"
+        " kind, reservation_sid, outcome)"
+        " SELECT 1000, '1', now(), chain_key, chain_seq + 1, row_hash, '\\x', 'outcome', reservation_sid,"
+        " 'failed'"
+        " FROM ledger.events WHERE position = %s;"
+        " UPDATE ledger.events e SET row_hash = ledger.event_hash(e) WHERE position = 1000",
+        head.position,
+    )
+    assert [(p.kind, p.position) for p in _problems(fresh_db_url)] == [("inserted", 1000)]
+
+
+def test_a_row_inserted_in_a_new_chain_is_found(fresh_ledger: Ledger, fresh_db_url: str) -> None:
+    _fill(fresh_ledger, 1)
+    _tamper(
+        fresh_db_url,
+        "INSERT INTO ledger.events (position, tx_id, recorded_at, chain_key, chain_seq, prev_hash, row_hash,"
+        " kind, reservation_sid) VALUES (2000, '1', now(), 'WRnew', 1, '\\x', '\\x', 'transition', 'WRnew');"
+        " UPDATE ledger.events e SET prev_hash = decode(repeat('00', 32), 'hex') WHERE position = 2000;"
+        " UPDATE ledger.events e SET row_hash = ledger.event_hash(e) WHERE position = 2000",
+    )
+    assert [(p.kind, p.position) for p in _problems(fresh_db_url)] == [("inserted", 2000)]
+
+
+def test_a_tampered_checkpoint_is_found(fresh_ledger: Ledger, fresh_db_url: str) -> None:
+    _fill(fresh_ledger, 2)
+    fresh_ledger.checkpoint()
+    _tamper(fresh_db_url, "UPDATE ledger.checkpoint_heads SET chain_seq = chain_seq + 1")
+    kinds = {p.kind for p in _problems(fresh_db_url)}
+    assert "checkpoint" in kinds
+    assert "removed" in kinds
+
+
+def test_the_canonical_serialisation_is_stable(fresh_db_url: str) -> None:
+    """A known answer: the row's text form, then sha256(prev_hash || text). Changing it breaks chains."""
+    row = (
+        "ROW(42, '7'::xid8, '2026-01-02 03:04:05.123456+00', 'WRabc', 3, decode(repeat('ab', 32), 'hex'),"
+        " '\\x'::bytea, 'transition', '6f9619ff-8b86-d011-b42d-00c04fc964ff', 'accept', 'WSx', 'WRabc', NULL,"
+        " 'WK y', 'pending', 'accepted', '\"e1\"', 'e,2', 1, 200, NULL, 'RQ', 12, 'applied', 'host', 9,"
+        " 'c', 'p', '{\"to\": \"hmac-sha256:00\", \"timeout\": 30}', NULL)::ledger.events"
+    )
+    expected = (
+        "(1,42,7,WRabc,3,1767323045123456,transition,6f9619ff-8b86-d011-b42d-00c04fc964ff,accept,WSx,WRabc,,"
+        '"WK y",pending,accepted,"""e1""","e,2",1,200,,RQ,12,applied,host,9,c,p,'
+        '"{""to"": ""hmac-sha256:00"", ""timeout"": 30}",)'
+    )
+    with superuser(fresh_db_url) as conn:
+        conn.execute("SET TimeZone = 'America/New_York'")
+        found = conn.execute(f"SELECT ledger.event_canonical({row}), ledger.event_hash({row})").fetchone()
+    assert found is not None
+    assert found[0] == expected
+    assert found[1] == hashlib.sha256(bytes.fromhex("ab" * 32) + expected.encode()).digest()

@@ -1,0 +1,578 @@
+-- The ledger's schema as the migrations leave it: the reference that tests/ledger/test_migrations.py
+-- compares with a database built from sql/migrations/. Keep it in step with every new migration.
+--
+-- Run by `reservations migrate` in one transaction, as a role that may create roles (or finds
+-- them already created by a DBA) and that is a member of reservations_owner (or a superuser).
+-- Every object below is created by, and owned by, reservations_owner.
+
+-- Cluster-wide roles, shared by every database of the cluster: create each only if missing.
+DO $roles$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'reservations_owner') THEN
+        CREATE ROLE reservations_owner NOLOGIN;
+    END IF;
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'reservations_writer') THEN
+        CREATE ROLE reservations_writer NOLOGIN;
+    END IF;
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'reservations_reader') THEN
+        CREATE ROLE reservations_reader NOLOGIN;
+    END IF;
+    -- A writer may also read as the reader (e.g. to run `reservations ledger verify`).
+    IF NOT EXISTS (
+        SELECT FROM pg_catalog.pg_auth_members m
+         WHERE m.roleid = 'reservations_reader'::regrole AND m.member = 'reservations_writer'::regrole
+    ) THEN
+        GRANT reservations_reader TO reservations_writer;
+    END IF;
+END
+$roles$;
+
+CREATE SCHEMA ledger AUTHORIZATION reservations_owner;
+SET LOCAL ROLE reservations_owner;
+
+CREATE TABLE ledger.schema_migrations (
+    version integer PRIMARY KEY,
+    name text NOT NULL,
+    checksum text NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+
+-- The ledger: one row per thing that happened. Columns from chain_key to row_hash are set by
+-- the trigger ledger.events_chain(), whatever the writer sends.
+CREATE SEQUENCE ledger.events_position_seq AS bigint;
+
+CREATE TABLE ledger.events (
+    position bigint PRIMARY KEY,
+    tx_id xid8 NOT NULL,
+    recorded_at timestamptz NOT NULL,
+    chain_key text NOT NULL,
+    chain_seq bigint NOT NULL,
+    prev_hash bytea NOT NULL,
+    row_hash bytea NOT NULL,
+    kind text NOT NULL CHECK (
+        kind IN ('received', 'attempt', 'conflict', 'transition', 'outcome', 'rejected_input', 'redrive')
+    ),
+    action_id uuid,
+    action text,
+    workspace_sid text,
+    reservation_sid text,
+    task_sid text,
+    worker_sid text,
+    from_status text CHECK (from_status IN (
+        'pending', 'accepted', 'rejected', 'timeout', 'canceled', 'rescinded', 'wrapping', 'completed'
+    )),
+    to_status text CHECK (to_status IN (
+        'pending', 'accepted', 'rejected', 'timeout', 'canceled', 'rescinded', 'wrapping', 'completed'
+    )),
+    etag_before text,
+    etag_after text,
+    attempt integer,
+    http_status integer,
+    twilio_error_code integer,
+    twilio_request_id text,
+    duration_ms integer,
+    outcome text CHECK (outcome IN (
+        'applied', 'already_applied', 'invalid_transition', 'expired', 'failed', 'rejected_input',
+        'dead_lettered'
+    )),
+    worker_host text,
+    worker_pid integer,
+    correlation_id text,
+    producer text,
+    params jsonb,
+    detail text,
+    UNIQUE (chain_key, chain_seq)
+);
+ALTER SEQUENCE ledger.events_position_seq OWNED BY ledger.events.position;
+
+-- Ledger order is (tx_id, position); every history query filters on one column and pages in it.
+CREATE INDEX events_ledger_order ON ledger.events (tx_id, position);
+CREATE INDEX events_reservation ON ledger.events (reservation_sid, tx_id, position);
+CREATE INDEX events_task ON ledger.events (task_sid, tx_id, position) WHERE task_sid IS NOT NULL;
+CREATE INDEX events_worker ON ledger.events (worker_sid, tx_id, position) WHERE worker_sid IS NOT NULL;
+CREATE INDEX events_workspace ON ledger.events (workspace_sid, tx_id, position);
+CREATE INDEX events_action ON ledger.events (action_id, tx_id, position) WHERE action_id IS NOT NULL;
+CREATE INDEX events_correlation ON ledger.events (correlation_id, tx_id, position)
+    WHERE correlation_id IS NOT NULL;
+-- recorded_at grows with position (the database clock at insert), so a BRIN index is enough.
+CREATE INDEX events_recorded_at ON ledger.events USING brin (recorded_at);
+CREATE INDEX events_params ON ledger.events USING gin (params jsonb_path_ops) WHERE params IS NOT NULL;
+
+-- The head of each hash chain: its last sequence number, hash and position. A chain whose tail
+-- was cut no longer ends where its head says.
+CREATE TABLE ledger.chain_heads (
+    chain_key text PRIMARY KEY,
+    chain_seq bigint NOT NULL,
+    head_hash bytea NOT NULL,
+    head_position bigint NOT NULL
+);
+
+-- The canonical serialisation of a ledger row: the one definition that the chain trigger and
+-- `reservations ledger verify` both hash. It is the text form of a row value (PostgreSQL's record
+-- output: fields separated by commas, NULL as nothing, any field with a delimiter, quote or
+-- space double-quoted with its quotes and backslashes doubled), which is unambiguous and does
+-- not depend on session settings: the time is microseconds since the epoch, jsonb's text form is
+-- deterministic (keys sorted by length, then bytes). The leading 1 is the format's version.
+-- Changing this function breaks every existing chain: add a version 2 instead.
+-- (plpgsql rather than SQL: a SQL function over a whole row is not inlined and costs ten times more.)
+CREATE FUNCTION ledger.event_canonical(e ledger.events) RETURNS text
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
+AS $$
+BEGIN
+    RETURN ROW(
+        1,
+        e.position, e.tx_id, e.chain_key, e.chain_seq,
+        (extract(epoch FROM e.recorded_at) * 1000000)::bigint,
+        e.kind, e.action_id, e.action,
+        e.workspace_sid, e.reservation_sid, e.task_sid, e.worker_sid,
+        e.from_status, e.to_status, e.etag_before, e.etag_after,
+        e.attempt, e.http_status, e.twilio_error_code, e.twilio_request_id, e.duration_ms,
+        e.outcome, e.worker_host, e.worker_pid, e.correlation_id, e.producer, e.params, e.detail
+    )::text;
+END
+$$;
+
+-- row_hash = sha256(prev_hash || canonical text); the first row of a chain follows 32 zero bytes.
+CREATE FUNCTION ledger.event_hash(e ledger.events) RETURNS bytea
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
+AS $$
+BEGIN
+    RETURN sha256(e.prev_hash || convert_to(ledger.event_canonical(e), 'UTF8'));
+END
+$$;
+
+-- The advisory lock that serialises the appends to one chain (class 0x4c454447, "LEDG").
+-- Taken before the transaction's first write, it also makes chain order agree with ledger order.
+CREATE FUNCTION ledger.lock_chain(reservation_sid text) RETURNS void
+LANGUAGE sql VOLATILE
+BEGIN ATOMIC
+    SELECT pg_advisory_xact_lock(1279607879, hashtext(coalesce(reservation_sid, 'rejected_input')));
+END;
+
+CREATE FUNCTION ledger.events_chain() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    head ledger.chain_heads;
+BEGIN
+    NEW.chain_key := coalesce(NEW.reservation_sid, 'rejected_input');
+    PERFORM ledger.lock_chain(NEW.chain_key);
+    -- The advisory lock serialises this chain's appends, so no row lock is needed here.
+    SELECT * INTO head FROM ledger.chain_heads WHERE chain_key = NEW.chain_key;
+    NEW.position := nextval('ledger.events_position_seq');
+    NEW.tx_id := pg_current_xact_id();
+    NEW.recorded_at := clock_timestamp();
+    IF NOT FOUND THEN
+        NEW.chain_seq := 1;
+        NEW.prev_hash := '\x0000000000000000000000000000000000000000000000000000000000000000'::bytea;
+        NEW.row_hash := ledger.event_hash(NEW);
+        INSERT INTO ledger.chain_heads (chain_key, chain_seq, head_hash, head_position)
+        VALUES (NEW.chain_key, NEW.chain_seq, NEW.row_hash, NEW.position);
+    ELSE
+        NEW.chain_seq := head.chain_seq + 1;
+        NEW.prev_hash := head.head_hash;
+        NEW.row_hash := ledger.event_hash(NEW);
+        UPDATE ledger.chain_heads
+           SET chain_seq = NEW.chain_seq, head_hash = NEW.row_hash, head_position = NEW.position
+         WHERE chain_key = NEW.chain_key;
+    END IF;
+    RETURN NEW;
+END
+$$;
+
+CREATE TRIGGER events_chain BEFORE INSERT ON ledger.events
+    FOR EACH ROW EXECUTE FUNCTION ledger.events_chain();
+
+-- Append-only: statement-level, so that it also fires for TRUNCATE and for statements that
+-- touch no row.
+CREATE FUNCTION ledger.refuse_change() RETURNS trigger
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    RAISE EXCEPTION 'ledger.% is append-only: % refused', TG_TABLE_NAME, TG_OP
+        USING ERRCODE = 'RL001';
+END
+$$;
+
+CREATE TRIGGER events_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON ledger.events
+    FOR EACH STATEMENT EXECUTE FUNCTION ledger.refuse_change();
+
+-- The action registry: action_id is the idempotency key.
+CREATE TABLE ledger.actions (
+    action_id uuid PRIMARY KEY,
+    action text,
+    workspace_sid text,
+    reservation_sid text,
+    task_sid text,
+    worker_sid text,
+    params jsonb,
+    expected_status text,
+    not_after timestamptz,
+    correlation_id text,
+    producer text,
+    received_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    attempts integer NOT NULL DEFAULT 0,
+    outcome text CHECK (outcome IN (
+        'applied', 'already_applied', 'invalid_transition', 'expired', 'failed', 'rejected_input',
+        'dead_lettered'
+    )),
+    outcome_at timestamptz,
+    redrives integer NOT NULL DEFAULT 0
+);
+CREATE INDEX actions_reservation ON ledger.actions (reservation_sid);
+
+-- The projection: each reservation's current status and ETag, rebuilt from the ledger at will.
+CREATE TABLE ledger.reservations (
+    reservation_sid text PRIMARY KEY,
+    workspace_sid text,
+    task_sid text,
+    worker_sid text,
+    status text NOT NULL CHECK (status IN (
+        'pending', 'accepted', 'rejected', 'timeout', 'canceled', 'rescinded', 'wrapping', 'completed'
+    )),
+    etag text,
+    last_position bigint NOT NULL,
+    updated_at timestamptz NOT NULL
+);
+
+-- Global checkpoints: the chain heads sealed since the previous checkpoint, hashed together and
+-- chained, so that a removed chain (or a chain cut before its sealed head) is detected.
+CREATE TABLE ledger.checkpoints (
+    checkpoint_id bigint PRIMARY KEY,
+    taken_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    max_position bigint NOT NULL,
+    chains integer NOT NULL,
+    prev_digest bytea NOT NULL,
+    digest bytea NOT NULL
+);
+
+CREATE TABLE ledger.checkpoint_heads (
+    checkpoint_id bigint NOT NULL REFERENCES ledger.checkpoints,
+    chain_key text NOT NULL,
+    chain_seq bigint NOT NULL,
+    head_hash bytea NOT NULL,
+    head_position bigint NOT NULL,
+    PRIMARY KEY (chain_key, checkpoint_id)
+);
+
+CREATE TRIGGER checkpoints_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON ledger.checkpoints
+    FOR EACH STATEMENT EXECUTE FUNCTION ledger.refuse_change();
+CREATE TRIGGER checkpoint_heads_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON ledger.checkpoint_heads
+    FOR EACH STATEMENT EXECUTE FUNCTION ledger.refuse_change();
+
+-- The checkpoint digest: the previous digest, then this checkpoint's id, its ledger horizon and
+-- its sealed heads (sorted by chain key), as canonical jsonb text.
+CREATE FUNCTION ledger.checkpoint_digest(
+    prev_digest bytea, checkpoint_id bigint, max_position bigint,
+    chain_keys text[], chain_seqs bigint[], head_hashes text[]
+) RETURNS bytea
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN sha256(prev_digest || convert_to(
+    jsonb_build_array(1, checkpoint_id, max_position, chain_keys, chain_seqs, head_hashes)::text, 'UTF8'
+));
+
+-- Seal the heads that moved since the last checkpoint (and the new chains) into a new checkpoint.
+CREATE FUNCTION ledger.seal_checkpoint()
+RETURNS TABLE (checkpoint_id bigint, chains integer, max_position bigint, digest bytea)
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    prev ledger.checkpoints;
+    new_id bigint;
+    keys text[];
+    seqs bigint[];
+    positions bigint[];
+    hashes text[];
+    horizon bigint;
+    new_digest bytea;
+BEGIN
+    PERFORM pg_advisory_xact_lock(1279607880, 0);
+    SELECT * INTO prev FROM ledger.checkpoints c ORDER BY c.checkpoint_id DESC LIMIT 1;
+    new_id := coalesce(prev.checkpoint_id, 0) + 1;
+    SELECT coalesce(array_agg(h.chain_key ORDER BY h.chain_key), '{}'),
+           coalesce(array_agg(h.chain_seq ORDER BY h.chain_key), '{}'),
+           coalesce(array_agg(h.head_position ORDER BY h.chain_key), '{}'),
+           coalesce(array_agg(encode(h.head_hash, 'hex') ORDER BY h.chain_key), '{}'),
+           (SELECT coalesce(max(a.head_position), 0) FROM ledger.chain_heads a)
+      INTO keys, seqs, positions, hashes, horizon
+      FROM ledger.chain_heads h
+     WHERE NOT EXISTS (
+        SELECT FROM ledger.checkpoint_heads s WHERE s.chain_key = h.chain_key AND s.chain_seq = h.chain_seq
+     );
+    horizon := greatest(horizon, coalesce(prev.max_position, 0));
+    new_digest := ledger.checkpoint_digest(
+        coalesce(prev.digest, '\x0000000000000000000000000000000000000000000000000000000000000000'::bytea),
+        new_id, horizon, keys, seqs, hashes
+    );
+    INSERT INTO ledger.checkpoints (checkpoint_id, max_position, chains, prev_digest, digest)
+    VALUES (
+        new_id, horizon, cardinality(keys),
+        coalesce(prev.digest, '\x0000000000000000000000000000000000000000000000000000000000000000'::bytea),
+        new_digest
+    );
+    INSERT INTO ledger.checkpoint_heads (checkpoint_id, chain_key, chain_seq, head_hash, head_position)
+    SELECT new_id, k, q, decode(x, 'hex'), p FROM unnest(keys, seqs, hashes, positions) AS u(k, q, x, p);
+    RETURN QUERY SELECT new_id, cardinality(keys), horizon, new_digest;
+END
+$$;
+
+-- The write operations. Each is one transaction's worth of work, called in autocommit: it takes
+-- the chain's advisory lock before its first write (see ledger.lock_chain), appends, and keeps
+-- the registry and the projection in step. SQLSTATE RL002: the action was never received.
+
+-- Register an action; a second receipt of the same action_id changes nothing and returns false.
+CREATE FUNCTION ledger.record_received(
+    p_action_id uuid, p_action text, p_workspace_sid text, p_reservation_sid text,
+    p_task_sid text, p_worker_sid text, p_params jsonb, p_expected_status text,
+    p_not_after timestamptz, p_correlation_id text, p_producer text,
+    p_worker_host text, p_worker_pid integer
+) RETURNS boolean
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    PERFORM ledger.lock_chain(p_reservation_sid);
+    INSERT INTO ledger.actions (
+        action_id, action, workspace_sid, reservation_sid, task_sid, worker_sid, params,
+        expected_status, not_after, correlation_id, producer
+    ) VALUES (
+        p_action_id, p_action, p_workspace_sid, p_reservation_sid, p_task_sid, p_worker_sid, p_params,
+        p_expected_status, p_not_after, p_correlation_id, p_producer
+    ) ON CONFLICT (action_id) DO NOTHING;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    INSERT INTO ledger.events (
+        kind, action_id, action, workspace_sid, reservation_sid, task_sid, worker_sid,
+        worker_host, worker_pid, correlation_id, producer, params
+    ) VALUES (
+        'received', p_action_id, p_action, p_workspace_sid, p_reservation_sid, p_task_sid, p_worker_sid,
+        p_worker_host, p_worker_pid, p_correlation_id, p_producer, p_params
+    );
+    RETURN true;
+END
+$$;
+
+-- Settle an action's outcome (the first outcome wins) and append its outcome row. Internal.
+CREATE FUNCTION ledger.settle(
+    a ledger.actions, p_outcome text, p_http_status integer, p_twilio_error_code integer,
+    p_twilio_request_id text, p_detail text, p_worker_host text, p_worker_pid integer
+) RETURNS bigint
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    pos bigint;
+BEGIN
+    UPDATE ledger.actions SET outcome = p_outcome, outcome_at = clock_timestamp()
+     WHERE action_id = a.action_id AND outcome IS NULL;
+    IF NOT FOUND THEN
+        RETURN NULL;
+    END IF;
+    INSERT INTO ledger.events (
+        kind, action_id, action, workspace_sid, reservation_sid, task_sid, worker_sid, outcome,
+        attempt, http_status, twilio_error_code, twilio_request_id, worker_host, worker_pid,
+        correlation_id, producer, detail
+    ) VALUES (
+        'outcome', a.action_id, a.action, a.workspace_sid, a.reservation_sid, a.task_sid, a.worker_sid,
+        p_outcome, nullif(a.attempts, 0), p_http_status, p_twilio_error_code, p_twilio_request_id,
+        p_worker_host, p_worker_pid, a.correlation_id, a.producer, p_detail
+    ) RETURNING position INTO pos;
+    RETURN pos;
+END
+$$;
+
+CREATE FUNCTION ledger.registered(p_action_id uuid) RETURNS ledger.actions
+LANGUAGE plpgsql STABLE
+AS $$
+DECLARE
+    a ledger.actions;
+BEGIN
+    SELECT * INTO a FROM ledger.actions WHERE action_id = p_action_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'no action % was recorded as received', p_action_id USING ERRCODE = 'RL002';
+    END IF;
+    RETURN a;
+END
+$$;
+
+-- An attempt, a 412 conflict, or an operator's redrive of an action.
+CREATE FUNCTION ledger.record_step(
+    p_kind text, p_action_id uuid, p_attempt integer, p_http_status integer,
+    p_twilio_error_code integer, p_twilio_request_id text, p_duration_ms integer,
+    p_from_status text, p_to_status text, p_etag_before text, p_etag_after text,
+    p_detail text, p_worker_host text, p_worker_pid integer
+) RETURNS bigint
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    a ledger.actions := ledger.registered(p_action_id);
+    pos bigint;
+BEGIN
+    IF p_kind NOT IN ('attempt', 'conflict', 'redrive') THEN
+        RAISE EXCEPTION 'record_step records attempts, conflicts and redrives, not %', p_kind
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    PERFORM ledger.lock_chain(a.reservation_sid);
+    INSERT INTO ledger.events (
+        kind, action_id, action, workspace_sid, reservation_sid, task_sid, worker_sid,
+        from_status, to_status, etag_before, etag_after, attempt, http_status, twilio_error_code,
+        twilio_request_id, duration_ms, worker_host, worker_pid, correlation_id, producer, detail
+    ) VALUES (
+        p_kind, a.action_id, a.action, a.workspace_sid, a.reservation_sid, a.task_sid, a.worker_sid,
+        p_from_status, p_to_status, p_etag_before, p_etag_after, p_attempt, p_http_status,
+        p_twilio_error_code, p_twilio_request_id, p_duration_ms, p_worker_host, p_worker_pid,
+        a.correlation_id, a.producer, p_detail
+    ) RETURNING position INTO pos;
+    IF p_kind = 'attempt' THEN
+        UPDATE ledger.actions SET attempts = greatest(attempts, coalesce(p_attempt, attempts + 1))
+         WHERE action_id = a.action_id;
+    ELSIF p_kind = 'redrive' THEN
+        UPDATE ledger.actions SET outcome = NULL, outcome_at = NULL, redrives = redrives + 1
+         WHERE action_id = a.action_id;
+    END IF;
+    RETURN pos;
+END
+$$;
+
+-- A transition, the projection and (optionally) the action's outcome, in one transaction.
+CREATE FUNCTION ledger.record_transition(
+    p_action_id uuid, p_reservation_sid text, p_workspace_sid text, p_task_sid text,
+    p_worker_sid text, p_from_status text, p_to_status text, p_etag_before text, p_etag_after text,
+    p_attempt integer, p_http_status integer, p_twilio_request_id text, p_duration_ms integer,
+    p_outcome text, p_detail text, p_worker_host text, p_worker_pid integer
+) RETURNS TABLE (transition_position bigint, outcome_position bigint, outcome text)
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    a ledger.actions;
+    r ledger.reservations;
+    t_pos bigint;
+    t_at timestamptz;
+    o_pos bigint;
+BEGIN
+    PERFORM ledger.lock_chain(p_reservation_sid);
+    IF p_action_id IS NOT NULL THEN
+        a := ledger.registered(p_action_id);
+    END IF;
+    SELECT * INTO r FROM ledger.reservations WHERE reservation_sid = p_reservation_sid;
+    INSERT INTO ledger.events (
+        kind, action_id, action, workspace_sid, reservation_sid, task_sid, worker_sid,
+        from_status, to_status, etag_before, etag_after, attempt, http_status,
+        twilio_request_id, duration_ms, worker_host, worker_pid, correlation_id, producer, detail
+    ) VALUES (
+        'transition', p_action_id, a.action,
+        coalesce(p_workspace_sid, a.workspace_sid, r.workspace_sid), p_reservation_sid,
+        coalesce(p_task_sid, a.task_sid, r.task_sid), coalesce(p_worker_sid, a.worker_sid, r.worker_sid),
+        p_from_status, p_to_status, p_etag_before, p_etag_after, p_attempt, p_http_status,
+        p_twilio_request_id, p_duration_ms, p_worker_host, p_worker_pid, a.correlation_id, a.producer,
+        p_detail
+    ) RETURNING position, recorded_at INTO t_pos, t_at;
+    -- The chain lock is held, so nobody else can create or change this reservation's row.
+    IF r.reservation_sid IS NULL THEN
+        INSERT INTO ledger.reservations (
+            reservation_sid, workspace_sid, task_sid, worker_sid, status, etag, last_position, updated_at
+        ) VALUES (
+            p_reservation_sid, coalesce(p_workspace_sid, a.workspace_sid),
+            coalesce(p_task_sid, a.task_sid), coalesce(p_worker_sid, a.worker_sid),
+            p_to_status, p_etag_after, t_pos, t_at
+        );
+    ELSE
+        UPDATE ledger.reservations SET
+            workspace_sid = coalesce(p_workspace_sid, a.workspace_sid, r.workspace_sid),
+            task_sid = coalesce(p_task_sid, a.task_sid, r.task_sid),
+            worker_sid = coalesce(p_worker_sid, a.worker_sid, r.worker_sid),
+            status = p_to_status, etag = p_etag_after, last_position = t_pos, updated_at = t_at
+         WHERE reservation_sid = p_reservation_sid;
+    END IF;
+    IF p_outcome IS NOT NULL AND p_action_id IS NOT NULL THEN
+        o_pos := ledger.settle(
+            a, p_outcome, p_http_status, NULL, p_twilio_request_id, p_detail, p_worker_host, p_worker_pid
+        );
+    END IF;
+    RETURN QUERY SELECT t_pos, o_pos, (SELECT y.outcome FROM ledger.actions y WHERE y.action_id = p_action_id);
+END
+$$;
+
+-- An action's outcome without a transition: already_applied, invalid_transition, expired,
+-- failed, dead_lettered. Returns the outcome row's position (NULL when the action had already
+-- settled) and the action's outcome, which is the first one recorded.
+CREATE FUNCTION ledger.record_outcome(
+    p_action_id uuid, p_outcome text, p_http_status integer, p_twilio_error_code integer,
+    p_twilio_request_id text, p_detail text, p_worker_host text, p_worker_pid integer
+) RETURNS TABLE (outcome_position bigint, outcome text)
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    a ledger.actions := ledger.registered(p_action_id);
+    o_pos bigint;
+BEGIN
+    PERFORM ledger.lock_chain(a.reservation_sid);
+    o_pos := ledger.settle(
+        a, p_outcome, p_http_status, p_twilio_error_code, p_twilio_request_id, p_detail,
+        p_worker_host, p_worker_pid
+    );
+    RETURN QUERY SELECT o_pos, (SELECT y.outcome FROM ledger.actions y WHERE y.action_id = p_action_id);
+END
+$$;
+
+-- A message that broke the schema. Its reservation_sid is given only when it is a valid SID
+-- (else the row joins the 'rejected_input' chain); a valid action_id is registered as settled,
+-- so that a redelivery of the same message is recognised.
+CREATE FUNCTION ledger.record_rejected_input(
+    p_action_id uuid, p_action text, p_workspace_sid text, p_reservation_sid text,
+    p_task_sid text, p_worker_sid text, p_params jsonb, p_correlation_id text, p_producer text,
+    p_detail text, p_worker_host text, p_worker_pid integer
+) RETURNS bigint
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    pos bigint;
+BEGIN
+    PERFORM ledger.lock_chain(p_reservation_sid);
+    INSERT INTO ledger.events (
+        kind, action_id, action, workspace_sid, reservation_sid, task_sid, worker_sid, outcome,
+        worker_host, worker_pid, correlation_id, producer, params, detail
+    ) VALUES (
+        'rejected_input', p_action_id, p_action, p_workspace_sid, p_reservation_sid, p_task_sid,
+        p_worker_sid, 'rejected_input', p_worker_host, p_worker_pid, p_correlation_id, p_producer,
+        p_params, p_detail
+    ) RETURNING position INTO pos;
+    IF p_action_id IS NOT NULL THEN
+        INSERT INTO ledger.actions (
+            action_id, action, workspace_sid, reservation_sid, task_sid, worker_sid, params,
+            correlation_id, producer, outcome, outcome_at
+        ) VALUES (
+            p_action_id, p_action, p_workspace_sid, p_reservation_sid, p_task_sid, p_worker_sid,
+            p_params, p_correlation_id, p_producer, 'rejected_input', clock_timestamp()
+        ) ON CONFLICT (action_id) DO NOTHING;
+    END IF;
+    RETURN pos;
+END
+$$;
+
+-- Privileges: the writer inserts and selects on the ledger; the reader only selects.
+REVOKE ALL ON ALL TABLES IN SCHEMA ledger FROM PUBLIC;
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA ledger FROM PUBLIC;
+GRANT USAGE ON SCHEMA ledger TO reservations_writer, reservations_reader;
+GRANT SELECT ON ALL TABLES IN SCHEMA ledger TO reservations_writer, reservations_reader;
+GRANT INSERT ON ledger.events, ledger.checkpoints, ledger.checkpoint_heads TO reservations_writer;
+GRANT INSERT, UPDATE ON ledger.actions, ledger.reservations TO reservations_writer;
+GRANT EXECUTE ON FUNCTION ledger.event_canonical(ledger.events), ledger.event_hash(ledger.events)
+    TO reservations_writer, reservations_reader;
+GRANT EXECUTE ON FUNCTION ledger.lock_chain(text) TO reservations_writer;
+GRANT EXECUTE ON FUNCTION
+    ledger.record_received(uuid, text, text, text, text, text, jsonb, text, timestamptz, text, text, text, integer),
+    ledger.settle(ledger.actions, text, integer, integer, text, text, text, integer),
+    ledger.registered(uuid),
+    ledger.record_step(
+        text, uuid, integer, integer, integer, text, integer, text, text, text, text, text, text, integer
+    ),
+    ledger.record_transition(
+        uuid, text, text, text, text, text, text, text, text, integer, integer, text, integer, text, text,
+        text, integer
+    ),
+    ledger.record_outcome(uuid, text, integer, integer, text, text, text, integer),
+    ledger.record_rejected_input(uuid, text, text, text, text, text, jsonb, text, text, text, text, integer),
+    ledger.seal_checkpoint()
+    TO reservations_writer;
+GRANT EXECUTE ON FUNCTION
+    ledger.checkpoint_digest(bytea, bigint, bigint, text[], bigint[], text[]) TO reservations_reader, reservations_writer;
