@@ -199,7 +199,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"loaded {max(filler, 0)} filler rows in {seconds:.1f}s (ledger now ~{args.rows} rows)")
         p50, p99, n = history_latency(url, args.queries)
         print(
-            f"history of one reservation ({n} rows), {args.queries} queries: p50 {p50:.2f} ms, p99 {p99:.2f} ms"
+            f"history of one reservation ({n} rows), {args.queries} queries:"
+            f" p50 {p50:.2f} ms, p99 {p99:.2f} ms"
         )
     finally:
         drop_database(url)
