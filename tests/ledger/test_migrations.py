@@ -13,9 +13,11 @@ from click.testing import CliRunner
 
 from tests.ledger.conftest import superuser
 from workers.cli import main
+from workers.core.state_machine import Status
 from workers.errors import MigrationError
 from workers.ledger.connector import database_name, drop_database, ensure_database, with_database
 from workers.ledger.migrations import AppliedMigration, Migration, known_migrations, migrate, pending
+from workers.ledger.models import EventKind, Outcome
 
 pytestmark = pytest.mark.integration
 
@@ -87,3 +89,19 @@ def test_migrations_give_the_schema_of_schema_sql(db_url: str, fresh_db_url: str
         assert _schema_dump(reference) == _schema_dump(db_url)
     finally:
         drop_database(reference)
+
+
+def test_the_sql_vocabulary_is_the_pythons(db_url: str) -> None:
+    with superuser(db_url) as conn:
+        checks = dict(
+            conn.execute(
+                "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint"
+                " WHERE conrelid = 'ledger.events'::regclass AND contype = 'c'"
+            )
+        )
+    kinds = set(re.findall(r"'(\w+)'::text", checks["events_kind_check"]))
+    outcomes = set(re.findall(r"'(\w+)'::text", checks["events_outcome_check"]))
+    statuses = set(re.findall(r"'(\w+)'::text", checks["events_to_status_check"]))
+    assert kinds == {k.value for k in EventKind}
+    assert outcomes == {o.value for o in Outcome}
+    assert statuses == {s.value for s in Status}

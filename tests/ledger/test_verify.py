@@ -183,3 +183,20 @@ def test_the_canonical_serialisation_is_stable(fresh_db_url: str) -> None:
     assert found is not None
     assert found[0] == expected
     assert found[1] == hashlib.sha256(bytes.fromhex("ab" * 32) + expected.encode()).digest()
+
+
+def test_a_checkpoint_noted_outside_must_still_match(fresh_ledger: Ledger, fresh_db_url: str) -> None:
+    _fill(fresh_ledger, 2)
+    sealed = fresh_ledger.checkpoint()
+    noted = f"{sealed.checkpoint_id}:{sealed.digest.hex()}"
+    runner = CliRunner()
+    command = ["ledger", "verify", "--database-url", fresh_db_url, "--expect-checkpoint"]
+    ok = runner.invoke(main, [*command, noted])
+    assert ok.exit_code == 0, ok.output
+    wrong = f"{sealed.checkpoint_id}:{'00' * 32}"
+    bad = runner.invoke(main, [*command, wrong])
+    assert bad.exit_code == 1
+    assert f"checkpoint {sealed.checkpoint_id} has digest {sealed.digest.hex()}" in bad.output
+    missing = runner.invoke(main, [*command, f"99:{'00' * 32}"])
+    assert missing.exit_code == 1
+    assert "checkpoint 99 is missing" in missing.output

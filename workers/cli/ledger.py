@@ -86,7 +86,15 @@ def ledger() -> None:
 @ledger.command("verify")
 @_database_url
 @click.option("--checkpoint", is_flag=True, help="When the ledger verifies, seal a new checkpoint.")
-def verify_command(database_url: str, checkpoint: bool) -> None:
+@click.option(
+    "--expect-checkpoint",
+    "expected",
+    multiple=True,
+    metavar="ID:DIGEST",
+    callback=lambda _ctx, _param, values: [_expected_checkpoint(v) for v in values],
+    help="A checkpoint digest noted earlier outside the database; it must still match. Repeatable.",
+)
+def verify_command(database_url: str, checkpoint: bool, expected: list[tuple[int, bytes]]) -> None:
     """Check every hash chain and checkpoint; print each problem with its ledger position.
 
     Exit status 0 when the ledger is intact, 1 when anything was altered, removed or inserted,
@@ -95,7 +103,7 @@ def verify_command(database_url: str, checkpoint: bool) -> None:
     """
     try:
         with connect(database_url, Role.READER) as conn:
-            problems = verify(conn)
+            problems = verify(conn, expected)
             for problem in problems:
                 click.echo(str(problem))
             if problems:
@@ -220,6 +228,14 @@ def history(
         _fail(str(exc))
     for row in rows:
         click.echo(json.dumps(_jsonable(row), sort_keys=True) if as_json else _line(row))
+
+
+def _expected_checkpoint(value: str) -> tuple[int, bytes]:
+    checkpoint_id, _, digest = value.partition(":")
+    try:
+        return int(checkpoint_id), bytes.fromhex(digest)
+    except ValueError:
+        raise click.BadParameter(f"expected ID:DIGEST (hex), not {value!r}") from None
 
 
 def _opened(database_url: str, role: Role) -> Connector:

@@ -8,9 +8,10 @@ position of the row that follows the gap, or the head's position when a chain's 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
-from psycopg.rows import dict_row
+from psycopg.rows import class_row, dict_row
 
 from workers.ledger.connector import Connection, translated
 from workers.ledger.models import Checkpoint, Problem
@@ -23,15 +24,29 @@ def _rows(conn: Connection, query: str) -> list[dict[str, Any]]:
         return cur.fetchall()
 
 
-def verify(conn: Connection) -> list[Problem]:
+def verify(conn: Connection, expected: Sequence[tuple[int, bytes]] = ()) -> list[Problem]:
     """Everything wrong with the ledger's chains and checkpoints, in position order per check.
 
-    Runs in one REPEATABLE READ READ ONLY transaction, so concurrent appends cannot make a
-    sound ledger look broken.
+    ``expected`` are ``(checkpoint_id, digest)`` pairs kept outside the database: each must
+    still be there, unchanged. Runs in one REPEATABLE READ READ ONLY transaction, so
+    concurrent appends cannot make a sound ledger look broken.
     """
     problems: list[Problem] = []
     with translated(), conn.transaction():
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        for checkpoint_id, digest in expected:
+            with conn.cursor(row_factory=class_row(Checkpoint)) as cur:
+                found = cur.execute(QUERIES["get_checkpoint"], {"checkpoint_id": checkpoint_id}).fetchone()
+            if found is None or found.digest != digest:
+                what = "is missing" if found is None else f"has digest {found.digest.hex()}"
+                problems.append(
+                    Problem(
+                        "checkpoint",
+                        None,
+                        found.max_position if found else None,
+                        f"checkpoint {checkpoint_id} {what}, expected {digest.hex()}",
+                    )
+                )
         for row in _rows(conn, "verify_rows"):
             problems.extend(_row_problems(row))
         for row in _rows(conn, "verify_unheaded_rows"):

@@ -179,3 +179,9 @@ SELECT checkpoint_id, chains, max_position, digest
   FROM ledger.checkpoints
  ORDER BY checkpoint_id DESC
  LIMIT 1;
+
+-- name: get_checkpoint
+-- One checkpoint by id.
+SELECT checkpoint_id, chains, max_position, digest
+  FROM ledger.checkpoints
+ WHERE checkpoint_id = %(checkpoint_id)s;
