@@ -12,7 +12,7 @@ from tests.ledger.conftest import PII_KEY, make_action, superuser
 from workers.core.action import ActionKind
 from workers.core.redaction import pii_digest
 from workers.core.sids import new_sid
-from workers.errors import UnknownAction
+from workers.errors import LedgerError, UnknownAction
 from workers.ledger import projection
 from workers.ledger.connector import connect
 from workers.ledger.models import Cursor, EventKind, Outcome, Role
@@ -286,3 +286,17 @@ def test_rebuilding_the_projection_from_the_ledger_gives_the_same_projection(
         projection.replace(conn, projection.rebuild(conn))
     with connect(db_url, Role.READER) as conn:
         assert projection.current(conn) == stored
+
+
+def test_a_transition_must_concern_the_actions_reservation(ledger: Ledger) -> None:
+    action = make_action()
+    ledger.record_received(action)
+    with pytest.raises(LedgerError, match="is for reservation"):
+        ledger.record_transition(
+            new_sid("WR"),
+            action_id=action.action_id,
+            from_status="pending",
+            to_status="accepted",
+            etag_before="1",
+            etag_after="2",
+        )

@@ -451,6 +451,10 @@ BEGIN
     PERFORM ledger.lock_chain(p_reservation_sid);
     IF p_action_id IS NOT NULL THEN
         a := ledger.registered(p_action_id);
+        IF a.reservation_sid IS DISTINCT FROM p_reservation_sid THEN
+            RAISE EXCEPTION 'action % is for reservation %, not %', p_action_id, a.reservation_sid,
+                p_reservation_sid USING ERRCODE = 'invalid_parameter_value';
+        END IF;
     END IF;
     SELECT * INTO r FROM ledger.reservations WHERE reservation_sid = p_reservation_sid;
     INSERT INTO ledger.events (
