@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 from workers.config import DEFAULT_DATABASE_URL
 from workers.core.sids import new_sid
-from workers.ledger.connector import Connector, connect, drop_database, with_database
+from workers.ledger.connector import Connector, connect, database_name, drop_database, with_database
 from workers.ledger.migrations import migrate
 from workers.ledger.models import Outcome, Role
 from workers.ledger.store import Ledger
@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     drop_database(url)
     migrate(url)
     try:
-        print(f"database: {url.split('dbname=')[-1]} (fresh, dropped afterwards)")
+        print(f"database: {database_name(url)} (fresh, dropped afterwards)")
         _register_actions(url, sum(writer_counts), args.reservations)
         first = 1
         for writers in writer_counts:
