@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
@@ -9,8 +10,9 @@ from datetime import timedelta
 import pytest
 
 from tests.ledger.conftest import PII_KEY, make_action, superuser
+from workers.config import Settings
 from workers.core.action import ActionKind
-from workers.core.redaction import pii_digest
+from workers.core.redaction import DEVELOPMENT_PII_KEY, pii_digest
 from workers.core.sids import new_sid
 from workers.errors import LedgerError, UnknownAction
 from workers.ledger import projection
@@ -300,3 +302,14 @@ def test_a_transition_must_concern_the_actions_reservation(ledger: Ledger) -> No
             etag_before="1",
             etag_after="2",
         )
+
+
+def test_from_settings_warns_about_the_development_key(db_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    settings = Settings(database_url=db_url, ledger_pii_key=None)
+    with caplog.at_level(logging.WARNING), Ledger.from_settings(settings, max_size=1) as ledger:
+        action = make_action(params={"call_to": "+15559990000"})
+        ledger.record_received(action)
+        record = ledger.action(action.action_id)
+    assert "LEDGER_PII_KEY is unset" in caplog.text
+    assert record is not None
+    assert record.params == {"call_to": pii_digest("+15559990000", DEVELOPMENT_PII_KEY)}
