@@ -12,6 +12,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+# The outcome vocabulary belongs to the pure core; the ledger re-exports it.
+from workers.core.planner import Outcome as Outcome
+
 
 class EventKind(enum.StrEnum):
     RECEIVED = "received"
@@ -21,16 +24,6 @@ class EventKind(enum.StrEnum):
     OUTCOME = "outcome"
     REJECTED_INPUT = "rejected_input"
     REDRIVE = "redrive"
-
-
-class Outcome(enum.StrEnum):
-    APPLIED = "applied"
-    ALREADY_APPLIED = "already_applied"
-    INVALID_TRANSITION = "invalid_transition"
-    EXPIRED = "expired"
-    FAILED = "failed"
-    REJECTED_INPUT = "rejected_input"
-    DEAD_LETTERED = "dead_lettered"
 
 
 class Role(enum.StrEnum):
