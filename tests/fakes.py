@@ -10,9 +10,9 @@ import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
-from workers.applier import CachedReservation, Call
 from workers.core.action import Action
 from workers.core.planner import Outcome
 from workers.core.state_machine import Status, status_after_client_update, status_after_instruction
@@ -22,14 +22,21 @@ from workers.errors import (
     TaskRouterError,
     TransitionRefused,
 )
-from workers.taskrouter.gateway import ReservationRef, ReservationState
+from workers.ledger.models import ActionRecord, OutcomeResult, Receipt, ReservationState, TransitionResult
+from workers.taskrouter.gateway import ReservationRef
+from workers.taskrouter.gateway import ReservationState as Fetched
+
+NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 
 
 @dataclass
 class FakeLedger:
+    """The applier's view of the ledger, in memory: registry, projection, first outcome wins."""
+
     rows: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     outcomes: dict[uuid.UUID, Outcome] = field(default_factory=dict)
-    cache: dict[str, CachedReservation] = field(default_factory=dict)
+    projection: dict[str, ReservationState] = field(default_factory=dict)
+    received: set[uuid.UUID] = field(default_factory=set)
     locked: list[str] = field(default_factory=list)
 
     @contextmanager
@@ -37,45 +44,66 @@ class FakeLedger:
         self.locked.append(reservation_sid)
         yield
 
-    def outcome_of(self, action_id: uuid.UUID) -> Outcome | None:
-        return self.outcomes.get(action_id)
+    def record_received(self, action: Action) -> Receipt:
+        created = action.action_id not in self.received
+        if created:
+            self.received.add(action.action_id)
+            self.rows.append(("received", {}))
+        outcome = self.outcomes.get(action.action_id)
+        record = ActionRecord(
+            action.action_id, action.action.value, action.workspace_sid, action.reservation_sid,
+            action.task_sid, action.worker_sid, {}, None, None, None, None, NOW, 0,
+            outcome.value if outcome else None, NOW if outcome else None, 0,
+        )  # fmt: skip
+        return Receipt(created, record)
 
-    def cached_reservation(self, reservation_sid: str) -> CachedReservation | None:
-        return self.cache.get(reservation_sid)
+    def reservation(self, reservation_sid: str) -> ReservationState | None:
+        return self.projection.get(reservation_sid)
 
-    def record_attempt(self, action: Action, call: Call, etag_before: str | None) -> None:
-        self.rows.append(("attempt", {"call": call, "etag_before": etag_before}))
+    def cache(self, reservation_sid: str, status: Status, etag: str) -> None:
+        self.projection[reservation_sid] = ReservationState(
+            reservation_sid, None, None, None, status.value, etag, 0, NOW
+        )
 
-    def record_conflict(self, action: Action, call: Call, etag_before: str | None) -> None:
-        self.rows.append(("conflict", {"call": call, "etag_before": etag_before}))
+    def record_attempt(self, action_id: uuid.UUID, **fields: Any) -> int:
+        self.rows.append(("attempt", fields))
+        return len(self.rows)
+
+    def record_conflict(self, action_id: uuid.UUID, **fields: Any) -> int:
+        self.rows.append(("conflict", fields))
+        return len(self.rows)
 
     def record_transition(
         self,
-        action: Action,
-        call: Call,
-        from_status: Status,
-        to_status: Status,
+        reservation_sid: str,
+        *,
+        from_status: str | None,
+        to_status: str,
         etag_before: str | None,
         etag_after: str | None,
-        outcome: Outcome,
-    ) -> None:
+        action_id: uuid.UUID | None = None,
+        outcome: Outcome | None = None,
+        **fields: Any,
+    ) -> TransitionResult:
         self.rows.append(
-            ("transition", {"from": from_status, "to": to_status, "before": etag_before, "after": etag_after})
+            ("transition", {"from": from_status, "to": to_status, "before": etag_before, "after": etag_after,
+                            "action_id": action_id})
+        )  # fmt: skip
+        self.projection[reservation_sid] = ReservationState(
+            reservation_sid, None, None, None, to_status, etag_after, len(self.rows), NOW
         )
-        self.cache[action.reservation_sid] = CachedReservation(to_status, etag_after)
-        self._settle(action, outcome)
+        settled = self._settle(action_id, outcome) if action_id and outcome else None
+        return TransitionResult(len(self.rows), None, settled)
 
-    def record_outcome(self, action: Action, outcome: Outcome, reason: str, call: Call | None = None) -> None:
-        self.rows.append(("outcome", {"outcome": outcome, "reason": reason}))
-        self._settle(action, outcome)
+    def record_outcome(self, action_id: uuid.UUID, outcome: Outcome, **fields: Any) -> OutcomeResult:
+        self.rows.append(("outcome", {"outcome": outcome, **fields}))
+        return OutcomeResult(len(self.rows), self._settle(action_id, outcome))
 
-    def _settle(self, action: Action, outcome: Outcome) -> None:
-        assert action.action_id not in self.outcomes, "an action settles once"
-        self.outcomes[action.action_id] = outcome
-        self.rows.append(("settled", {"outcome": outcome}))
+    def _settle(self, action_id: uuid.UUID, outcome: Outcome) -> str:
+        return self.outcomes.setdefault(action_id, outcome).value
 
     def kinds(self) -> list[str]:
-        return [kind for kind, _ in self.rows]
+        return [kind for kind, _ in self.rows if kind != "received"]
 
 
 @dataclass
@@ -92,18 +120,14 @@ class FakeGateway:
     fetches: int = 0
     updates: int = 0
 
-    def _state(self, sid: str) -> ReservationState:
-        return ReservationState(
-            sid, self.status, str(self.version), self.task_sid, self.worker_sid, "RQ1", 200
-        )
+    def _state(self, sid: str) -> Fetched:
+        return Fetched(sid, self.status, str(self.version), self.task_sid, self.worker_sid, "RQ1", 200)
 
-    def fetch(self, ref: ReservationRef) -> ReservationState:
+    def fetch(self, ref: ReservationRef) -> Fetched:
         self.fetches += 1
         return self._state(ref.reservation_sid)
 
-    def update(
-        self, ref: ReservationRef, arguments: Mapping[str, Any], if_match: str | None
-    ) -> ReservationState:
+    def update(self, ref: ReservationRef, arguments: Mapping[str, Any], if_match: str | None) -> Fetched:
         self.updates += 1
         if self.failures:
             raise self.failures.pop(0)

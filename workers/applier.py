@@ -26,65 +26,83 @@ from workers.errors import (
     TaskRouterError,
     TransientTaskRouterError,
 )
-from workers.taskrouter.gateway import ReservationRef, ReservationState
-
-
-@dataclass(frozen=True, slots=True)
-class CachedReservation:
-    """What the ledger last saw of a reservation."""
-
-    status: Status
-    etag: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class Call:
-    """One HTTP exchange with TaskRouter, as the ledger records it."""
-
-    attempt: int
-    http_status: int | None
-    error_code: int | None
-    request_id: str | None
-    duration_ms: float
+from workers.ledger.models import OutcomeResult, Receipt, ReservationState, TransitionResult
+from workers.taskrouter.gateway import ReservationRef
+from workers.taskrouter.gateway import ReservationState as Fetched
 
 
 class Gateway(Protocol):
-    def fetch(self, ref: ReservationRef) -> ReservationState: ...
+    def fetch(self, ref: ReservationRef) -> Fetched: ...
 
-    def update(
-        self, ref: ReservationRef, arguments: Mapping[str, Any], if_match: str | None
-    ) -> ReservationState: ...
+    def update(self, ref: ReservationRef, arguments: Mapping[str, Any], if_match: str | None) -> Fetched: ...
 
 
 class Ledger(Protocol):
-    """What the applier needs of the ledger; the PostgreSQL ledger implements it."""
+    """The part of :class:`workers.ledger.Ledger` the applier uses (a fake stands in for unit tests)."""
 
-    def reservation_lock(self, reservation_sid: str) -> AbstractContextManager[None]:
-        """Serialise work on one reservation across all workers (held for the attempt)."""
+    def reservation_lock(self, reservation_sid: str) -> AbstractContextManager[None]: ...
 
-    def outcome_of(self, action_id: uuid.UUID) -> Outcome | None: ...
+    def record_received(self, action: Action) -> Receipt: ...
 
-    def cached_reservation(self, reservation_sid: str) -> CachedReservation | None: ...
+    def reservation(self, reservation_sid: str) -> ReservationState | None: ...
 
-    def record_attempt(self, action: Action, call: Call, etag_before: str | None) -> None: ...
+    def record_attempt(
+        self,
+        action_id: uuid.UUID,
+        *,
+        attempt: int,
+        etag_before: str | None = ...,
+        http_status: int | None = ...,
+        twilio_error_code: int | None = ...,
+        twilio_request_id: str | None = ...,
+        duration_ms: int | None = ...,
+        detail: str | None = ...,
+    ) -> int: ...
 
-    def record_conflict(self, action: Action, call: Call, etag_before: str | None) -> None: ...
+    def record_conflict(
+        self,
+        action_id: uuid.UUID,
+        *,
+        attempt: int,
+        etag_before: str | None,
+        etag_after: str | None = ...,
+        current_status: str | None = ...,
+        twilio_error_code: int | None = ...,
+        twilio_request_id: str | None = ...,
+        duration_ms: int | None = ...,
+        detail: str | None = ...,
+    ) -> int: ...
 
     def record_transition(
         self,
-        action: Action,
-        call: Call,
-        from_status: Status,
-        to_status: Status,
+        reservation_sid: str,
+        *,
+        from_status: str | None,
+        to_status: str,
         etag_before: str | None,
         etag_after: str | None,
-        outcome: Outcome,
-    ) -> None:
-        """Record the transition, move the projection and settle the outcome, in one transaction."""
+        action_id: uuid.UUID | None = ...,
+        outcome: Outcome | None = ...,
+        workspace_sid: str | None = ...,
+        task_sid: str | None = ...,
+        worker_sid: str | None = ...,
+        attempt: int | None = ...,
+        http_status: int | None = ...,
+        twilio_request_id: str | None = ...,
+        duration_ms: int | None = ...,
+        detail: str | None = ...,
+    ) -> TransitionResult: ...
 
     def record_outcome(
-        self, action: Action, outcome: Outcome, reason: str, call: Call | None = None
-    ) -> None: ...
+        self,
+        action_id: uuid.UUID,
+        outcome: Outcome,
+        *,
+        http_status: int | None = ...,
+        twilio_error_code: int | None = ...,
+        twilio_request_id: str | None = ...,
+        detail: str | None = ...,
+    ) -> OutcomeResult: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,11 +113,10 @@ class Done:
 
 @dataclass(frozen=True, slots=True)
 class RetryLater:
-    """Try again after ``delay`` seconds; ``fetch_first`` when our last update may have landed."""
+    """Try again after ``delay`` seconds (the next run starts from a fresh fetch)."""
 
     delay: float
     reason: str
-    fetch_first: bool
 
 
 Result = Done | RetryLater
@@ -110,7 +127,20 @@ class Delivery:
     """Where this run stands among the action's runs (Celery's retry count)."""
 
     retries: int = 0
-    fetch_first: bool = False
+
+    @property
+    def fetch_first(self) -> bool:
+        """A retry follows a failure after which our update may have landed: trust no cache."""
+        return self.retries > 0
+
+
+@dataclass(frozen=True, slots=True)
+class _Known:
+    """The reservation as we believe it is, and whether that belief came from the ledger's cache."""
+
+    status: Status
+    etag: str | None
+    from_cache: bool
 
 
 class ActionApplier:
@@ -132,116 +162,174 @@ class ActionApplier:
 
     def apply(self, action: Action, delivery: Delivery = Delivery()) -> Result:
         with self._ledger.reservation_lock(action.reservation_sid):
-            known = self._ledger.outcome_of(action.action_id)
-            if known is not None:
-                return Done(known, "already settled: a redelivery or a duplicate action_id")
-            return self._apply_locked(action, delivery)
+            receipt = self._ledger.record_received(action)
+            if receipt.action.outcome is not None:
+                return Done(Outcome(receipt.action.outcome), "already settled: a redelivery or a duplicate")
+            return _Run(self, action, delivery).apply()
 
-    def _apply_locked(self, action: Action, delivery: Delivery) -> Result:
-        ref = ReservationRef.of(action)
-        attempt = delivery.retries + 1
+
+class _Run:
+    """One run of one action: the loop of step 2 to 4, with what it has learnt so far."""
+
+    def __init__(self, applier: ActionApplier, action: Action, delivery: Delivery) -> None:
+        self.ledger = applier._ledger
+        self.gateway = applier._gateway
+        self.policy = applier._policy
+        self.rng = applier._rng
+        self.clock = applier._clock
+        self.sleep = applier._sleep
+        self.action = action
+        self.delivery = delivery
+        self.ref = ReservationRef.of(action)
+        self.attempt = delivery.retries + 1
+        self.projected: ReservationState | None = None
+
+    def apply(self) -> Result:
         conflicts = 0
         try:
-            state = self._starting_state(action, ref, delivery, attempt)
+            known = self._starting_point()
             while True:
-                decision = plan(action, state.status, self._clock())
-                if not isinstance(decision, Send) and state.from_cache:
-                    # The cache may only save a fetch; a verdict of "nothing to send" needs the truth.
-                    state = self._fetch(ref, attempt)
+                decision = plan(self.action, known.status, self.clock())
+                if not isinstance(decision, Send) and known.from_cache:
+                    # The cache may only ever save a fetch; "nothing to send" needs the truth.
+                    known = self._fetch()
                     continue
                 if isinstance(decision, Finish):
-                    self._ledger.record_outcome(action, decision.outcome, decision.reason)
-                    return Done(decision.outcome, decision.reason)
+                    return self._finish(decision.outcome, decision.reason)
                 if isinstance(decision, Wait):
-                    return self._later(action, delivery, decision.reason, fetch_first=True)
+                    return self._later(decision.reason)
                 try:
-                    state = self._send(action, ref, decision, state, attempt)
+                    self._send(decision, known)
                     return Done(Outcome.APPLIED, "applied")
-                except PreconditionFailed:
-                    pause = self._policy.conflict_pause(conflicts, self._rng)
+                except PreconditionFailed as conflict:
+                    fresh = self._after_conflict(conflict, known, conflicts)
                     conflicts += 1
-                    if pause is None:
-                        return self._later(action, delivery, "412 conflicts kept coming", fetch_first=True)
-                    self._sleep(pause)
-                    state = self._fetch(ref, attempt)
+                    if fresh is None:
+                        return self._later("412 conflicts kept coming")
+                    known = fresh
         except PermanentTaskRouterError as exc:
-            return self._permanent(action, ref, exc, attempt)
+            return self._permanent(exc)
         except TransientTaskRouterError as exc:
-            return self._later(action, delivery, str(exc), fetch_first=True, retry_after=exc.retry_after)
+            return self._later(str(exc), retry_after=exc.retry_after)
 
-    def _starting_state(
-        self, action: Action, ref: ReservationRef, delivery: Delivery, attempt: int
-    ) -> _Known:
-        if not delivery.fetch_first:
-            cached = self._ledger.cached_reservation(action.reservation_sid)
-            if cached is not None and cached.etag is not None:
-                return _Known(cached.status, cached.etag, from_cache=True)
-        return self._fetch(ref, attempt)
+    def _starting_point(self) -> _Known:
+        self.projected = self.ledger.reservation(self.action.reservation_sid)
+        if not self.delivery.fetch_first and self.projected is not None and self.projected.etag is not None:
+            return _Known(Status(self.projected.status), self.projected.etag, from_cache=True)
+        return self._fetch()
 
-    def _fetch(self, ref: ReservationRef, attempt: int) -> _Known:
-        fetched = self._gateway.fetch(ref)
+    def _fetch(self) -> _Known:
+        fetched = self.gateway.fetch(self.ref)
+        self._observe(fetched)
         return _Known(fetched.status, fetched.etag, from_cache=False)
 
-    def _send(
-        self, action: Action, ref: ReservationRef, decision: Send, state: _Known, attempt: int
-    ) -> _Known:
+    def _observe(self, fetched: Fetched) -> None:
+        """Someone else moved the reservation since the ledger last saw it: record that transition."""
+        projected = self.projected
+        if projected is None or projected.status == fetched.status.value:
+            return
+        self.ledger.record_transition(
+            self.action.reservation_sid,
+            from_status=projected.status,
+            to_status=fetched.status.value,
+            etag_before=projected.etag,
+            etag_after=fetched.etag,
+            workspace_sid=self.action.workspace_sid,
+            task_sid=fetched.task_sid,
+            worker_sid=fetched.worker_sid,
+            twilio_request_id=fetched.request_id,
+            detail="observed on fetch: changed outside these workers",
+        )
+        self.projected = self.ledger.reservation(self.action.reservation_sid)
+
+    def _send(self, decision: Send, known: _Known) -> None:
         started = time.perf_counter()
         try:
-            updated = self._gateway.update(ref, decision.arguments, if_match=state.etag)
+            updated = self.gateway.update(self.ref, decision.arguments, if_match=known.etag)
+        except PreconditionFailed:
+            raise  # recorded with what the re-fetch finds, in _after_conflict
         except TaskRouterError as exc:
-            call = _call(attempt, started, exc.status, exc.code, exc.request_id)
-            if isinstance(exc, PreconditionFailed):
-                self._ledger.record_conflict(action, call, state.etag)
-            else:
-                self._ledger.record_attempt(action, call, state.etag)
+            self.ledger.record_attempt(
+                self.action.action_id,
+                attempt=self.attempt,
+                etag_before=known.etag,
+                http_status=exc.status,
+                twilio_error_code=exc.code,
+                twilio_request_id=exc.request_id,
+                duration_ms=_elapsed_ms(started),
+                detail=str(exc),
+            )
             raise
-        call = _call(attempt, started, updated.http_status, None, updated.request_id)
-        self._ledger.record_transition(
-            action, call, state.status, updated.status, state.etag, updated.etag, Outcome.APPLIED
+        self.ledger.record_transition(
+            self.action.reservation_sid,
+            from_status=known.status.value,
+            to_status=updated.status.value,
+            etag_before=known.etag,
+            etag_after=updated.etag,
+            action_id=self.action.action_id,
+            outcome=Outcome.APPLIED,
+            workspace_sid=self.action.workspace_sid,
+            task_sid=updated.task_sid,
+            worker_sid=updated.worker_sid,
+            attempt=self.attempt,
+            http_status=updated.http_status,
+            twilio_request_id=updated.request_id,
+            duration_ms=_elapsed_ms(started),
         )
-        return _Known(updated.status, updated.etag, from_cache=False)
 
-    def _permanent(
-        self, action: Action, ref: ReservationRef, exc: PermanentTaskRouterError, attempt: int
-    ) -> Result:
-        call = Call(attempt, exc.status, exc.code, exc.request_id, 0.0)
-        target = target_status(action)
+    def _after_conflict(self, conflict: PreconditionFailed, stale: _Known, conflicts: int) -> _Known | None:
+        """Record the 412 with what a fresh fetch shows; None once immediate tries are used up."""
+        pause = self.policy.conflict_pause(conflicts, self.rng)
+        fresh: _Known | None = None
+        if pause is not None:
+            self.sleep(pause)
+            fresh = self._fetch()
+        self.ledger.record_conflict(
+            self.action.action_id,
+            attempt=self.attempt,
+            etag_before=stale.etag,
+            etag_after=fresh.etag if fresh else None,
+            current_status=fresh.status.value if fresh else None,
+            twilio_error_code=conflict.code,
+            twilio_request_id=conflict.request_id,
+            detail=str(conflict),
+        )
+        return fresh
+
+    def _permanent(self, exc: PermanentTaskRouterError) -> Result:
+        target = target_status(self.action)
         if exc.status == 400 and target is not None:
-            # A 400 can mean our earlier, timed-out update did land: look before calling it failed.
+            # A 400 can mean that our earlier, timed-out update did land: look before failing.
             try:
-                current = self._gateway.fetch(ref)
+                current = self._fetch()
             except TaskRouterError:
                 current = None
             if current is not None and current.status is target:
                 reason = f"TaskRouter refused the update ({exc}), but the reservation is already {target}"
-                self._ledger.record_outcome(action, Outcome.ALREADY_APPLIED, reason, call)
-                return Done(Outcome.ALREADY_APPLIED, reason)
-        self._ledger.record_outcome(action, Outcome.FAILED, str(exc), call)
-        return Done(Outcome.FAILED, str(exc))
+                return self._finish(Outcome.ALREADY_APPLIED, reason, exc)
+        return self._finish(Outcome.FAILED, str(exc), exc)
 
-    def _later(
-        self,
-        action: Action,
-        delivery: Delivery,
-        reason: str,
-        *,
-        fetch_first: bool,
-        retry_after: float | None = None,
-    ) -> Result:
-        delay = self._policy.delay(delivery.retries, self._rng, retry_after)
+    def _finish(self, outcome: Outcome, reason: str, exc: TaskRouterError | None = None) -> Done:
+        settled = self.ledger.record_outcome(
+            self.action.action_id,
+            outcome,
+            http_status=exc.status if exc else None,
+            twilio_error_code=exc.code if exc else None,
+            twilio_request_id=exc.request_id if exc else None,
+            detail=reason,
+        )
+        if settled.outcome is not None and settled.outcome != outcome.value:
+            return Done(Outcome(settled.outcome), "already settled by an earlier run")
+        return Done(outcome, reason)
+
+    def _later(self, reason: str, retry_after: float | None = None) -> Result:
+        delay = self.policy.delay(self.delivery.retries, self.rng, retry_after)
         if delay is None:
-            final = f"retries exhausted after {delivery.retries + 1} runs: {reason}"
-            self._ledger.record_outcome(action, Outcome.DEAD_LETTERED, final)
-            return Done(Outcome.DEAD_LETTERED, final)
-        return RetryLater(delay, reason, fetch_first)
+            return self._finish(
+                Outcome.DEAD_LETTERED, f"retries exhausted after {self.delivery.retries + 1} runs: {reason}"
+            )
+        return RetryLater(delay, reason)
 
 
-@dataclass(frozen=True, slots=True)
-class _Known:
-    status: Status
-    etag: str | None
-    from_cache: bool
-
-
-def _call(attempt: int, started: float, status: int | None, code: int | None, request_id: str | None) -> Call:
-    return Call(attempt, status, code, request_id, (time.perf_counter() - started) * 1000)
+def _elapsed_ms(started: float) -> int:
+    return round((time.perf_counter() - started) * 1000)

@@ -146,6 +146,10 @@ class LedgerUnavailable(LedgerError):
     """The ledger's database cannot be reached, or refused the connection."""
 
 
+class ReservationBusy(LedgerError):
+    """Another worker held the reservation's lock for longer than we were willing to wait."""
+
+
 class AppendOnlyViolation(LedgerError):
     """The ledger is append-only: an UPDATE, DELETE or TRUNCATE of its rows was refused."""
 

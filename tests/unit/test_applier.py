@@ -6,9 +6,10 @@ import random
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from unittest.mock import ANY
 
 from tests.fakes import FakeGateway, FakeLedger
-from workers.applier import ActionApplier, CachedReservation, Delivery, Done, RetryLater
+from workers.applier import ActionApplier, Delivery, Done, RetryLater
 from workers.core.action import Action, ActionKind
 from workers.core.planner import Outcome
 from workers.core.retry import RetryPolicy
@@ -40,29 +41,30 @@ def test_accept_is_applied_with_one_fetch_and_one_update() -> None:
     assert result == Done(Outcome.APPLIED, "applied")
     assert (gateway.fetches, gateway.updates) == (1, 1)
     assert gateway.status is Status.ACCEPTED
-    assert ledger.kinds() == ["transition", "settled"]
-    assert ledger.rows[0][1] == {"from": Status.PENDING, "to": Status.ACCEPTED, "before": "0", "after": "1"}
+    assert ledger.kinds() == ["transition"]
+    transition = next(fields for kind, fields in ledger.rows if kind == "transition")
+    assert transition == {"from": "pending", "to": "accepted", "before": "0", "after": "1", "action_id": ANY}
     assert ledger.locked == [WR]
 
 
 def test_cached_etag_saves_the_fetch() -> None:
     ledger, gateway = FakeLedger(), FakeGateway(status=Status.ACCEPTED, version=4)
-    ledger.cache[WR] = CachedReservation(Status.ACCEPTED, "4")
+    ledger.cache(WR, Status.ACCEPTED, "4")
     assert applier(ledger, gateway).apply(make(ActionKind.COMPLETE)).outcome is Outcome.APPLIED  # type: ignore[union-attr]
     assert (gateway.fetches, gateway.updates) == (0, 1)
 
 
 def test_stale_cache_costs_a_412_then_a_fetch() -> None:
     ledger, gateway = FakeLedger(), FakeGateway(status=Status.ACCEPTED, version=6)
-    ledger.cache[WR] = CachedReservation(Status.ACCEPTED, "4")
+    ledger.cache(WR, Status.ACCEPTED, "4")
     assert applier(ledger, gateway).apply(make(ActionKind.COMPLETE)).outcome is Outcome.APPLIED  # type: ignore[union-attr]
-    assert ledger.kinds() == ["conflict", "transition", "settled"]
+    assert ledger.kinds() == ["conflict", "transition"]
     assert (gateway.fetches, gateway.updates) == (1, 2)
 
 
 def test_cache_never_decides_that_nothing_is_to_be_sent() -> None:
     ledger, gateway = FakeLedger(), FakeGateway(status=Status.PENDING, version=2)
-    ledger.cache[WR] = CachedReservation(Status.ACCEPTED, "1")  # stale: says already accepted
+    ledger.cache(WR, Status.ACCEPTED, "1")  # stale: says already accepted
     assert applier(ledger, gateway).apply(make()).outcome is Outcome.APPLIED  # type: ignore[union-attr]
     assert gateway.fetches == 1
 
@@ -70,12 +72,11 @@ def test_cache_never_decides_that_nothing_is_to_be_sent() -> None:
 def test_412s_are_retried_immediately_then_fall_back_to_a_delayed_retry() -> None:
     ledger, gateway = FakeLedger(), FakeGateway(interference=2)
     assert applier(ledger, gateway).apply(make()).outcome is Outcome.APPLIED  # type: ignore[union-attr]
-    assert ledger.kinds() == ["conflict", "conflict", "transition", "settled"]
+    assert ledger.kinds() == ["conflict", "conflict", "transition"]
 
     ledger, gateway = FakeLedger(), FakeGateway(interference=10)
     result = applier(ledger, gateway, immediate_conflict_tries=3).apply(make())
     assert isinstance(result, RetryLater)
-    assert result.fetch_first
     assert ledger.kinds() == ["conflict"] * 4
     assert ledger.outcomes == {}
 
@@ -112,7 +113,7 @@ def test_throttling_retries_later_honouring_retry_after() -> None:
     assert result.delay == 9.0
     assert ledger.kinds() == ["attempt"]
     # The next run fetches first: the update may have landed.
-    done = applier(ledger, gateway).apply(make(), Delivery(retries=1, fetch_first=True))
+    done = applier(ledger, gateway).apply(make(), Delivery(retries=1))
     assert isinstance(done, Done)
 
 
@@ -154,7 +155,27 @@ def test_not_yet_possible_waits_then_expires() -> None:
     assert isinstance(result, RetryLater)
     assert gateway.updates == 0
     later = ActionApplier(ledger, gateway, clock=lambda: NOW + timedelta(minutes=2), sleep=lambda _: None)
-    assert later.apply(action, Delivery(retries=1, fetch_first=True)) == Done(
+    assert later.apply(action, Delivery(retries=1)) == Done(
         Outcome.EXPIRED,
         f"past not_after {action.not_after.isoformat()}",  # type: ignore[union-attr]
     )
+
+
+def test_a_change_made_outside_the_workers_is_recorded_as_observed() -> None:
+    ledger, gateway = FakeLedger(), FakeGateway(status=Status.TIMEOUT, version=3)
+    ledger.cache(WR, Status.PENDING, "1")
+    action = make()
+    assert applier(ledger, gateway).apply(action).outcome is Outcome.INVALID_TRANSITION  # type: ignore[union-attr]
+    observed = [fields for kind, fields in ledger.rows if kind == "transition"]
+    assert observed == [{"from": "pending", "to": "timeout", "before": "1", "after": "3", "action_id": None}]
+    assert ledger.projection[WR].status == "timeout"
+
+
+def test_conflict_rows_carry_what_the_refetch_found() -> None:
+    ledger, gateway = FakeLedger(), FakeGateway(interference=1)
+    applier(ledger, gateway).apply(make())
+    conflict = next(fields for kind, fields in ledger.rows if kind == "conflict")
+    assert conflict["etag_before"] == "0"
+    assert conflict["etag_after"] == "1"
+    assert conflict["current_status"] == "pending"
+    assert conflict["twilio_error_code"] == 20412

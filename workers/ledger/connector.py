@@ -25,6 +25,7 @@ from workers.errors import (
     LedgerError,
     LedgerPermissionDenied,
     LedgerUnavailable,
+    ReservationBusy,
     UnknownAction,
 )
 from workers.ledger.models import Role
@@ -54,6 +55,8 @@ def _translate(exc: psycopg.Error) -> LedgerError:
     if exc.sqlstate == UNKNOWN_ACTION_SQLSTATE:
         found = _UUID.search(message)
         return UnknownAction(found.group(0) if found else message)
+    if isinstance(exc, pg_errors.LockNotAvailable):
+        return ReservationBusy(message)
     if isinstance(exc, pg_errors.InsufficientPrivilege):
         return LedgerPermissionDenied(message)
     if isinstance(exc, psycopg.OperationalError):

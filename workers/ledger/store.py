@@ -13,7 +13,8 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Any, LiteralString
 
@@ -91,6 +92,27 @@ class Ledger:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+    # -- serialising the workers ----------------------------------------------------------------
+
+    @contextmanager
+    def reservation_lock(self, reservation_sid: str, timeout: float = 30.0) -> Iterator[None]:
+        """Hold the reservation's advisory lock while an action is applied to it.
+
+        Two workers never act on one reservation at once; races with anyone else are settled by
+        If-Match. The lock is session-level on a pooled connection of its own, so the record_*
+        calls inside use other connections (size the pool for two per concurrent action). If the
+        worker dies, PostgreSQL ends the session and the lock with it. Raises
+        :class:`ReservationBusy` after ``timeout`` seconds of waiting.
+        """
+        params = {"reservation_sid": reservation_sid}
+        with self._connector.connection() as conn:
+            conn.execute(QUERIES["set_lock_timeout"], {"timeout": f"{max(1, int(timeout * 1000))}ms"})
+            conn.execute(QUERIES["lock_reservation"], params)
+            try:
+                yield
+            finally:
+                conn.execute(QUERIES["unlock_reservation"], params)
 
     # -- writes ------------------------------------------------------------------------------
 

@@ -185,3 +185,15 @@ SELECT checkpoint_id, chains, max_position, digest
 SELECT checkpoint_id, chains, max_position, digest
   FROM ledger.checkpoints
  WHERE checkpoint_id = %(checkpoint_id)s;
+
+-- name: set_lock_timeout
+-- How long reservation_lock waits for another worker to finish with the reservation.
+SELECT set_config('lock_timeout', %(timeout)s, false);
+
+-- name: lock_reservation
+-- Serialise the workers on one reservation: a session-level advisory lock held for an attempt
+-- (class 0x52535653, "RSVS"; the chain lock uses another class, so the two never collide).
+SELECT pg_advisory_lock(1381193299, hashtext(%(reservation_sid)s));
+
+-- name: unlock_reservation
+SELECT pg_advisory_unlock(1381193299, hashtext(%(reservation_sid)s));
