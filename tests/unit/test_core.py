@@ -192,3 +192,22 @@ def test_errors_survive_pickling(error: ReservationsError) -> None:
     assert str(copy) == str(error)
     assert copy.args == error.args
     assert vars(copy) == vars(error)
+
+
+def test_masking_for_display_hides_pii_and_drops_secrets() -> None:
+    from workers.core.redaction import MASK, mask_message
+
+    message = {
+        "action_id": "x",
+        "params": {
+            "call_from": "+15550001111",
+            "call_url": "https://x.test",
+            "sip_auth_password": "hunter2",
+            "odd": 1,
+        },
+    }
+    shown = mask_message(message)
+    assert shown["params"] == {"call_from": MASK, "call_url": "https://x.test", "odd": MASK}
+    assert "hunter2" not in repr(shown)
+    assert "+15550001111" not in repr(shown)
+    assert message["params"]["call_from"] == "+15550001111"  # type: ignore[index]

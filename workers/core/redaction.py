@@ -71,3 +71,32 @@ def redact_params(params: Mapping[str, Any], key: str | bytes) -> dict[str, Any]
 def _looks_secret(name: str) -> bool:
     lowered = name.lower()
     return any(word in lowered for word in _SECRET_WORDS)
+
+
+MASK = "[redacted]"
+
+
+def mask_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of ``params`` fit for logs and Flower: secrets dropped, PII and unknowns masked.
+
+    Unlike :func:`redact_params` it needs no key, so any process (a producer, a worker) can
+    show an action without being able to reveal, or even match, its PII.
+    """
+    masked: dict[str, Any] = {}
+    for name, value in params.items():
+        parameter = parameter_named(name)
+        if parameter.secret if parameter is not None else _looks_secret(name):
+            continue
+        masked[name] = MASK if parameter is None or parameter.pii else value
+    return masked
+
+
+def mask_message(message: Mapping[str, Any]) -> dict[str, Any]:
+    """An action message with its ``params`` masked (see :func:`mask_params`)."""
+    shown = dict(message)
+    params = shown.get("params")
+    if isinstance(params, Mapping):
+        shown["params"] = mask_params(params)
+    elif params is not None:
+        shown["params"] = MASK
+    return shown

@@ -1,0 +1,1 @@
+"""Test support: real services (PostgreSQL, RabbitMQ), real worker processes."""

@@ -1,0 +1,68 @@
+"""The Celery application: ``celery -A workers worker`` finds ``app`` here.
+
+Reliability settings (design doc, "Delivery is at least once"): late acknowledgement, reject on
+worker lost, prefetch 1, publisher confirms, quorum queues with native delayed delivery for retry
+countdowns, results off (outcomes live in the ledger), events on for Flower.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+
+from workers.config import Settings
+from workers.topology import APPLY_EXCHANGE, APPLY_QUEUE_NAME, APPLY_ROUTING_KEY, apply_queue
+
+APPLY_TASK_NAME = "reservations.apply"
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    return {
+        "broker_url": settings.broker_url,
+        "broker_connection_retry_on_startup": True,
+        # Publisher confirms: apply_async returns only once the broker has the message.
+        "broker_transport_options": {"confirm_publish": True},
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "result_serializer": "json",
+        "task_ignore_result": True,
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "task_acks_on_failure_or_timeout": True,
+        "worker_prefetch_multiplier": 1,
+        "worker_detect_quorum_queues": True,
+        "task_queues": [apply_queue()],
+        "task_default_queue": APPLY_QUEUE_NAME,
+        "task_default_exchange": APPLY_EXCHANGE.name,
+        "task_default_exchange_type": APPLY_EXCHANGE.type,
+        "task_default_routing_key": APPLY_ROUTING_KEY,
+        "task_routes": {
+            APPLY_TASK_NAME: {
+                "queue": APPLY_QUEUE_NAME,
+                "exchange": APPLY_EXCHANGE.name,
+                "routing_key": APPLY_ROUTING_KEY,
+            }
+        },
+        "task_create_missing_queues": False,
+        # An attempt is a fetch and an update with a 10 s HTTP time-out each, plus ledger writes.
+        "task_soft_time_limit": 60,
+        "task_time_limit": 90,
+        # Flower reads these.
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "task_track_started": True,
+        "worker_hijack_root_logger": False,
+        "enable_utc": True,
+    }
+
+
+def create_app(settings: Settings | None = None) -> Celery:
+    settings = settings or Settings.from_env()
+    celery_app = Celery("workers", set_as_current=True)
+    celery_app.conf.update(celery_config(settings))
+    celery_app.conf.imports = ["workers.tasks"]
+    return celery_app
+
+
+app = create_app()
