@@ -11,6 +11,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from workers.core.retry import RetryPolicy
 from workers.errors import ConfigurationError
 
 DEFAULT_BROKER_URL = "amqp://guest:guest@127.0.0.1:5672//"
@@ -42,6 +43,7 @@ class Settings:
     # The role that owns the ledger's tables runs migrations; defaults to DATABASE_URL.
     ledger_migration_url: str | None = field(default=None, repr=False)
     audit_api_token: str | None = field(default=None, repr=False)
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -54,12 +56,28 @@ class Settings:
             ledger_pii_key=env.get("LEDGER_PII_KEY") or None,
             ledger_migration_url=env.get("LEDGER_MIGRATION_URL") or None,
             audit_api_token=env.get("AUDIT_API_TOKEN") or None,
+            retry=_retry_policy(env),
         )
 
     @property
     def migration_url(self) -> str:
         """Where ``reservations migrate`` connects: LEDGER_MIGRATION_URL, else DATABASE_URL."""
         return self.ledger_migration_url or self.database_url
+
+
+def _retry_policy(env: Mapping[str, str]) -> RetryPolicy:
+    """RETRY_* variables override the policy's defaults (tests shorten the waits with them)."""
+    d = RetryPolicy()
+    try:
+        return RetryPolicy(
+            immediate_conflict_tries=int(env.get("RETRY_CONFLICT_TRIES", d.immediate_conflict_tries)),
+            immediate_conflict_pause=float(env.get("RETRY_CONFLICT_PAUSE", d.immediate_conflict_pause)),
+            max_delayed_retries=int(env.get("RETRY_MAX_RETRIES", d.max_delayed_retries)),
+            base_delay=float(env.get("RETRY_BASE_DELAY", d.base_delay)),
+            max_delay=float(env.get("RETRY_MAX_DELAY", d.max_delay)),
+        )
+    except ValueError as exc:
+        raise ConfigurationError(f"bad RETRY_* setting: {exc}") from exc
 
 
 def _twilio_credentials(env: Mapping[str, str]) -> TwilioCredentials:

@@ -1,0 +1,93 @@
+"""Real Celery worker processes for the integration tests (never eager mode)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Self
+
+READY_TIMEOUT = 60.0
+
+
+class WorkerProcess:
+    """``celery -A workers worker`` as a subprocess, with its log in a temporary file."""
+
+    def __init__(
+        self,
+        env: Mapping[str, str],
+        *,
+        pool: str = "threads",
+        concurrency: int = 8,
+        name: str | None = None,
+    ) -> None:
+        self.env = {**os.environ, **env}
+        self.pool = pool
+        self.concurrency = concurrency
+        self.name = name or f"test-{uuid.uuid4().hex[:8]}"
+        self._log: IO[bytes] | None = None
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def log_path(self) -> Path:
+        assert self._log is not None
+        return Path(self._log.name)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def start(self) -> None:
+        self._log = tempfile.NamedTemporaryFile(prefix=f"{self.name}-", suffix=".log", delete=False)  # noqa: SIM115
+        command = [
+            sys.executable, "-m", "celery", "-A", "workers", "worker",
+            "--pool", self.pool, "--concurrency", str(self.concurrency),
+            "--hostname", f"{self.name}@%h", "--loglevel", "INFO",
+            "--without-mingle", "--without-gossip",
+        ]  # fmt: skip
+        self.process = subprocess.Popen(command, env=self.env, stdout=self._log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + READY_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the worker exited with {self.process.returncode}:\n{self.log()}")
+            if " ready." in self.log():
+                return
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"the worker did not become ready in {READY_TIMEOUT} s:\n{self.log()}")
+
+    def kill(self) -> None:
+        """SIGKILL the worker, as a crash or an out-of-memory killer would."""
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait(10)
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        """SIGTERM (Celery's warm shutdown: finish what is running), then SIGKILL if it hangs."""
+        if self.process is None or self.process.poll() is not None:
+            return None if self.process is None else self.process.returncode
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait(10)
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+        if self._log is not None:
+            self._log.close()
+            if exc_type is None:
+                self.log_path.unlink(missing_ok=True)

@@ -1,0 +1,103 @@
+"""Fixtures for the end-to-end tests: the emulator (strict headers), a migrated ledger, a private
+RabbitMQ vhost and real Celery worker processes pointed at all three."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from tests.support.worker import WorkerProcess
+from workers.celery import create_app
+from workers.config import EMULATOR_ACCOUNT_SID, EMULATOR_AUTH_TOKEN, Settings
+from workers.core.action import Action, ActionKind
+from workers.emulator.admin import EmulatorAdmin, ReservationInfo
+from workers.emulator.server import EmulatorServer
+from workers.emulator.settings import EmulatorSettings
+from workers.ledger import Connector, Ledger, Role
+from workers.ledger.models import ActionRecord
+
+PII_KEY = "end-to-end-pii-key"
+SETTLE_TIMEOUT = 60.0
+
+
+@pytest.fixture(scope="module")
+def emulator() -> Iterator[EmulatorServer]:
+    with EmulatorServer(EmulatorSettings(strict_headers=True)) as server:
+        yield server
+
+
+@pytest.fixture
+def admin(emulator: EmulatorServer) -> Iterator[EmulatorAdmin]:
+    with EmulatorAdmin(emulator.base_url) as client:
+        client.reset()
+        yield client
+
+
+@pytest.fixture(scope="module")
+def worker_env(emulator: EmulatorServer, db_url: str, broker_url: str) -> dict[str, str]:
+    return {
+        "CELERY_BROKER_URL": broker_url,
+        "DATABASE_URL": db_url,
+        "TASKROUTER_BASE_URL": emulator.base_url,
+        "TWILIO_ACCOUNT_SID": EMULATOR_ACCOUNT_SID,
+        "TWILIO_AUTH_TOKEN": EMULATOR_AUTH_TOKEN,
+        "LEDGER_PII_KEY": PII_KEY,
+        "LEDGER_POOL_MAX": "20",
+        # Short waits: the tests exercise the retry paths, not the production delays.
+        "RETRY_BASE_DELAY": "0.2",
+        "RETRY_MAX_DELAY": "1",
+        "RETRY_MAX_RETRIES": "6",
+        "RETRY_CONFLICT_PAUSE": "0.001",
+    }
+
+
+@pytest.fixture(scope="module")
+def settings(worker_env: dict[str, str]) -> Settings:
+    return Settings.from_env(worker_env)
+
+
+@pytest.fixture(scope="module")
+def celery_app(settings: Settings) -> Any:
+    return create_app(settings)
+
+
+@pytest.fixture(scope="module")
+def ledger(db_url: str) -> Iterator[Ledger]:
+    connector = Connector(db_url, Role.WRITER, min_size=1, max_size=4)
+    connector.open()
+    with Ledger(connector, PII_KEY) as opened:
+        yield opened
+
+
+@pytest.fixture(scope="module")
+def worker(worker_env: dict[str, str]) -> Iterator[WorkerProcess]:
+    with WorkerProcess(worker_env, pool="threads", concurrency=8) as process:
+        yield process
+
+
+def action_for(reservation: ReservationInfo, kind: ActionKind = ActionKind.ACCEPT, **fields: Any) -> Action:
+    return Action(
+        uuid.uuid4(),
+        kind,
+        reservation.workspace_sid,
+        reservation.sid,
+        task_sid=fields.pop("task_sid", reservation.task_sid),
+        **fields,
+    )
+
+
+def wait_for_outcome(ledger: Ledger, action_id: uuid.UUID, timeout: float = SETTLE_TIMEOUT) -> ActionRecord:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        record = ledger.action(action_id)
+        if record is not None and record.outcome is not None:
+            return record
+        time.sleep(0.05)
+    raise AssertionError(f"action {action_id} did not settle in {timeout} s")
+
+
+Settle = Callable[[uuid.UUID], ActionRecord]

@@ -1,0 +1,107 @@
+"""The Celery tasks: thin adapters from broker messages to the applier.
+
+All decisions live in :mod:`workers.applier`; here a :class:`~workers.applier.RetryLater` becomes
+a Celery retry (parked in the broker by native delayed delivery, since the queue is quorum), and
+a dead-lettered outcome becomes a message in ``reservations.dead`` with its reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from typing import Any
+
+from celery import Task
+
+from workers.applier import Delivery, Done
+from workers.celery import APPLY_TASK_NAME, app
+from workers.config import Settings
+from workers.core.action import Action
+from workers.core.planner import Outcome
+from workers.core.redaction import mask_message
+from workers.dead_letters import publish_dead_letter
+from workers.errors import LedgerError, LedgerPermissionDenied
+from workers.runtime import Runtime
+
+logger = logging.getLogger("workers.apply")
+
+
+class ApplyTask(Task):  # type: ignore[misc]
+    """Holds this process's :class:`Runtime`, built on first use (after any fork)."""
+
+    _runtime: Runtime | None = None
+
+    @property
+    def runtime(self) -> Runtime:
+        if self._runtime is None:
+            type(self)._runtime = Runtime(Settings.from_env())
+        assert self._runtime is not None
+        return self._runtime
+
+
+def display_args(message: dict[str, Any]) -> str:
+    """What Flower and the logs show of the task's arguments: PII masked, secrets gone."""
+    return repr((mask_message(message),))
+
+
+@app.task(  # type: ignore[untyped-decorator]  # celery ships no types for it
+    base=ApplyTask,
+    bind=True,
+    name=APPLY_TASK_NAME,
+    max_retries=None,  # the retry policy decides, and ends in dead_lettered
+    acks_late=True,
+    reject_on_worker_lost=True,
+)
+def apply_action(self: ApplyTask, message: dict[str, Any]) -> str:
+    """Apply one reservation action (the v1 wire message) exactly once."""
+    try:
+        action = Action.from_message(message)
+    except (ValueError, KeyError, TypeError) as exc:
+        # The intake validates against the schema; this is a producer that bypassed it.
+        reason = f"malformed action message: {exc}"
+        self.runtime.ledger.record_rejected_input(message, reason)
+        publish_dead_letter(self.app, message, reason, action_id=_text(message.get("action_id")))
+        _log(message, Outcome.REJECTED_INPUT.value, reason)
+        return Outcome.REJECTED_INPUT.value
+
+    try:
+        result = self.runtime.applier().apply(action, Delivery(self.request.retries))
+    except LedgerPermissionDenied:
+        raise  # a deployment error: fail loudly, never loop on it
+    except LedgerError as exc:
+        # The ledger is down or the reservation is busy: nothing was decided, try again later.
+        delay = self.runtime.policy.delay(self.request.retries, random.Random())
+        if delay is None:
+            reason = f"retries exhausted, the ledger kept failing: {exc}"
+            publish_dead_letter(self.app, message, reason, action_id=str(action.action_id))
+            _log(message, Outcome.DEAD_LETTERED.value, reason)
+            return Outcome.DEAD_LETTERED.value
+        raise self.retry(exc=exc, countdown=delay, argsrepr=display_args(message)) from exc
+
+    if not isinstance(result, Done):
+        _log(message, "retry", result.reason, delay=result.delay)
+        raise self.retry(countdown=result.delay, argsrepr=display_args(message))
+    if result.outcome is Outcome.DEAD_LETTERED:
+        publish_dead_letter(self.app, message, result.reason, action_id=str(action.action_id))
+    _log(message, result.outcome.value, result.reason)
+    return result.outcome.value
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _log(message: dict[str, Any], outcome: str, reason: str, **extra: Any) -> None:
+    logger.info(
+        "action %s: %s (%s)",
+        message.get("action_id"),
+        outcome,
+        reason,
+        extra={
+            "action_id": message.get("action_id"),
+            "reservation_sid": message.get("reservation_sid"),
+            "correlation_id": message.get("correlation_id"),
+            "outcome": outcome,
+            **extra,
+        },
+    )
