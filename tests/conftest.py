@@ -22,6 +22,8 @@ from tests.support.services import (
     unavailable,
 )
 
+pytest_plugins = ["tests.support.e2e"]
+
 
 @pytest.fixture(scope="session")
 def admin_url() -> str:

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
+from tests.support.e2e import action_for, wait_for_outcome
 from tests.support.worker import WorkerProcess
-from tests.workers.conftest import action_for, wait_for_outcome
 from workers.core.action import ActionKind
 from workers.emulator.admin import EmulatorAdmin
 from workers.ledger import Ledger

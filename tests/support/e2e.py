@@ -1,5 +1,6 @@
-"""Fixtures for the end-to-end tests: the emulator (strict headers), a migrated ledger, a private
-RabbitMQ vhost and real Celery worker processes pointed at all three."""
+"""End-to-end fixtures (a pytest plugin, loaded by tests/conftest.py): the emulator in strict-header
+mode, a migrated ledger, a private RabbitMQ vhost and a real Celery worker process pointed at all
+three. Module-scoped: each test module gets its own database and worker."""
 
 from __future__ import annotations
 
