@@ -22,8 +22,13 @@ from workers.core.redaction import mask_message
 from workers.dead_letters import publish_dead_letter
 from workers.errors import LedgerError, LedgerPermissionDenied
 from workers.runtime import Runtime
+from workers.topology import OUTCOME_HEADER
 
 logger = logging.getLogger("workers.apply")
+
+# Outcomes whose message goes to reservations.dead: the ledger keeps PII only as keyed hashes,
+# so the dead-letter queue is where an operator finds the whole message to redrive.
+KEPT_FOR_REDRIVE = frozenset({Outcome.DEAD_LETTERED, Outcome.FAILED})
 
 
 class ApplyTask(Task):  # type: ignore[misc]
@@ -60,7 +65,13 @@ def apply_action(self: ApplyTask, message: dict[str, Any]) -> str:
         # The intake validates against the schema; this is a producer that bypassed it.
         reason = f"malformed action message: {exc}"
         self.runtime.ledger.record_rejected_input(message, reason)
-        publish_dead_letter(self.app, message, reason, action_id=_text(message.get("action_id")))
+        publish_dead_letter(
+            self.app,
+            message,
+            reason,
+            action_id=_text(message.get("action_id")),
+            extra_headers={OUTCOME_HEADER: Outcome.REJECTED_INPUT.value},
+        )
         _log(message, Outcome.REJECTED_INPUT.value, reason)
         return Outcome.REJECTED_INPUT.value
 
@@ -73,7 +84,13 @@ def apply_action(self: ApplyTask, message: dict[str, Any]) -> str:
         delay = self.runtime.policy.delay(self.request.retries, random.Random())
         if delay is None:
             reason = f"retries exhausted, the ledger kept failing: {exc}"
-            publish_dead_letter(self.app, message, reason, action_id=str(action.action_id))
+            publish_dead_letter(
+                self.app,
+                message,
+                reason,
+                action_id=str(action.action_id),
+                extra_headers={OUTCOME_HEADER: Outcome.DEAD_LETTERED.value},
+            )
             _log(message, Outcome.DEAD_LETTERED.value, reason)
             return Outcome.DEAD_LETTERED.value
         raise self.retry(exc=exc, countdown=delay, argsrepr=display_args(message)) from exc
@@ -81,8 +98,14 @@ def apply_action(self: ApplyTask, message: dict[str, Any]) -> str:
     if not isinstance(result, Done):
         _log(message, "retry", result.reason, delay=result.delay)
         raise self.retry(countdown=result.delay, argsrepr=display_args(message))
-    if result.outcome is Outcome.DEAD_LETTERED:
-        publish_dead_letter(self.app, message, result.reason, action_id=str(action.action_id))
+    if result.outcome in KEPT_FOR_REDRIVE:
+        publish_dead_letter(
+            self.app,
+            message,
+            result.reason,
+            action_id=str(action.action_id),
+            extra_headers={OUTCOME_HEADER: result.outcome.value},
+        )
     _log(message, result.outcome.value, result.reason)
     return result.outcome.value
 

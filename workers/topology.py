@@ -21,6 +21,7 @@ DEAD_LETTER_EXCHANGE = Exchange("reservations.dlx", type="fanout", durable=True)
 DEAD_LETTER_QUEUE_NAME = "reservations.dead"
 REASON_HEADER = "x-reservations-reason"
 ACTION_ID_HEADER = "x-reservations-action-id"
+OUTCOME_HEADER = "x-reservations-outcome"
 
 # The Celery task queue of the apply task (topic, so native delayed delivery can route to it).
 APPLY_EXCHANGE = Exchange("reservations.apply", type="topic", durable=True)
