@@ -86,7 +86,7 @@ class FakeLedger:
         **fields: Any,
     ) -> TransitionResult:
         self.rows.append(
-            ("transition", {"from": from_status, "to": to_status, "before": etag_before, "after": etag_after,
+            ("transition" if action_id else "observed", {"from": from_status, "to": to_status, "before": etag_before, "after": etag_after,
                             "action_id": action_id})
         )  # fmt: skip
         self.projection[reservation_sid] = ReservationState(

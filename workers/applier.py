@@ -224,21 +224,27 @@ class _Run:
         return _Known(fetched.status, fetched.etag, from_cache=False)
 
     def _observe(self, fetched: Fetched) -> None:
-        """Someone else moved the reservation since the ledger last saw it: record that transition."""
+        """Keep the ledger's picture of the reservation complete.
+
+        A reservation seen for the first time is recorded as such (from no status), so that any
+        later change, even one made by an update of ours whose answer a crash swallowed, shows
+        up as a transition observed on the next fetch.
+        """
         projected = self.projected
-        if projected is None or projected.status == fetched.status.value:
+        if projected is not None and projected.status == fetched.status.value:
             return
+        detail = "first seen on fetch" if projected is None else "observed on fetch: changed outside this run"
         self.ledger.record_transition(
             self.action.reservation_sid,
-            from_status=projected.status,
+            from_status=projected.status if projected else None,
             to_status=fetched.status.value,
-            etag_before=projected.etag,
+            etag_before=projected.etag if projected else None,
             etag_after=fetched.etag,
             workspace_sid=self.action.workspace_sid,
             task_sid=fetched.task_sid,
             worker_sid=fetched.worker_sid,
             twilio_request_id=fetched.request_id,
-            detail="observed on fetch: changed outside these workers",
+            detail=detail,
         )
         self.projected = self.ledger.reservation(self.action.reservation_sid)
 

@@ -41,7 +41,9 @@ def test_accept_is_applied_with_one_fetch_and_one_update() -> None:
     assert result == Done(Outcome.APPLIED, "applied")
     assert (gateway.fetches, gateway.updates) == (1, 1)
     assert gateway.status is Status.ACCEPTED
-    assert ledger.kinds() == ["transition"]
+    assert ledger.kinds() == ["observed", "transition"]
+    first_seen = ledger.rows[1][1]
+    assert first_seen == {"from": None, "to": "pending", "before": None, "after": "0", "action_id": None}
     transition = next(fields for kind, fields in ledger.rows if kind == "transition")
     assert transition == {"from": "pending", "to": "accepted", "before": "0", "after": "1", "action_id": ANY}
     assert ledger.locked == [WR]
@@ -72,12 +74,12 @@ def test_cache_never_decides_that_nothing_is_to_be_sent() -> None:
 def test_412s_are_retried_immediately_then_fall_back_to_a_delayed_retry() -> None:
     ledger, gateway = FakeLedger(), FakeGateway(interference=2)
     assert applier(ledger, gateway).apply(make()).outcome is Outcome.APPLIED  # type: ignore[union-attr]
-    assert ledger.kinds() == ["conflict", "conflict", "transition"]
+    assert ledger.kinds() == ["observed", "conflict", "conflict", "transition"]
 
     ledger, gateway = FakeLedger(), FakeGateway(interference=10)
     result = applier(ledger, gateway, immediate_conflict_tries=3).apply(make())
     assert isinstance(result, RetryLater)
-    assert ledger.kinds() == ["conflict"] * 4
+    assert ledger.kinds() == ["observed"] + ["conflict"] * 4
     assert ledger.outcomes == {}
 
 
@@ -111,7 +113,7 @@ def test_throttling_retries_later_honouring_retry_after() -> None:
     result = applier(ledger, gateway, base_delay=0.5).apply(make())
     assert isinstance(result, RetryLater)
     assert result.delay == 9.0
-    assert ledger.kinds() == ["attempt"]
+    assert ledger.kinds() == ["observed", "attempt"]
     # The next run fetches first: the update may have landed.
     done = applier(ledger, gateway).apply(make(), Delivery(retries=1))
     assert isinstance(done, Done)
@@ -166,7 +168,7 @@ def test_a_change_made_outside_the_workers_is_recorded_as_observed() -> None:
     ledger.cache(WR, Status.PENDING, "1")
     action = make()
     assert applier(ledger, gateway).apply(action).outcome is Outcome.INVALID_TRANSITION  # type: ignore[union-attr]
-    observed = [fields for kind, fields in ledger.rows if kind == "transition"]
+    observed = [fields for kind, fields in ledger.rows if kind == "observed"]
     assert observed == [{"from": "pending", "to": "timeout", "before": "1", "after": "3", "action_id": None}]
     assert ledger.projection[WR].status == "timeout"
 
