@@ -85,10 +85,9 @@ class FakeLedger:
         outcome: Outcome | None = None,
         **fields: Any,
     ) -> TransitionResult:
-        self.rows.append(
-            ("transition" if action_id else "observed", {"from": from_status, "to": to_status, "before": etag_before, "after": etag_after,
-                            "action_id": action_id})
-        )  # fmt: skip
+        kind = "transition" if action_id else "observed"
+        fields_seen = {"from": from_status, "to": to_status, "before": etag_before, "after": etag_after}
+        self.rows.append((kind, {**fields_seen, "action_id": action_id}))
         self.projection[reservation_sid] = ReservationState(
             reservation_sid, None, None, None, to_status, etag_after, len(self.rows), NOW
         )
