@@ -8,6 +8,7 @@ a dead-lettered outcome becomes a message in ``reservations.dead`` with its reas
 from __future__ import annotations
 
 import logging
+import math
 import random
 from typing import Any
 
@@ -93,11 +94,11 @@ def apply_action(self: ApplyTask, message: dict[str, Any]) -> str:
             )
             _log(message, Outcome.DEAD_LETTERED.value, reason)
             return Outcome.DEAD_LETTERED.value
-        raise self.retry(exc=exc, countdown=delay, argsrepr=display_args(message)) from exc
+        raise self.retry(exc=exc, countdown=whole_seconds(delay), argsrepr=display_args(message)) from exc
 
     if not isinstance(result, Done):
         _log(message, "retry", result.reason, delay=result.delay)
-        raise self.retry(countdown=result.delay, argsrepr=display_args(message))
+        raise self.retry(countdown=whole_seconds(result.delay), argsrepr=display_args(message))
     if result.outcome in KEPT_FOR_REDRIVE:
         publish_dead_letter(
             self.app,
@@ -108,6 +109,11 @@ def apply_action(self: ApplyTask, message: dict[str, Any]) -> str:
         )
     _log(message, result.outcome.value, result.reason)
     return result.outcome.value
+
+
+def whole_seconds(delay: float) -> int:
+    """Native delayed delivery counts in whole seconds and refuses a countdown under one."""
+    return max(1, math.ceil(delay))
 
 
 def _text(value: object) -> str | None:

@@ -51,7 +51,7 @@ def worker_env(emulator: EmulatorServer, db_url: str, broker_url: str) -> dict[s
         # Short waits: the tests exercise the retry paths, not the production delays.
         "RETRY_BASE_DELAY": "0.2",
         "RETRY_MAX_DELAY": "1",
-        "RETRY_MAX_RETRIES": "6",
+        "RETRY_MAX_RETRIES": "3",
         "RETRY_CONFLICT_PAUSE": "0.001",
     }
 

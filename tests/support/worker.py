@@ -89,5 +89,5 @@ class WorkerProcess:
         self.stop()
         if self._log is not None:
             self._log.close()
-            if exc_type is None:
+            if exc_type is None and not os.environ.get("KEEP_WORKER_LOGS"):
                 self.log_path.unlink(missing_ok=True)

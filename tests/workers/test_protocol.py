@@ -1,0 +1,216 @@
+"""The If-Match protocol end to end: conflicts, races behind our back, faults, permanent errors
+and exhausted retries, each with the ledger rows it must leave."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections import Counter
+from typing import Any
+
+import pytest
+
+from tests.support.broker import drain_dead_letters
+from tests.support.e2e import action_for, wait_for_outcome
+from tests.support.worker import WorkerProcess
+from workers.core.action import ActionKind
+from workers.emulator.admin import EmulatorAdmin
+from workers.ledger import Ledger
+from workers.producer import enqueue
+from workers.topology import ACTION_ID_HEADER, OUTCOME_HEADER, REASON_HEADER
+
+
+def kinds(ledger: Ledger, action_id: uuid.UUID) -> list[str]:
+    return [event.kind for event in ledger.history(action_id=action_id)]
+
+
+def test_stale_cached_etag_costs_one_412_then_applies(
+    celery_app: Any, worker: WorkerProcess, admin: EmulatorAdmin, ledger: Ledger
+) -> None:
+    reservation = admin.create_reservation()
+    accept = action_for(reservation)
+    enqueue(accept, celery_app)
+    wait_for_outcome(ledger, accept.action_id)
+    admin.change(reservation.sid, "touch")  # another actor changes it: our cached ETag is stale
+    admin.reset_counters()
+
+    complete = action_for(reservation, ActionKind.COMPLETE)
+    enqueue(complete, celery_app)
+    assert wait_for_outcome(ledger, complete.action_id).outcome == "applied"
+    assert kinds(ledger, complete.action_id) == ["received", "conflict", "transition", "outcome"]
+    conflict = ledger.history(action_id=complete.action_id)[1]
+    assert conflict.http_status == 412
+    assert conflict.twilio_error_code == 20412
+    touched = admin.transitions(reservation.sid)[-2]
+    assert touched.to_status == "accepted"
+    assert conflict.etag_after == str(touched.version_after)
+    counts = admin.reservation_counts(reservation.sid)
+    assert (counts.update.status(412), counts.update.status(200), counts.fetch.total) == (1, 1, 1)
+
+
+def test_a_storm_of_412s_converges_and_every_conflict_is_in_the_ledger(
+    celery_app: Any, worker: WorkerProcess, admin: EmulatorAdmin, ledger: Ledger
+) -> None:
+    reservations = [admin.create_reservation() for _ in range(12)]
+    admin.add_fault("conflict_storm", rate=0.5, seed=11)
+    actions = [action_for(r) for r in reservations]
+    for action in actions:
+        enqueue(action, celery_app)
+    outcomes = [wait_for_outcome(ledger, a.action_id).outcome for a in actions]
+    assert outcomes == ["applied"] * len(actions)
+    for reservation, action in zip(reservations, actions, strict=True):
+        counts = admin.reservation_counts(reservation.sid)
+        conflicts = kinds(ledger, action.action_id).count("conflict")
+        assert conflicts == counts.update.status(412)
+        assert admin.reservation(reservation.sid).status == "accepted"
+    assert sum(admin.reservation_counts(r.sid).update.status(412) for r in reservations) > 0
+
+
+@pytest.mark.parametrize(
+    ("behind_our_back", "outcome"),
+    [("timeout", "invalid_transition"), ("rescind", "invalid_transition"), ("accept", "already_applied")],
+)
+def test_changed_behind_our_back_sends_nothing(
+    celery_app: Any,
+    worker: WorkerProcess,
+    admin: EmulatorAdmin,
+    ledger: Ledger,
+    behind_our_back: str,
+    outcome: str,
+) -> None:
+    reservation = admin.create_reservation()
+    admin.change(reservation.sid, behind_our_back)
+    action = action_for(reservation)
+    enqueue(action, celery_app)
+    assert wait_for_outcome(ledger, action.action_id).outcome == outcome
+    assert admin.reservation_counts(reservation.sid).update.total == 0
+
+
+@pytest.mark.parametrize(
+    ("fault", "options"),
+    [
+        ("throttle", {"retry_after": 1}),
+        ("internal_error", {}),
+        ("unavailable", {}),
+        ("drop", {}),
+        ("drop", {"after_apply": True}),
+    ],
+)
+def test_transient_faults_are_retried_then_applied(
+    celery_app: Any,
+    worker: WorkerProcess,
+    admin: EmulatorAdmin,
+    ledger: Ledger,
+    fault: str,
+    options: dict[str, Any],
+) -> None:
+    reservation = admin.create_reservation()
+    fault_id = admin.add_fault(fault, operations=["update"], reservation_sids=[reservation.sid], **options)
+    action = action_for(reservation)
+    enqueue(action, celery_app)
+    # The first update fails; remove the fault once it has, and the retry must succeed.
+    _wait_until(lambda: admin.reservation_counts(reservation.sid).update.total >= 1)
+    admin.remove_fault(fault_id)
+    record = wait_for_outcome(ledger, action.action_id)
+    history = kinds(ledger, action.action_id)
+    assert history[:2] == ["received", "attempt"]
+    assert admin.reservation(reservation.sid).status == "accepted"
+    transitions = [t for t in admin.transitions(reservation.sid) if t.from_status != t.to_status]
+    assert len(transitions) == 1  # applied exactly once
+    if options.get("after_apply"):
+        # The update landed but its answer was lost: the retry finds it done.
+        assert record.outcome == "already_applied"
+    else:
+        assert record.outcome == "applied"
+        assert history[-2:] == ["transition", "outcome"]
+
+
+def test_unknown_reservation_fails_without_retry(
+    celery_app: Any, worker: WorkerProcess, admin: EmulatorAdmin, ledger: Ledger
+) -> None:
+    reservation = admin.create_reservation()
+    drain_dead_letters(worker.env["CELERY_BROKER_URL"])
+    ghost = action_for(reservation)
+    ghost = type(ghost)(
+        uuid.uuid4(), ghost.action, ghost.workspace_sid, "WR" + "e" * 32, task_sid=ghost.task_sid
+    )
+    enqueue(ghost, celery_app)
+    record = wait_for_outcome(ledger, ghost.action_id)
+    assert record.outcome == "failed"
+    outcome_row = ledger.history(action_id=ghost.action_id)[-1]
+    assert (outcome_row.http_status, outcome_row.twilio_error_code) == (404, 20404)
+    assert admin.counters()["requests"] == 1  # one fetch, no retry
+    letters = _wait_for_letters(worker, 1)
+    assert letters[0].headers[OUTCOME_HEADER] == "failed"
+    assert letters[0].json()["action_id"] == str(ghost.action_id)
+
+
+def test_bad_parameter_fails_with_400_and_no_retry(
+    celery_app: Any, worker: WorkerProcess, admin: EmulatorAdmin, ledger: Ledger
+) -> None:
+    reservation = admin.create_reservation()
+    action = action_for(reservation, ActionKind.CONFERENCE, params={"max_participants": 900})
+    enqueue(action, celery_app)
+    assert wait_for_outcome(ledger, action.action_id).outcome == "failed"
+    assert ledger.history(action_id=action.action_id)[-1].http_status == 400
+    counts = admin.reservation_counts(reservation.sid)
+    assert counts.update.total == 1
+    assert admin.reservation(reservation.sid).status == "pending"
+    drain_dead_letters(worker.env["CELERY_BROKER_URL"])
+
+
+def test_exhausted_retries_dead_letter_the_message_with_its_reason(
+    celery_app: Any, worker: WorkerProcess, admin: EmulatorAdmin, ledger: Ledger
+) -> None:
+    drain_dead_letters(worker.env["CELERY_BROKER_URL"])
+    reservation = admin.create_reservation()
+    admin.add_fault("unavailable", operations=["update"], reservation_sids=[reservation.sid])
+    action = action_for(reservation, correlation_id="corr-dead")
+    enqueue(action, celery_app)
+    record = wait_for_outcome(ledger, action.action_id)
+    assert record.outcome == "dead_lettered"
+    history = kinds(ledger, action.action_id)
+    retries = int(worker.env["RETRY_MAX_RETRIES"])
+    assert history.count("attempt") == retries + 1
+    assert admin.reservation_counts(reservation.sid).update.total == retries + 1
+    (letter,) = _wait_for_letters(worker, 1)
+    assert letter.headers[ACTION_ID_HEADER] == str(action.action_id)
+    assert letter.headers[OUTCOME_HEADER] == "dead_lettered"
+    assert "retries exhausted" in letter.headers[REASON_HEADER]
+    assert json.loads(letter.body) == action.to_message()
+
+
+def test_the_same_action_id_twice_reaches_taskrouter_once(
+    celery_app: Any, worker: WorkerProcess, admin: EmulatorAdmin, ledger: Ledger
+) -> None:
+    reservation = admin.create_reservation()
+    action = action_for(reservation)
+    enqueue(action, celery_app)
+    enqueue(action, celery_app)
+    assert wait_for_outcome(ledger, action.action_id).outcome == "applied"
+    _wait_until(lambda: Counter(e.kind for e in ledger.history(action_id=action.action_id))["received"] == 1)
+    assert admin.reservation_counts(reservation.sid).update.total == 1
+    assert Counter(kinds(ledger, action.action_id)) == {"received": 1, "transition": 1, "outcome": 1}
+
+
+def _wait_until(condition: Any, timeout: float = 30.0) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.05)
+    raise AssertionError("condition not met in time")
+
+
+def _wait_for_letters(worker: WorkerProcess, count: int) -> list[Any]:
+    import time
+
+    letters: list[Any] = []
+    deadline = time.monotonic() + 30
+    while len(letters) < count and time.monotonic() < deadline:
+        letters += drain_dead_letters(worker.env["CELERY_BROKER_URL"])
+        time.sleep(0.1)
+    assert len(letters) == count
+    return letters
