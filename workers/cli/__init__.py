@@ -19,6 +19,10 @@ SUBCOMMANDS: dict[str, str] = {
     "demo": "workers.cli.demo:demo",
     "migrate": "workers.cli.ledger:migrate",
     "ledger": "workers.cli.ledger:ledger",
+    "history": "workers.cli.history:history",
+    "show": "workers.cli.history:show",
+    "replay": "workers.cli.replay:replay",
+    "audit-api": "workers.cli.audit_api:audit_api",
 }
 
 

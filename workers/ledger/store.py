@@ -13,7 +13,7 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any, LiteralString
@@ -54,6 +54,9 @@ HISTORY_COLUMNS: tuple[LiteralString, ...] = (
     "workspace_sid",
     "action_id",
     "correlation_id",
+    "kind",
+    "outcome",
+    "twilio_error_code",
 )
 _PII_NAMES = tuple(sorted({name for p in PARAMETERS if p.pii for name in (p.wire, p.keyword)}))
 _START = Cursor(0, 0)
@@ -369,6 +372,9 @@ class Ledger:
         workspace_sid: str | None = None,
         action_id: uuid.UUID | None = None,
         correlation_id: str | None = None,
+        kind: str | None = None,
+        outcome: str | None = None,
+        twilio_error_code: int | None = None,
         since: datetime | None = None,
         until: datetime | None = None,
         pii_value: str | None = None,
@@ -381,14 +387,79 @@ class Ledger:
         ``pii_value`` finds the rows whose parameters held that value, through its keyed hash.
         Page with ``after=rows[-1].cursor``.
         """
-        equal = {
+        query, params = self._history_query(
+            reservation_sid=reservation_sid,
+            task_sid=task_sid,
+            worker_sid=worker_sid,
+            workspace_sid=workspace_sid,
+            action_id=action_id,
+            correlation_id=correlation_id,
+            kind=kind,
+            outcome=outcome,
+            twilio_error_code=twilio_error_code,
+            since=since,
+            until=until,
+            pii_value=pii_value,
+            after=after,
+            limit=limit,
+        )
+        with self._connector.connection() as conn, conn.cursor(row_factory=class_row(LedgerEvent)) as cur:
+            cur.execute(query, params)
+            return cur.fetchall()
+
+    def explain_history(self, **filters: Any) -> dict[str, Any]:
+        """The plan PostgreSQL chooses for ``history(**filters)`` (EXPLAIN, JSON; nothing runs)."""
+        query, params = self._history_query(**filters)
+        with self._connector.connection() as conn, conn.cursor() as cur:
+            cur.execute(sql.SQL("EXPLAIN (FORMAT JSON) {}").format(query), params)
+            row = cur.fetchone()
+        if row is None:  # pragma: no cover - EXPLAIN always answers
+            raise LedgerError("EXPLAIN returned nothing")
+        plan: dict[str, Any] = row[0][0]["Plan"]
+        return plan
+
+    def ping(self) -> None:
+        """Ask the database a trivial question; raises LedgerUnavailable when it cannot answer."""
+        with self._connector.connection() as conn:
+            conn.execute(QUERIES["ping"])
+
+    def settled_actions(
+        self,
+        outcomes: Iterable[str],
+        *,
+        reservation_sid: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 10_000,
+    ) -> list[ActionRecord]:
+        """Registry entries whose outcome is one of ``outcomes``, settled in [since, until).
+
+        For operator commands (redrive): a scan of the registry, oldest outcome first.
+        """
+        params = {
+            "outcomes": list(outcomes),
             "reservation_sid": reservation_sid,
-            "task_sid": task_sid,
-            "worker_sid": worker_sid,
-            "workspace_sid": workspace_sid,
-            "action_id": action_id,
-            "correlation_id": correlation_id,
+            "since": since,
+            "until": until,
+            "limit": limit,
         }
+        with self._connector.connection() as conn, conn.cursor(row_factory=class_row(ActionRecord)) as cur:
+            cur.execute(QUERIES["settled_actions"], params)
+            return cur.fetchall()
+
+    def _history_query(
+        self,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        pii_value: str | None = None,
+        after: Cursor | None = None,
+        limit: int = 1000,
+        **equal: Any,
+    ) -> tuple[sql.Composed, dict[str, Any]]:
+        unknown = set(equal) - set(HISTORY_COLUMNS)
+        if unknown:
+            raise TypeError(f"history() got unknown filters: {', '.join(sorted(unknown))}")
         after = after or _START
         params: dict[str, Any] = {
             "after_tx_id": str(after.tx_id),
@@ -397,7 +468,7 @@ class Ledger:
         }
         filters: list[sql.Composable] = []
         for column in HISTORY_COLUMNS:
-            if equal[column] is not None:
+            if equal.get(column) is not None:
                 filters.append(
                     sql.SQL("AND e.{} = {}").format(sql.Identifier(column), sql.Placeholder(column))
                 )
@@ -417,9 +488,7 @@ class Ledger:
                 alternatives.append(sql.SQL("e.params @> {}").format(sql.Placeholder(placeholder)))
             filters.append(sql.SQL("AND ({})").format(sql.SQL(" OR ").join(alternatives)))
         query = sql.SQL(QUERIES["history"]).format(filters=sql.SQL(" ").join(filters))
-        with self._connector.connection() as conn, conn.cursor(row_factory=class_row(LedgerEvent)) as cur:
-            cur.execute(query, params)
-            return cur.fetchall()
+        return query, params
 
 
 def _optional_uuid(value: object) -> uuid.UUID | None:

@@ -1,0 +1,481 @@
+"""The read-only audit HTTP API (FastAPI), run with ``reservations audit-api``.
+
+* Every ``/v1`` resource needs ``Authorization: Bearer <AUDIT_API_TOKEN>`` (compared in constant
+  time); ``/healthz`` and ``/readyz`` do not.
+* The database connections run as ``reservations_reader``: SELECT only.
+* Every filter is validated (SID patterns, UUIDs, RFC 3339 times, 1 <= limit <= 1000, cursors)
+  and refused with 422 and a message that names the parameter; a bad value never reaches SQL.
+* Pages are in ledger order ``(tx_id, position)`` and resume after an opaque cursor
+  (``next_cursor``); rows that commit late sort after every cursor already handed out, so a
+  client that follows ``next_cursor`` never misses nor repeats a row (ops/LEDGER.md).
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import re
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel
+
+from workers import __version__
+from workers.audit import queries
+from workers.audit.params import parse_rfc3339
+from workers.audit.rows import action_row, event_row, reservation_row
+from workers.errors import ConfigurationError, LedgerError, LedgerUnavailable
+from workers.ledger.connector import Connector
+from workers.ledger.models import Cursor, EventKind, Outcome, Role
+from workers.ledger.store import Ledger
+from workers.replay.timeline import timeline
+
+logger = logging.getLogger(__name__)
+
+_SID = {prefix: f"^{prefix}[0-9a-fA-F]{{32}}$" for prefix in ("WS", "WR", "WT", "WK")}
+_CURSOR = re.compile(r"^(\d{1,20}):(\d{1,19})$")
+_MAX_XID8 = 2**64 - 1
+_MAX_BIGINT = 2**63 - 1
+_MAX_INT = 2**31 - 1
+# Printable text without control characters (PostgreSQL refuses NUL in text).
+_TEXT = r"^[^\x00-\x1f\x7f]+$"
+
+
+@dataclass(frozen=True, slots=True)
+class AuditApiConfig:
+    database_url: str = field(repr=False)
+    token: str | None = field(default=None, repr=False)
+    insecure_local: bool = False
+    pool_max: int = 10
+
+
+class Problem(BaseModel):
+    """An error: ``message`` says what was wrong, naming the parameter."""
+
+    error: str
+    message: str
+    detail: list[dict[str, Any]] | None = None
+
+
+class Event(BaseModel):
+    seq: int
+    cursor: str
+    recorded_at: datetime
+    action_id: uuid.UUID | None
+    kind: str
+    action: str | None
+    workspace_sid: str | None
+    task_sid: str | None
+    worker_sid: str | None
+    reservation_sid: str | None
+    from_status: str | None
+    to_status: str | None
+    etag_before: str | None
+    etag_after: str | None
+    attempt: int | None
+    http_status: int | None
+    error_code: int | None
+    twilio_request_id: str | None
+    duration_ms: int | None
+    outcome: str | None
+    correlation_id: str | None
+    producer: str | None
+    worker_host: str | None
+    worker_pid: int | None
+    params: dict[str, Any] | None
+    detail: str | None
+    chain_key: str
+    chain_seq: int
+    row_hash: str
+
+
+class EventPage(BaseModel):
+    """``next_cursor``: pass it as ``after`` to continue (also to poll for rows that arrive later).
+    ``has_more``: the page was full, so more rows may be waiting right now."""
+
+    items: list[Event]
+    next_cursor: str | None
+    has_more: bool
+    limit: int
+
+
+class ActionEntry(BaseModel):
+    action_id: uuid.UUID
+    action: str | None
+    workspace_sid: str | None
+    reservation_sid: str | None
+    task_sid: str | None
+    worker_sid: str | None
+    params: dict[str, Any] | None
+    expected_status: str | None
+    not_after: datetime | None
+    correlation_id: str | None
+    producer: str | None
+    received_at: datetime
+    attempts: int
+    outcome: str | None
+    outcome_at: datetime | None
+    redrives: int
+
+
+class ActionStory(BaseModel):
+    action: ActionEntry
+    events: list[Event]
+    redriven_as: list[uuid.UUID]
+    redrive_of: uuid.UUID | None
+
+
+class ReservationEntry(BaseModel):
+    reservation_sid: str
+    workspace_sid: str | None
+    task_sid: str | None
+    worker_sid: str | None
+    status: str
+    etag: str | None
+    last_seq: int
+    updated_at: datetime
+
+
+class TimelineStep(BaseModel):
+    seq: int
+    recorded_at: datetime
+    from_status: str | None
+    to_status: str
+    etag: str | None
+    action_id: uuid.UUID | None
+    action: str | None
+    outcome: str | None
+
+
+class Timeline(BaseModel):
+    reservation_sid: str
+    steps: list[TimelineStep]
+
+
+class InvalidFilter(Exception):
+    def __init__(self, parameter: str, message: str) -> None:
+        super().__init__(parameter, message)
+        self.parameter = parameter
+        self.message = message
+
+
+def parse_time(parameter: str, value: str | None) -> datetime | None:
+    """An RFC 3339 time with its offset (``2026-01-31T12:00:00Z``), or InvalidFilter."""
+    if value is None:
+        return None
+    try:
+        return parse_rfc3339(value)
+    except ValueError as exc:
+        raise InvalidFilter(parameter, str(exc)) from None
+
+
+def parse_cursor(value: str | None) -> Cursor | None:
+    if value is None:
+        return None
+    found = _CURSOR.match(value)
+    if found is None:
+        raise InvalidFilter("after", "must be a cursor returned as next_cursor by this API")
+    cursor = Cursor(int(found.group(1)), int(found.group(2)))
+    if cursor.tx_id > _MAX_XID8 or cursor.position > _MAX_BIGINT:
+        raise InvalidFilter("after", "is out of range")
+    return cursor
+
+
+@dataclass(frozen=True, slots=True)
+class CommonQuery:
+    filters: queries.Filters
+    after: Cursor | None
+    limit: int
+
+
+def common_query(
+    action_id: Annotated[uuid.UUID | None, Query(description="An action_id (UUID).")] = None,
+    correlation_id: Annotated[
+        str | None, Query(min_length=1, max_length=200, pattern=_TEXT, description="A correlation id.")
+    ] = None,
+    kind: Annotated[EventKind | None, Query(description="A ledger event kind.")] = None,
+    outcome: Annotated[Outcome | None, Query(description="An outcome.")] = None,
+    error_code: Annotated[
+        int | None, Query(ge=0, le=_MAX_INT, description="A Twilio error code, e.g. 20001.")
+    ] = None,
+    since: Annotated[
+        str | None, Query(max_length=40, description="RFC 3339, inclusive (the database clock).")
+    ] = None,
+    until: Annotated[str | None, Query(max_length=40, description="RFC 3339, exclusive.")] = None,
+    after: Annotated[
+        str | None, Query(max_length=45, description="Resume after this cursor (a next_cursor).")
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=queries.MAX_PAGE, description="Rows per page.")] = 100,
+) -> CommonQuery:
+    start, end = parse_time("since", since), parse_time("until", until)
+    if start is not None and end is not None and end < start:
+        raise InvalidFilter("until", "is before since")
+    return CommonQuery(
+        queries.Filters(
+            action_id=action_id,
+            correlation_id=correlation_id,
+            kind=kind.value if kind else None,
+            outcome=outcome.value if outcome else None,
+            error_code=error_code,
+            since=start,
+            until=end,
+        ),
+        parse_cursor(after),
+        limit,
+    )
+
+
+Common = Annotated[CommonQuery, Depends(common_query)]
+
+
+def get_ledger(request: Request) -> Ledger:
+    reader = getattr(request.app.state, "ledger", None)
+    if not isinstance(reader, Ledger):  # pragma: no cover - only before the lifespan started
+        raise LedgerUnavailable("the API is not started")
+    return reader
+
+
+LedgerDep = Annotated[Ledger, Depends(get_ledger)]
+_bearer = HTTPBearer(auto_error=False, description="AUDIT_API_TOKEN")
+
+
+def authenticated(
+    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> None:
+    """The bearer token must equal AUDIT_API_TOKEN (constant-time comparison)."""
+    token: bytes | None = request.app.state.audit_token
+    if token is None:
+        return  # --insecure-local
+    given = credentials.credentials.encode("utf-8") if credentials is not None else b""
+    if credentials is None or not hmac.compare_digest(given, token):
+        raise HTTPException(
+            401,
+            detail="a valid bearer token is required (Authorization: Bearer <AUDIT_API_TOKEN>)",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": Problem, "description": "No bearer token, or a wrong one."},
+    422: {"model": Problem, "description": "A parameter is invalid; the message names it."},
+    503: {"model": Problem, "description": "The ledger's database does not answer."},
+}
+
+
+def create_app(config: AuditApiConfig, *, ledger: Ledger | None = None) -> FastAPI:
+    """The API over ``config.database_url`` as the reader role (or over ``ledger``, in tests).
+
+    Refuses (ConfigurationError) to build without a token unless ``insecure_local`` is set.
+    """
+    if not config.token and not config.insecure_local:
+        raise ConfigurationError(
+            "AUDIT_API_TOKEN is not set: refusing to serve the ledger without authentication"
+            " (use --insecure-local only on a developer machine)"
+        )
+    token = config.token.encode("utf-8") if config.token else None
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if ledger is not None:
+            _app.state.ledger = ledger
+            yield
+            return
+        connector = Connector(config.database_url, Role.READER, min_size=1, max_size=config.pool_max)
+        connector.open(wait=False)
+        # PII search is not offered over HTTP, so the reader needs no PII key.
+        _app.state.ledger = Ledger(connector, b"")
+        try:
+            yield
+        finally:
+            connector.close()
+
+    app = FastAPI(
+        title="Reservation ledger audit API",
+        version=__version__,
+        description=__doc__,
+        lifespan=lifespan,
+        responses=_ERRORS,
+    )
+    app.state.audit_token = token
+    v1 = [Depends(authenticated)]
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = jsonable_encoder(exc.errors(), exclude={"input", "ctx", "url"})
+        message = "; ".join(
+            f"{'.'.join(str(p) for p in error.get('loc', ())[1:]) or 'request'}: {error.get('msg')}"
+            for error in errors
+        )
+        return _problem(422, "invalid_request", message, errors)
+
+    @app.exception_handler(InvalidFilter)
+    async def invalid_filter(_request: Request, exc: InvalidFilter) -> JSONResponse:
+        return _problem(422, "invalid_request", f"{exc.parameter}: {exc.message}")
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_request: Request, exc: HTTPException) -> JSONResponse:
+        error = {401: "unauthorized", 404: "not_found"}.get(exc.status_code, "error")
+        response = _problem(exc.status_code, error, str(exc.detail))
+        response.headers.update(exc.headers or {})
+        return response
+
+    @app.exception_handler(LedgerUnavailable)
+    async def unavailable(_request: Request, exc: LedgerUnavailable) -> JSONResponse:
+        logger.warning("ledger unavailable: %s", exc)
+        return _problem(503, "unavailable", "the ledger's database does not answer; try again later")
+
+    @app.get("/healthz", tags=["health"], responses={200: {"description": "The process is alive."}})
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["health"])
+    def readyz(reader: LedgerDep) -> JSONResponse:
+        try:
+            reader.ping()
+        except LedgerError as exc:
+            logger.warning("not ready: %s", exc)
+            return _problem(503, "unavailable", "the ledger's database does not answer")
+        return JSONResponse({"status": "ready"})
+
+    def history_page(reader: Ledger, common: CommonQuery, **resource: Any) -> dict[str, Any]:
+        filters = queries.Filters(**{**_fields(common.filters), **resource})
+        found = queries.page(reader, filters, after=common.after, limit=common.limit)
+        return {
+            "items": [event_row(e) for e in found.events],
+            "next_cursor": str(found.next_cursor) if found.next_cursor is not None else None,
+            "has_more": found.has_more,
+            "limit": common.limit,
+        }
+
+    @app.get("/v1/events", response_model=EventPage, dependencies=v1, tags=["history"])
+    def events(
+        reader: LedgerDep,
+        common: Common,
+        reservation_sid: Annotated[str | None, Query(pattern=_SID["WR"])] = None,
+        task_sid: Annotated[str | None, Query(pattern=_SID["WT"])] = None,
+        worker_sid: Annotated[str | None, Query(pattern=_SID["WK"])] = None,
+        workspace_sid: Annotated[str | None, Query(pattern=_SID["WS"])] = None,
+    ) -> dict[str, Any]:
+        """Ledger rows matching every filter given, in ledger order."""
+        return history_page(
+            reader,
+            common,
+            reservation_sid=reservation_sid,
+            task_sid=task_sid,
+            worker_sid=worker_sid,
+            workspace_sid=workspace_sid,
+        )
+
+    @app.get(
+        "/v1/reservations/{reservation_sid}/history",
+        response_model=EventPage,
+        dependencies=v1,
+        tags=["history"],
+    )
+    def reservation_history(
+        reader: LedgerDep, common: Common, reservation_sid: Annotated[str, Path(pattern=_SID["WR"])]
+    ) -> dict[str, Any]:
+        """One reservation's rows, in ledger order (which is its chain's order)."""
+        return history_page(reader, common, reservation_sid=reservation_sid)
+
+    @app.get("/v1/tasks/{task_sid}/history", response_model=EventPage, dependencies=v1, tags=["history"])
+    def task_history(
+        reader: LedgerDep, common: Common, task_sid: Annotated[str, Path(pattern=_SID["WT"])]
+    ) -> dict[str, Any]:
+        """The rows of one task's reservations."""
+        return history_page(reader, common, task_sid=task_sid)
+
+    @app.get("/v1/workers/{worker_sid}/history", response_model=EventPage, dependencies=v1, tags=["history"])
+    def worker_history(
+        reader: LedgerDep, common: Common, worker_sid: Annotated[str, Path(pattern=_SID["WK"])]
+    ) -> dict[str, Any]:
+        """The rows of one worker's reservations."""
+        return history_page(reader, common, worker_sid=worker_sid)
+
+    @app.get(
+        "/v1/workspaces/{workspace_sid}/history",
+        response_model=EventPage,
+        dependencies=v1,
+        tags=["history"],
+    )
+    def workspace_history(
+        reader: LedgerDep, common: Common, workspace_sid: Annotated[str, Path(pattern=_SID["WS"])]
+    ) -> dict[str, Any]:
+        """The rows of one workspace."""
+        return history_page(reader, common, workspace_sid=workspace_sid)
+
+    @app.get(
+        "/v1/reservations/{reservation_sid}",
+        response_model=ReservationEntry,
+        dependencies=v1,
+        tags=["reservations"],
+        responses={404: {"model": Problem, "description": "The ledger never saw a transition of it."}},
+    )
+    def reservation(
+        reader: LedgerDep, reservation_sid: Annotated[str, Path(pattern=_SID["WR"])]
+    ) -> dict[str, Any]:
+        """The reservation's last recorded status and ETag (the projection)."""
+        found = reader.reservation(reservation_sid)
+        if found is None:
+            raise HTTPException(404, f"the ledger has no transition of reservation {reservation_sid}")
+        return reservation_row(found)
+
+    @app.get(
+        "/v1/reservations/{reservation_sid}/timeline",
+        response_model=Timeline,
+        dependencies=v1,
+        tags=["reservations"],
+    )
+    def reservation_timeline(
+        reader: LedgerDep, reservation_sid: Annotated[str, Path(pattern=_SID["WR"])]
+    ) -> dict[str, Any]:
+        """The reservation's status over time, reconstructed from the ledger alone."""
+        steps = timeline(reader, reservation_sid)
+        return {"reservation_sid": reservation_sid, "steps": [_step(s) for s in steps]}
+
+    @app.get(
+        "/v1/actions/{action_id}",
+        response_model=ActionStory,
+        dependencies=v1,
+        tags=["actions"],
+        responses={404: {"model": Problem, "description": "The ledger never received this action."}},
+    )
+    def action(reader: LedgerDep, action_id: uuid.UUID) -> dict[str, Any]:
+        """One action's whole story: its registry entry, every row, and its redrive links."""
+        found = queries.story(reader, action_id)
+        if found is None:
+            raise HTTPException(404, f"the ledger never received action {action_id}")
+        return {
+            "action": action_row(found.record),
+            "events": [event_row(e) for e in found.events],
+            "redriven_as": [str(a) for a in found.redriven_as],
+            "redrive_of": str(found.redrive_of) if found.redrive_of else None,
+        }
+
+    return app
+
+
+def _fields(filters: queries.Filters) -> dict[str, Any]:
+    return {name: getattr(filters, name) for name in filters.__dataclass_fields__}
+
+
+def _step(step: Any) -> dict[str, Any]:
+    return {name: getattr(step, name) for name in TimelineStep.model_fields}
+
+
+def _problem(
+    status: int, error: str, message: str, detail: list[dict[str, Any]] | None = None
+) -> JSONResponse:
+    body: dict[str, Any] = {"error": error, "message": message}
+    if detail is not None:
+        body["detail"] = detail
+    return JSONResponse(body, status_code=status)

@@ -1,0 +1,117 @@
+"""The audit queries both the CLI and the API answer: filtered history pages, an action's story.
+
+Everything here reads (the ledger's reader role is enough). Paging is by the ledger's own
+:class:`~workers.ledger.models.Cursor`, so a page boundary is stable while rows keep arriving.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from workers.ledger.models import ActionRecord, Cursor, EventKind, LedgerEvent
+from workers.ledger.store import Ledger
+
+# What a redrive row's detail says, on the original action: "redriven as <new action_id>".
+REDRIVEN_AS = "redriven as {action_id}"
+_UUID = re.compile(r"[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}")
+
+MAX_PAGE = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Filters:
+    """History filters; every one given must match (None means any)."""
+
+    reservation_sid: str | None = None
+    task_sid: str | None = None
+    worker_sid: str | None = None
+    workspace_sid: str | None = None
+    action_id: uuid.UUID | None = None
+    correlation_id: str | None = None
+    kind: str | None = None
+    outcome: str | None = None
+    error_code: int | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+    def as_history_kwargs(self) -> dict[str, Any]:
+        return {
+            "reservation_sid": self.reservation_sid,
+            "task_sid": self.task_sid,
+            "worker_sid": self.worker_sid,
+            "workspace_sid": self.workspace_sid,
+            "action_id": self.action_id,
+            "correlation_id": self.correlation_id,
+            "kind": self.kind,
+            "outcome": self.outcome,
+            "twilio_error_code": self.error_code,
+            "since": self.since,
+            "until": self.until,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """One page of history. ``next_cursor`` is where to resume (``after`` when the page is empty),
+    ``has_more`` whether the page was full (more rows may already be waiting)."""
+
+    events: list[LedgerEvent]
+    next_cursor: Cursor | None
+    has_more: bool
+
+
+def page(ledger: Ledger, filters: Filters, *, after: Cursor | None = None, limit: int = 100) -> Page:
+    """One page of history after ``after``, at most ``limit`` rows (1..MAX_PAGE)."""
+    if not 1 <= limit <= MAX_PAGE:
+        raise ValueError(f"limit must be between 1 and {MAX_PAGE}, not {limit}")
+    events = ledger.history(after=after, limit=limit, **filters.as_history_kwargs())
+    next_cursor = events[-1].cursor if events else after
+    return Page(events, next_cursor, has_more=len(events) == limit)
+
+
+def iterate(
+    ledger: Ledger, filters: Filters, *, after: Cursor | None = None, batch: int = MAX_PAGE
+) -> Iterator[LedgerEvent]:
+    """Every matching row after ``after``, in ledger order, fetched a page at a time."""
+    while True:
+        current = page(ledger, filters, after=after, limit=batch)
+        yield from current.events
+        if not current.has_more:
+            return
+        after = current.next_cursor
+
+
+@dataclass(frozen=True, slots=True)
+class Story:
+    """One action's whole story: its registry entry, its rows, and its redrive links."""
+
+    record: ActionRecord
+    events: list[LedgerEvent]
+    redriven_as: list[uuid.UUID] = field(default_factory=list)
+    redrive_of: uuid.UUID | None = None
+
+
+def story(ledger: Ledger, action_id: uuid.UUID) -> Story | None:
+    """What happened to ``action_id``, or None if the ledger never received it."""
+    record = ledger.action(action_id)
+    if record is None:
+        return None
+    events = list(iterate(ledger, Filters(action_id=action_id)))
+    redriven_as = [
+        uuid.UUID(found.group(0))
+        for event in events
+        if event.kind == EventKind.REDRIVE and event.detail and (found := _UUID.search(event.detail))
+    ]
+    redrive_of = None
+    if record.reservation_sid is not None:
+        wanted = REDRIVEN_AS.format(action_id=action_id)
+        for event in iterate(ledger, Filters(reservation_sid=record.reservation_sid, kind=EventKind.REDRIVE)):
+            if event.detail == wanted and event.action_id is not None:
+                redrive_of = event.action_id
+                break
+    return Story(record, events, redriven_as, redrive_of)

@@ -1,0 +1,94 @@
+"""One mapping from ledger rows and registry entries to what the CLI and the API show.
+
+The ledger names a row's place ``position`` and the Twilio error ``twilio_error_code``; audit
+output calls them ``seq`` and ``error_code`` (the issue's names). ``cursor`` is the opaque place
+to resume after (``<tx_id>:<position>``): ledger order is ``(tx_id, position)``, not ``seq``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from workers.ledger.models import ActionRecord, LedgerEvent, ReservationState
+
+# The order of the fields in JSON lines, CSV columns and API objects.
+EVENT_FIELDS: tuple[str, ...] = (
+    "seq",
+    "cursor",
+    "recorded_at",
+    "action_id",
+    "kind",
+    "action",
+    "workspace_sid",
+    "task_sid",
+    "worker_sid",
+    "reservation_sid",
+    "from_status",
+    "to_status",
+    "etag_before",
+    "etag_after",
+    "attempt",
+    "http_status",
+    "error_code",
+    "twilio_request_id",
+    "duration_ms",
+    "outcome",
+    "correlation_id",
+    "producer",
+    "worker_host",
+    "worker_pid",
+    "params",
+    "detail",
+    "chain_key",
+    "chain_seq",
+    "row_hash",
+)
+
+# Ledger column -> audit field, where they differ.
+_RENAMED = {"position": "seq", "twilio_error_code": "error_code"}
+_HIDDEN = frozenset({"tx_id", "prev_hash"})
+
+
+def plain(value: object) -> Any:
+    """A JSON-ready form of one value: ISO 8601 times, UUIDs and hashes as text."""
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, Mapping):
+        return {str(k): plain(v) for k, v in value.items()}
+    return value
+
+
+def event_row(event: LedgerEvent) -> dict[str, Any]:
+    """A ledger row under the audit names, in :data:`EVENT_FIELDS` order, JSON-ready."""
+    values: dict[str, Any] = {"cursor": str(event.cursor)}
+    for field in dataclasses.fields(event):
+        if field.name not in _HIDDEN:
+            values[_RENAMED.get(field.name, field.name)] = plain(getattr(event, field.name))
+    return {name: values.get(name) for name in EVENT_FIELDS}
+
+
+def action_row(record: ActionRecord) -> dict[str, Any]:
+    """A registry entry, JSON-ready (PII parameters are keyed hashes already)."""
+    return {field.name: plain(getattr(record, field.name)) for field in dataclasses.fields(record)}
+
+
+def reservation_row(state: ReservationState) -> dict[str, Any]:
+    """A projection row, JSON-ready; ``last_seq`` is the position of its last transition."""
+    return {
+        "reservation_sid": state.reservation_sid,
+        "workspace_sid": state.workspace_sid,
+        "task_sid": state.task_sid,
+        "worker_sid": state.worker_sid,
+        "status": state.status,
+        "etag": state.etag,
+        "last_seq": state.last_position,
+        "updated_at": plain(state.updated_at),
+    }

@@ -1,0 +1,85 @@
+"""``reservations audit-api``: serve the read-only audit HTTP API with uvicorn."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import sys
+
+import click
+
+from workers.config import DEFAULT_DATABASE_URL
+
+LOOPBACK_NAMES = ("localhost",)
+
+
+def is_loopback(host: str) -> bool:
+    if host in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@click.command("audit-api")
+@click.option("--host", envvar="AUDIT_API_HOST", show_envvar=True, default="127.0.0.1", show_default=True)
+@click.option(
+    "--port",
+    envvar="AUDIT_API_PORT",
+    show_envvar=True,
+    type=click.IntRange(0, 65535),
+    default=8080,
+    show_default=True,
+)
+@click.option(
+    "--database-url",
+    envvar="DATABASE_URL",
+    show_envvar=True,
+    default=DEFAULT_DATABASE_URL,
+    show_default=True,
+    help="The ledger; every connection runs as reservations_reader (SELECT only).",
+)
+@click.option(
+    "--insecure-local",
+    is_flag=True,
+    envvar="AUDIT_API_INSECURE_LOCAL",
+    show_envvar=True,
+    help="Serve without a token (loopback addresses only). Never in production.",
+)
+@click.option(
+    "--pool-max",
+    type=click.IntRange(1),
+    envvar="AUDIT_API_POOL_MAX",
+    show_envvar=True,
+    default=10,
+    show_default=True,
+    help="Database connections at most.",
+)
+def audit_api(host: str, port: int, database_url: str, insecure_local: bool, pool_max: int) -> None:
+    """Serve the read-only audit HTTP API (OpenAPI document at /openapi.json, docs at /docs).
+
+    Every /v1 request needs `Authorization: Bearer <AUDIT_API_TOKEN>` (env AUDIT_API_TOKEN; it is
+    never taken on the command line). Without a token the command refuses to start, unless
+    --insecure-local is given, and then only on a loopback address. /healthz and /readyz need no
+    token.
+    """
+    import uvicorn
+
+    from workers.audit.api import AuditApiConfig, create_app
+    from workers.errors import ConfigurationError
+
+    token = os.environ.get("AUDIT_API_TOKEN") or None
+    if token is None and insecure_local and not is_loopback(host):
+        click.echo(f"error: --insecure-local serves only on a loopback address, not {host}", err=True)
+        sys.exit(2)
+    try:
+        app = create_app(
+            AuditApiConfig(database_url, token, insecure_local=insecure_local, pool_max=pool_max)
+        )
+    except ConfigurationError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    if token is None:
+        click.echo("warning: serving the audit API WITHOUT authentication (--insecure-local)", err=True)
+    uvicorn.run(app, host=host, port=port, log_level="info", proxy_headers=False, server_header=False)

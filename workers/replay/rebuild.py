@@ -1,0 +1,31 @@
+"""Rebuild the projection from the ledger alone and compare it with the live one."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from workers.ledger import projection
+from workers.ledger.connector import connect
+from workers.ledger.models import ReservationState, Role
+
+
+@dataclass(frozen=True, slots=True)
+class RebuildReport:
+    rebuilt: dict[str, ReservationState]
+    differences: list[str]
+    replaced: bool = False
+
+
+def rebuild(database_url: str, *, replace: bool = False) -> RebuildReport:
+    """Fold the ledger's transitions into a projection and diff it with the table.
+
+    With ``replace`` the table is overwritten with the rebuild (needs the owner role); otherwise
+    nothing is written, and the reader role is enough.
+    """
+    with connect(database_url, Role.READER) as conn:
+        rebuilt = projection.rebuild(conn)
+        found = projection.differences(projection.current(conn), rebuilt)
+    if replace and found:
+        with connect(database_url, Role.OWNER) as conn:
+            projection.replace(conn, rebuilt)
+    return RebuildReport(rebuilt, found, replaced=replace and bool(found))
