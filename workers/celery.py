@@ -62,6 +62,10 @@ def create_app(settings: Settings | None = None) -> Celery:
     celery_app = Celery("workers", set_as_current=True)
     celery_app.conf.update(celery_config(settings))
     celery_app.conf.imports = ["workers.tasks"]
+    # The plain-JSON intake on reservations.actions runs inside every worker (workers/intake/).
+    from workers.intake.step import install as install_intake
+
+    install_intake(celery_app)
     return celery_app
 
 

@@ -22,6 +22,8 @@ DEAD_LETTER_QUEUE_NAME = "reservations.dead"
 REASON_HEADER = "x-reservations-reason"
 ACTION_ID_HEADER = "x-reservations-action-id"
 OUTCOME_HEADER = "x-reservations-outcome"
+# Set on rejected input: a stable code for the reason (too_large, invalid_json, unknown_field, ...).
+REJECT_CODE_HEADER = "x-reservations-reject-code"
 
 # The Celery task queue of the apply task (topic, so native delayed delivery can route to it).
 APPLY_EXCHANGE = Exchange("reservations.apply", type="topic", durable=True)

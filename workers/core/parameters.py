@@ -282,3 +282,53 @@ def parse_update_form(form: Mapping[str, Sequence[str]], scope: Scope) -> dict[s
                     f"Missing required parameter '{required}' for the {instruction} instruction",
                 )
     return parsed
+
+
+# Which parameters each instruction takes (wire names): the grouping the intake schema allows per
+# action. The conference instruction takes the Participants API parameters (seeds 000, 003).
+CONFERENCE_PARAMETERS: tuple[str, ...] = (
+    "To",
+    "From",
+    "PostWorkActivitySid",
+    "Timeout",
+    "StatusCallback",
+    "StatusCallbackMethod",
+    "StatusCallbackEvent",
+    "Record",
+    "Muted",
+    "Beep",
+    "StartConferenceOnEnter",
+    "EndConferenceOnExit",
+    "WaitUrl",
+    "WaitMethod",
+    "EarlyMedia",
+    "MaxParticipants",
+    "ConferenceStatusCallback",
+    "ConferenceStatusCallbackMethod",
+    "ConferenceStatusCallbackEvent",
+    "ConferenceRecord",
+    "ConferenceTrim",
+    "RecordingChannels",
+    "RecordingStatusCallback",
+    "RecordingStatusCallbackMethod",
+    "ConferenceRecordingStatusCallback",
+    "ConferenceRecordingStatusCallbackMethod",
+    "Region",
+    "SipAuthUsername",
+    "SipAuthPassword",
+    "EndConferenceOnCustomerExit",
+    "BeepOnCustomerEntrance",
+    "JitterBufferSize",
+)
+
+PARAMETERS_BY_INSTRUCTION: Mapping[str, tuple[str, ...]] = {
+    "conference": CONFERENCE_PARAMETERS,
+    "dequeue": tuple(p.wire for p in PARAMETERS if p.wire.startswith("Dequeue")),
+    "call": tuple(p.wire for p in PARAMETERS if p.wire.startswith("Call")),
+    "redirect": tuple(p.wire for p in PARAMETERS if p.wire.startswith("Redirect")),
+    "supervise": ("Supervisor", "SupervisorMode"),
+}
+
+# The parameters a status update may carry besides ReservationStatus (seed 003: rejecting may
+# move the worker to another activity).
+PARAMETERS_BY_STATUS: Mapping[str, tuple[str, ...]] = {"rejected": ("WorkerActivitySid",)}
