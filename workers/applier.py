@@ -124,14 +124,16 @@ Result = Done | RetryLater
 
 @dataclass(frozen=True, slots=True)
 class Delivery:
-    """Where this run stands among the action's runs (Celery's retry count)."""
+    """Where this run stands among the action's runs: Celery's retry count, and whether the
+    broker redelivered the message (a worker died holding it)."""
 
     retries: int = 0
+    redelivered: bool = False
 
     @property
     def fetch_first(self) -> bool:
-        """A retry follows a failure after which our update may have landed: trust no cache."""
-        return self.retries > 0
+        """After a failure or a crash our update may have landed: trust no cached ETag."""
+        return self.retries > 0 or self.redelivered
 
 
 @dataclass(frozen=True, slots=True)

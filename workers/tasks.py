@@ -77,7 +77,8 @@ def apply_action(self: ApplyTask, message: dict[str, Any]) -> str:
         return Outcome.REJECTED_INPUT.value
 
     try:
-        result = self.runtime.applier().apply(action, Delivery(self.request.retries))
+        redelivered = bool((self.request.delivery_info or {}).get("redelivered"))
+        result = self.runtime.applier().apply(action, Delivery(self.request.retries, redelivered))
     except LedgerPermissionDenied:
         raise  # a deployment error: fail loudly, never loop on it
     except LedgerError as exc:

@@ -10,6 +10,7 @@ import requests
 from twilio.base.exceptions import TwilioException, TwilioRestException
 
 from tests.emulator.conftest import close, reservation_context, reservation_list, twilio_client
+from workers.config import EMULATOR_ACCOUNT_SID, EMULATOR_AUTH_TOKEN
 from workers.emulator.admin import EmulatorAdmin, ReservationInfo
 from workers.emulator.server import EmulatorServer
 
@@ -242,3 +243,15 @@ def test_bad_list_filters_are_400(
     body = json.loads(response.text)
     assert body["code"] == 20001
     assert named in body["message"]
+
+
+def test_latency_after_apply_lands_the_update_before_the_slow_answer(
+    emulator: Any, admin: EmulatorAdmin, seeded: ReservationInfo
+) -> None:
+    admin.add_fault("latency", operations=["update"], latency_ms=1500, after_apply=True)
+    url = emulator.base_url + seeded.task_path
+    auth = (EMULATOR_ACCOUNT_SID, EMULATOR_AUTH_TOKEN)
+    with pytest.raises(requests.exceptions.Timeout):
+        requests.post(url, data={"ReservationStatus": "accepted"}, auth=auth, timeout=0.3)
+    # The client gave up; TaskRouter had already applied the update.
+    assert admin.reservation(seeded.sid).status == "accepted"

@@ -181,3 +181,12 @@ def test_conflict_rows_carry_what_the_refetch_found() -> None:
     assert conflict["etag_after"] == "1"
     assert conflict["current_status"] == "pending"
     assert conflict["twilio_error_code"] == 20412
+
+
+def test_a_redelivered_message_fetches_instead_of_trusting_the_cache() -> None:
+    ledger, gateway = FakeLedger(), FakeGateway(status=Status.ACCEPTED, version=5)
+    ledger.cache(WR, Status.PENDING, "4")  # our crashed run's update landed; the cache is behind
+    result = applier(ledger, gateway).apply(make(), Delivery(redelivered=True))
+    assert result == Done(Outcome.ALREADY_APPLIED, "reservation is already accepted")
+    assert (gateway.fetches, gateway.updates) == (1, 0)
+    assert ledger.kinds() == ["observed", "outcome"]

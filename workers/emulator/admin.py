@@ -217,7 +217,11 @@ class EmulatorAdmin:
         retry_after: int = 1,
         after_apply: bool = False,
     ) -> str:
-        """Add a fault (latency, throttle, internal_error, unavailable, drop, conflict_storm); its id."""
+        """Add a fault (latency, throttle, internal_error, unavailable, drop, conflict_storm); its id.
+
+        ``after_apply`` (drop and latency, on updates): the update is applied first, then the
+        connection is dropped or the answer delayed, as when a client times out too early.
+        """
         body: dict[str, Any] = {
             "kind": kind,
             "rate": rate,

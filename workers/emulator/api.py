@@ -188,6 +188,8 @@ class TwilioApi:
             return _error(412, 20412, "Precondition Failed", request_id)
         except UnknownResource:
             return self._not_found(request, Operation.UPDATE, sid, request_id)
+        if plan is not None and plan.delay_after_apply:
+            await asyncio.sleep(plan.delay_after_apply)
         return self._reservation_response(request, scope, Operation.UPDATE, reservation, request_id, plan)
 
     async def _list(

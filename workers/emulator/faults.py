@@ -77,6 +77,9 @@ class Plan:
     retry_after: int = 1
     after_apply: bool = False
     concurrent_change: bool = False
+    # Latency added after an update is applied, before it is answered: a client that gives up
+    # (or dies) meanwhile never learns that its update landed.
+    delay_after_apply: float = 0.0
 
 
 class FaultInjector:
@@ -114,7 +117,7 @@ class FaultInjector:
         faults = self._faults
         if not faults:
             return None
-        delay = 0.0
+        delay = delay_after_apply = 0.0
         failure: Fault | None = None
         concurrent_change = False
         for fault in faults:
@@ -127,12 +130,16 @@ class FaultInjector:
                 continue
             fault.fired += 1
             if fault.kind is FaultKind.LATENCY:
-                delay += (fault.latency_ms + fault.rng.uniform(0.0, fault.jitter_ms)) / 1000.0
+                added = (fault.latency_ms + fault.rng.uniform(0.0, fault.jitter_ms)) / 1000.0
+                if fault.after_apply:
+                    delay_after_apply += added
+                else:
+                    delay += added
             elif fault.kind is FaultKind.CONFLICT_STORM:
                 concurrent_change = True
             elif failure is None:
                 failure = fault
-        if not delay and failure is None and not concurrent_change:
+        if not delay and not delay_after_apply and failure is None and not concurrent_change:
             return None
         return Plan(
             delay=delay,
@@ -140,7 +147,12 @@ class FaultInjector:
             retry_after=1 if failure is None else failure.retry_after,
             after_apply=failure is not None and failure.after_apply,
             concurrent_change=concurrent_change,
+            delay_after_apply=delay_after_apply,
         )
+
+
+# Faults that may strike after an update was applied (the update lands, its answer does not).
+_AFTER_APPLY_KINDS = frozenset({FaultKind.DROP, FaultKind.LATENCY})
 
 
 def _fault_from_spec(fault_id: str, spec: Mapping[str, object]) -> Fault:
@@ -177,8 +189,8 @@ def _fault_from_spec(fault_id: str, spec: Mapping[str, object]) -> Fault:
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise InvalidParameter("seed", "Fault seed must be an integer")
     after_apply = spec.get("after_apply", False)
-    if not isinstance(after_apply, bool) or (after_apply and kind is not FaultKind.DROP):
-        raise InvalidParameter("after_apply", "after_apply is a boolean, for drop faults only")
+    if not isinstance(after_apply, bool) or (after_apply and kind not in _AFTER_APPLY_KINDS):
+        raise InvalidParameter("after_apply", "after_apply is a boolean, for drop and latency faults only")
     retry_after = _number(spec, "retry_after", 1)
     latency_ms, jitter_ms = _number(spec, "latency_ms", 0.0), _number(spec, "jitter_ms", 0.0)
     if min(latency_ms, jitter_ms, retry_after) < 0:
