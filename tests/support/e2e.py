@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 
-from tests.support.worker import WorkerProcess
 from workers.celery import create_app
 from workers.config import EMULATOR_ACCOUNT_SID, EMULATOR_AUTH_TOKEN, Settings
 from workers.core.action import Action, ActionKind
@@ -20,6 +19,7 @@ from workers.emulator.server import EmulatorServer
 from workers.emulator.settings import EmulatorSettings
 from workers.ledger import Connector, Ledger, Role
 from workers.ledger.models import ActionRecord
+from workers.worker_process import WorkerProcess
 
 PII_KEY = "end-to-end-pii-key"
 SETTLE_TIMEOUT = 60.0

@@ -9,11 +9,11 @@ from collections import Counter
 from typing import Any
 
 from tests.support.e2e import action_for, wait_for_outcome
-from tests.support.worker import WorkerProcess
 from workers.core.action import ActionKind
 from workers.emulator.admin import EmulatorAdmin
 from workers.ledger import Ledger
 from workers.producer import enqueue
+from workers.worker_process import WorkerProcess
 
 
 def emulator_transitions(admin: EmulatorAdmin, sid: str) -> list[tuple[str, str]]:

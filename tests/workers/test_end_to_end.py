@@ -8,11 +8,11 @@ from typing import Any
 import pytest
 
 from tests.support.e2e import action_for, wait_for_outcome
-from tests.support.worker import WorkerProcess
 from workers.core.action import ActionKind
 from workers.emulator.admin import EmulatorAdmin
 from workers.ledger import Ledger
 from workers.producer import enqueue
+from workers.worker_process import WorkerProcess
 
 CALL = {"call_from": "+15550001111", "call_url": "https://example.test/twiml"}
 

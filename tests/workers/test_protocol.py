@@ -12,12 +12,12 @@ import pytest
 
 from tests.support.broker import drain_dead_letters
 from tests.support.e2e import action_for, wait_for_outcome
-from tests.support.worker import WorkerProcess
 from workers.core.action import ActionKind
 from workers.emulator.admin import EmulatorAdmin
 from workers.ledger import Ledger
 from workers.producer import enqueue
 from workers.topology import ACTION_ID_HEADER, OUTCOME_HEADER, REASON_HEADER
+from workers.worker_process import WorkerProcess
 
 
 def kinds(ledger: Ledger, action_id: uuid.UUID) -> list[str]:

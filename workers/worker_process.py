@@ -1,4 +1,4 @@
-"""Real Celery worker processes for the integration tests (never eager mode)."""
+"""Run `celery -A workers worker` as a subprocess: for the tests, the demo and the benchmarks."""
 
 from __future__ import annotations
 
@@ -27,11 +27,13 @@ class WorkerProcess:
         pool: str = "threads",
         concurrency: int = 8,
         name: str | None = None,
+        loglevel: str = "INFO",
     ) -> None:
         self.env = {**os.environ, **env}
         self.pool = pool
         self.concurrency = concurrency
-        self.name = name or f"test-{uuid.uuid4().hex[:8]}"
+        self.name = name or f"worker-{uuid.uuid4().hex[:8]}"
+        self.loglevel = loglevel
         self._log: IO[bytes] | None = None
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -48,10 +50,12 @@ class WorkerProcess:
         command = [
             sys.executable, "-m", "celery", "-A", "workers", "worker",
             "--pool", self.pool, "--concurrency", str(self.concurrency),
-            "--hostname", f"{self.name}@%h", "--loglevel", "INFO",
+            "--hostname", f"{self.name}@%h", "--loglevel", self.loglevel,
             "--without-mingle", "--without-gossip",
         ]  # fmt: skip
-        self.process = subprocess.Popen(command, env=self.env, stdout=self._log, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(  # noqa: S603 - our own command line
+            command, env=self.env, stdout=self._log, stderr=subprocess.STDOUT
+        )
         deadline = time.monotonic() + READY_TIMEOUT
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
