@@ -7,9 +7,12 @@ countdowns, results off (outcomes live in the ledger), events on for Flower.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 from celery import Celery
+from celery.signals import worker_ready
 
 from workers.config import Settings
 from workers.topology import APPLY_EXCHANGE, APPLY_QUEUE_NAME, APPLY_ROUTING_KEY, apply_queue
@@ -67,6 +70,14 @@ def create_app(settings: Settings | None = None) -> Celery:
 
     install_intake(celery_app)
     return celery_app
+
+
+@worker_ready.connect  # type: ignore[untyped-decorator]
+def _announce_ready(**_: Any) -> None:
+    """Touch WORKER_READY_FILE when the worker consumes: for supervisors and health checks."""
+    path = os.environ.get("WORKER_READY_FILE")
+    if path:
+        Path(path).touch()
 
 
 app = create_app()

@@ -47,6 +47,8 @@ class WorkerProcess:
 
     def start(self) -> None:
         self._log = tempfile.NamedTemporaryFile(prefix=f"{self.name}-", suffix=".log", delete=False)  # noqa: SIM115
+        self._ready_file = Path(tempfile.gettempdir()) / f"{self.name}-{uuid.uuid4().hex}.ready"
+        self.env["WORKER_READY_FILE"] = str(self._ready_file)
         command = [
             sys.executable, "-m", "celery", "-A", "workers", "worker",
             "--pool", self.pool, "--concurrency", str(self.concurrency),
@@ -60,7 +62,7 @@ class WorkerProcess:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"the worker exited with {self.process.returncode}:\n{self.log()}")
-            if " ready." in self.log():
+            if self._ready_file.exists():
                 return
             time.sleep(0.1)
         self.stop()
@@ -91,6 +93,7 @@ class WorkerProcess:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+        self._ready_file.unlink(missing_ok=True)
         if self._log is not None:
             self._log.close()
             if exc_type is None and not os.environ.get("KEEP_WORKER_LOGS"):
