@@ -23,6 +23,7 @@ SUBCOMMANDS: dict[str, str] = {
     "show": "workers.cli.history:show",
     "replay": "workers.cli.replay:replay",
     "audit-api": "workers.cli.audit_api:audit_api",
+    "enqueue": "workers.cli.enqueue:enqueue",
 }
 
 
