@@ -1,0 +1,187 @@
+"""The intake's handler with fakes of its seams (ledger, apply hand-off, dead-letter publish): one
+fate per message, acknowledged only once recorded and forwarded, requeued when either fails."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.intake.messages import example, fresh, mutated_messages, valid_messages
+from workers.core.action import Action
+from workers.errors import LedgerUnavailable
+from workers.intake import step
+from workers.intake.step import Intake
+from workers.topology import OUTCOME_HEADER, REJECT_CODE_HEADER
+
+
+@dataclass
+class FakeMessage:
+    body: bytes
+    content_type: str | None = "application/json"
+    content_encoding: str | None = None
+    headers: dict[str, Any] = field(default_factory=dict)
+    acks: int = 0
+    requeues: int = 0
+
+    def ack(self) -> None:
+        self.acks += 1
+
+    def requeue(self) -> None:
+        self.requeues += 1
+
+
+@dataclass
+class Receipt:
+    created: bool
+
+
+class FakeLedger:
+    def __init__(self) -> None:
+        self.received: list[Action] = []
+        self.rejected: list[tuple[dict[str, Any] | None, str]] = []
+        self.fail = False
+
+    def record_received(self, action: Action) -> Receipt:
+        if self.fail:
+            raise LedgerUnavailable("down")
+        self.received.append(action)
+        return Receipt(True)
+
+    def record_rejected_input(self, message: dict[str, Any] | None, reason: str) -> int:
+        if self.fail:
+            raise LedgerUnavailable("down")
+        self.rejected.append((message, reason))
+        return len(self.rejected)
+
+
+class Harness:
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.ledger = FakeLedger()
+        self.applied: list[dict[str, Any]] = []
+        self.dead: list[tuple[bytes, str, dict[str, Any]]] = []
+        self.publish_fails = False
+        self.intake = Intake(app=None)  # type: ignore[arg-type]
+        self.intake._ledger = self.ledger  # type: ignore[assignment]
+        monkeypatch.setattr(step, "hand_to_apply", self._apply)
+        monkeypatch.setattr(step, "publish_dead_letter", self._dead)
+        monkeypatch.setattr(step.time, "sleep", lambda _: None)
+
+    def _apply(self, app: Any, message: dict[str, Any]) -> None:
+        if self.publish_fails:
+            raise ConnectionError("broker gone")
+        self.applied.append(message)
+
+    def _dead(self, app: Any, body: bytes, reason: str, **options: Any) -> None:
+        if self.publish_fails:
+            raise ConnectionError("broker gone")
+        self.dead.append((body, reason, options))
+
+    def fates(self) -> int:
+        return len(self.applied) + len(self.dead)
+
+
+@pytest.fixture
+def harness(monkeypatch: pytest.MonkeyPatch) -> Harness:
+    return Harness(monkeypatch)
+
+
+def test_a_valid_message_is_recorded_then_handed_to_the_apply_task_then_acked(harness: Harness) -> None:
+    message = fresh(example("dequeue"))
+    raw = FakeMessage(json.dumps(message).encode())
+    harness.intake.on_message(raw)  # type: ignore[arg-type]
+    assert [str(a.action_id) for a in harness.ledger.received] == [message["action_id"]]
+    assert harness.applied == [message]
+    assert (raw.acks, raw.requeues, harness.dead) == (1, 0, [])
+
+
+def test_a_bad_message_is_recorded_and_dead_lettered_as_it_came_then_acked(harness: Harness) -> None:
+    raw = FakeMessage(
+        b'{"schema": "reservation-action/v1", "action": "transfer"}', content_type="application/json"
+    )
+    harness.intake.on_message(raw)  # type: ignore[arg-type]
+    ((body, reason, options),) = harness.dead
+    assert body == raw.body
+    assert reason.startswith("unknown_action: ")
+    assert options["extra_headers"] == {
+        OUTCOME_HEADER: "rejected_input",
+        REJECT_CODE_HEADER: "unknown_action",
+    }
+    assert harness.ledger.rejected == [({"schema": "reservation-action/v1", "action": "transfer"}, reason)]
+    assert (raw.acks, raw.requeues, harness.applied) == (1, 0, [])
+
+
+def test_an_undecodable_message_is_dead_lettered_too(harness: Harness) -> None:
+    raw = FakeMessage(b"\x1f\x8b", content_type="application/json")
+    harness.intake.on_decode_error(raw, ValueError("bad compression"))  # type: ignore[arg-type]
+    assert harness.dead[0][1].startswith("content_encoding: ")
+    assert harness.ledger.rejected[0][0] is None
+    assert raw.acks == 1
+
+
+@pytest.mark.parametrize("failing", ["ledger", "broker"])
+@pytest.mark.parametrize("name", ["accept", "bad"])
+def test_when_the_ledger_or_the_broker_fails_nothing_is_acked_and_the_message_is_requeued(
+    harness: Harness, failing: str, name: str
+) -> None:
+    if failing == "ledger":
+        harness.ledger.fail = True
+    else:
+        harness.publish_fails = True
+    raw = FakeMessage(b"[]" if name == "bad" else json.dumps(fresh(example(name))).encode())
+    harness.intake.on_message(raw)  # must not raise
+    assert (raw.acks, raw.requeues) == (0, 1)
+    assert harness.fates() == 0
+    # Once the fault is gone, the redelivery settles it.
+    harness.ledger.fail = harness.publish_fails = False
+    harness.intake.on_message(raw)  # type: ignore[arg-type]
+    assert (raw.acks, harness.fates()) == (1, 1)
+
+
+def test_a_failing_requeue_does_not_escape(harness: Harness) -> None:
+    harness.ledger.fail = True
+
+    class Broken(FakeMessage):
+        def requeue(self) -> None:
+            raise ConnectionError("channel closed")
+
+    harness.intake.on_message(Broken(b"[]"))  # type: ignore[arg-type]
+
+
+def test_the_pause_before_a_requeue_grows_with_the_delivery_count_and_is_capped(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pauses: list[float] = []
+    monkeypatch.setattr(step.time, "sleep", pauses.append)
+    harness.ledger.fail = True
+    for count in (0, 3, 50):
+        harness.intake.on_message(FakeMessage(b"[]", headers={"x-delivery-count": count}))  # type: ignore[arg-type]
+    assert pauses == [step.RETRY_PAUSE, step.RETRY_PAUSE * 8, step.MAX_RETRY_PAUSE]
+
+
+MESSAGES = st.one_of(
+    valid_messages().map(lambda m: json.dumps(m).encode()),
+    mutated_messages().map(lambda m: json.dumps(m).encode()),
+    st.binary(max_size=200),
+)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    raw=MESSAGES, content_type=st.sampled_from(["application/json", "application/json", None, "text/plain"])
+)
+def test_every_message_has_exactly_one_fate(harness: Harness, raw: bytes, content_type: str | None) -> None:
+    before_applied, before_dead = len(harness.applied), len(harness.dead)
+    before_received, before_rejected = len(harness.ledger.received), len(harness.ledger.rejected)
+    message = FakeMessage(raw, content_type=content_type)
+    harness.intake.on_message(message)  # type: ignore[arg-type]
+    applied = len(harness.applied) - before_applied
+    dead = len(harness.dead) - before_dead
+    assert applied + dead == 1
+    assert len(harness.ledger.received) - before_received == applied
+    assert len(harness.ledger.rejected) - before_rejected == dead
+    assert (message.acks, message.requeues) == (1, 0)
