@@ -1,0 +1,217 @@
+"""The plain-JSON intake end to end: messages published with a plain AMQP client (py-amqp, not our
+producer) into ``reservations`` reach a real Celery worker, a real ledger and the emulator; bad
+input lands in ``reservations.dead`` with its reason and a ledger row, and never blocks the queue."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.intake.messages import example, fresh, mutated_messages, valid_messages
+from tests.intake.wire import Letter, publish_json, publish_raw, take_dead_letters, wait_for_dead_letters
+from tests.support.e2e import wait_for_outcome
+from workers.emulator.admin import EmulatorAdmin, ReservationInfo
+from workers.ledger import Ledger
+from workers.ledger.models import LedgerEvent
+from workers.topology import ACTION_ID_HEADER, OUTCOME_HEADER, REASON_HEADER, REJECT_CODE_HEADER
+from workers.worker_process import WorkerProcess
+
+pytestmark = pytest.mark.integration
+PII = "+15550100003"
+
+
+def addressed(name: str, reservation: ReservationInfo, **changes: Any) -> dict[str, Any]:
+    """An example message, pointed at ``reservation``, with a new action_id."""
+    message = fresh(example(name), **changes)
+    message["workspace_sid"] = reservation.workspace_sid
+    message["reservation_sid"] = reservation.sid
+    if "task_sid" in message:
+        message["task_sid"] = reservation.task_sid
+    if "worker_sid" in message:
+        message["worker_sid"] = reservation.worker_sid
+    return message
+
+
+def rejected_rows(ledger: Ledger) -> list[LedgerEvent]:
+    return [event for event in ledger.history(limit=100_000) if event.kind == "rejected_input"]
+
+
+@pytest.mark.parametrize(
+    ("name", "start", "end"),
+    [
+        ("accept", "pending", "accepted"),
+        ("accept-worker-scoped", "pending", "accepted"),
+        ("reject", "pending", "rejected"),
+        ("wrapup", "accepted", "wrapping"),
+        ("complete", "accepted", "completed"),
+        ("conference", "pending", "accepted"),
+        ("dequeue", "pending", "accepted"),
+        ("call", "pending", "accepted"),
+        ("redirect", "pending", "accepted"),
+        ("update", "pending", "accepted"),
+    ],
+)
+def test_a_valid_message_of_each_action_published_with_plain_amqp_is_applied(
+    worker: WorkerProcess,
+    admin: EmulatorAdmin,
+    ledger: Ledger,
+    broker_url: str,
+    name: str,
+    start: str,
+    end: str,
+) -> None:
+    reservation = admin.create_reservation(status=start)
+    message = addressed(name, reservation)
+    publish_json(broker_url, message)
+    record = wait_for_outcome(ledger, uuid.UUID(message["action_id"]))
+    assert record.outcome == "applied"
+    assert admin.reservation(reservation.sid).status == end
+    kinds = [event.kind for event in ledger.history(action_id=uuid.UUID(message["action_id"]))]
+    assert kinds == ["received", "transition", "outcome"]  # the intake's receipt is the only one
+
+
+def _call(**changes: Any) -> bytes:
+    return json.dumps(fresh(example("call"), **changes)).encode()
+
+
+BAD_INPUT: list[tuple[str, bytes, dict[str, Any], str]] = [
+    ("malformed JSON", b'{"schema": "reservation-action/v1", ', {}, "invalid_json"),
+    ("not UTF-8", b'{"producer": "\xc3\x28"}', {}, "not_utf8"),
+    ("not an object", b'["accept"]', {}, "not_an_object"),
+    ("wrong content type", _call(), {"content_type": "text/plain"}, "content_type"),
+    ("no content type", _call(), {"content_type": None}, "content_type"),
+    ("over 64 KiB", _call(correlation_id="c" * 66_000), {}, "too_large"),
+    ("unknown action", _call(action="transfer"), {}, "unknown_action"),
+    ("missing field", _call(reservation_sid=None), {}, "missing_field"),
+    ("bad field", _call(expected_status="asleep"), {}, "invalid_field"),
+    ("bad SID", _call(task_sid="WT" + "g" * 32), {}, "bad_sid"),
+    (
+        "out of range",
+        _call(params={"call_from": PII, "call_url": "https://x.example.com/", "call_timeout": 0}),
+        {},
+        "out_of_range",
+    ),
+    (
+        "unknown field",
+        _call(params={"call_from": PII, "call_url": "https://x.example.com/", "CallTo": PII}),
+        {},
+        "unknown_field",
+    ),
+    ("another schema", _call(schema="reservation-action/v2"), {}, "unsupported_schema"),
+]
+
+
+@pytest.mark.parametrize(
+    ("raw", "properties", "code"), [case[1:] for case in BAD_INPUT], ids=[case[0] for case in BAD_INPUT]
+)
+def test_bad_input_is_dead_lettered_with_its_reason_and_recorded_and_the_queue_moves_on(
+    worker: WorkerProcess,
+    admin: EmulatorAdmin,
+    ledger: Ledger,
+    broker_url: str,
+    raw: bytes,
+    properties: dict[str, Any],
+    code: str,
+) -> None:
+    take_dead_letters(broker_url)
+    before = len(rejected_rows(ledger))
+    publish_raw(broker_url, raw, **properties)
+    # A valid message right behind it is applied: the bad one blocked nothing.
+    reservation = admin.create_reservation()
+    valid = addressed("accept", reservation)
+    publish_json(broker_url, valid)
+    assert wait_for_outcome(ledger, uuid.UUID(valid["action_id"])).outcome == "applied"
+
+    (letter,) = wait_for_dead_letters(broker_url, 1)
+    assert letter.body == raw  # as it came, byte for byte
+    assert letter.headers[OUTCOME_HEADER] == "rejected_input"
+    assert letter.headers[REJECT_CODE_HEADER] == code
+    assert letter.headers[REASON_HEADER].startswith(f"{code}: ")
+    assert PII not in letter.headers[REASON_HEADER]
+    rows = rejected_rows(ledger)[before:]
+    assert [row.detail for row in rows] == [letter.headers[REASON_HEADER]]
+    assert PII not in json.dumps(rows[0].params)  # PII only as keyed hashes
+    if code == "unknown_field":
+        assert rows[0].params["call_from"].startswith("hmac-sha256:")
+        assert rows[0].action_id is not None
+        assert letter.headers[ACTION_ID_HEADER] == str(rows[0].action_id)
+    assert "Traceback" not in worker.log()
+
+
+def test_kombus_compression_header_does_not_make_it_drop_the_message(
+    worker: WorkerProcess, ledger: Ledger, broker_url: str
+) -> None:
+    """kombu would decompress a body with a ``compression`` header, and drop it if it cannot."""
+    take_dead_letters(broker_url)
+    raw = _call()
+    publish_raw(broker_url, raw, headers={"compression": "application/x-gzip"})
+    (letter,) = wait_for_dead_letters(broker_url, 1)
+    assert letter.body == raw
+    assert letter.headers[REJECT_CODE_HEADER] == "content_encoding"
+
+
+# -- property: every message, through the real broker and worker, has exactly one fate -----------
+
+MESSAGES = st.one_of(valid_messages(), mutated_messages())
+
+
+def _fate(
+    ledger: Ledger, broker_url: str, raw: bytes, action_id: uuid.UUID | None, letters: list[Letter]
+) -> str:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        letters.extend(take_dead_letters(broker_url))
+        if any(letter.body == raw for letter in letters):
+            return "rejected"
+        if action_id is not None:
+            record = ledger.action(action_id)
+            if record is not None and record.outcome not in (None, "rejected_input"):
+                return "settled"
+        time.sleep(0.05)
+    raise AssertionError("the message had no fate in 30 s")
+
+
+@settings(
+    max_examples=15,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(message=MESSAGES)
+def test_generated_messages_through_the_broker_each_have_exactly_one_fate(
+    worker: WorkerProcess, ledger: Ledger, broker_url: str, message: dict[str, Any]
+) -> None:
+    action_id: uuid.UUID | None = None
+    try:
+        if isinstance(message.get("action_id"), str):
+            uuid.UUID(message["action_id"])
+            action_id = uuid.uuid4()  # unique per example, whatever hypothesis drew
+            message["action_id"] = str(action_id)
+    except ValueError:
+        action_id = None
+    raw = json.dumps(message).encode()
+    take_dead_letters(broker_url)
+    before = len(rejected_rows(ledger))
+    letters: list[Letter] = []
+    publish_raw(broker_url, raw, routing_key="action.any")
+    fate = _fate(ledger, broker_url, raw, action_id, letters)
+    time.sleep(0.2)  # time enough for a second fate to show, if there were one
+    letters.extend(take_dead_letters(broker_url))
+    rejected_letters = [
+        letter for letter in letters if letter.headers.get(OUTCOME_HEADER) == "rejected_input"
+    ]
+    new_rows = len(rejected_rows(ledger)) - before
+    if fate == "rejected":
+        assert [letter.body for letter in rejected_letters] == [raw]
+        assert new_rows == 1
+        if action_id is not None:
+            record = ledger.action(action_id)
+            assert record is None or record.outcome == "rejected_input"
+    else:
+        assert rejected_letters == []
+        assert new_rows == 0
