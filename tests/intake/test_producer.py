@@ -1,0 +1,132 @@
+"""The Python producer client and ``reservations enqueue``: validated, confirmed publishes into the
+same intake as every other producer; clear errors when the schema or the broker says no."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from tests.intake.test_intake_end_to_end import addressed
+from tests.intake.wire import channel
+from tests.support.e2e import action_for, wait_for_outcome
+from tests.support.services import rabbitmq_vhost
+from workers.cli import main
+from workers.core.action import ActionKind
+from workers.emulator.admin import EmulatorAdmin
+from workers.ledger import Ledger
+from workers.producer import InvalidAction, Producer, PublishError, encode, publish
+from workers.worker_process import WorkerProcess
+
+pytestmark = pytest.mark.integration
+
+
+def test_an_action_object_and_a_wire_dict_are_both_published_and_applied(
+    worker: WorkerProcess, admin: EmulatorAdmin, ledger: Ledger, broker_url: str
+) -> None:
+    first, second = admin.create_reservation(), admin.create_reservation()
+    action = action_for(first, ActionKind.DEQUEUE, params={"dequeue_from": "+15550100002"})
+    message = addressed("accept", second)
+    with Producer(broker_url) as producer:
+        producer.publish(action)
+        producer.publish(message)
+    assert wait_for_outcome(ledger, action.action_id).outcome == "applied"
+    assert wait_for_outcome(ledger, uuid.UUID(message["action_id"])).outcome == "applied"
+    third = admin.create_reservation()
+    publish(addressed("accept", third), broker_url)
+    assert admin.reservation(first.sid).status == "accepted"
+
+
+def test_an_invalid_action_is_refused_before_anything_is_sent(broker_url: str) -> None:
+    bad = addressed_bad()
+    with pytest.raises(InvalidAction) as raised, Producer(broker_url) as producer:
+        producer.publish(bad)
+    assert raised.value.code == "out_of_range"
+    assert "params.call_timeout" in str(raised.value)
+    with pytest.raises(InvalidAction):
+        encode({"schema": "reservation-action/v1", "not_json": {1, 2}})
+
+
+def addressed_bad() -> dict[str, Any]:
+    message: dict[str, Any] = json.loads(Path("schemas/examples/reservation-action.v1/call.json").read_text())
+    message["params"]["call_timeout"] = 5000
+    return message
+
+
+def test_no_exchange_raises_a_publish_error() -> None:
+    with (
+        rabbitmq_vhost() as empty,
+        pytest.raises(PublishError, match="did not confirm"),
+        Producer(empty) as producer,
+    ):
+        producer.publish(
+            addressed_bad() | {"params": {"call_from": "+1", "call_url": "https://x.example.com/"}}
+        )
+
+
+def test_an_unroutable_message_raises_a_publish_error() -> None:
+    """The exchange exists but no queue is bound: without ``mandatory`` it would vanish, confirmed."""
+    with rabbitmq_vhost() as empty:
+        with channel(empty) as ch:
+            ch.exchange_declare("reservations", "topic", durable=True, auto_delete=False)
+        with pytest.raises(PublishError, match=r"NO_ROUTE|312"), Producer(empty) as producer:
+            producer.publish(
+                addressed_bad() | {"params": {"call_from": "+1", "call_url": "https://x.example.com/"}}
+            )
+
+
+def test_errors_survive_pickling() -> None:
+    for error in (InvalidAction("bad_sid", "task_sid: must match"), PublishError("no confirm")):
+        assert str(pickle.loads(pickle.dumps(error))) == str(error)  # noqa: S301 - our own bytes
+
+
+def test_cli_enqueues_json_lines_from_a_file_and_reports_bad_lines(
+    worker: WorkerProcess, admin: EmulatorAdmin, ledger: Ledger, broker_url: str, tmp_path: Path
+) -> None:
+    messages = [addressed("accept", admin.create_reservation()) for _ in range(3)]
+    lines = [json.dumps(m) for m in messages]
+    lines.insert(1, "{not json")
+    lines.insert(3, json.dumps(addressed_bad()))
+    path = tmp_path / "actions.jsonl"
+    path.write_text("\n".join(lines) + "\n\n")
+    result = CliRunner().invoke(
+        main, ["enqueue", "--file", str(path), "--broker-url", broker_url, "--no-progress"]
+    )
+    assert result.exit_code == 1, result.output
+    assert "line 2: not JSON" in result.output
+    assert "line 4: invalid action (out_of_range)" in result.output
+    assert "3 published, 2 failed" in result.output
+    for message in messages:
+        assert wait_for_outcome(ledger, uuid.UUID(message["action_id"])).outcome == "applied"
+
+
+def test_cli_reads_stdin_and_a_single_argument(
+    worker: WorkerProcess, admin: EmulatorAdmin, ledger: Ledger, broker_url: str
+) -> None:
+    runner = CliRunner()
+    from_stdin = addressed("accept", admin.create_reservation())
+    result = runner.invoke(
+        main,
+        ["enqueue", "--file", "-", "--broker-url", broker_url, "--progress"],
+        input=json.dumps(from_stdin) + "\n",
+    )
+    assert result.exit_code == 0, result.output
+    assert "1 published, 0 failed" in result.output
+    argument = addressed("accept", admin.create_reservation())
+    result = runner.invoke(main, ["enqueue", json.dumps(argument)], env={"CELERY_BROKER_URL": broker_url})
+    assert result.exit_code == 0, result.output
+    for message in (from_stdin, argument):
+        assert wait_for_outcome(ledger, uuid.UUID(message["action_id"])).outcome == "applied"
+
+
+def test_cli_dry_run_publishes_nothing_and_usage_errors(broker_url: str) -> None:
+    runner = CliRunner()
+    result = runner.invoke(main, ["enqueue", "--dry-run", json.dumps(addressed_bad())])
+    assert result.exit_code == 1
+    assert "0 valid, 1 failed" in result.output
+    assert runner.invoke(main, ["enqueue"]).exit_code == 2
