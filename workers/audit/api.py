@@ -287,7 +287,8 @@ def create_app(config: AuditApiConfig, *, ledger: Ledger | None = None) -> FastA
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         if ledger is not None:
             _app.state.ledger = ledger
-            yield
+        if isinstance(getattr(_app.state, "ledger", None), Ledger):
+            yield  # a ledger handed in (tests): its owner closes it
             return
         connector = Connector(config.database_url, Role.READER, min_size=1, max_size=config.pool_max)
         connector.open(wait=False)
@@ -296,6 +297,7 @@ def create_app(config: AuditApiConfig, *, ledger: Ledger | None = None) -> FastA
         try:
             yield
         finally:
+            del _app.state.ledger
             connector.close()
 
     app = FastAPI(

@@ -1,0 +1,81 @@
+"""History of one reservation, task or worker is an index scan, not a walk through the ledger.
+
+The ledger here holds 50,000 rows (appended set-based through the chain trigger, as the
+benchmark does) and fresh statistics; the figures at a million rows are in ops/LEDGER.md.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.ledger.conftest import open_ledger, superuser
+from workers.ledger.models import Role
+from workers.ledger.store import Ledger
+
+pytestmark = pytest.mark.integration
+ROWS = 50_000
+
+
+@pytest.fixture(scope="module")
+def big_reader(db_url: str) -> Iterator[Ledger]:
+    with superuser(db_url) as conn:
+        conn.execute(
+            """
+            INSERT INTO ledger.events (
+                kind, action_id, reservation_sid, workspace_sid, task_sid, worker_sid, from_status,
+                to_status, etag_before, etag_after, attempt, http_status, correlation_id, worker_host,
+                worker_pid
+            )
+            SELECT (ARRAY['received', 'attempt', 'transition', 'outcome'])[1 + g %% 4],
+                   md5(g::text)::uuid,
+                   'WR' || lpad(to_hex(g / 10), 32, '0'), 'WS' || lpad(to_hex(g %% 3), 32, '0'),
+                   'WT' || lpad(to_hex(g / 10), 32, '0'), 'WK' || lpad(to_hex(g %% 500), 32, '0'),
+                   'pending', 'accepted', 'e' || g, 'e' || (g + 1), 1, 200, 'c' || (g / 10), 'plan', 1
+              FROM generate_series(1, %(rows)s) AS g
+            """,
+            {"rows": ROWS},
+        )
+        conn.execute("ANALYZE ledger.events")
+    with open_ledger(db_url, Role.READER) as reader:
+        yield reader
+
+
+def nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    yield plan
+    for child in plan.get("Plans", []):
+        yield from nodes(child)
+
+
+def index_used(plan: dict[str, Any]) -> set[str]:
+    return {node["Index Name"] for node in nodes(plan) if "Index Name" in node}
+
+
+def scans(plan: dict[str, Any]) -> set[str]:
+    return {node["Node Type"] for node in nodes(plan)}
+
+
+@pytest.mark.parametrize(
+    ("filters", "index"),
+    [
+        ({"reservation_sid": "WR" + "0" * 29 + "3e8"}, "events_reservation"),
+        ({"task_sid": "WT" + "0" * 29 + "3e8"}, "events_task"),
+        ({"worker_sid": "WK" + "0" * 29 + "1f3"}, "events_worker"),
+        ({"action_id": uuid.UUID("c4ca4238-a0b9-2382-0dcc-509a6f75849b")}, "events_action"),
+        ({"correlation_id": "c1000"}, "events_correlation"),
+        ({"reservation_sid": "WR" + "0" * 29 + "3e8", "kind": "transition"}, "events_reservation"),
+    ],
+)
+def test_history_of_one_thing_uses_its_index(big_reader: Ledger, filters: dict[str, Any], index: str) -> None:
+    plan = big_reader.explain_history(limit=100, **filters)
+    assert index in index_used(plan), plan
+    assert "Seq Scan" not in scans(plan), plan
+
+
+def test_a_page_of_everything_walks_the_ledger_order_index(big_reader: Ledger) -> None:
+    plan = big_reader.explain_history(limit=100)
+    assert "events_ledger_order" in index_used(plan), plan
+    assert "Seq Scan" not in scans(plan), plan
