@@ -107,7 +107,10 @@ SEEDED_ROWS = 15  # three applied actions of four rows each, and a failed one of
 @pytest.fixture(scope="module")
 def seeded(writer: Ledger, reader: Ledger) -> Seeded:
     done = seed(writer)
-    eventually(lambda: reader.history(workspace_sid=done.workspace_sid), lambda rows: len(rows) == SEEDED_ROWS)
+    eventually(
+        lambda: reader.history(workspace_sid=done.workspace_sid),
+        lambda rows: len(rows) == SEEDED_ROWS,
+    )
     return done
 
 

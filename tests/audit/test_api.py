@@ -122,7 +122,8 @@ def test_reservation_history_is_its_chain_in_order(client: TestClient, seeded: S
 def test_task_worker_and_workspace_history(client: TestClient, seeded: Seeded) -> None:
     # Reservations 0 and 2 are on task 0 / worker 0, reservation 1 on task 1 / worker 1.
     task = ok(client, f"/v1/tasks/{seeded.task_sids[0]}/history")["items"]
-    assert {row["reservation_sid"] for row in task} == {seeded.reservation_sids[0], seeded.reservation_sids[2]}
+    expected = {seeded.reservation_sids[0], seeded.reservation_sids[2]}
+    assert {row["reservation_sid"] for row in task} == expected
     assert len(task) == 11
     worker = ok(client, f"/v1/workers/{seeded.worker_sids[1]}/history")["items"]
     assert {row["reservation_sid"] for row in worker} == {seeded.reservation_sids[1]}
