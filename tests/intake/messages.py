@@ -111,7 +111,7 @@ def params_for(action: ActionKind) -> st.SearchStrategy[dict[str, Any]]:
 
 
 _OFFSETS = st.integers(-14 * 60, 14 * 60).map(lambda minutes: timezone(timedelta(minutes=minutes)))
-_TIMES = st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1), timezones=_OFFSETS).map(
+_TIMES = st.datetimes(min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30), timezones=_OFFSETS).map(
     lambda moment: moment.isoformat()
 )
 

@@ -229,6 +229,22 @@ BAD_INPUT: list[tuple[str, bytes, str | None, str | None, RejectCode, str]] = [
         "date-time",
     ),
     (
+        "not_after beyond year 9999 in UTC",
+        body(fresh(CALL, not_after="9999-12-31T23:59:00-14:00")),
+        JSON,
+        None,
+        RejectCode.INVALID_FIELD,
+        "date-time",
+    ),
+    (
+        "not_after before year 1 in UTC",
+        body(fresh(CALL, not_after="0001-01-01T00:00:00+14:00")),
+        JSON,
+        None,
+        RejectCode.INVALID_FIELD,
+        "date-time",
+    ),
+    (
         "action_id not a UUID",
         body(fresh(CALL) | {"action_id": "42"}),
         JSON,

@@ -17,7 +17,7 @@ import json
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -98,7 +98,11 @@ FORMATS = FormatChecker()
 def _is_date_time(instance: object) -> bool:
     if not isinstance(instance, str):
         return True
-    return datetime.fromisoformat(instance.replace("Z", "+00:00")).tzinfo is not None
+    parsed = datetime.fromisoformat(instance.replace("Z", "+00:00"))
+    if parsed.tzinfo is None:
+        return False
+    parsed.astimezone(UTC)  # OverflowError outside years 1-9999 in UTC: PostgreSQL cannot load it back
+    return True
 
 
 def _is_url(instance: object) -> bool:
@@ -108,7 +112,7 @@ def _is_url(instance: object) -> bool:
     return parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
 
 
-FORMATS.checks("date-time", raises=ValueError)(_is_date_time)
+FORMATS.checks("date-time", raises=(ValueError, OverflowError))(_is_date_time)
 FORMATS.checks("uri", raises=ValueError)(_is_url)
 
 
