@@ -114,8 +114,13 @@ def write_events(events: Iterable[LedgerEvent], output_format: str, title: str |
         for event in events:
             add_event(table, event)
             count += 1
-        Console(file=out, soft_wrap=False).print(table)
+        console().print(table)
     return count
+
+
+def console() -> Console:
+    """Rich's console on stdout; a wide one when stdout is not a terminal (a file, a pager)."""
+    return Console(file=sys.stdout, soft_wrap=False, width=None if sys.stdout.isatty() else 250)
 
 
 def event_table(title: str | None = None) -> Table:
@@ -255,7 +260,7 @@ def show(database_url: str, action_id: uuid.UUID, output_format: str | None) -> 
     if fmt == "csv":
         write_events(found.events, "csv")
         return
-    console = Console(file=sys.stdout, soft_wrap=False)
+    out = console()
     summary = Table(show_header=False, title=f"action {action_id}", title_justify="left")
     summary.add_column("field", style="bold")
     summary.add_column("value")
@@ -264,8 +269,8 @@ def show(database_url: str, action_id: uuid.UUID, output_format: str | None) -> 
             continue
         shown = json.dumps(value, sort_keys=True) if isinstance(value, dict | list) else str(value)
         summary.add_row(key, shown)
-    console.print(summary)
+    out.print(summary)
     table = event_table("ledger rows")
     for event in found.events:
         add_event(table, event)
-    console.print(table)
+    out.print(table)

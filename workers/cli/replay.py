@@ -7,12 +7,19 @@ import sys
 from datetime import datetime
 
 import click
-from rich.console import Console
 from rich.table import Table
 
 from workers.audit.rows import plain
 from workers.celery import create_app
-from workers.cli.history import SidType, TimeType, chosen_format, database_url_option, fail, open_reader
+from workers.cli.history import (
+    SidType,
+    TimeType,
+    chosen_format,
+    console,
+    database_url_option,
+    fail,
+    open_reader,
+)
 from workers.config import DEFAULT_BROKER_URL, DEFAULT_DATABASE_URL, Settings
 from workers.core.action import Action
 from workers.errors import ReservationsError
@@ -99,7 +106,7 @@ def timeline(database_url: str, reservation_sid: str, output_format: str | None)
             str(step.action_id or ""),
             step.outcome or "",
         )
-    Console(file=sys.stdout, soft_wrap=False).print(table)
+    console().print(table)
     if not steps:
         click.echo("the ledger has no transition of this reservation", err=True)
 

@@ -1,0 +1,149 @@
+"""``reservations history``, ``show`` and ``audit-api`` through click, against a real ledger."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import uuid
+from typing import Any
+
+import pytest
+from click.testing import CliRunner, Result
+
+from tests.audit.conftest import SEEDED_ROWS, Seeded
+from workers.audit.rows import EVENT_FIELDS
+from workers.cli import main
+from workers.cli.audit_api import is_loopback
+
+pytestmark = pytest.mark.integration
+
+
+def run(db_url: str, *args: str, env: dict[str, str] | None = None) -> Result:
+    return CliRunner().invoke(main, list(args), env={"DATABASE_URL": db_url, **(env or {})})
+
+
+def json_lines(result: Result) -> list[dict[str, Any]]:
+    assert result.exit_code == 0, result.output
+    return [json.loads(line) for line in result.stdout.splitlines()]
+
+
+def test_history_as_json_lines_by_default_outside_a_terminal(db_url: str, seeded: Seeded) -> None:
+    rows = json_lines(run(db_url, "history", "--workspace", seeded.workspace_sid))
+    assert len(rows) == SEEDED_ROWS
+    assert list(rows[0]) == list(EVENT_FIELDS)
+    assert rows[0]["kind"] == "received"
+    failed = json_lines(
+        run(db_url, "history", "--workspace", seeded.workspace_sid, "--outcome", "failed", "--format", "json")
+    )
+    assert [(r["action_id"], r["error_code"]) for r in failed] == [(str(seeded.failed), 20404)]
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "count"),
+    [
+        ("--reservation", "reservation_sids", 8),
+        ("--task", "task_sids", 11),
+        ("--worker", "worker_sids", 11),
+        ("--kind", "transition", 3),
+        ("--error-code", "20404", 2),
+        ("--correlation-id", "correlation_id", 12),
+    ],
+)
+def test_history_filters(db_url: str, seeded: Seeded, option: str, value: str, count: int) -> None:
+    given = getattr(seeded, value, value)
+    given = given[0] if isinstance(given, list) else given
+    rows = json_lines(run(db_url, "history", "--workspace", seeded.workspace_sid, option, given))
+    assert len(rows) == count
+
+
+def test_history_pages_with_after_and_limit(db_url: str, seeded: Seeded) -> None:
+    first = json_lines(run(db_url, "history", "--workspace", seeded.workspace_sid, "--limit", "5"))
+    rest = json_lines(
+        run(db_url, "history", "--workspace", seeded.workspace_sid, "--after", first[-1]["cursor"])
+    )
+    assert len(first) == 5
+    assert len(rest) == SEEDED_ROWS - 5
+    assert rest[0]["seq"] > first[-1]["seq"]
+
+
+def test_history_as_csv_and_as_a_table(db_url: str, seeded: Seeded) -> None:
+    result = run(db_url, "history", "--action-id", str(seeded.failed), "--format", "csv")
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert [r["kind"] for r in rows] == ["received", "attempt", "outcome"]
+    assert rows[-1]["error_code"] == "20404"
+    table = run(db_url, "history", "--action-id", str(seeded.failed), "--format", "table")
+    assert table.exit_code == 0, table.output
+    assert "outcome" in table.stdout
+    assert "failed" in table.stdout
+    assert "3 row(s)" in table.stderr
+
+
+def test_time_filters(db_url: str, seeded: Seeded) -> None:
+    every = json_lines(run(db_url, "history", "--workspace", seeded.workspace_sid))
+    middle = every[6]["recorded_at"]
+    later = json_lines(run(db_url, "history", "--workspace", seeded.workspace_sid, "--since", middle))
+    assert later[0]["seq"] == every[6]["seq"]
+    future = json_lines(run(db_url, "history", "--workspace", seeded.workspace_sid, "--since", "2999-01-01"))
+    assert future == []
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--reservation", "WR' OR 1=1"], "is not a WR SID"),
+        (["--since", "last tuesday"], "RFC 3339"),
+        (["--action-id", "nope"], "UUID"),
+        (["--after", "x"], "cursor"),
+        (["--kind", "won"], "won"),
+    ],
+)
+def test_history_refuses_bad_filters(db_url: str, args: list[str], message: str) -> None:
+    result = run(db_url, "history", *args)
+    assert result.exit_code == 2
+    assert message in result.output
+
+
+def test_show_tells_an_actions_story(db_url: str, seeded: Seeded) -> None:
+    table = run(db_url, "show", str(seeded.applied[0]), "--format", "table")
+    assert table.exit_code == 0, table.output
+    assert "pending → accepted" in table.stdout
+    assert "applied" in table.stdout
+    story = json.loads(run(db_url, "show", str(seeded.failed), "--format", "json").stdout)
+    assert story["action"]["outcome"] == "failed"
+    assert [e["kind"] for e in story["events"]] == ["received", "attempt", "outcome"]
+    assert story["redriven_as"] == []
+    missing = run(db_url, "show", str(uuid.uuid4()))
+    assert missing.exit_code == 1
+    assert "never received" in missing.output
+
+
+def test_audit_api_refuses_to_start_without_a_token(db_url: str) -> None:
+    result = run(db_url, "audit-api", env={"AUDIT_API_TOKEN": ""})
+    assert result.exit_code == 2
+    assert "AUDIT_API_TOKEN is not set" in result.output
+    exposed = run(db_url, "audit-api", "--insecure-local", "--host", "0.0.0.0", env={"AUDIT_API_TOKEN": ""})  # noqa: S104
+    assert exposed.exit_code == 2
+    assert "loopback" in exposed.output
+
+
+def test_audit_api_help_shows_the_environment() -> None:
+    result = CliRunner().invoke(main, ["audit-api", "--help"])
+    assert result.exit_code == 0
+    for name in (
+        "AUDIT_API_HOST",
+        "AUDIT_API_PORT",
+        "AUDIT_API_INSECURE_LOCAL",
+        "DATABASE_URL",
+        "AUDIT_API_TOKEN",
+    ):
+        assert name in result.output
+
+
+def test_loopback() -> None:
+    assert is_loopback("127.0.0.1")
+    assert is_loopback("::1")
+    assert is_loopback("localhost")
+    assert not is_loopback("0.0.0.0")  # noqa: S104
+    assert not is_loopback("example.com")
