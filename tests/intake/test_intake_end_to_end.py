@@ -5,6 +5,8 @@ input lands in ``reservations.dead`` with its reason and a ledger row, and never
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 import time
 import uuid
 from typing import Any
@@ -17,6 +19,7 @@ from tests.intake.messages import example, fresh, mutated_messages, valid_messag
 from tests.intake.wire import Letter, publish_json, publish_raw, take_dead_letters, wait_for_dead_letters
 from tests.support.e2e import wait_for_outcome
 from workers.emulator.admin import EmulatorAdmin, ReservationInfo
+from workers.intake.step import DEFAULT_PREFETCH
 from workers.ledger import Ledger
 from workers.ledger.models import LedgerEvent
 from workers.topology import ACTION_ID_HEADER, OUTCOME_HEADER, REASON_HEADER, REJECT_CODE_HEADER
@@ -215,3 +218,30 @@ def test_generated_messages_through_the_broker_each_have_exactly_one_fate(
     else:
         assert rejected_letters == []
         assert new_rows == 0
+
+
+def test_the_intake_declares_its_wiring_and_consumes_with_a_bounded_prefetch(
+    worker: WorkerProcess, broker_url: str
+) -> None:
+    ctl = shutil.which("rabbitmqctl")
+    vhost = broker_url.rsplit("/", 1)[1]
+    if ctl is None or not vhost:
+        pytest.skip("needs rabbitmqctl and the test's own vhost")
+    queues = subprocess.run(
+        [ctl, "-q", "list_queues", "-p", vhost, "name", "arguments"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    actions = next(line for line in queues.splitlines() if line.startswith("reservations.actions"))
+    assert "quorum" in actions
+    assert "reservations.dlx" in actions
+    assert any(line.startswith("reservations.dead") for line in queues.splitlines())
+    consumers = subprocess.run(
+        [ctl, "-q", "list_consumers", "-p", vhost, "queue_name", "prefetch_count"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    intake = [line.split() for line in consumers.splitlines() if line.startswith("reservations.actions")]
+    assert [fields[1] for fields in intake] == [str(DEFAULT_PREFETCH)]
