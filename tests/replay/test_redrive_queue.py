@@ -1,0 +1,196 @@
+"""Redrive against the real broker and ledger, without a worker: selection, reporting, dry run.
+
+No worker consumes the apply queue here, so whatever redrive publishes stays visible in it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from kombu.connection import Connection
+
+from tests.replay.conftest import cli, json_lines
+from workers.core.action import Action, ActionKind
+from workers.core.planner import Outcome
+from workers.core.sids import new_sid
+from workers.dead_letters import publish_dead_letter
+from workers.ledger import Ledger
+from workers.replay.redrive import (
+    REDRIVE_PRODUCER,
+    RedriveFilters,
+    Verdict,
+    dead_letters,
+    parse_dead_letter,
+    redrive,
+)
+from workers.topology import OUTCOME_HEADER, apply_queue
+
+pytestmark = pytest.mark.integration
+
+
+def an_action(**fields: Any) -> Action:
+    return Action(
+        uuid.uuid4(),
+        ActionKind.ACCEPT,
+        new_sid("WS"),
+        new_sid("WR"),
+        task_sid=new_sid("WT"),
+        correlation_id=f"corr-{uuid.uuid4().hex[:6]}",
+        producer="tests",
+        params=fields.pop("params", {}),
+        **fields,
+    )
+
+
+def settle(ledger: Ledger, action: Action, outcome: Outcome, code: int | None = None) -> None:
+    ledger.record_received(action)
+    ledger.record_outcome(action.action_id, outcome, twilio_error_code=code)
+
+
+def dead_letter(app: Any, action: Action, outcome: Outcome) -> None:
+    publish_dead_letter(
+        app,
+        action.to_message(),
+        "test",
+        action_id=str(action.action_id),
+        extra_headers={OUTCOME_HEADER: outcome.value},
+    )
+
+
+def apply_messages(broker_url: str) -> int:
+    """How many messages wait in the apply queue (declared, with its arguments, if need be)."""
+    with Connection(broker_url) as conn:
+        _name, count, _consumers = apply_queue()(conn.channel()).queue_declare()
+        return int(count)
+
+
+@pytest.fixture
+def since() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+def test_dry_run_lists_and_changes_nothing(
+    celery_app: Any, ledger: Ledger, worker_env: dict[str, str], broker_url: str, since: str
+) -> None:
+    dead = an_action(params={"to": "+15550001234"})
+    settle(ledger, dead, Outcome.DEAD_LETTERED)
+    dead_letter(celery_app, dead, Outcome.DEAD_LETTERED)
+    lost = an_action()
+    settle(ledger, lost, Outcome.FAILED, code=20001)
+    applied = an_action()
+    settle(ledger, applied, Outcome.APPLIED)
+    before = apply_messages(broker_url)
+    time.sleep(0.05)
+
+    result = cli(worker_env, "replay", "redrive", "--dry-run", "--since", since, "--json")
+    decisions = {row["action_id"]: row for row in json_lines(result)}
+    assert result.exit_code == 1, result.output  # one selected action cannot be redriven
+    assert decisions[str(dead.action_id)]["verdict"] == "would_redrive"
+    assert decisions[str(lost.action_id)]["verdict"] == "not_redrivable"
+    assert "not in reservations.dead" in decisions[str(lost.action_id)]["reason"]
+    assert str(applied.action_id) not in decisions
+    assert "dry run:" in result.stderr
+
+    # Nothing changed: the ledger, the dead letter (still there, whole), the apply queue.
+    record = ledger.action(dead.action_id)
+    assert record is not None
+    assert (record.outcome, record.redrives) == ("dead_lettered", 0)
+    assert [e.kind for e in ledger.history(action_id=dead.action_id)] == ["received", "outcome"]
+    with dead_letters(broker_url) as letters:
+        kept = [letter for letter in letters if letter.action_id == dead.action_id]
+    assert len(kept) == 1
+    assert kept[0].body is not None
+    assert kept[0].body["params"] == {"to": "+15550001234"}
+    assert apply_messages(broker_url) == before
+
+
+def test_redrive_publishes_a_linked_copy_then_removes_the_dead_letter(
+    celery_app: Any, ledger: Ledger, broker_url: str, since: str
+) -> None:
+    dead = an_action()
+    settle(ledger, dead, Outcome.DEAD_LETTERED)
+    dead_letter(celery_app, dead, Outcome.DEAD_LETTERED)
+    other = an_action()
+    settle(ledger, other, Outcome.DEAD_LETTERED)
+    dead_letter(celery_app, other, Outcome.DEAD_LETTERED)
+    published: list[Action] = []
+    filters = RedriveFilters(reservation_sid=dead.reservation_sid)
+
+    with dead_letters(broker_url) as letters:
+        decisions = redrive(ledger, letters, published.append, filters)
+    mine = [d for d in decisions if d.action_id == dead.action_id]
+    assert [d.verdict for d in mine] == [Verdict.REDRIVEN]
+    (copy,) = published
+    assert copy.action_id == mine[0].new_action_id != dead.action_id
+    assert copy.producer == REDRIVE_PRODUCER
+    assert (copy.correlation_id, copy.reservation_sid, copy.action) == (
+        dead.correlation_id,
+        dead.reservation_sid,
+        dead.action,
+    )
+    redrive_row = ledger.history(action_id=dead.action_id, kind="redrive")
+    assert [row.detail for row in redrive_row] == [f"redriven as {copy.action_id}"]
+    # The other reservation's dead letter was not selected: it stays.
+    assert {d.verdict for d in decisions if d.action_id == other.action_id} == {Verdict.LEFT_IN_QUEUE}
+    with dead_letters(broker_url) as letters:
+        waiting = {letter.action_id for letter in letters}
+    assert dead.action_id not in waiting
+    assert other.action_id in waiting
+
+
+def test_a_failed_publish_keeps_the_dead_letter_and_records_nothing(
+    celery_app: Any, ledger: Ledger, broker_url: str
+) -> None:
+    dead = an_action()
+    settle(ledger, dead, Outcome.FAILED)
+    dead_letter(celery_app, dead, Outcome.FAILED)
+
+    def refuse(_action: Action) -> None:
+        raise ConnectionError("the broker did not confirm")
+
+    with (
+        pytest.raises(ConnectionError),
+        dead_letters(broker_url) as letters,
+    ):
+        redrive(ledger, letters, refuse, RedriveFilters(reservation_sid=dead.reservation_sid))
+    record = ledger.action(dead.action_id)
+    assert record is not None
+    assert (record.outcome, record.redrives) == ("failed", 0)
+    with dead_letters(broker_url) as letters:
+        assert dead.action_id in {letter.action_id for letter in letters}
+
+
+def test_error_code_and_outcome_filters_select_from_the_ledger(
+    celery_app: Any, ledger: Ledger, broker_url: str, since: str
+) -> None:
+    wanted = an_action()
+    settle(ledger, wanted, Outcome.FAILED, code=20404)
+    dead_letter(celery_app, wanted, Outcome.FAILED)
+    unwanted = an_action()
+    settle(ledger, unwanted, Outcome.FAILED, code=20001)
+    dead_letter(celery_app, unwanted, Outcome.FAILED)
+    time.sleep(0.05)
+    filters = RedriveFilters(
+        outcomes=frozenset({"failed"}), since=datetime.fromisoformat(since), error_code=20404
+    )
+    with dead_letters(broker_url) as letters:
+        decisions = redrive(ledger, letters, lambda _a: None, filters, dry_run=True)
+    by_id = {d.action_id: d.verdict for d in decisions}
+    assert by_id[wanted.action_id] == Verdict.WOULD_REDRIVE
+    assert by_id[unwanted.action_id] == Verdict.LEFT_IN_QUEUE
+
+
+def test_dead_letters_are_parsed_from_our_messages_and_from_celery_task_messages() -> None:
+    message = an_action().to_message()
+    assert parse_dead_letter(b'{"a": 1}', {}) == ({"a": 1}, None)
+    body, problem = parse_dead_letter(b"not json", {})
+    assert body is None
+    assert problem is not None
+    celery_body = json.dumps([[message], {}, {"callbacks": None}]).encode()
+    assert parse_dead_letter(celery_body, {"task": "reservations.apply"}) == (message, None)
+    assert parse_dead_letter(b"[1, 2]", {})[0] is None
