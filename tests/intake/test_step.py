@@ -185,3 +185,21 @@ def test_every_message_has_exactly_one_fate(harness: Harness, raw: bytes, conten
     assert len(harness.ledger.received) - before_received == applied
     assert len(harness.ledger.rejected) - before_rejected == dead
     assert (message.acks, message.requeues) == (1, 0)
+
+
+def test_the_hand_off_to_the_apply_task_uses_the_action_id_and_masks_pii() -> None:
+    calls: list[tuple[str, dict[str, Any]]] = []
+
+    class App:
+        def send_task(self, name: str, **options: Any) -> None:
+            calls.append((name, options))
+
+    message = fresh(example("call"))
+    step.hand_to_apply(App(), message)  # type: ignore[arg-type]
+    ((name, options),) = calls
+    assert name == "reservations.apply"
+    assert options["task_id"] == message["action_id"]
+    assert options["args"] == [message]
+    assert options["delivery_mode"] == 2
+    assert message["params"]["call_from"] not in options["argsrepr"]
+    assert "[redacted]" in options["argsrepr"]

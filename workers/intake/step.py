@@ -16,8 +16,9 @@ an accepted action is idempotent on its action_id). After ``DELIVERY_LIMIT`` del
 itself moves it to ``reservations.dead``. Nothing escapes the handler: the consumer never crashes.
 
 The step declares everything it uses: the ``reservations`` exchange, the queue and its binding,
-and the dead-letter exchange and queue. It runs in the worker's main process; its ledger pool is
-opened lazily, on the first message.
+and the dead-letter exchange and queue. It consumes with a prefetch of ``INTAKE_PREFETCH`` messages
+(default 32). It runs in the worker's main process; its ledger pool is opened lazily, on the first
+message.
 """
 
 from __future__ import annotations
