@@ -35,7 +35,8 @@ def test_health_and_readiness_need_no_token(client: TestClient) -> None:
 
 
 def test_readiness_fails_when_the_database_does_not_answer(seeded: Seeded) -> None:
-    app = create_app(AuditApiConfig("postgresql://nobody@127.0.0.1:1/none", TOKEN, pool_max=1))
+    config = AuditApiConfig("postgresql://nobody@127.0.0.1:1/none", TOKEN, pool_max=1, pool_timeout=0.5)
+    app = create_app(config)
     with TestClient(app) as client:
         assert client.get("/healthz").status_code == 200
         response = client.get("/readyz")
@@ -73,6 +74,12 @@ def test_every_resource_refuses_a_missing_or_wrong_token(
         assert response.headers["WWW-Authenticate"] == "Bearer"
         assert response.json()["error"] == "unauthorized"
         assert "bearer token" in response.json()["message"]
+
+
+def test_a_wrong_token_is_refused_before_parameters_are_looked_at(client: TestClient) -> None:
+    anonymous = TestClient(client.app)
+    for path, params in (("/v1/events", {"limit": "0"}), ("/v1/reservations/bad/history", {})):
+        assert anonymous.get(path, params=params).status_code == 401
 
 
 def test_every_resource_answers_with_the_token(client: TestClient, seeded: Seeded) -> None:

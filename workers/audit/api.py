@@ -56,6 +56,8 @@ class AuditApiConfig:
     token: str | None = field(default=None, repr=False)
     insecure_local: bool = False
     pool_max: int = 10
+    # How long a request waits for a database connection before answering 503.
+    pool_timeout: float = 5.0
 
 
 class Problem(BaseModel):
@@ -290,7 +292,14 @@ def create_app(config: AuditApiConfig, *, ledger: Ledger | None = None) -> FastA
         if isinstance(getattr(_app.state, "ledger", None), Ledger):
             yield  # a ledger handed in (tests): its owner closes it
             return
-        connector = Connector(config.database_url, Role.READER, min_size=1, max_size=config.pool_max)
+        connector = Connector(
+            config.database_url,
+            Role.READER,
+            min_size=1,
+            max_size=config.pool_max,
+            timeout=config.pool_timeout,
+            name="audit-api",
+        )
         connector.open(wait=False)
         # PII search is not offered over HTTP, so the reader needs no PII key.
         _app.state.ledger = Ledger(connector, b"")
@@ -335,6 +344,11 @@ def create_app(config: AuditApiConfig, *, ledger: Ledger | None = None) -> FastA
         logger.warning("ledger unavailable: %s", exc)
         return _problem(503, "unavailable", "the ledger's database does not answer; try again later")
 
+    @app.exception_handler(LedgerError)
+    async def ledger_error(_request: Request, exc: LedgerError) -> JSONResponse:
+        logger.error("the ledger could not answer: %s", exc)
+        return _problem(500, "ledger_error", "the ledger could not answer this query; see the server's log")
+
     @app.get("/healthz", tags=["health"], responses={200: {"description": "The process is alive."}})
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
@@ -345,7 +359,7 @@ def create_app(config: AuditApiConfig, *, ledger: Ledger | None = None) -> FastA
             reader.ping()
         except LedgerError as exc:
             logger.warning("not ready: %s", exc)
-            return _problem(503, "unavailable", "the ledger's database does not answer")
+            return _problem(503, "unavailable", "the ledger does not answer (database down, or not migrated)")
         return JSONResponse({"status": "ready"})
 
     def history_page(reader: Ledger, common: CommonQuery, **resource: Any) -> dict[str, Any]:

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import ipaddress
-import os
 import sys
 
 import click
 
-from workers.config import DEFAULT_DATABASE_URL
+from workers.config import DEFAULT_DATABASE_URL, Settings
 
 LOOPBACK_NAMES = ("localhost",)
 
@@ -69,7 +68,7 @@ def audit_api(host: str, port: int, database_url: str, insecure_local: bool, poo
     from workers.audit.api import AuditApiConfig, create_app
     from workers.errors import ConfigurationError
 
-    token = os.environ.get("AUDIT_API_TOKEN") or None
+    token = Settings.from_env().audit_api_token
     if token is None and insecure_local and not is_loopback(host):
         click.echo(f"error: --insecure-local serves only on a loopback address, not {host}", err=True)
         sys.exit(2)

@@ -199,8 +199,8 @@ SELECT pg_advisory_lock(1381193299, hashtext(%(reservation_sid)s));
 SELECT pg_advisory_unlock(1381193299, hashtext(%(reservation_sid)s));
 
 -- name: ping
--- Readiness: the database answers.
-SELECT 1;
+-- Readiness: the database answers and this role can read the ledger.
+SELECT FROM ledger.events LIMIT 0;
 
 -- name: settled_actions
 -- Registry entries settled with one of the given outcomes (redrive's candidates), oldest first.
