@@ -419,7 +419,7 @@ class Ledger:
         return plan
 
     def ping(self) -> None:
-        """Ask the database a trivial question; raises LedgerUnavailable when it cannot answer."""
+        """Raise LedgerError unless the database answers and this role can read the ledger."""
         with self._connector.connection() as conn:
             conn.execute(QUERIES["ping"])
 
