@@ -194,3 +194,51 @@ def test_dead_letters_are_parsed_from_our_messages_and_from_celery_task_messages
     celery_body = json.dumps([[message], {}, {"callbacks": None}]).encode()
     assert parse_dead_letter(celery_body, {"task": "reservations.apply"}) == (message, None)
     assert parse_dead_letter(b"[1, 2]", {})[0] is None
+
+
+def test_dead_letters_the_ledger_never_settled_are_redriven_unlinked(
+    celery_app: Any, ledger: Ledger, broker_url: str
+) -> None:
+    """The ledger was down when the action was dead-lettered: the message is all there is."""
+    orphan = an_action()
+    dead_letter(celery_app, orphan, Outcome.DEAD_LETTERED)
+    malformed = {"schema": "reservation-action/v1", "action_id": str(uuid.uuid4()), "action": "dance"}
+    publish_dead_letter(
+        celery_app,
+        {**malformed, "reservation_sid": orphan.reservation_sid},
+        "malformed",
+        action_id=malformed["action_id"],
+        extra_headers={OUTCOME_HEADER: Outcome.REJECTED_INPUT.value},
+    )
+    published: list[Action] = []
+    with dead_letters(broker_url) as letters:
+        decisions = redrive(
+            ledger, letters, published.append, RedriveFilters(reservation_sid=orphan.reservation_sid)
+        )
+    verdicts = {d.action_id: d for d in decisions if d.reservation_sid == orphan.reservation_sid}
+    assert verdicts[orphan.action_id].verdict == Verdict.REDRIVEN
+    assert "not linked" in verdicts[orphan.action_id].reason
+    assert [a.reservation_sid for a in published] == [orphan.reservation_sid]
+    left = verdicts[uuid.UUID(malformed["action_id"])]
+    assert left.verdict == Verdict.LEFT_IN_QUEUE
+    assert "not a valid action" in left.reason
+    # With a filter only the ledger can answer, an unsettled dead letter is not selected.
+    again = an_action()
+    dead_letter(celery_app, again, Outcome.DEAD_LETTERED)
+    filters = RedriveFilters(reservation_sid=again.reservation_sid, error_code=20001)
+    with dead_letters(broker_url) as letters:
+        decisions = redrive(ledger, letters, published.append, filters, dry_run=True)
+    assert {d.verdict for d in decisions if d.action_id == again.action_id} == {Verdict.LEFT_IN_QUEUE}
+
+
+def test_redrive_help_explains_itself(worker_env: dict[str, str]) -> None:
+    text = cli(worker_env, "replay", "redrive", "--help").output
+    for phrase in (
+        "NEW action_id",
+        "not\n    redrivable",
+        "--dry-run",
+        "reservations.dead",
+        "CELERY_BROKER_URL",
+    ):
+        assert phrase.split()[0] in text
+    assert "acknowledged (removed) only after" in text

@@ -274,6 +274,8 @@ def _redrive_one(
     dry_run: bool,
 ) -> Decision:
     reservation = record.reservation_sid if record is not None else None
+    if reservation is None and copies:
+        reservation = _text((copies[0].body or {}).get("reservation_sid"))
     outcome = record.outcome if record is not None else (copies[0].outcome if copies else None)
 
     def decided(verdict: Verdict, reason: str, new_id: uuid.UUID | None = None) -> Decision:
