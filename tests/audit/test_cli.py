@@ -15,6 +15,7 @@ from tests.audit.conftest import SEEDED_ROWS, Seeded
 from workers.audit.rows import EVENT_FIELDS
 from workers.cli import main
 from workers.cli.audit_api import is_loopback
+from workers.cli.history import chosen_format
 
 pytestmark = pytest.mark.integration
 
@@ -147,3 +148,18 @@ def test_loopback() -> None:
     assert is_loopback("localhost")
     assert not is_loopback("0.0.0.0")  # noqa: S104
     assert not is_loopback("example.com")
+
+
+class _Stream(io.StringIO):
+    def __init__(self, tty: bool) -> None:
+        super().__init__()
+        self.tty = tty
+
+    def isatty(self) -> bool:
+        return self.tty
+
+
+def test_the_default_format_is_a_table_only_in_a_terminal() -> None:
+    assert chosen_format(None, _Stream(tty=True)) == "table"
+    assert chosen_format(None, _Stream(tty=False)) == "json"
+    assert chosen_format("csv", _Stream(tty=True)) == "csv"

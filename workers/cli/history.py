@@ -163,7 +163,11 @@ def _text(value: object) -> str:
 @click.option("--workspace", "workspace_sid", type=SidType("WS"), help="A workspace SID (WS...).")
 @click.option("--action-id", type=click.UUID, help="An action_id.")
 @click.option("--correlation-id", help="A producer's correlation id.")
-@click.option("--since", type=TimeType(), help="From this time (inclusive; the database clock).")
+@click.option(
+    "--since",
+    type=TimeType(),
+    help="From this time (inclusive; the database clock): RFC 3339, or YYYY-MM-DD[ HH:MM[:SS]] in UTC.",
+)
 @click.option("--until", type=TimeType(), help="Up to this time (exclusive).")
 @click.option("--kind", type=click.Choice([k.value for k in EventKind]), help="Only rows of this kind.")
 @click.option("--outcome", type=click.Choice([o.value for o in Outcome]), help="Only rows with this outcome.")
