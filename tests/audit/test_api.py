@@ -282,16 +282,15 @@ def test_paging_across_concurrent_inserts_misses_and_repeats_nothing(
     larger one. Following next_cursor, the client sees every row exactly once."""
     stream = Seeded()
     path = f"/v1/workspaces/{stream.workspace_sid}/history"
-    stop = threading.Event()
+    lock = threading.Lock()
     written = 0
 
     def write() -> None:
         nonlocal written
-        etag = 1
-        while not stop.is_set() and written < 400:
-            apply(writer, action(stream, written % 3), "pending", "accepted", etag)
-            etag += 1
-            written += 4
+        for etag in range(1, 51):
+            apply(writer, action(stream, etag % 3), "pending", "accepted", etag)
+            with lock:
+                written += 4  # received, attempt, transition, outcome
 
     # A slow transaction takes a small position first and commits last.
     with connect(db_url, Role.WRITER) as slow:

@@ -50,16 +50,27 @@ def replay() -> None:
     help="The ledger; --apply needs a member of reservations_owner.",
 )
 @click.option("--apply", "apply_", is_flag=True, help="Overwrite the live projection with the rebuild.")
-def rebuild(database_url: str, apply_: bool) -> None:
+@click.option(
+    "--verify/--no-verify",
+    "check_chains",
+    default=True,
+    show_default=True,
+    help="Verify the ledger's hash chains first (as `reservations ledger verify`); refuse if they break.",
+)
+def rebuild(database_url: str, apply_: bool, check_chains: bool) -> None:
     """Rebuild the projection from the ledger alone and report every difference from the live one.
 
-    Exit status 0 when they are identical (or --apply corrected them), 1 when they differ, 2 on
-    an error.
+    Exit status 0 when they are identical (or --apply corrected them), 1 when they differ or
+    the ledger's chains do not verify, 2 on an error.
     """
     try:
-        report = rebuild_projection(database_url, replace=apply_)
+        report = rebuild_projection(database_url, replace=apply_, check_chains=check_chains)
     except ReservationsError as exc:
         fail(str(exc))
+    if report.problems:
+        for problem in report.problems:
+            click.echo(str(problem))
+        fail(f"the ledger does not verify ({len(report.problems)} problem(s)): not rebuilt", 1)
     for line in report.differences:
         click.echo(line)
     click.echo(f"{len(report.differences)} difference(s) over {len(report.rebuilt)} reservation(s)")
