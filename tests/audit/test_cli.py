@@ -5,9 +5,16 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
+import socket
+import subprocess
+import sys
+import time
 import uuid
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from click.testing import CliRunner, Result
 
@@ -163,3 +170,39 @@ def test_the_default_format_is_a_table_only_in_a_terminal() -> None:
     assert chosen_format(None, _Stream(tty=True)) == "table"
     assert chosen_format(None, _Stream(tty=False)) == "json"
     assert chosen_format("csv", _Stream(tty=True)) == "csv"
+
+
+def test_audit_api_serves_over_http(db_url: str, seeded: Seeded) -> None:
+    """The real command: uvicorn on a free port, the token from the environment."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [str(Path(sys.executable).parent / "reservations"), "audit-api", "--port", str(port)]
+    env = {**os.environ, "DATABASE_URL": db_url, "AUDIT_API_TOKEN": "served-token"}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 20
+        while True:
+            assert process.poll() is None, process.stderr.read() if process.stderr else ""
+            try:
+                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "the API did not become ready"
+            time.sleep(0.1)
+        assert httpx.get(f"{base}/v1/events", timeout=5).status_code == 401
+        page = httpx.get(
+            f"{base}/v1/workspaces/{seeded.workspace_sid}/history",
+            headers={"Authorization": "Bearer served-token"},
+            timeout=5,
+        )
+        assert page.status_code == 200
+        assert len(page.json()["items"]) == SEEDED_ROWS
+        assert "/v1/events" in httpx.get(f"{base}/openapi.json", timeout=5).json()["paths"]
+    finally:
+        process.terminate()
+        process.wait(10)
+        if process.stderr is not None:
+            process.stderr.close()
