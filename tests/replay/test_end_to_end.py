@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from tests.audit.support import eventually
 from tests.replay.conftest import cli, json_lines
 from tests.support.e2e import action_for, wait_for_outcome
 from workers.audit.queries import story
@@ -145,7 +146,10 @@ def test_dead_lettered_actions_are_redriven_once_the_faults_are_off(
     # The reservation that moved on is judged again from what it is now: no blind overwrite.
     assert wait_for_outcome(ledger, copies[originals["moved_on"].action_id]).outcome == "already_applied"
 
-    original = story(ledger, originals["stuck"].action_id)
+    original = eventually(
+        lambda: story(ledger, originals["stuck"].action_id),
+        lambda found: found is not None and bool(found.redriven_as),
+    )
     assert original is not None
     assert original.redriven_as == [stuck_copy]
     assert original.record.redrives == 1

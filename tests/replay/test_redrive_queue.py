@@ -6,7 +6,6 @@ No worker consumes the apply queue here, so whatever redrive publishes stays vis
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -14,6 +13,7 @@ from typing import Any
 import pytest
 from kombu.connection import Connection
 
+from tests.audit.support import eventually
 from tests.replay.conftest import cli, json_lines
 from workers.core.action import Action, ActionKind
 from workers.core.planner import Outcome
@@ -22,6 +22,7 @@ from workers.dead_letters import publish_dead_letter
 from workers.ledger import Ledger
 from workers.replay.redrive import (
     REDRIVE_PRODUCER,
+    Decision,
     RedriveFilters,
     Verdict,
     dead_letters,
@@ -85,7 +86,6 @@ def test_dry_run_lists_and_changes_nothing(
     applied = an_action()
     settle(ledger, applied, Outcome.APPLIED)
     before = apply_messages(broker_url)
-    time.sleep(0.05)
 
     result = cli(worker_env, "replay", "redrive", "--dry-run", "--since", since, "--json")
     decisions = {row["action_id"]: row for row in json_lines(result)}
@@ -100,7 +100,10 @@ def test_dry_run_lists_and_changes_nothing(
     record = ledger.action(dead.action_id)
     assert record is not None
     assert (record.outcome, record.redrives) == ("dead_lettered", 0)
-    assert [e.kind for e in ledger.history(action_id=dead.action_id)] == ["received", "outcome"]
+    kinds = eventually(
+        lambda: [e.kind for e in ledger.history(action_id=dead.action_id)], lambda k: len(k) >= 2
+    )
+    assert kinds == ["received", "outcome"]
     with dead_letters(broker_url) as letters:
         kept = [letter for letter in letters if letter.action_id == dead.action_id]
     assert len(kept) == 1
@@ -133,7 +136,7 @@ def test_redrive_publishes_a_linked_copy_then_removes_the_dead_letter(
         dead.reservation_sid,
         dead.action,
     )
-    redrive_row = ledger.history(action_id=dead.action_id, kind="redrive")
+    redrive_row = eventually(lambda: ledger.history(action_id=dead.action_id, kind="redrive"), bool)
     assert [row.detail for row in redrive_row] == [f"redriven as {copy.action_id}"]
     # The other reservation's dead letter was not selected: it stays.
     assert {d.verdict for d in decisions if d.action_id == other.action_id} == {Verdict.LEFT_IN_QUEUE}
@@ -174,12 +177,16 @@ def test_error_code_and_outcome_filters_select_from_the_ledger(
     unwanted = an_action()
     settle(ledger, unwanted, Outcome.FAILED, code=20001)
     dead_letter(celery_app, unwanted, Outcome.FAILED)
-    time.sleep(0.05)
     filters = RedriveFilters(
         outcomes=frozenset({"failed"}), since=datetime.fromisoformat(since), error_code=20404
     )
-    with dead_letters(broker_url) as letters:
-        decisions = redrive(ledger, letters, lambda _a: None, filters, dry_run=True)
+
+    def dry_run() -> list[Decision]:
+        with dead_letters(broker_url) as letters:
+            return redrive(ledger, letters, lambda _a: None, filters, dry_run=True)
+
+    # The error code is looked up in the ledger's history, which shows a row a moment after commit.
+    decisions = eventually(dry_run, lambda found: any(d.verdict == Verdict.WOULD_REDRIVE for d in found))
     by_id = {d.action_id: d.verdict for d in decisions}
     assert by_id[wanted.action_id] == Verdict.WOULD_REDRIVE
     assert by_id[unwanted.action_id] == Verdict.LEFT_IN_QUEUE
