@@ -145,6 +145,15 @@ def test_redrive_publishes_a_linked_copy_then_removes_the_dead_letter(
     assert dead.action_id not in waiting
     assert other.action_id in waiting
 
+    # Had the acknowledgement been lost, the stale dead letter would not be sent a second time.
+    dead_letter(celery_app, dead, Outcome.DEAD_LETTERED)
+    with dead_letters(broker_url) as letters:
+        again = redrive(ledger, letters, published.append, filters)
+    stale = [d for d in again if d.action_id == dead.action_id]
+    assert [d.verdict for d in stale] == [Verdict.LEFT_IN_QUEUE]
+    assert "already redriven" in stale[0].reason
+    assert len(published) == 1
+
 
 def test_a_failed_publish_keeps_the_dead_letter_and_records_nothing(
     celery_app: Any, ledger: Ledger, broker_url: str

@@ -141,6 +141,8 @@ How a redrive works:
     redrivable, with the reason. Dead letters whose action the ledger never settled
     (the ledger was down) are redriven when their header's outcome is selected and
     no --since/--until/--error-code is given.
+  * An original is redriven at most once: should a dead letter come back after its
+    redrive (a lost acknowledgement), it is left in the queue and reported as stale.
   * --dry-run lists what would be done and changes nothing: the messages are read
     without acknowledgement and return to the queue when the command ends.
 """

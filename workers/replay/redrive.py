@@ -13,6 +13,10 @@ The ledger keeps PII only as keyed hashes, so the whole message of an action tha
    original (detail ``redriven as <new id>``), and only then acknowledges the dead letter;
 4. messages it did not redrive go back to the queue untouched (they were never acknowledged).
 
+An original is redriven at most once: if its dead letter comes back after a redrive (the
+acknowledgement was lost), it is reported as stale and left alone. Were it sent again anyway,
+the copy would still be harmless: the protocol would end it ``already_applied``.
+
 The redriven action goes through the whole If-Match protocol again: a reservation that moved on
 meanwhile ends ``invalid_transition`` or ``already_applied``, never a blind overwrite.
 
@@ -225,7 +229,9 @@ def redrive(
         if letter.action_id is not None:
             handled.add(letter.action_id)
         known = ledger.action(letter.action_id) if letter.action_id is not None else None
-        unsettled = known is None or known.outcome is None
+        # An original already redriven has no outcome again (a redrive reopens it); its dead
+        # letter can only be back because an acknowledgement was lost: never send it twice.
+        unsettled = known is None or (known.outcome is None and known.redrives == 0)
         reservation = (letter.body or {}).get("reservation_sid")
         selected = (
             letter.action_id is not None
@@ -257,6 +263,8 @@ def _left_because(letter: DeadLetter, record: ActionRecord | None, filters: Redr
         return letter.problem or "it names no action_id"
     if letter.problem is not None:
         return letter.problem
+    if record is not None and record.outcome is None and record.redrives:
+        return "it was already redriven (see `reservations show`); this copy of its dead letter is stale"
     if record is not None and record.outcome is not None:
         return f"its outcome {record.outcome} or another filter did not select it"
     return (
