@@ -24,8 +24,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     return {
         "broker_url": settings.broker_url,
         "broker_connection_retry_on_startup": True,
-        # Publisher confirms: apply_async returns only once the broker has the message.
-        "broker_transport_options": {"confirm_publish": True},
+        # Publisher confirms are per publish (workers.publishing), not transport-wide: in confirm
+        # mode the worker's event dispatcher deadlocks the threads pool.
         "task_serializer": "json",
         "accept_content": ["json"],
         "result_serializer": "json",

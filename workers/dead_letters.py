@@ -12,6 +12,7 @@ from typing import Any
 
 from celery import Celery
 
+from workers.publishing import confirmed_producer
 from workers.topology import (
     ACTION_ID_HEADER,
     DEAD_LETTER_EXCHANGE,
@@ -41,7 +42,7 @@ def publish_dead_letter(
     headers: dict[str, Any] = {REASON_HEADER: reason[:MAX_REASON_LENGTH], **(extra_headers or {})}
     if action_id is not None:
         headers[ACTION_ID_HEADER] = action_id
-    with app.producer_or_acquire() as producer:
+    with confirmed_producer(app) as producer:
         producer.publish(
             payload,
             exchange=DEAD_LETTER_EXCHANGE,

@@ -29,6 +29,7 @@ from kombu.messaging import Producer as KombuProducer
 from workers.config import Settings
 from workers.core.action import Action
 from workers.errors import ReservationsError
+from workers.publishing import confirmed_producer
 from workers.topology import ACTIONS_EXCHANGE, routing_key_for
 
 # How long to wait for the broker's confirm before giving up on a publish.
@@ -152,19 +153,21 @@ def publish(action: Action | Mapping[str, Any], broker_url: str | None = None) -
 
 
 def hand_to_apply(app: Celery, message: Mapping[str, Any]) -> None:
-    """Publish a valid wire message to the apply task (persistent, confirmed by the app's transport)."""
+    """Publish a valid wire message to the apply task (persistent, with a publisher confirm)."""
     from workers.celery import APPLY_TASK_NAME
     from workers.tasks import display_args
 
     wire = dict(message)
-    app.send_task(
-        APPLY_TASK_NAME,
-        args=[wire],
-        task_id=str(wire["action_id"]),
-        argsrepr=display_args(wire),
-        kwargsrepr="{}",
-        delivery_mode=2,
-    )
+    with confirmed_producer(app) as producer:
+        app.send_task(
+            APPLY_TASK_NAME,
+            args=[wire],
+            task_id=str(wire["action_id"]),
+            argsrepr=display_args(wire),
+            kwargsrepr="{}",
+            delivery_mode=2,
+            producer=producer,
+        )
 
 
 def enqueue(action: Action, app: Celery | None = None) -> None:

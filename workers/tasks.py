@@ -22,6 +22,7 @@ from workers.core.planner import Outcome
 from workers.core.redaction import mask_message
 from workers.dead_letters import publish_dead_letter
 from workers.errors import LedgerError, LedgerPermissionDenied
+from workers.publishing import confirmed_producer
 from workers.runtime import Runtime
 from workers.topology import OUTCOME_HEADER
 
@@ -95,11 +96,17 @@ def apply_action(self: ApplyTask, message: dict[str, Any]) -> str:
             )
             _log(message, Outcome.DEAD_LETTERED.value, reason)
             return Outcome.DEAD_LETTERED.value
-        raise self.retry(exc=exc, countdown=whole_seconds(delay), argsrepr=display_args(message)) from exc
+        with confirmed_producer(self.app) as producer:
+            raise self.retry(
+                exc=exc, countdown=whole_seconds(delay), argsrepr=display_args(message), producer=producer
+            ) from exc
 
     if not isinstance(result, Done):
         _log(message, "retry", result.reason, delay=result.delay)
-        raise self.retry(countdown=whole_seconds(result.delay), argsrepr=display_args(message))
+        with confirmed_producer(self.app) as producer:
+            raise self.retry(
+                countdown=whole_seconds(result.delay), argsrepr=display_args(message), producer=producer
+            )
     if result.outcome in KEPT_FOR_REDRIVE:
         publish_dead_letter(
             self.app,
