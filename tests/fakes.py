@@ -22,7 +22,7 @@ from workers.errors import (
     TaskRouterError,
     TransitionRefused,
 )
-from workers.ledger.models import ActionRecord, OutcomeResult, Receipt, ReservationState, TransitionResult
+from workers.ledger.models import Arrival, OutcomeResult, ReservationState, TransitionResult
 from workers.taskrouter.gateway import ReservationRef
 from workers.taskrouter.gateway import ReservationState as Fetched
 
@@ -40,25 +40,19 @@ class FakeLedger:
     locked: list[str] = field(default_factory=list)
 
     @contextmanager
-    def reservation_lock(self, reservation_sid: str) -> Iterator[None]:
+    def reservation_lock(self, reservation_sid: str) -> Iterator[FakeLedger]:
         self.locked.append(reservation_sid)
-        yield
+        yield self
 
-    def record_received(self, action: Action) -> Receipt:
+    def receive(self, action: Action) -> Arrival:
         created = action.action_id not in self.received
         if created:
             self.received.add(action.action_id)
             self.rows.append(("received", {}))
         outcome = self.outcomes.get(action.action_id)
-        record = ActionRecord(
-            action.action_id, action.action.value, action.workspace_sid, action.reservation_sid,
-            action.task_sid, action.worker_sid, {}, None, None, None, None, NOW, 0,
-            outcome.value if outcome else None, NOW if outcome else None, 0,
-        )  # fmt: skip
-        return Receipt(created, record)
-
-    def reservation(self, reservation_sid: str) -> ReservationState | None:
-        return self.projection.get(reservation_sid)
+        return Arrival(
+            created, outcome.value if outcome else None, self.projection.get(action.reservation_sid)
+        )
 
     def cache(self, reservation_sid: str, status: Status, etag: str) -> None:
         self.projection[reservation_sid] = ReservationState(

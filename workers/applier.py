@@ -26,7 +26,7 @@ from workers.errors import (
     TaskRouterError,
     TransientTaskRouterError,
 )
-from workers.ledger.models import OutcomeResult, Receipt, ReservationState, TransitionResult
+from workers.ledger.models import Arrival, OutcomeResult, ReservationState, TransitionResult
 from workers.taskrouter.gateway import ReservationRef
 from workers.taskrouter.gateway import ReservationState as Fetched
 
@@ -40,11 +40,10 @@ class Gateway(Protocol):
 class Ledger(Protocol):
     """The part of :class:`workers.ledger.Ledger` the applier uses (a fake stands in for unit tests)."""
 
-    def reservation_lock(self, reservation_sid: str) -> AbstractContextManager[None]: ...
+    def reservation_lock(self, reservation_sid: str) -> AbstractContextManager[Ledger]:
+        """Serialise the workers on one reservation; the run records through the ledger it yields."""
 
-    def record_received(self, action: Action) -> Receipt: ...
-
-    def reservation(self, reservation_sid: str) -> ReservationState | None: ...
+    def receive(self, action: Action) -> Arrival: ...
 
     def record_attempt(
         self,
@@ -163,18 +162,25 @@ class ActionApplier:
         self._sleep = sleep
 
     def apply(self, action: Action, delivery: Delivery = Delivery()) -> Result:
-        with self._ledger.reservation_lock(action.reservation_sid):
-            receipt = self._ledger.record_received(action)
-            if receipt.action.outcome is not None:
-                return Done(Outcome(receipt.action.outcome), "already settled: a redelivery or a duplicate")
-            return _Run(self, action, delivery).apply()
+        with self._ledger.reservation_lock(action.reservation_sid) as ledger:
+            arrival = ledger.receive(action)
+            if arrival.outcome is not None:
+                return Done(Outcome(arrival.outcome), "already settled: a redelivery or a duplicate")
+            return _Run(self, ledger, action, delivery, arrival.reservation).apply()
 
 
 class _Run:
     """One run of one action: the loop of step 2 to 4, with what it has learnt so far."""
 
-    def __init__(self, applier: ActionApplier, action: Action, delivery: Delivery) -> None:
-        self.ledger = applier._ledger
+    def __init__(
+        self,
+        applier: ActionApplier,
+        ledger: Ledger,
+        action: Action,
+        delivery: Delivery,
+        projected: ReservationState | None,
+    ) -> None:
+        self.ledger = ledger
         self.gateway = applier._gateway
         self.policy = applier._policy
         self.rng = applier._rng
@@ -184,7 +190,7 @@ class _Run:
         self.delivery = delivery
         self.ref = ReservationRef.of(action)
         self.attempt = delivery.retries + 1
-        self.projected: ReservationState | None = None
+        self.projected = projected
 
     def apply(self) -> Result:
         conflicts = 0
@@ -215,7 +221,6 @@ class _Run:
             return self._later(str(exc), retry_after=exc.retry_after)
 
     def _starting_point(self) -> _Known:
-        self.projected = self.ledger.reservation(self.action.reservation_sid)
         if not self.delivery.fetch_first and self.projected is not None and self.projected.etag is not None:
             return _Known(Status(self.projected.status), self.projected.etag, from_cache=True)
         return self._fetch()
@@ -236,7 +241,7 @@ class _Run:
         if projected is not None and projected.status == fetched.status.value:
             return
         detail = "first seen on fetch" if projected is None else "observed on fetch: changed outside this run"
-        self.ledger.record_transition(
+        recorded = self.ledger.record_transition(
             self.action.reservation_sid,
             from_status=projected.status if projected else None,
             to_status=fetched.status.value,
@@ -248,7 +253,16 @@ class _Run:
             twilio_request_id=fetched.request_id,
             detail=detail,
         )
-        self.projected = self.ledger.reservation(self.action.reservation_sid)
+        self.projected = ReservationState(
+            self.action.reservation_sid,
+            self.action.workspace_sid,
+            fetched.task_sid,
+            fetched.worker_sid,
+            fetched.status.value,
+            fetched.etag,
+            recorded.transition_position,
+            self.clock(),
+        )
 
     def _send(self, decision: Send, known: _Known) -> None:
         started = time.perf_counter()

@@ -15,9 +15,9 @@ from workers.config import Settings
 from workers.ledger import Ledger
 from workers.taskrouter.gateway import TaskRouterGateway
 
-# Two connections per concurrently applied action (the reservation lock holds one); psycopg_pool
-# opens them only as they are needed.
-DEFAULT_LEDGER_POOL_MAX = 66
+# One connection per concurrently applied action (it holds the reservation's lock and carries the
+# action's writes), plus a few for the rest; psycopg_pool opens them only as they are needed.
+DEFAULT_LEDGER_POOL_MAX = 36
 
 
 class Runtime:

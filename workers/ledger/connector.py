@@ -131,6 +131,25 @@ class Connector:
             yield conn
 
 
+class BoundConnection:
+    """One connection that a caller already holds, offered where a :class:`Connector` is expected.
+
+    ``Ledger.reservation_lock`` lends its locked connection this way, so an action holds one
+    connection for its whole run instead of one for the lock and more for the writes.
+    """
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+
+    @contextmanager
+    def connection(self) -> Iterator[Connection]:
+        with translated():
+            yield self._conn
+
+    def close(self) -> None:
+        """The lender closes (returns) the connection, not the borrower."""
+
+
 def with_database(conninfo: str, dbname: str) -> str:
     """The same connection string, pointed at another database."""
     return make_conninfo(conninfo, dbname=dbname)

@@ -132,6 +132,16 @@ class Receipt:
 
 
 @dataclass(frozen=True, slots=True)
+class Arrival:
+    """What ``Ledger.receive`` found: whether the action is new, its outcome if it has one, and
+    the projection of its reservation (None when the ledger has never seen it)."""
+
+    created: bool
+    outcome: str | None
+    reservation: ReservationState | None
+
+
+@dataclass(frozen=True, slots=True)
 class ReservationState:
     """A reservation as the projection knows it: the last transition the ledger recorded."""
 

@@ -28,9 +28,10 @@ from workers.core.parameters import PARAMETERS
 from workers.core.redaction import DEVELOPMENT_PII_KEY, pii_digest, redact_params
 from workers.core.sids import is_sid
 from workers.errors import LedgerError
-from workers.ledger.connector import Connector
+from workers.ledger.connector import BoundConnection, Connector
 from workers.ledger.models import (
     ActionRecord,
+    Arrival,
     Checkpoint,
     Cursor,
     EventKind,
@@ -60,6 +61,16 @@ HISTORY_COLUMNS: tuple[LiteralString, ...] = (
 )
 _PII_NAMES = tuple(sorted({name for p in PARAMETERS if p.pii for name in (p.wire, p.keyword)}))
 _START = Cursor(0, 0)
+_PROJECTION_FIELDS = (
+    "reservation_sid",
+    "workspace_sid",
+    "task_sid",
+    "worker_sid",
+    "status",
+    "etag",
+    "last_position",
+    "updated_at",
+)
 
 
 def resolve_pii_key(configured: str | None) -> str:
@@ -76,7 +87,9 @@ def resolve_pii_key(configured: str | None) -> str:
 class Ledger:
     """The repository over one connection pool; safe to share between threads."""
 
-    def __init__(self, connector: Connector, pii_key: str | bytes, *, worker_host: str | None = None) -> None:
+    def __init__(
+        self, connector: Connector | BoundConnection, pii_key: str | bytes, *, worker_host: str | None = None
+    ) -> None:
         self._connector = connector
         self._pii_key = pii_key
         self._host = worker_host or socket.gethostname()
@@ -99,21 +112,21 @@ class Ledger:
     # -- serialising the workers ----------------------------------------------------------------
 
     @contextmanager
-    def reservation_lock(self, reservation_sid: str, timeout: float = 30.0) -> Iterator[None]:
+    def reservation_lock(self, reservation_sid: str, timeout: float = 30.0) -> Iterator[Ledger]:
         """Hold the reservation's advisory lock while an action is applied to it.
 
         Two workers never act on one reservation at once; races with anyone else are settled by
-        If-Match. The lock is session-level on a pooled connection of its own, so the record_*
-        calls inside use other connections (size the pool for two per concurrent action). If the
-        worker dies, PostgreSQL ends the session and the lock with it. Raises
-        :class:`ReservationBusy` after ``timeout`` seconds of waiting.
+        If-Match. The lock is session-level, on a pooled connection that the yielded ledger also
+        writes through, so an action in flight holds exactly one connection (size the pool to the
+        worker's concurrency). If the worker dies, PostgreSQL ends the session and the lock with
+        it. Raises :class:`ReservationBusy` after ``timeout`` seconds of waiting.
         """
         params = {"reservation_sid": reservation_sid}
         with self._connector.connection() as conn:
-            conn.execute(QUERIES["set_lock_timeout"], {"timeout": f"{max(1, int(timeout * 1000))}ms"})
-            conn.execute(QUERIES["lock_reservation"], params)
+            timeout_ms = f"{max(1, int(timeout * 1000))}ms"
+            conn.execute(QUERIES["lock_reservation"], {**params, "timeout": timeout_ms})
             try:
-                yield
+                yield Ledger(BoundConnection(conn), self._pii_key, worker_host=self._host)
             finally:
                 conn.execute(QUERIES["unlock_reservation"], params)
 
@@ -136,7 +149,25 @@ class Ledger:
         A second receipt of the same ``action_id`` appends nothing and returns what the
         registry already holds, outcome included, with ``created`` false.
         """
-        params = {
+        params = self._received_params(action)
+        created = bool(self._one("record_received", params)["created"])
+        record = self.action(action.action_id)
+        if record is None:  # pragma: no cover - the row was committed just above
+            raise LedgerError(f"action {action.action_id} vanished from the registry")
+        return Receipt(created, record)
+
+    def receive(self, action: Action) -> Arrival:
+        """``record_received`` for the workers' hot path: one round trip that also returns the
+        action's outcome if it has settled already, and what the projection holds of its
+        reservation."""
+        row = self._one("receive", self._received_params(action))
+        projected = None
+        if row["reservation_sid"] is not None:
+            projected = ReservationState(**{name: row[name] for name in _PROJECTION_FIELDS})
+        return Arrival(bool(row["created"]), row["outcome"], projected)
+
+    def _received_params(self, action: Action) -> dict[str, Any]:
+        return {
             "action_id": action.action_id,
             "action": action.action.value,
             "workspace_sid": action.workspace_sid,
@@ -150,11 +181,6 @@ class Ledger:
             "producer": action.producer,
             **self._who(),
         }
-        created = bool(self._one("record_received", params)["created"])
-        record = self.action(action.action_id)
-        if record is None:  # pragma: no cover - the row was committed just above
-            raise LedgerError(f"action {action.action_id} vanished from the registry")
-        return Receipt(created, record)
 
     def _step(self, kind: EventKind, action_id: uuid.UUID, **fields: Any) -> int:
         params: dict[str, Any] = dict.fromkeys(

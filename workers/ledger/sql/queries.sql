@@ -10,6 +10,24 @@ SELECT ledger.record_received(
     %(producer)s, %(worker_host)s, %(worker_pid)s
 ) AS created;
 
+-- name: receive
+-- record_received, the action's outcome if it had one already, and the reservation's projection,
+-- in one round trip (the hot path of every action). The reads see the statement's snapshot: a
+-- newly registered action has no outcome yet anyway.
+WITH received AS (
+    SELECT ledger.record_received(
+        %(action_id)s, %(action)s, %(workspace_sid)s, %(reservation_sid)s, %(task_sid)s,
+        %(worker_sid)s, %(params)s, %(expected_status)s, %(not_after)s, %(correlation_id)s,
+        %(producer)s, %(worker_host)s, %(worker_pid)s
+    ) AS created
+)
+SELECT received.created,
+       (SELECT outcome FROM ledger.actions WHERE action_id = %(action_id)s) AS outcome,
+       r.reservation_sid, r.workspace_sid, r.task_sid, r.worker_sid, r.status, r.etag,
+       r.last_position, r.updated_at
+  FROM received
+  LEFT JOIN ledger.reservations AS r ON r.reservation_sid = %(reservation_sid)s;
+
 -- name: get_action
 -- One action's registry entry.
 SELECT action_id, action, workspace_sid, reservation_sid, task_sid, worker_sid, params,
@@ -186,14 +204,12 @@ SELECT checkpoint_id, chains, max_position, digest
   FROM ledger.checkpoints
  WHERE checkpoint_id = %(checkpoint_id)s;
 
--- name: set_lock_timeout
--- How long reservation_lock waits for another worker to finish with the reservation.
-SELECT set_config('lock_timeout', %(timeout)s, false);
-
 -- name: lock_reservation
 -- Serialise the workers on one reservation: a session-level advisory lock held for an attempt
 -- (class 0x52535653, "RSVS"; the chain lock uses another class, so the two never collide).
-SELECT pg_advisory_lock(1381193299, hashtext(%(reservation_sid)s));
+-- The subquery sets how long to wait first (FROM is evaluated before the target list).
+SELECT pg_advisory_lock(1381193299, hashtext(%(reservation_sid)s))
+  FROM (SELECT set_config('lock_timeout', %(timeout)s, false)) AS waiting;
 
 -- name: unlock_reservation
 SELECT pg_advisory_unlock(1381193299, hashtext(%(reservation_sid)s));
