@@ -1,0 +1,315 @@
+"""Benchmark the workers end to end, and a plain loop doing the same work, in one run.
+
+Everything is real: RabbitMQ with publisher confirms (a private vhost), PostgreSQL with the full
+ledger (a fresh database, dropped afterwards), the emulator over HTTP driven by the twilio SDK,
+and Celery worker processes. For each emulator latency it prints:
+
+- actions/s end to end (first publish to last outcome in the ledger) for 2,000 actions over 200
+  reservations (ten actions each: nine ``call`` instructions that leave the reservation pending,
+  then an ``accept``), with latency p50/p95/p99 (publish to outcome) and HTTP calls per action;
+- the same kind of work done by a plain loop (the same applier, twilio calls and ledger writes,
+  one action after another, no Celery), and the ratio of the two;
+- at the paced latency, p50/p95/p99 when actions arrive at a steady rate (default 150/s).
+
+Run from the repository root: ``.venv/bin/python ops/bench_workers.py`` (``--help`` for options).
+Requests go to loopback only, and every loop is bounded in count and time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import multiprocessing
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import psycopg
+
+from workers.applier import ActionApplier
+from workers.celery import create_app
+from workers.config import EMULATOR_ACCOUNT_SID, EMULATOR_AUTH_TOKEN, Settings
+from workers.core.action import Action, ActionKind
+from workers.emulator.admin import EmulatorAdmin, ReservationInfo
+from workers.emulator.process import EmulatorProcess
+from workers.ledger import Ledger
+from workers.ledger.connector import drop_database, with_database
+from workers.ledger.migrations import migrate
+from workers.producer import enqueue
+from workers.taskrouter.gateway import TaskRouterGateway
+from workers.worker_process import WorkerProcess
+
+ADMIN_URL = os.environ.get("BENCH_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+CALL = {"call_from": "+15550001111", "call_url": "https://example.test/twiml"}
+SETTLE_TIMEOUT = 120.0
+PUBLISHERS = 4
+THREADS_PER_PUBLISHER = 8
+
+
+@dataclass(frozen=True)
+class Figures:
+    label: str
+    actions: int
+    seconds: float
+    latencies_ms: list[float]
+    http_calls: int
+    outcomes: dict[str, int]
+    publishing: float | None = None
+
+    @property
+    def rate(self) -> float:
+        return self.actions / self.seconds
+
+    def percentile(self, q: float) -> float:
+        ordered = sorted(self.latencies_ms)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+    def line(self) -> str:
+        per_action = self.http_calls / self.actions
+        text = f"{self.label:<34} {self.rate:8.1f} actions/s   {per_action:4.2f} HTTP calls/action"
+        if self.latencies_ms:
+            text += (
+                f"   p50 {self.percentile(0.50):6.1f} ms  p95 {self.percentile(0.95):6.1f} ms"
+                f"  p99 {self.percentile(0.99):6.1f} ms"
+            )
+        if self.publishing is not None:
+            text += f"   (published in {self.publishing:.1f} s)"
+        return text + f"   {self.outcomes}"
+
+
+def actions_for(reservations: Sequence[ReservationInfo], per_reservation: int) -> list[Action]:
+    """Round by round, so a reservation's actions are published in their order."""
+    actions: list[Action] = []
+    for round_number in range(per_reservation):
+        last = round_number == per_reservation - 1
+        for r in reservations:
+            kind, params = (ActionKind.ACCEPT, {}) if last else (ActionKind.CALL, CALL)
+            actions.append(
+                Action(uuid.uuid4(), kind, r.workspace_sid, r.sid, task_sid=r.task_sid, params=params)
+            )
+    return actions
+
+
+def wait_for_outcomes(db_url: str, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, tuple[str, datetime]]:
+    deadline = time.monotonic() + SETTLE_TIMEOUT
+    next_report = time.monotonic() + 5
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        while True:
+            rows = conn.execute(
+                "SELECT action_id, outcome, outcome_at FROM ledger.actions"
+                " WHERE outcome IS NOT NULL AND action_id = ANY(%s)",
+                (list(ids),),
+            ).fetchall()
+            if len(rows) == len(ids):
+                return {row[0]: (row[1], row[2]) for row in rows}
+            if time.monotonic() > next_report:
+                print(f"  ... {len(rows)}/{len(ids)} settled", file=sys.stderr, flush=True)
+                next_report = time.monotonic() + 5
+            if time.monotonic() > deadline:
+                raise SystemExit(f"only {len(rows)} of {len(ids)} actions settled in {SETTLE_TIMEOUT} s")
+            time.sleep(0.05)
+
+
+def count(outcomes: dict[uuid.UUID, tuple[str, datetime]]) -> dict[str, int]:
+    tally: dict[str, int] = {}
+    for outcome, _ in outcomes.values():
+        tally[outcome] = tally.get(outcome, 0) + 1
+    return tally
+
+
+def publish_share(
+    broker_url: str, messages: list[dict[str, Any]], start: float, pace: float | None, lanes: int
+) -> dict[str, float]:
+    """One producer process: publish its share (with confirms) from a few threads; when each went."""
+    from workers.core.action import Action as WireAction
+
+    app = create_app(Settings.from_env({"CELERY_BROKER_URL": broker_url}))
+    published: dict[str, float] = {}
+
+    def lane(offset: int) -> None:
+        for n in range(offset, len(messages), THREADS_PER_PUBLISHER):
+            if pace is not None:
+                time.sleep(max(0.0, start + n / pace - time.time()))
+            published[messages[n]["action_id"]] = time.time()
+            enqueue(WireAction.from_message(messages[n]), app)
+
+    with ThreadPoolExecutor(THREADS_PER_PUBLISHER) as threads:
+        list(threads.map(lane, range(THREADS_PER_PUBLISHER)))
+    return published
+
+
+def run_celery(
+    label: str,
+    settings: Settings,
+    admin: EmulatorAdmin,
+    actions: list[Action],
+    db_url: str,
+    pace: float | None = None,
+) -> Figures:
+    """Producers are many services: several processes publish, each waiting for its own confirms."""
+    admin.reset_counters()
+    messages = [a.to_message() for a in actions]
+    shares = [messages[i::PUBLISHERS] for i in range(PUBLISHERS)]
+    start = time.time() + 0.5  # the publishers start together, after their imports
+    share_pace = None if pace is None else pace / PUBLISHERS
+    with ProcessPoolExecutor(PUBLISHERS, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [
+            pool.submit(publish_share, settings.broker_url, share, start, share_pace, PUBLISHERS)
+            for share in shares
+        ]
+        published = {uuid.UUID(k): v for f in futures for k, v in f.result().items()}
+    first = min(published.values())
+    publishing = max(published.values()) - first
+    outcomes = wait_for_outcomes(db_url, list(published))
+    finished = max(at.timestamp() for _, at in outcomes.values())
+    latencies = [(outcomes[i][1].timestamp() - t) * 1000 for i, t in published.items()]
+    calls = int(admin.counters()["requests"])
+    return Figures(label, len(actions), finished - first, latencies, calls, count(outcomes), publishing)
+
+
+def run_loop(
+    label: str, settings: Settings, admin: EmulatorAdmin, actions: list[Action], db_url: str
+) -> Figures:
+    ledger = Ledger.from_settings(settings, min_size=1, max_size=2)
+    applier = ActionApplier(ledger, TaskRouterGateway.from_settings(settings), settings.retry)
+    admin.reset_counters()
+    try:
+        start = time.time()
+        for action in actions:
+            applier.apply(action)
+        seconds = time.time() - start
+    finally:
+        ledger.close()
+    outcomes = wait_for_outcomes(db_url, [a.action_id for a in actions])
+    return Figures(label, len(actions), seconds, [], int(admin.counters()["requests"]), count(outcomes))
+
+
+@contextlib.contextmanager
+def vhost() -> Iterator[str]:
+    ctl = shutil.which("rabbitmqctl")
+    if ctl is None:
+        yield "amqp://guest:guest@127.0.0.1:5672//"
+        return
+    name = f"bench-{uuid.uuid4().hex[:8]}"
+    subprocess.run([ctl, "-q", "add_vhost", name], check=True)
+    try:
+        subprocess.run([ctl, "-q", "set_permissions", "-p", name, "guest", ".*", ".*", ".*"], check=True)
+        yield f"amqp://guest:guest@127.0.0.1:5672/{name}"
+    finally:
+        subprocess.run([ctl, "-q", "delete_vhost", name], check=False)
+
+
+@contextlib.contextmanager
+def scratch_database() -> Iterator[str]:
+    url = with_database(ADMIN_URL, f"bench_workers_{uuid.uuid4().hex[:8]}")
+    migrate(url)
+    try:
+        yield url
+    finally:
+        drop_database(url)
+
+
+def seed(admin: EmulatorAdmin, count_: int) -> list[ReservationInfo]:
+    workspace = admin.create_workspace()["sid"]
+    return [admin.create_reservation(workspace_sid=workspace) for _ in range(count_)]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--actions", type=int, default=2000, help="actions per measured run (default 2000)")
+    parser.add_argument("--reservations", type=int, default=200, help="reservations they spread over (200)")
+    parser.add_argument(
+        "--latencies", default="0,50", help="emulator latencies in ms, comma-separated (0,50)"
+    )
+    parser.add_argument("--workers", type=int, default=2, help="worker processes (default 2, one per core)")
+    parser.add_argument("--concurrency", type=int, default=32, help="threads per worker process (32)")
+    parser.add_argument("--pool", default="threads", help="Celery pool: threads, prefork, solo (threads)")
+    parser.add_argument("--loop-actions", type=int, default=200, help="actions for the plain loop (200)")
+    parser.add_argument(
+        "--pace", type=float, default=150.0, help="steady arrival rate for the paced run (150/s)"
+    )
+    parser.add_argument(
+        "--pace-latency", type=int, default=50, help="emulator latency of the paced run (50 ms)"
+    )
+    parser.add_argument("--pace-seconds", type=float, default=10.0, help="length of the paced run (10 s)")
+    args = parser.parse_args(argv)
+    latencies = [int(x) for x in args.latencies.split(",") if x.strip()]
+    per_reservation = max(1, args.actions // args.reservations)
+
+    print(
+        f"{args.workers} worker process(es) x {args.concurrency} {args.pool}; {args.actions} actions over "
+        f"{args.reservations} reservations; {os.cpu_count()} CPUs"
+    )
+    with scratch_database() as db_url, vhost() as broker_url, EmulatorProcess() as emulator:
+        env = {
+            "CELERY_BROKER_URL": broker_url,
+            "DATABASE_URL": db_url,
+            "TASKROUTER_BASE_URL": emulator.base_url,
+            "TWILIO_ACCOUNT_SID": EMULATOR_ACCOUNT_SID,
+            "TWILIO_AUTH_TOKEN": EMULATOR_AUTH_TOKEN,
+            "LEDGER_PII_KEY": "bench-pii-key",
+            "LEDGER_POOL_MAX": str(args.concurrency + 4),
+        }
+        settings = Settings.from_env(env)
+        with EmulatorAdmin(emulator.base_url) as admin:
+            for latency in latencies:
+                admin.clear_faults()
+                if latency:
+                    admin.add_fault("latency", latency_ms=latency)
+                workers = [
+                    WorkerProcess(env, pool=args.pool, concurrency=args.concurrency, loglevel="WARNING")
+                    for _ in range(args.workers)
+                ]
+                with contextlib.ExitStack() as stack:
+                    for worker in workers:
+                        stack.enter_context(worker)
+                    warmup = actions_for(seed(admin, args.workers * args.concurrency), 1)
+                    run_celery("warm-up", settings, admin, warmup, db_url)
+                    celery = run_celery(
+                        f"celery, {latency} ms",
+                        settings,
+                        admin,
+                        actions_for(seed(admin, args.reservations), per_reservation),
+                        db_url,
+                    )
+                    paced = None
+                    if latency == args.pace_latency:
+                        n = int(args.pace * args.pace_seconds)
+                        reservations = seed(admin, max(1, n // per_reservation))
+                        paced = run_celery(
+                            f"celery, {latency} ms, paced {args.pace:.0f}/s",
+                            settings,
+                            admin,
+                            actions_for(reservations, per_reservation)[:n],
+                            db_url,
+                            pace=args.pace,
+                        )
+                loop_reservations = max(1, args.loop_actions // per_reservation)
+                loop = run_loop(
+                    f"plain loop, {latency} ms",
+                    settings,
+                    admin,
+                    actions_for(seed(admin, loop_reservations), per_reservation),
+                    db_url,
+                )
+                print(celery.line())
+                if paced is not None:
+                    print(paced.line())
+                print(loop.line())
+                print(f"{'ratio celery / plain loop':<34} {celery.rate / loop.rate:8.2f}x")
+                sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
