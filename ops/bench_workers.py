@@ -33,6 +33,7 @@ from datetime import datetime
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 from workers.applier import ActionApplier
 from workers.celery import create_app
@@ -41,7 +42,7 @@ from workers.core.action import Action, ActionKind
 from workers.emulator.admin import EmulatorAdmin, ReservationInfo
 from workers.emulator.process import EmulatorProcess
 from workers.ledger import Ledger
-from workers.ledger.connector import drop_database, with_database
+from workers.ledger.connector import database_name, drop_database, with_database
 from workers.ledger.migrations import migrate
 from workers.producer import enqueue
 from workers.taskrouter.gateway import TaskRouterGateway
@@ -211,6 +212,13 @@ def vhost() -> Iterator[str]:
 def scratch_database() -> Iterator[str]:
     url = with_database(ADMIN_URL, f"bench_workers_{uuid.uuid4().hex[:8]}")
     migrate(url)
+    if os.environ.get("BENCH_SYNCHRONOUS_COMMIT"):  # a diagnostic: what do commit fsyncs cost?
+        with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("ALTER DATABASE {} SET synchronous_commit = {}").format(
+                    sql.Identifier(database_name(url)), sql.Literal(os.environ["BENCH_SYNCHRONOUS_COMMIT"])
+                )
+            )
     try:
         yield url
     finally:
