@@ -1,161 +1,276 @@
-"""``reservations demo`` (interim): accept one reservation through the real twilio SDK, with If-Match.
+"""``reservations demo``: the whole system end to end on this machine's PostgreSQL and RabbitMQ.
 
-It starts the emulator as a subprocess, seeds a reservation through the admin API, fetches it
-with ``fetch_with_http_info()`` to learn its ETag, accepts it with
-``update_with_http_info(if_match=...)``, shows that a second update with the now stale ETag is
-refused with 412, and prints what the emulator saw. Exits non-zero on any failure.
+It migrates a ledger database of its own, starts the TaskRouter emulator and a real Celery
+worker as subprocesses, seeds reservations, publishes a realistic mix of actions as plain JSON
+(with races by other agents, injected 503s and 429s, a duplicate delivery and invalid messages),
+shows progress while they settle, and prints what happened: outcomes, conflicts, retries, HTTP
+calls, throughput, the dead-letter queue and the audit history of one raced reservation. It exits
+1 if anything was lost (an action without exactly one outcome, the ledger disagreeing with the
+emulator's transition log, a refused message missing from the dead-letter queue) and 2 when
+PostgreSQL or RabbitMQ cannot be reached, saying what to start.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+import json
+from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import click
+from rich.console import Console
+from rich.table import Table
 
-from workers.config import EMULATOR_ACCOUNT_SID, EMULATOR_AUTH_TOKEN
+from workers.config import DEFAULT_BROKER_URL, DEFAULT_DATABASE_URL
 
-
-def header(headers: Mapping[str, str], name: str) -> str | None:
-    """A response header by name, whatever its casing (TaskRouter sends both ETag and Etag)."""
-    wanted = name.lower()
-    return next((value for key, value in headers.items() if key.lower() == wanted), None)
-
-
-@dataclass
-class Report:
-    rows: list[tuple[str, str, str]] = field(default_factory=list)
-    failures: list[str] = field(default_factory=list)
-
-    def step(self, name: str, http: str, result: str) -> None:
-        self.rows.append((name, http, result))
-
-    def check(self, ok: bool, failure: str) -> None:
-        if not ok:
-            self.failures.append(failure)
+DEFAULT_RESERVATIONS = 40
+SHORT_RESERVATIONS = 8
 
 
 @click.command()
 @click.option(
-    "--strict-headers/--no-strict-headers",
-    envvar="EMULATOR_STRICT_HEADERS",
+    "--reservations",
+    type=click.IntRange(1, 2000),
+    envvar="DEMO_RESERVATIONS",
     show_envvar=True,
-    default=False,
-    show_default=True,
-    help="Run the emulator with the ETag header spellings of Twilio's OpenAPI spec.",
+    default=None,
+    help=f"How many reservations to seed and act on  [default: {DEFAULT_RESERVATIONS};"
+    f" {SHORT_RESERVATIONS} with --short]",
 )
-def demo(strict_headers: bool) -> None:
-    """Accept a reservation on a local TaskRouter emulator with the twilio SDK and If-Match."""
-    from rich.console import Console
+@click.option(
+    "--short",
+    is_flag=True,
+    envvar="DEMO_SHORT",
+    show_envvar=True,
+    help="A small, fast run (the test suite's): fewer reservations, a shorter settle time-out.",
+)
+@click.option(
+    "--seed",
+    type=int,
+    envvar="DEMO_SEED",
+    show_envvar=True,
+    default=7,
+    show_default=True,
+    help="Seeds the mix of scripts, their order and the injected faults: same seed, same run.",
+)
+@click.option(
+    "--keep-database",
+    is_flag=True,
+    envvar="DEMO_KEEP_DATABASE",
+    show_envvar=True,
+    help="Keep the demo's ledger database afterwards (for `reservations history`); the next run"
+    " starts it afresh.",
+)
+@click.option(
+    "--database",
+    "database",
+    envvar="DEMO_DATABASE",
+    show_envvar=True,
+    default="reservations_demo",
+    show_default=True,
+    help="Name of the demo's own ledger database, created (afresh) on DATABASE_URL's server.",
+)
+@click.option(
+    "--database-url",
+    envvar="DATABASE_URL",
+    show_envvar=True,
+    default=DEFAULT_DATABASE_URL,
+    show_default=True,
+    help="The PostgreSQL server (and role) to use; its database name is replaced by --database.",
+)
+@click.option(
+    "--broker-url",
+    envvar="CELERY_BROKER_URL",
+    show_envvar=True,
+    default=DEFAULT_BROKER_URL,
+    show_default=True,
+    help="RabbitMQ. A private vhost is made on it with rabbitmqctl when possible, and deleted.",
+)
+@click.option(
+    "--summary-json",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="DEMO_SUMMARY_JSON",
+    show_envvar=True,
+    default=None,
+    help="Also write the summary (outcomes, checks, figures) to this file as JSON.",
+)
+def demo(
+    reservations: int | None,
+    short: bool,
+    seed: int,
+    keep_database: bool,
+    database: str,
+    database_url: str,
+    broker_url: str,
+    summary_json: Path | None,
+) -> None:
+    """Run the whole system end to end on the local PostgreSQL and RabbitMQ, and check nothing was lost."""
+    from workers.demo import scenario as scenarios
+    from workers.demo.runner import Options, ServiceUnavailable, run
 
-    console = Console()
-    report = Report()
+    console = Console(highlight=False)
+    count = reservations or (SHORT_RESERVATIONS if short else DEFAULT_RESERVATIONS)
+    scenario = scenarios.build(count, seed)
+    options = Options(
+        reservations=count,
+        seed=seed,
+        database_url=database_url,
+        broker_url=broker_url,
+        database=database,
+        keep_database=keep_database,
+        settle_timeout=60.0 if short else 120.0,
+    )
+    console.print(
+        f"[bold]reservations demo[/]: {count} reservations (+2 that must fail), {scenario.actions}"
+        f" actions, seed {seed}"
+    )
+    progress = _progress(console)
     try:
-        _run(report, strict_headers)
-    except Exception as error:  # the demo reports every failure instead of a traceback
-        report.failures.append(f"{type(error).__name__}: {error}")
-    _print(console, report)
-    if report.failures:
+        with progress:
+            task = progress.add_task("actions settled", total=scenario.actions)
+            result = run(
+                options,
+                scenario,
+                say=lambda line: progress.console.print(f"  {line}"),
+                progress=lambda done, total: progress.update(task, completed=done, total=total),
+            )
+    except ServiceUnavailable as exc:
+        console.print(f"[bold red]cannot run the demo[/]:\n{exc}")
+        raise SystemExit(2) from None
+    _print(console, result)
+    if summary_json is not None:
+        summary_json.write_text(json.dumps(summary(result), indent=2) + "\n", encoding="utf-8")
+    if result.lost:
         raise SystemExit(1)
 
 
-def _run(report: Report, strict_headers: bool) -> None:
-    from twilio.base.exceptions import TwilioRestException
-    from twilio.rest import Client
+def _progress(console: Console) -> Any:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from workers.emulator.admin import EmulatorAdmin
-    from workers.emulator.process import EmulatorProcess
+    return Progress(
+        TextColumn("  {task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    )
 
-    extra = [
-        "--account-sid",
-        EMULATOR_ACCOUNT_SID,
-        "--auth-token",
-        EMULATOR_AUTH_TOKEN,
-        "--strict-headers" if strict_headers else "--no-strict-headers",
-    ]
-    with EmulatorProcess(extra_args=extra) as emulator, EmulatorAdmin(emulator.base_url) as admin:
-        report.step("start emulator", "", f"{emulator.base_url} (pid {emulator.pid})")
-        seeded = admin.create_reservation(worker_name="Doug")
-        report.step(
-            "seed reservation (admin API)", "201", f"{seeded.sid} {seeded.status}, version {seeded.version}"
+
+def summary(result: Any) -> dict[str, Any]:
+    """The run as JSON: what the tables show."""
+    return {
+        "database": result.database,
+        "broker": result.broker,
+        "actions": len(result.sent),
+        "messages_published": result.messages_published,
+        "outcomes": dict(result.outcomes),
+        "unexpected": [
+            {"script": s.script, "action": s.action, "expected": s.expected.value, "outcome": s.outcome}
+            for s in result.unexpected
+        ],
+        "outcome_rows_per_action": dict(Counter(result.outcome_rows[s.action_id] for s in result.sent)),
+        "conflicts": result.conflicts,
+        "failed_attempts": dict(result.attempts_by_status),
+        "http_calls": result.http_calls,
+        "calls_per_action": round(result.calls_per_action, 2),
+        "dead_letters": len(result.dead_letters),
+        "elapsed_seconds": round(result.elapsed, 2),
+        "throughput_per_second": round(result.throughput, 1),
+        "checks": [{"name": c.name, "ok": c.ok, "detail": c.detail} for c in result.checks],
+        "errors": result.errors,
+        "lost": result.lost,
+    }
+
+
+def _history(result: Any) -> Table:
+    """The raced reservation's ledger rows, narrow enough for a terminal (``reservations history
+    --reservation WR...`` shows every field)."""
+    sid = result.raced_history[0].reservation_sid
+    table = Table(
+        title=f"Audit history of a raced reservation ({result.raced_script}): {sid}",
+        title_justify="left",
+    )
+    for column in ("seq", "time", "kind", "action", "status", "ETag", "try", "http", "outcome", "detail"):
+        table.add_column(column, overflow="fold")
+    for event in result.raced_history:
+        status = etag = ""
+        if event.from_status or event.to_status:
+            status = f"{event.from_status or '-'} → {event.to_status or '?'}"
+        if event.etag_before or event.etag_after:
+            etag = f"{event.etag_before or '-'} → {event.etag_after or '?'}"
+        table.add_row(
+            str(event.position),
+            event.recorded_at.strftime("%H:%M:%S.%f")[:-3],
+            event.kind,
+            f"{event.action or ''} {str(event.action_id or '')[:8]}".strip(),
+            status,
+            etag,
+            "" if event.attempt is None else str(event.attempt),
+            "" if event.http_status is None else str(event.http_status),
+            event.outcome or "",
+            (event.detail or "")[:60],
         )
+    return table
 
-        client = Client(EMULATOR_ACCOUNT_SID, EMULATOR_AUTH_TOKEN)
-        # The SDK builds every TaskRouter URL from this domain's base_url.
-        client.taskrouter.base_url = emulator.base_url
-        try:
-            reservation = (
-                client.taskrouter.v1.workspaces(seeded.workspace_sid)
-                .tasks(seeded.task_sid)
-                .reservations(seeded.sid)
-            )
-            fetched = reservation.fetch_with_http_info()
-            etag = header(fetched.headers, "ETag")
-            status = fetched.data.reservation_status
-            report.step("fetch_with_http_info()", str(fetched.status_code), f"{status}, ETag {etag}")
-            report.check(status == "pending", f"fetched status is {status}, not pending")
-            if etag is None:
-                report.failures.append("the fetch carried no ETag header")
-                return
 
-            updated = reservation.update_with_http_info(if_match=etag, reservation_status="accepted")
-            new_etag = header(updated.headers, "ETag")
-            status = updated.data.reservation_status
-            report.step(
-                f"update_with_http_info(if_match={etag!r}, accepted)",
-                str(updated.status_code),
-                f"{status}, ETag {new_etag}",
-            )
-            report.check(status == "accepted", f"updated status is {status}, not accepted")
-            report.check(new_etag != etag, "the ETag did not change with the update")
+def _print(console: Console, result: Any) -> None:
+    outcomes = Table(title="Outcomes", title_justify="left")
+    outcomes.add_column("outcome")
+    outcomes.add_column("actions", justify="right")
+    outcomes.add_column("as scripted", justify="right")
+    scripted = Counter(s.expected.value for s in result.sent)
+    for name, number in sorted(result.outcomes.items(), key=lambda item: -item[1]):
+        outcomes.add_row(name, str(number), str(scripted.get(name, 0)))
+    outcomes.add_row("[bold]total[/]", str(len(result.sent)), str(len(result.sent)))
+    console.print(outcomes)
 
-            try:
-                reservation.update_with_http_info(if_match=etag, reservation_status="completed")
-                report.failures.append("an update with a stale ETag was applied")
-            except TwilioRestException as refused:
-                report.step(
-                    f"update with stale If-Match {etag!r}", str(refused.status), f"Twilio code {refused.code}"
-                )
-                report.check(refused.status == 412, f"a stale ETag got HTTP {refused.status}, not 412")
-        finally:
-            client.http_client.session.close()
+    scripts = Table(title="By script (the outcomes of its first reservation, in order)", title_justify="left")
+    scripts.add_column("script")
+    scripts.add_column("reservations", justify="right")
+    scripts.add_column("outcomes")
+    by_script: dict[str, list[Any]] = {}
+    for sent in result.sent:
+        by_script.setdefault(sent.script, []).append(sent)
+    for name, sent_list in sorted(by_script.items()):
+        reservations = len({s.reservation_sid for s in sent_list}) or 1
+        firsts = [s for s in sent_list if s.reservation_sid == sent_list[0].reservation_sid]
+        shown = ", ".join(f"{s.action}: {s.outcome or 'none'}" for s in firsts)
+        scripts.add_row(name, str(reservations), shown)
+    console.print(scripts)
 
-        transitions = admin.transitions(seeded.sid)
-        for entry in transitions:
-            report.step(
-                f"transition #{entry.sequence} ({entry.source})",
-                "",
-                f"{entry.from_status} -> {entry.to_status},"
-                f" version {entry.version_before} -> {entry.version_after}",
-            )
-        report.check(len(transitions) == 1, f"{len(transitions)} transitions were logged, not 1")
-        counts = admin.reservation_counts(seeded.sid)
-        report.step(
-            "requests the emulator saw",
-            "",
-            f"{counts.fetch.total} fetch, {counts.update.total} updates"
-            f" ({_statuses(counts.update.by_status)})",
+    figures = Table(title="Figures", title_justify="left", show_header=False)
+    figures.add_column("what")
+    figures.add_column("value", justify="right")
+    figures.add_row("messages published (with a duplicate and 2 invalid)", str(result.messages_published))
+    figures.add_row("conflicts retried (412s in the ledger)", str(result.conflicts))
+    failed = ", ".join(f"{n}x {status}" for status, n in sorted(result.attempts_by_status.items()))
+    figures.add_row("failed update attempts, retried later", failed or "0")
+    for operation, counts in sorted(result.http_calls.items()):
+        detail = ", ".join(f"{n}x {status}" for status, n in sorted(counts.items()) if status != "total")
+        figures.add_row(f"HTTP {operation} calls (emulator counters)", f"{counts['total']} ({detail})")
+    figures.add_row("HTTP calls per action that reached TaskRouter", f"{result.calls_per_action:.2f}")
+    figures.add_row("messages in reservations.dead", str(len(result.dead_letters)))
+    figures.add_row("time from first publish to last outcome", f"{result.elapsed:.1f} s")
+    figures.add_row("throughput", f"{result.throughput:.1f} actions/s")
+    console.print(figures)
+
+    if result.raced_history:
+        console.print(_history(result))
+
+    for unexpected in result.unexpected:
+        console.print(
+            f"[yellow]note[/]: {unexpected.script}: {unexpected.action} ended {unexpected.outcome},"
+            f" the script expected {unexpected.expected.value}"
         )
-        report.check(counts.update.status(200) == 1, "not exactly one update was applied")
-
-
-def _statuses(by_status: Mapping[str, Any]) -> str:
-    return ", ".join(f"{count}x {status}" for status, count in sorted(by_status.items()))
-
-
-def _print(console: Any, report: Report) -> None:
-    from rich.table import Table
-
-    table = Table(title="TaskRouter reservation, accepted with If-Match")
-    table.add_column("step")
-    table.add_column("HTTP", justify="right")
-    table.add_column("result")
-    for row in report.rows:
-        table.add_row(*row)
-    console.print(table)
-    if report.failures:
-        for failure in report.failures:
-            console.print(f"[bold red]FAILED[/]: {failure}")
+    for check in result.checks:
+        mark = "[bold green]ok[/]    " if check.ok else "[bold red]FAILED[/]"
+        console.print(f"{mark} {check.name}: {check.detail}")
+    for error in result.errors:
+        console.print(f"[bold red]FAILED[/] {error}")
+    if result.lost:
+        console.print("[bold red]Something was lost: see above.[/]")
     else:
-        console.print("[bold green]OK[/]: accepted exactly once; the stale ETag was refused with 412.")
+        console.print(
+            "[bold green]Nothing lost[/]: every action has exactly one outcome,"
+            " and the ledger agrees with TaskRouter."
+        )
