@@ -12,6 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.intake.messages import example, fresh, mutated_messages, valid_messages
+from workers.celery import create_app
+from workers.config import Settings
 from workers.core.action import Action
 from workers.errors import LedgerUnavailable
 from workers.intake import step
@@ -190,13 +192,16 @@ def test_every_message_has_exactly_one_fate(harness: Harness, raw: bytes, conten
 def test_the_hand_off_to_the_apply_task_uses_the_action_id_and_masks_pii() -> None:
     calls: list[tuple[str, dict[str, Any]]] = []
 
-    class App:
-        def send_task(self, name: str, **options: Any) -> None:
-            calls.append((name, options))
+    app = create_app(Settings(broker_url="memory://"))
 
+    def send_task(name: str, **options: Any) -> None:
+        calls.append((name, options))
+
+    app.send_task = send_task  # type: ignore[method-assign]
     message = fresh(example("call"))
-    step.hand_to_apply(App(), message)  # type: ignore[arg-type]
+    step.hand_to_apply(app, message)
     ((name, options),) = calls
+    assert options["producer"] is not None  # a producer of the confirmed pool, not the app's own
     assert name == "reservations.apply"
     assert options["task_id"] == message["action_id"]
     assert options["args"] == [message]
