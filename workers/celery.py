@@ -1,8 +1,9 @@
 """The Celery application: ``celery -A workers worker`` finds ``app`` here.
 
 Reliability settings (design doc, "Delivery is at least once"): late acknowledgement, reject on
-worker lost, prefetch 1, publisher confirms, quorum queues with native delayed delivery for retry
-countdowns, results off (outcomes live in the ledger), events on for Flower.
+worker lost, prefetch 1, publisher confirms (per publish, see workers.publishing), quorum queues
+with native delayed delivery for retry countdowns, results off (outcomes live in the ledger), task
+events when Flower asks for them.
 """
 
 from __future__ import annotations
@@ -51,9 +52,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # An attempt is a fetch and an update with a 10 s HTTP time-out each, plus ledger writes.
         "task_soft_time_limit": 60,
         "task_time_limit": 90,
-        # Flower reads these.
-        "worker_send_task_events": True,
-        "task_send_sent_event": True,
+        # Task events cost about 15% of throughput (three publishes per task), so they are off
+        # until someone watches: Flower turns them on in every worker when it starts (its
+        # default), and `celery -A workers control enable_events` does it by hand.
+        "worker_send_task_events": False,
+        "task_send_sent_event": False,
         "task_track_started": True,
         "worker_hijack_root_logger": False,
         "enable_utc": True,
