@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint typecheck pytest bench-emulator clean
+.PHONY: install demo test lint typecheck pytest bench-emulator bench-ledger bench-workers clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -31,6 +31,12 @@ test: lint typecheck pytest
 
 bench-emulator: $(STAMP)
 	$(PY) ops/bench_emulator.py
+
+bench-ledger: $(STAMP)
+	$(PY) ops/bench_ledger.py
+
+bench-workers: $(STAMP)
+	$(PY) ops/bench_workers.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
