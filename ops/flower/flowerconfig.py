@@ -22,7 +22,7 @@ max_tasks = 50_000
 purge_offline_workers = 600
 # Never revoke or shut down workers from the web page: operators do that with the CLI.
 read_only = True
-inspect_timeout = 5_000  # ms
+inspect_timeout = 5000.0  # ms
 # The task list shows the masked arguments (PII hashed, secrets dropped) the workers report.
 tasks_columns = "name,uuid,state,args,received,started,runtime,worker,retries"
 natural_time = False

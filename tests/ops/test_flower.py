@@ -1,0 +1,144 @@
+"""Flower, configured as in ops/flower/, watches a real worker on the real broker.
+
+Flower runs as ``celery -A workers flower`` with basic auth on a free loopback port; the worker
+is the end-to-end fixtures' real ``celery -A workers worker`` (tests/support/e2e.py). Through
+Flower's HTTP API an operator sees the worker and the apply task, its arguments masked.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from tests.support.e2e import action_for, wait_for_outcome
+from workers.celery import APPLY_TASK_NAME
+from workers.core.action import ActionKind
+from workers.emulator.admin import EmulatorAdmin
+from workers.emulator.process import free_port
+from workers.ledger import Ledger
+from workers.producer import enqueue
+from workers.worker_process import WorkerProcess
+
+pytest.importorskip("flower", reason="flower is not installed (pip install flower, or the test extra)")
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[2]
+FLOWER_CONFIG = ROOT / "ops" / "flower" / "flowerconfig.py"
+AUTH = ("operator", "flower-test-password")
+WAIT = 30.0
+PII = {"to": "+15557654321", "from_": "+15551234567"}
+
+
+class Flower:
+    def __init__(self, base_url: str) -> None:
+        self.base_url = base_url
+        self.session = requests.Session()
+        self.session.auth = AUTH
+
+    def get(self, path: str, **params: Any) -> Any:
+        response = self.session.get(f"{self.base_url}{path}", params=params, timeout=10)
+        response.raise_for_status()
+        return response.json() if "json" in response.headers.get("Content-Type", "") else response.text
+
+    def until(self, what: str, probe: Any) -> Any:
+        deadline = time.monotonic() + WAIT
+        while time.monotonic() < deadline:
+            found = probe()
+            if found:
+                return found
+            time.sleep(0.25)
+        raise AssertionError(f"Flower did not show {what} in {WAIT} s")
+
+
+@pytest.fixture(scope="module")
+def flower(broker_url: str, worker: WorkerProcess) -> Iterator[Flower]:
+    port = free_port()
+    state = tempfile.mkdtemp(prefix="flower-")
+    env = {
+        **os.environ,
+        "CELERY_BROKER_URL": broker_url,
+        "FLOWER_ADDRESS": "127.0.0.1",
+        "FLOWER_PORT": str(port),
+        "FLOWER_DB": str(Path(state) / "flower.db"),
+        "FLOWER_BASIC_AUTH": ":".join(AUTH),
+    }
+    log = Path(state) / "flower.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "workers", "flower", f"--conf={FLOWER_CONFIG}"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    client = Flower(f"http://127.0.0.1:{port}")
+    try:
+        deadline = time.monotonic() + WAIT
+        while True:
+            if process.poll() is not None:
+                raise AssertionError(f"Flower exited with {process.returncode}:\n{log.read_text()}")
+            try:
+                if requests.get(f"{client.base_url}/healthcheck", timeout=1).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError(f"Flower did not answer in {WAIT} s:\n{log.read_text()}")
+            time.sleep(0.1)
+        yield client
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+        client.session.close()
+
+
+def test_flower_refuses_requests_without_its_basic_auth(flower: Flower) -> None:
+    assert requests.get(f"{flower.base_url}/api/workers", timeout=10).status_code == 401
+    assert (
+        requests.get(f"{flower.base_url}/api/workers", auth=("operator", "wrong"), timeout=10).status_code
+        == 401
+    )
+
+
+def test_flower_shows_the_worker_and_the_apply_task_with_masked_arguments(
+    flower: Flower, worker: WorkerProcess, admin: EmulatorAdmin, ledger: Ledger, celery_app: Any
+) -> None:
+    workers = flower.until("the worker", lambda: dict(flower.get("/api/workers", refresh=1).items()))
+    assert any(name.startswith(f"{worker.name}@") for name in workers), workers
+
+    reservation = admin.create_reservation()
+    action = action_for(reservation, ActionKind.CONFERENCE, params=dict(PII))
+    enqueue(action, celery_app)
+    assert wait_for_outcome(ledger, action.action_id).outcome == "applied"
+
+    task_id = str(action.action_id)  # the task id is the producer's action_id
+
+    def settled_task() -> dict[str, Any] | None:
+        task: dict[str, Any] = flower.get("/api/tasks").get(task_id) or {}
+        return task if task.get("state") == "SUCCESS" else None
+
+    task = flower.until(f"task {task_id} succeeded", settled_task)
+    assert task["name"] == APPLY_TASK_NAME
+    assert task["worker"].startswith(f"{worker.name}@")
+    assert task["result"] == "'applied'"
+    assert reservation.sid in task["args"]
+    for value in PII.values():
+        assert value not in task["args"]
+        assert value not in str(flower.get(f"/api/task/info/{task_id}"))
+
+    metrics = flower.get("/metrics")
+    assert "flower_events_total" in metrics
+    assert APPLY_TASK_NAME in metrics
