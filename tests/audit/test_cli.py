@@ -206,3 +206,29 @@ def test_audit_api_serves_over_http(db_url: str, seeded: Seeded) -> None:
         process.wait(10)
         if process.stderr is not None:
             process.stderr.close()
+
+
+def test_history_finds_rows_by_a_known_pii_value(db_url: str, writer: Any) -> None:
+    from tests.audit.conftest import PII_KEY
+    from workers.core.action import Action, ActionKind
+    from workers.core.sids import new_sid
+
+    action = Action(
+        uuid.uuid4(),
+        ActionKind.CALL,
+        new_sid("WS"),
+        new_sid("WR"),
+        task_sid=new_sid("WT"),
+        params={"call_from": "+15557654321", "call_url": "https://x.test/twiml"},
+    )
+    writer.record_received(action)
+    env = {"LEDGER_PII_KEY": PII_KEY}
+    deadline = time.monotonic() + 10
+    while True:
+        rows = json_lines(run(db_url, "history", "--pii-value", "+15557654321", env=env))
+        if rows or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert [row["action_id"] for row in rows] == [str(action.action_id)]
+    assert "+15557654321" not in json.dumps(rows)
+    assert json_lines(run(db_url, "history", "--pii-value", "+15550000000", env=env)) == []

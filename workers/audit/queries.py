@@ -38,6 +38,8 @@ class Filters:
     error_code: int | None = None
     since: datetime | None = None
     until: datetime | None = None
+    # A known PII value (a phone number, say): rows whose parameters held it, via its keyed hash.
+    pii_value: str | None = None
 
     def as_history_kwargs(self) -> dict[str, Any]:
         return {
@@ -52,6 +54,7 @@ class Filters:
             "twilio_error_code": self.error_code,
             "since": self.since,
             "until": self.until,
+            "pii_value": self.pii_value,
         }
 
 

@@ -17,12 +17,12 @@ from rich.table import Table
 from workers.audit import queries
 from workers.audit.params import parse_time
 from workers.audit.rows import EVENT_FIELDS, action_row, event_row
-from workers.config import DEFAULT_DATABASE_URL
+from workers.config import DEFAULT_DATABASE_URL, Settings
 from workers.core.sids import is_sid
 from workers.errors import ReservationsError
 from workers.ledger.connector import Connector
 from workers.ledger.models import Cursor, EventKind, LedgerEvent, Outcome, Role
-from workers.ledger.store import Ledger
+from workers.ledger.store import Ledger, resolve_pii_key
 
 FORMATS = ("table", "json", "csv")
 
@@ -79,9 +79,10 @@ def fail(message: str, code: int = 2) -> NoReturn:
 
 
 def open_reader(database_url: str) -> Ledger:
+    """A select-only ledger; it knows LEDGER_PII_KEY only to hash a --pii-value to search for."""
     connector = Connector(database_url, Role.READER, min_size=1, max_size=1)
     connector.open()
-    return Ledger(connector, b"")
+    return Ledger(connector, resolve_pii_key(Settings.from_env().ledger_pii_key))
 
 
 def chosen_format(output_format: str | None, stream: TextIO | None = None) -> str:
@@ -184,6 +185,11 @@ def _text(value: object) -> str:
     show_default=True,
     help="At most this many rows; 0 for all.",
 )
+@click.option(
+    "--pii-value",
+    help="Rows whose PII parameters (To, From, CallTo, ...) held this value; needs the LEDGER_PII_KEY "
+    "the workers use.",
+)
 @format_option
 def history(
     database_url: str,
@@ -200,6 +206,7 @@ def history(
     error_code: int | None,
     after: str | None,
     limit: int,
+    pii_value: str | None,
     output_format: str | None,
 ) -> None:
     """Ledger rows matching every filter given, in ledger order.
@@ -223,6 +230,7 @@ def history(
         error_code=error_code,
         since=since,
         until=until,
+        pii_value=pii_value,
     )
     fmt = chosen_format(output_format)
     try:
