@@ -139,6 +139,7 @@ def test_flower_shows_the_worker_and_the_apply_task_with_masked_arguments(
         assert value not in task["args"]
         assert value not in str(flower.get(f"/api/task/info/{task_id}"))
 
-    metrics = flower.get("/metrics")
+    # Prometheus scrapes /metrics without credentials (Flower serves it unauthenticated).
+    metrics = requests.get(f"{flower.base_url}/metrics", timeout=10).text
     assert "flower_events_total" in metrics
     assert APPLY_TASK_NAME in metrics
