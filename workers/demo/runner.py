@@ -11,15 +11,18 @@ from __future__ import annotations
 import contextlib
 import json
 import random
+import shlex
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
@@ -205,6 +208,17 @@ def private_vhost(broker_url: str, say: Say) -> Iterator[str]:
         subprocess.run([ctl, "-q", "delete_vhost", vhost], check=False, capture_output=True, timeout=30)  # noqa: S603
 
 
+def _shown_url(database_url: str, database: str) -> str:
+    """``database_url`` pointed at ``database``, without its password, for showing."""
+    if "://" not in database_url:
+        return with_database(database_url, database)
+    parts = urlsplit(database_url)
+    netloc = parts.netloc
+    if parts.password is not None:
+        netloc = netloc.replace(f":{parts.password}@", ":***@")
+    return urlunsplit(parts._replace(netloc=netloc, path=f"/{database}"))
+
+
 def _where(url: str) -> str:
     parts = urlsplit(url)
     return f"{parts.hostname or '127.0.0.1'}:{parts.port or ''}".rstrip(":")
@@ -252,7 +266,10 @@ def _run(
     if not options.keep_database:
         stack.callback(drop_database, db_url)
     applied = migrate(db_url)
-    kept = "kept afterwards (--keep-database)" if options.keep_database else "dropped afterwards"
+    kept = "dropped afterwards"
+    if options.keep_database:
+        shown = shlex.quote(_shown_url(options.database_url, options.database))
+        kept = f"kept afterwards: DATABASE_URL={shown} reservations history --reservation WR..."
     say(f"ledger: database {result.database}, {len(applied)} migration(s) applied; {kept}")
 
     emulator = stack.enter_context(
@@ -328,9 +345,13 @@ def _run(
 
 
 def _keep_log_on_failure(worker: WorkerProcess, result: Result, say: Say) -> None:
-    if result.lost:
-        with contextlib.suppress(OSError, AssertionError):
-            say(f"worker log: {worker.log_path}")
+    """Copy the worker's log somewhere that outlives the run (WorkerProcess deletes its own)."""
+    if not result.lost:
+        return
+    with contextlib.suppress(OSError, AssertionError):
+        kept = Path(tempfile.gettempdir()) / f"reservations-demo-worker-{time.strftime('%Y%m%dT%H%M%S')}.log"
+        shutil.copyfile(worker.log_path, kept)
+        say(f"worker log kept in {kept}")
 
 
 @dataclass
