@@ -5,7 +5,6 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import pytest
 from click.testing import CliRunner
 
 from workers.cli import main
@@ -43,19 +42,6 @@ def test_emulator_subprocess_serves_and_stops() -> None:
         assert admin.health()["strict_headers"] is True
         pid = emulator.pid
     assert pid is not None
-
-
-@pytest.mark.slow
-def test_demo_succeeds() -> None:
-    result = subprocess.run(
-        [sys.executable, "-c", "from workers.cli import main; main()", "demo"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "OK" in result.stdout
 
 
 def test_module_entry_point_is_the_same_command() -> None:
