@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -189,26 +190,26 @@ def _history(result: Any) -> Table:
     table = Table(
         title=f"Audit history of a raced reservation ({result.raced_script}): {sid}",
         title_justify="left",
+        box=box.SIMPLE_HEAD,
     )
-    for column in ("seq", "time", "kind", "action", "status", "ETag", "try", "http", "outcome", "detail"):
-        table.add_column(column, overflow="fold")
+    for column in ("seq", "kind", "action", "status", "ETag", "http", "outcome"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("detail", overflow="fold", min_width=12)
     for event in result.raced_history:
         status = etag = ""
         if event.from_status or event.to_status:
-            status = f"{event.from_status or '-'} → {event.to_status or '?'}"
+            status = f"{event.from_status or '-'}→{event.to_status or '?'}"
         if event.etag_before or event.etag_after:
-            etag = f"{event.etag_before or '-'} → {event.etag_after or '?'}"
+            etag = f"{event.etag_before or '-'}→{event.etag_after or '?'}"
         table.add_row(
             str(event.position),
-            event.recorded_at.strftime("%H:%M:%S.%f")[:-3],
             event.kind,
-            f"{event.action or ''} {str(event.action_id or '')[:8]}".strip(),
+            event.action or "",
             status,
             etag,
-            "" if event.attempt is None else str(event.attempt),
             "" if event.http_status is None else str(event.http_status),
             event.outcome or "",
-            (event.detail or "")[:60],
+            event.detail or "",
         )
     return table
 

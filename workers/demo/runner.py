@@ -540,8 +540,10 @@ def _inspect(
     log = [t for t in admin.transitions() if t.reservation_sid in seeded]
     current = {sid: admin.reservation(sid) for sid in seeded}
     problems = compare_transitions(events, log, {sid: r.status for sid, r in current.items()})
-    agree_detail = f"{sum(1 for e in events if e.kind == EventKind.TRANSITION)} ledger transitions"
-    agree_detail += f", {len(log)} emulator log entries"
+    transitions = [e for e in events if e.kind == EventKind.TRANSITION]
+    first_seen = sum(1 for e in transitions if e.from_status is None)
+    agree_detail = f"{len(log)} emulator log entries, {len(transitions)} ledger transitions"
+    agree_detail += f" ({first_seen} of them first sightings)"
     if problems:
         agree_detail += f"; {len(problems)} disagreement(s): " + "; ".join(problems[:3])
     result.checks.append(
