@@ -100,23 +100,28 @@ def actions_for(reservations: Sequence[ReservationInfo], per_reservation: int) -
 
 
 def wait_for_outcomes(db_url: str, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, tuple[str, datetime]]:
+    """Wait until every action has an outcome; poll lightly, so the poll itself costs little."""
     deadline = time.monotonic() + SETTLE_TIMEOUT
     next_report = time.monotonic() + 5
     with psycopg.connect(db_url, autocommit=True) as conn:
         while True:
-            rows = conn.execute(
-                "SELECT action_id, outcome, outcome_at FROM ledger.actions"
-                " WHERE outcome IS NOT NULL AND action_id = ANY(%s)",
+            row = conn.execute(
+                "SELECT count(*) FROM ledger.actions WHERE outcome IS NOT NULL AND action_id = ANY(%s)",
                 (list(ids),),
-            ).fetchall()
-            if len(rows) == len(ids):
-                return {row[0]: (row[1], row[2]) for row in rows}
-            if time.monotonic() > next_report:
-                print(f"  ... {len(rows)}/{len(ids)} settled", file=sys.stderr, flush=True)
-                next_report = time.monotonic() + 5
+            ).fetchone()
+            settled = row[0] if row else 0
+            if settled == len(ids):
+                rows = conn.execute(
+                    "SELECT action_id, outcome, outcome_at FROM ledger.actions WHERE action_id = ANY(%s)",
+                    (list(ids),),
+                ).fetchall()
+                return {r[0]: (r[1], r[2]) for r in rows}
             if time.monotonic() > deadline:
-                raise SystemExit(f"only {len(rows)} of {len(ids)} actions settled in {SETTLE_TIMEOUT} s")
-            time.sleep(0.05)
+                raise SystemExit(f"only {settled} of {len(ids)} actions settled in {SETTLE_TIMEOUT} s")
+            if time.monotonic() > next_report:
+                print(f"  ... {settled}/{len(ids)} settled", file=sys.stderr, flush=True)
+                next_report = time.monotonic() + 5
+            time.sleep(0.25)
 
 
 def count(outcomes: dict[uuid.UUID, tuple[str, datetime]]) -> dict[str, int]:
