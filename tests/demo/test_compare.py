@@ -6,7 +6,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from workers.demo.runner import compare_transitions
+from workers.demo.checks import compare_transitions
 from workers.emulator.admin import TransitionInfo
 from workers.ledger.models import LedgerEvent
 

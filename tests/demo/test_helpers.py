@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from workers.demo.runner import _shown_url, worker_env
+from workers.demo.services import shown_url, worker_env
 
 
 def test_the_kept_database_is_shown_without_its_password() -> None:
-    shown = _shown_url("postgresql://app:s3cret@db.internal:5432/reservations", "reservations_demo")
+    shown = shown_url("postgresql://app:s3cret@db.internal:5432/reservations", "reservations_demo")
     assert shown == "postgresql://app:***@db.internal:5432/reservations_demo"
 
 
