@@ -38,6 +38,9 @@ class Result:
     broker: str = ""
     sent: list[Sent] = field(default_factory=list)
     messages_published: int = 0
+    # Of them: sent twice on purpose (the same action_id), and refused by the intake.
+    duplicates: int = 0
+    invalid: int = 0
     outcome_rows: Counter[uuid.UUID] = field(default_factory=Counter)
     conflicts: int = 0
     attempts_by_status: Counter[str] = field(default_factory=Counter)

@@ -140,6 +140,7 @@ def _run(
     )
     invalid = publish_invalid(scenario.invalid, broker_url, lanes[0].sids)
     result.messages_published += len(scenario.invalid)
+    result.invalid = len(scenario.invalid)
     began = time.monotonic()
     deadline = began + options.settle_timeout
     settled: dict[uuid.UUID, str] = {}
@@ -162,6 +163,7 @@ def _run(
     final = {r.action_id: str(r.outcome) for r in ledger.settled_actions(ALL_OUTCOMES, limit=100_000)}
     for lane in lanes:
         result.sent.extend(lane.results(final))
+        result.duplicates += sum(1 for _, step in lane.published if step.duplicate)
     for bad in scenario.invalid:
         if bad.name in invalid:
             action_id = invalid[bad.name]
