@@ -159,6 +159,14 @@ def test_one_small_image_running_as_a_user_not_root() -> None:
     assert user
     assert user[-1] not in ("root", "0")
     assert 'ENTRYPOINT ["reservations"]' in text
+    # The build context is only what the image needs: never the virtualenv, caches or an .env.
+    entries = [line for line in (ROOT / "ops" / "Dockerfile.dockerignore").read_text().splitlines() if line]
+    entries = [line for line in entries if not line.startswith("#")]
+    assert entries[0] == "*"
+    allowed = [entry[1:].rstrip("/") for entry in entries if entry.startswith("!")]
+    assert ".env" not in allowed
+    for copied in re.findall(r"^COPY (?!--from)(\S+)", text, flags=re.MULTILINE):
+        assert any(copied == entry or copied.startswith(f"{entry}/") for entry in allowed), copied
     assert "flower" in text  # the flower service runs the same image
 
 
