@@ -141,6 +141,9 @@ def demo(
     except ServiceUnavailable as exc:
         console.print(f"[bold red]cannot run the demo[/]:\n{exc}")
         raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        console.print("interrupted: the demo stopped what it started")
+        raise SystemExit(130) from None
     _print(console, result)
     if summary_json is not None:
         summary_json.write_text(json.dumps(summary(result), indent=2) + "\n", encoding="utf-8")
