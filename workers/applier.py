@@ -303,9 +303,15 @@ class _Run:
         """Record the 412 with what a fresh fetch shows; None once immediate tries are used up."""
         pause = self.policy.conflict_pause(conflicts, self.rng)
         fresh: _Known | None = None
-        if pause is not None:
-            self.sleep(pause)
-            fresh = self._fetch()
+        try:
+            if pause is not None:
+                self.sleep(pause)
+                fresh = self._fetch()
+        finally:  # the 412 is recorded even when the re-fetch fails
+            self._record_conflict(conflict, stale, fresh)
+        return fresh
+
+    def _record_conflict(self, conflict: PreconditionFailed, stale: _Known, fresh: _Known | None) -> None:
         self.ledger.record_conflict(
             self.action.action_id,
             attempt=self.attempt,
@@ -316,7 +322,6 @@ class _Run:
             twilio_request_id=conflict.request_id,
             detail=str(conflict),
         )
-        return fresh
 
     def _permanent(self, exc: PermanentTaskRouterError) -> Result:
         target = target_status(self.action)

@@ -190,3 +190,23 @@ def test_a_redelivered_message_fetches_instead_of_trusting_the_cache() -> None:
     assert result == Done(Outcome.ALREADY_APPLIED, "reservation is already accepted")
     assert (gateway.fetches, gateway.updates) == (1, 0)
     assert ledger.kinds() == ["observed", "outcome"]
+
+
+def test_a_412_is_recorded_even_when_the_refetch_fails() -> None:
+    ledger, gateway = FakeLedger(), FakeGateway(interference=1)
+    real_fetch = gateway.fetch
+    fetches = 0
+
+    def fetch_then_fail(ref: Any) -> Any:
+        nonlocal fetches
+        fetches += 1
+        if fetches > 1:
+            raise TransientTaskRouterError("connection dropped")
+        return real_fetch(ref)
+
+    gateway.fetch = fetch_then_fail  # type: ignore[method-assign]
+    result = applier(ledger, gateway).apply(make())
+    assert isinstance(result, RetryLater)
+    conflict = next(fields for kind, fields in ledger.rows if kind == "conflict")
+    assert conflict["etag_before"] == "0"
+    assert conflict["etag_after"] is None
