@@ -154,15 +154,15 @@ class ActionApplier:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        self._ledger = ledger
-        self._gateway = gateway
-        self._policy = policy or RetryPolicy()
-        self._rng = rng or random.Random()
-        self._clock = clock
-        self._sleep = sleep
+        self.ledger = ledger
+        self.gateway = gateway
+        self.policy = policy or RetryPolicy()
+        self.rng = rng or random.Random()
+        self.clock = clock
+        self.sleep = sleep
 
     def apply(self, action: Action, delivery: Delivery = Delivery()) -> Result:
-        with self._ledger.reservation_lock(action.reservation_sid) as ledger:
+        with self.ledger.reservation_lock(action.reservation_sid) as ledger:
             arrival = ledger.receive(action)
             if arrival.outcome is not None:
                 return Done(Outcome(arrival.outcome), "already settled: a redelivery or a duplicate")
@@ -180,12 +180,12 @@ class _Run:
         delivery: Delivery,
         projected: ReservationState | None,
     ) -> None:
-        self.ledger = ledger
-        self.gateway = applier._gateway
-        self.policy = applier._policy
-        self.rng = applier._rng
-        self.clock = applier._clock
-        self.sleep = applier._sleep
+        self.ledger = ledger  # the locked one: every write of the run goes through its connection
+        self.gateway = applier.gateway
+        self.policy = applier.policy
+        self.rng = applier.rng
+        self.clock = applier.clock
+        self.sleep = applier.sleep
         self.action = action
         self.delivery = delivery
         self.ref = ReservationRef.of(action)
