@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_ready
+from celery.signals import after_setup_logger, after_setup_task_logger, worker_ready
 
 from workers.config import Settings
+from workers.logs import on_logger_setup
 from workers.topology import APPLY_EXCHANGE, APPLY_QUEUE_NAME, APPLY_ROUTING_KEY, apply_queue
 
 APPLY_TASK_NAME = "reservations.apply"
@@ -73,6 +74,11 @@ def create_app(settings: Settings | None = None) -> Celery:
 
     install_intake(celery_app)
     return celery_app
+
+
+# LOG_FORMAT=json (the default off a terminal): Celery's handlers, our JSON formatter (workers/logs.py).
+after_setup_logger.connect(on_logger_setup, weak=False)
+after_setup_task_logger.connect(on_logger_setup, weak=False)
 
 
 @worker_ready.connect  # type: ignore[untyped-decorator]

@@ -74,7 +74,7 @@ def apply_action(self: ApplyTask, message: dict[str, Any]) -> str:
             action_id=_text(message.get("action_id")),
             extra_headers={OUTCOME_HEADER: Outcome.REJECTED_INPUT.value},
         )
-        _log(message, Outcome.REJECTED_INPUT.value, reason)
+        _log(message, Outcome.REJECTED_INPUT.value, reason, attempt=self.request.retries + 1)
         return Outcome.REJECTED_INPUT.value
 
     try:
@@ -94,7 +94,7 @@ def apply_action(self: ApplyTask, message: dict[str, Any]) -> str:
                 action_id=str(action.action_id),
                 extra_headers={OUTCOME_HEADER: Outcome.DEAD_LETTERED.value},
             )
-            _log(message, Outcome.DEAD_LETTERED.value, reason)
+            _log(message, Outcome.DEAD_LETTERED.value, reason, attempt=self.request.retries + 1)
             return Outcome.DEAD_LETTERED.value
         with confirmed_producer(self.app) as producer:
             raise self.retry(
@@ -102,7 +102,7 @@ def apply_action(self: ApplyTask, message: dict[str, Any]) -> str:
             ) from exc
 
     if not isinstance(result, Done):
-        _log(message, "retry", result.reason, delay=result.delay)
+        _log(message, "retry", result.reason, attempt=self.request.retries + 1, delay=result.delay)
         with confirmed_producer(self.app) as producer:
             raise self.retry(
                 countdown=whole_seconds(result.delay), argsrepr=display_args(message), producer=producer
@@ -115,7 +115,7 @@ def apply_action(self: ApplyTask, message: dict[str, Any]) -> str:
             action_id=str(action.action_id),
             extra_headers={OUTCOME_HEADER: result.outcome.value},
         )
-    _log(message, result.outcome.value, result.reason)
+    _log(message, result.outcome.value, result.reason, attempt=self.request.retries + 1)
     return result.outcome.value
 
 

@@ -1,0 +1,76 @@
+"""Structured logs: one JSON object per line, with the ledger's words for the fields.
+
+``LOG_FORMAT`` chooses: ``json``, ``text`` (Celery's own format), or ``auto`` (the default): JSON
+when stderr is not a terminal (a container, a supervisor, a log file), text on a terminal. The
+worker applies it through Celery's ``after_setup_logger`` and ``after_setup_task_logger`` signals,
+so Celery still chooses the handlers (stderr or ``--logfile``) and the level (``--loglevel``); only
+the formatter changes.
+
+A line carries ``time`` (UTC, RFC 3339, milliseconds), ``level``, ``logger``, ``message`` and,
+when the call passed them as ``extra``, the fields in :data:`FIELDS`; ``exception`` holds a
+traceback. No PII or secrets: messages show actions masked (``workers.core.redaction``), and
+twilio's request logging stays at WARNING (``workers.taskrouter.gateway``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from workers.errors import ConfigurationError
+
+# The ledger's vocabulary (ops/LEDGER.md): the same words in the logs and the metrics' labels.
+FIELDS = ("action_id", "reservation_sid", "correlation_id", "attempt", "outcome", "delay")
+FORMATS = ("auto", "json", "text")
+
+
+class JsonFormatter(logging.Formatter):
+    """Formats a record as one line of JSON."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for name in FIELDS:
+            value = record.__dict__.get(name)
+            if value is not None:
+                line[name] = value
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            line["exception"] = record.exc_text
+        return json.dumps(line, default=str, ensure_ascii=False)
+
+
+def wants_json(env: Mapping[str, str] | None = None, stream: Any = None) -> bool:
+    """Whether ``LOG_FORMAT`` asks for JSON (``auto``: when ``stream``, stderr, is not a terminal)."""
+    environ = os.environ if env is None else env
+    chosen = environ.get("LOG_FORMAT", "auto").strip().lower() or "auto"
+    if chosen not in FORMATS:
+        raise ConfigurationError(f"LOG_FORMAT must be one of {', '.join(FORMATS)}, not {chosen!r}")
+    if chosen == "auto":
+        stream = sys.__stderr__ if stream is None else stream
+        isatty = getattr(stream, "isatty", None)
+        return not (isatty is not None and isatty())
+    return chosen == "json"
+
+
+def use_json(logger: logging.Logger) -> None:
+    """Give every handler of ``logger`` the JSON formatter."""
+    formatter = JsonFormatter()
+    for handler in logger.handlers:
+        handler.setFormatter(formatter)
+
+
+def on_logger_setup(logger: logging.Logger, **_: Any) -> None:
+    """Receiver of Celery's ``after_setup_logger`` and ``after_setup_task_logger`` signals."""
+    if wants_json():
+        use_json(logger)
