@@ -82,8 +82,11 @@ after_setup_task_logger.connect(on_logger_setup, weak=False)
 
 
 @worker_ready.connect  # type: ignore[untyped-decorator]
-def _announce_ready(**_: Any) -> None:
-    """Touch WORKER_READY_FILE when the worker consumes: for supervisors and health checks."""
+def _announce_ready(sender: Any = None, **_: Any) -> None:
+    """Serve /metrics (WORKER_METRICS_PORT), then touch WORKER_READY_FILE: the worker consumes."""
+    from workers import metrics
+
+    metrics.serve(getattr(sender, "pool", None))
     path = os.environ.get("WORKER_READY_FILE")
     if path:
         Path(path).touch()

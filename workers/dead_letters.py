@@ -12,10 +12,12 @@ from typing import Any
 
 from celery import Celery
 
+from workers import metrics
 from workers.publishing import confirmed_producer
 from workers.topology import (
     ACTION_ID_HEADER,
     DEAD_LETTER_EXCHANGE,
+    OUTCOME_HEADER,
     REASON_HEADER,
     dead_letter_queue,
 )
@@ -54,3 +56,4 @@ def publish_dead_letter(
             declare=[dead_letter_queue()],
             retry=True,
         )
+    metrics.dead_letter(str(headers.get(OUTCOME_HEADER, "unknown")))

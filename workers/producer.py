@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
+import time
 from collections.abc import Mapping
 from types import TracebackType
 from typing import Any, Self
@@ -152,6 +153,11 @@ def publish(action: Action | Mapping[str, Any], broker_url: str | None = None) -
         producer.publish(action)
 
 
+# A header of the apply message: when it was published (seconds since the epoch, the publisher's
+# clock), for the workers' queue-lag metric. Celery's messages carry no publish time of their own.
+PUBLISHED_AT_HEADER = "published_at"
+
+
 def hand_to_apply(app: Celery, message: Mapping[str, Any]) -> None:
     """Publish a valid wire message to the apply task (persistent, with a publisher confirm)."""
     from workers.celery import APPLY_TASK_NAME
@@ -167,6 +173,7 @@ def hand_to_apply(app: Celery, message: Mapping[str, Any]) -> None:
             kwargsrepr="{}",
             delivery_mode=2,
             producer=producer,
+            headers={PUBLISHED_AT_HEADER: time.time()},
         )
 
 

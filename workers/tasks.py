@@ -14,6 +14,7 @@ from typing import Any
 
 from celery import Task
 
+from workers import metrics
 from workers.applier import Delivery, Done
 from workers.celery import APPLY_TASK_NAME, app
 from workers.config import Settings
@@ -22,6 +23,7 @@ from workers.core.planner import Outcome
 from workers.core.redaction import mask_message
 from workers.dead_letters import publish_dead_letter
 from workers.errors import LedgerError, LedgerPermissionDenied
+from workers.producer import PUBLISHED_AT_HEADER
 from workers.publishing import confirmed_producer
 from workers.runtime import Runtime
 from workers.topology import OUTCOME_HEADER
@@ -61,6 +63,9 @@ def display_args(message: dict[str, Any]) -> str:
 )
 def apply_action(self: ApplyTask, message: dict[str, Any]) -> str:
     """Apply one reservation action (the v1 wire message) exactly once."""
+    redelivered = bool((self.request.delivery_info or {}).get("redelivered"))
+    if self.request.retries == 0 and not redelivered:
+        metrics.queue_lag(getattr(self.request, PUBLISHED_AT_HEADER, None))
     try:
         action = Action.from_message(message)
     except (ValueError, KeyError, TypeError) as exc:
@@ -74,15 +79,16 @@ def apply_action(self: ApplyTask, message: dict[str, Any]) -> str:
             action_id=_text(message.get("action_id")),
             extra_headers={OUTCOME_HEADER: Outcome.REJECTED_INPUT.value},
         )
-        _log(message, Outcome.REJECTED_INPUT.value, reason, attempt=self.request.retries + 1)
+        _ended(message, Outcome.REJECTED_INPUT.value, reason, attempt=self.request.retries + 1)
         return Outcome.REJECTED_INPUT.value
 
     try:
-        redelivered = bool((self.request.delivery_info or {}).get("redelivered"))
         result = self.runtime.applier().apply(action, Delivery(self.request.retries, redelivered))
     except LedgerPermissionDenied:
+        metrics.LEDGER_ERRORS.inc()
         raise  # a deployment error: fail loudly, never loop on it
     except LedgerError as exc:
+        metrics.LEDGER_ERRORS.inc()
         # The ledger is down or the reservation is busy: nothing was decided, try again later.
         delay = self.runtime.policy.delay(self.request.retries, random.Random())
         if delay is None:
@@ -94,8 +100,9 @@ def apply_action(self: ApplyTask, message: dict[str, Any]) -> str:
                 action_id=str(action.action_id),
                 extra_headers={OUTCOME_HEADER: Outcome.DEAD_LETTERED.value},
             )
-            _log(message, Outcome.DEAD_LETTERED.value, reason, attempt=self.request.retries + 1)
+            _ended(message, Outcome.DEAD_LETTERED.value, reason, attempt=self.request.retries + 1)
             return Outcome.DEAD_LETTERED.value
+        metrics.RETRIES.inc()
         with confirmed_producer(self.app) as producer:
             raise self.retry(
                 exc=exc, countdown=whole_seconds(delay), argsrepr=display_args(message), producer=producer
@@ -103,6 +110,7 @@ def apply_action(self: ApplyTask, message: dict[str, Any]) -> str:
 
     if not isinstance(result, Done):
         _log(message, "retry", result.reason, attempt=self.request.retries + 1, delay=result.delay)
+        metrics.RETRIES.inc()
         with confirmed_producer(self.app) as producer:
             raise self.retry(
                 countdown=whole_seconds(result.delay), argsrepr=display_args(message), producer=producer
@@ -115,7 +123,7 @@ def apply_action(self: ApplyTask, message: dict[str, Any]) -> str:
             action_id=str(action.action_id),
             extra_headers={OUTCOME_HEADER: result.outcome.value},
         )
-    _log(message, result.outcome.value, result.reason, attempt=self.request.retries + 1)
+    _ended(message, result.outcome.value, result.reason, attempt=self.request.retries + 1)
     return result.outcome.value
 
 
@@ -126,6 +134,12 @@ def whole_seconds(delay: float) -> int:
 
 def _text(value: object) -> str | None:
     return value if isinstance(value, str) else None
+
+
+def _ended(message: dict[str, Any], outcome: str, reason: str, *, attempt: int) -> None:
+    """The run settled the action (or found it settled): log it and count it."""
+    _log(message, outcome, reason, attempt=attempt)
+    metrics.outcome(outcome, attempt)
 
 
 def _log(message: dict[str, Any], outcome: str, reason: str, **extra: Any) -> None:

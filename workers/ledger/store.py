@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -22,6 +23,7 @@ from psycopg import sql
 from psycopg.rows import class_row, dict_row
 from psycopg.types.json import Jsonb
 
+from workers import metrics
 from workers.config import Settings
 from workers.core.action import Action
 from workers.core.parameters import PARAMETERS
@@ -133,9 +135,13 @@ class Ledger:
     # -- writes ------------------------------------------------------------------------------
 
     def _one(self, query: str, params: Mapping[str, Any]) -> dict[str, Any]:
-        with self._connector.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
-            cur.execute(QUERIES[query], params)
-            row = cur.fetchone()
+        started = time.perf_counter()
+        try:
+            with self._connector.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+                cur.execute(QUERIES[query], params)
+                row = cur.fetchone()
+        finally:
+            metrics.ledger_write(query, started)
         if row is None:  # pragma: no cover - every write query returns one row
             raise LedgerError(f"{query} returned nothing")
         return row

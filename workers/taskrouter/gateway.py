@@ -10,6 +10,7 @@ gateway per thread, greenlet or process (``TaskRouterGateway.from_settings`` doe
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +21,7 @@ from twilio.http.http_client import TwilioHttpClient
 from twilio.http.response import Response
 from twilio.rest import Client
 
+from workers import metrics
 from workers.config import Settings
 from workers.core.action import Action
 from workers.core.state_machine import Status
@@ -106,7 +108,7 @@ class TaskRouterGateway:
         Twilio's spec declares no ETag on the worker-scoped fetch; the body carries the task SID, so
         the ETag then comes from the task-scoped fetch of the same reservation.
         """
-        response = self._call(lambda: self._context(ref).fetch_with_http_info())
+        response = self._call("fetch", lambda: self._context(ref).fetch_with_http_info())
         state = self._state(response)
         if state.etag is None and ref.task_sid is None:
             task_ref = ReservationRef(ref.workspace_sid, ref.reservation_sid, task_sid=state.task_sid)
@@ -120,7 +122,7 @@ class TaskRouterGateway:
         kwargs = dict(arguments)
         if if_match is not None:
             kwargs["if_match"] = if_match
-        response = self._call(lambda: self._context(ref).update_with_http_info(**kwargs))
+        response = self._call("update", lambda: self._context(ref).update_with_http_info(**kwargs))
         return self._state(response)
 
     def _context(self, ref: ReservationRef) -> Any:
@@ -144,15 +146,23 @@ class TaskRouterGateway:
             http_status=response.status_code,
         )
 
-    def _call(self, request: Any) -> Any:
+    def _call(self, endpoint: str, request: Any) -> Any:
+        """Make one call (``endpoint``: fetch or update), timed by status in the metrics."""
+        started = time.perf_counter()
         try:
-            return request()
+            response = request()
         except (TwilioRestException, TwilioServiceException) as exc:
-            raise self._translate(exc) from exc
+            error = self._translate(exc)
+            metrics.taskrouter_call(endpoint, str(error.status), started)
+            raise error from exc
         except requests.Timeout as exc:
+            metrics.taskrouter_call(endpoint, "timeout", started)
             raise TransientTaskRouterError(f"TaskRouter did not answer in time: {exc}") from exc
         except requests.ConnectionError as exc:
+            metrics.taskrouter_call(endpoint, "connection_error", started)
             raise TransientTaskRouterError(f"TaskRouter connection failed: {exc}") from exc
+        metrics.taskrouter_call(endpoint, str(response.status_code), started)
+        return response
 
     def _translate(self, exc: TwilioRestException | TwilioServiceException) -> TaskRouterError:
         status = int(exc.status)

@@ -1,0 +1,163 @@
+"""Prometheus metrics of the workers, and the HTTP server that exposes them.
+
+Measured at the seams, never inside the protocol: the TaskRouter gateway times its own calls
+(and counts 412s), the ledger times its writes, the apply task counts outcomes, runs, retries,
+ledger errors and queue lag, and every publish to ``reservations.dead`` is counted where it
+happens. Labels use the ledger's words (``outcome``, ``attempt``).
+
+``WORKER_METRICS_PORT`` (``[host:]port``; unset: no server) makes each worker process serve
+``/metrics`` once it consumes (``worker_ready``). With the threads pool (what we deploy) the
+tasks run in that process, so the process-local registry is the whole truth. With the prefork
+pool the tasks run in child processes: set ``PROMETHEUS_MULTIPROC_DIR`` to an empty directory
+private to the worker (prometheus_client's multiprocess mode: each process writes its values to
+files there and the server in the main process adds them up); without it a prefork worker refuses
+to serve numbers that would leave out every task.
+
+Hot path: one dict lookup per labelled observation (:class:`_Children` keeps the ``.labels()``
+children), no allocation of our own.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, multiprocess, start_http_server
+
+logger = logging.getLogger(__name__)
+
+PORT_VARIABLE = "WORKER_METRICS_PORT"
+MULTIPROCESS_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
+
+ACTIONS = Counter(
+    "reservations_actions",
+    "Runs of the apply task that ended with this outcome (a duplicate delivery of a settled action"
+    " counts again, with the outcome it already had)",
+    ["outcome"],
+)
+RETRIES = Counter(
+    "reservations_retries", "Runs of the apply task that ended in a delayed retry (429, 5xx, lasting 412s)"
+)
+ATTEMPTS = Histogram(
+    "reservations_action_attempts",
+    "The run (the ledger's attempt: 1, then 2 after a retry, ...) in which an action reached its outcome",
+    buckets=(1, 2, 3, 4, 5, 6, 8, 10, 15, 20),
+)
+CONFLICTS = Counter("reservations_conflicts", "HTTP 412 answers from TaskRouter: the If-Match ETag was stale")
+TASKROUTER_SECONDS = Histogram(
+    "reservations_taskrouter_request_duration_seconds",
+    "TaskRouter calls by endpoint (fetch, update) and HTTP status (or timeout, connection_error)",
+    ["endpoint", "status"],
+)
+LEDGER_SECONDS = Histogram(
+    "reservations_ledger_write_duration_seconds",
+    "Ledger writes (one transaction each) by named query, failed ones included",
+    ["query"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+LEDGER_ERRORS = Counter(
+    "reservations_ledger_errors",
+    "Runs of the apply task that the ledger failed (down, refused, or the reservation's lock busy)",
+)
+QUEUE_LAG = Histogram(
+    "reservations_queue_lag_seconds",
+    "From the apply message's publish (its published_at header, the publisher's clock) to the start"
+    " of its first run; retries and redeliveries are not counted",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0),
+)
+DEAD_LETTERS = Counter(
+    "reservations_dead_letters",
+    "Messages published to reservations.dead, by outcome (rejected_input, failed, dead_lettered)",
+    ["outcome"],
+)
+
+
+class _Children:
+    """A labelled metric's children by label values: ``.labels()`` once per combination."""
+
+    def __init__(self, metric: Any) -> None:
+        self._metric = metric
+        self._children: dict[tuple[str, ...], Any] = {}
+
+    def __call__(self, *values: str) -> Any:
+        child = self._children.get(values)
+        if child is None:
+            # A race only makes two threads ask prometheus_client for the same child.
+            child = self._children[values] = self._metric.labels(*values)
+        return child
+
+
+_actions = _Children(ACTIONS)
+_taskrouter = _Children(TASKROUTER_SECONDS)
+_ledger = _Children(LEDGER_SECONDS)
+_dead_letters = _Children(DEAD_LETTERS)
+
+
+def outcome(name: str, attempt: int) -> None:
+    """An apply run ended with outcome ``name`` in run ``attempt``."""
+    _actions(name).inc()
+    ATTEMPTS.observe(attempt)
+
+
+def taskrouter_call(endpoint: str, status: str, started: float) -> None:
+    """A TaskRouter call that began at ``started`` (``time.perf_counter()``) ended with ``status``."""
+    _taskrouter(endpoint, status).observe(time.perf_counter() - started)
+    if status == "412":
+        CONFLICTS.inc()
+
+
+def ledger_write(query: str, started: float) -> None:
+    _ledger(query).observe(time.perf_counter() - started)
+
+
+def dead_letter(outcome_name: str) -> None:
+    _dead_letters(outcome_name).inc()
+
+
+def queue_lag(published_at: object) -> None:
+    """Observe the lag of a message published at ``published_at`` (seconds since the epoch)."""
+    if isinstance(published_at, int | float) and not isinstance(published_at, bool):
+        QUEUE_LAG.observe(max(0.0, time.time() - published_at))
+
+
+# -- the server ----------------------------------------------------------------------------------
+
+
+def parse_address(value: str) -> tuple[str, int]:
+    """``9808`` (every interface) or ``127.0.0.1:9808``."""
+    host, _, port = value.strip().rpartition(":")
+    return host or "0.0.0.0", int(port)  # noqa: S104 - Prometheus scrapes from another container
+
+
+def registry() -> CollectorRegistry:
+    """This process's registry, or in multiprocess mode the sum over every process's files."""
+    if os.environ.get(MULTIPROCESS_VARIABLE):
+        collected = CollectorRegistry()
+        multiprocess.MultiProcessCollector(collected)  # type: ignore[no-untyped-call]
+        return collected
+    return REGISTRY
+
+
+def serve(pool: object = None) -> tuple[str, int] | None:
+    """Start the ``/metrics`` server when ``WORKER_METRICS_PORT`` asks for one; its address."""
+    configured = os.environ.get("WORKER_METRICS_PORT", "").strip()
+    if not configured:
+        return None
+    if _is_prefork(pool) and not os.environ.get(MULTIPROCESS_VARIABLE):
+        logger.error(
+            "%s is set but the pool is prefork: the tasks' metrics live in the child processes;"
+            " set %s to an empty directory (prometheus_client's multiprocess mode). No metrics served.",
+            PORT_VARIABLE,
+            MULTIPROCESS_VARIABLE,
+        )
+        return None
+    host, port = parse_address(configured)
+    start_http_server(port, addr=host, registry=registry())
+    logger.info("serving Prometheus metrics on http://%s:%d/metrics", host, port)
+    return host, port
+
+
+def _is_prefork(pool: object) -> bool:
+    return pool is not None and "prefork" in type(pool).__module__
