@@ -12,6 +12,14 @@ from __future__ import annotations
 class ReservationsError(Exception):
     """Base class of every error this project raises on purpose."""
 
+    @property
+    def message(self) -> str:
+        """What went wrong, in words: the first argument, unless a subclass says otherwise."""
+        return str(self.args[0]) if self.args else (self.__doc__ or "").strip()
+
+    def __str__(self) -> str:
+        return self.message
+
 
 class ConfigurationError(ReservationsError):
     """The environment or the command line asks for something we cannot run with."""
@@ -23,10 +31,10 @@ class InvalidParameter(ReservationsError):
     def __init__(self, parameter: str, message: str) -> None:
         super().__init__(parameter, message)
         self.parameter = parameter
-        self.message = message
 
-    def __str__(self) -> str:
-        return self.message
+    @property
+    def message(self) -> str:
+        return str(self.args[1])
 
 
 class TransitionRefused(ReservationsError):
@@ -34,13 +42,6 @@ class TransitionRefused(ReservationsError):
 
     ``message`` uses TaskRouter's own wording, so the emulator can return it verbatim.
     """
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
-
-    def __str__(self) -> str:
-        return self.message
 
 
 class TaskRouterError(ReservationsError):
@@ -58,13 +59,9 @@ class TaskRouterError(ReservationsError):
         request_id: str | None = None,
     ) -> None:
         super().__init__(message, status, code, request_id)
-        self.message = message
         self.status = status
         self.code = code
         self.request_id = request_id
-
-    def __str__(self) -> str:
-        return self.message
 
 
 class PreconditionFailed(TaskRouterError):
@@ -102,23 +99,9 @@ class Throttled(TransientTaskRouterError):
 class UnknownResource(ReservationsError):
     """The emulator has no such workspace, task, worker or reservation (TaskRouter's 404)."""
 
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
-
-    def __str__(self) -> str:
-        return self.message
-
 
 class ResourceConflict(ReservationsError):
     """The emulator's admin API was asked to create something that already exists differently."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
-
-    def __str__(self) -> str:
-        return self.message
 
 
 class IfMatchMismatch(ReservationsError):
@@ -134,7 +117,8 @@ class IfMatchMismatch(ReservationsError):
         self.if_match = if_match
         self.current = current
 
-    def __str__(self) -> str:
+    @property
+    def message(self) -> str:
         return f"Reservation {self.sid}: If-Match {self.if_match!r} does not match the current ETag"
 
 
@@ -165,16 +149,10 @@ class UnknownAction(LedgerError):
         super().__init__(action_id)
         self.action_id = action_id
 
-    def __str__(self) -> str:
+    @property
+    def message(self) -> str:
         return f"no action {self.action_id} was recorded as received"
 
 
 class MigrationError(LedgerError):
     """The database's migrations cannot be reconciled with the ones this code ships."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
-
-    def __str__(self) -> str:
-        return self.message

@@ -15,6 +15,7 @@ from workers.core.state_machine import (
 )
 from workers.errors import (
     ConfigurationError,
+    IfMatchMismatch,
     InvalidParameter,
     PermanentTaskRouterError,
     PreconditionFailed,
@@ -22,6 +23,7 @@ from workers.errors import (
     Throttled,
     TransientTaskRouterError,
     TransitionRefused,
+    UnknownResource,
 )
 
 SID = "WR" + "a" * 32
@@ -184,6 +186,8 @@ def test_system_events_only_from_pending() -> None:
         PermanentTaskRouterError("HTTP 404: not found", 404, 20404, None),
         TransientTaskRouterError("connection dropped"),
         Throttled("HTTP 429: Too Many Requests", 429, 20429, "RQ2", retry_after=3.0),
+        IfMatchMismatch("WR" + "a" * 32, "3", "4"),
+        UnknownResource("The requested resource /v1/x was not found"),
     ],
 )
 def test_errors_survive_pickling(error: ReservationsError) -> None:
@@ -192,6 +196,7 @@ def test_errors_survive_pickling(error: ReservationsError) -> None:
     assert str(copy) == str(error)
     assert copy.args == error.args
     assert vars(copy) == vars(error)
+    assert copy.message == str(copy)
 
 
 def test_masking_for_display_hides_pii_and_drops_secrets() -> None:
