@@ -25,7 +25,7 @@ def log_entry(
 def transition(
     position: int, from_status: str | None, to_status: str, before: str | None, after: str, *, ours: bool
 ) -> LedgerEvent:
-    fields: dict[str, Any] = dict.fromkeys(LedgerEvent.__slots__)  # type: ignore[attr-defined]
+    fields: dict[str, Any] = dict.fromkeys(LedgerEvent.__slots__)
     fields.update(
         position=position, tx_id=position, recorded_at=datetime.now(UTC), chain_key=SID, chain_seq=position,
         prev_hash=b"", row_hash=b"", kind="transition", reservation_sid=SID, from_status=from_status,

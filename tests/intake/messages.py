@@ -10,6 +10,7 @@ import copy
 import json
 import uuid
 from datetime import datetime, timedelta, timezone
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -51,9 +52,7 @@ def fresh(message: dict[str, Any], **changes: Any) -> dict[str, Any]:
     return copied
 
 
-_TEXT = st.text(
-    st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), min_size=1, max_size=24
-)
+_TEXT = st.text(st.characters(exclude_categories=["Cs"], exclude_characters="\x00"), min_size=1, max_size=24)
 _HOSTS = st.from_regex(r"\A[a-z][a-z0-9-]{0,15}(\.[a-z]{2,6}){1,2}\Z")
 _URLS = st.builds(
     lambda scheme, host, path: f"{scheme}://{host}{path}",
@@ -93,13 +92,17 @@ def _params(wire_names: tuple[str, ...], required: tuple[str, ...] = ()) -> st.S
     )
 
 
+def _with_instruction(instruction: str, params: dict[str, Any]) -> dict[str, Any]:
+    return {**params, "instruction": instruction}
+
+
 def params_for(action: ActionKind) -> st.SearchStrategy[dict[str, Any]]:
     """Valid ``params`` of ``action``."""
     if action is ActionKind.UPDATE:
         statuses = st.sampled_from(["accepted", "rejected", "wrapping", "completed"])
         with_status = st.builds(lambda s: {"reservation_status": s}, statuses)
         instructions = [
-            params_for(kind).map(lambda p, k=kind: {**p, "instruction": k.value})
+            params_for(kind).map(partial(_with_instruction, kind.value))
             for kind in (ActionKind.CONFERENCE, ActionKind.DEQUEUE, ActionKind.CALL, ActionKind.REDIRECT)
         ]
         return st.one_of(with_status, *instructions)

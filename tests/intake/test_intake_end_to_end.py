@@ -162,6 +162,7 @@ def test_bad_input_is_dead_lettered_with_its_reason_and_recorded_and_the_queue_m
     assert [row.detail for row in rows] == [letter.headers[REASON_HEADER]]
     assert PII not in json.dumps(rows[0].params)  # PII only as keyed hashes
     if code == "unknown_field":
+        assert rows[0].params is not None
         assert rows[0].params["call_from"].startswith("hmac-sha256:")
         assert rows[0].action_id is not None
         assert letter.headers[ACTION_ID_HEADER] == str(rows[0].action_id)

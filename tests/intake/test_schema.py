@@ -8,12 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from jsonschema import Draft202012Validator
+from jsonschema import Draft202012Validator  # type: ignore[import-untyped]
 
 from tests.intake.messages import EXAMPLES_DIR, example_paths
 from workers.core.action import ActionKind
 from workers.core.parameters import BY_KEYWORD, PARAMETERS, REQUIRED_BY_INSTRUCTION, Kind
-from workers.intake import schema as schema_module
 from workers.intake import validation
 from workers.intake.schema import SCHEMA_FILE_NAME, SCHEMAS_DIR, build_schema, main, render
 from workers.intake.validation import Accepted, RejectCode, Rejected, decide
@@ -124,7 +123,7 @@ def test_without_the_file_the_generated_schema_is_used(
 
 
 def test_a_catalogue_change_shows_in_the_generated_schema(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(schema_module.REQUIRED_BY_INSTRUCTION, "conference", ("To",))  # type: ignore[index]
+    monkeypatch.setitem(REQUIRED_BY_INSTRUCTION, "conference", ("To",))
     assert build_schema()["$defs"]["params"]["conference"]["required"] == ["to"]
     monkeypatch.undo()
     assert "required" not in build_schema()["$defs"]["params"]["conference"]

@@ -18,6 +18,7 @@ from workers.core.action import Action
 from workers.errors import LedgerUnavailable
 from workers.intake import step
 from workers.intake.step import Intake
+from workers.producer import hand_to_apply
 from workers.topology import OUTCOME_HEADER, REJECT_CODE_HEADER
 
 
@@ -67,11 +68,11 @@ class Harness:
         self.applied: list[dict[str, Any]] = []
         self.dead: list[tuple[bytes, str, dict[str, Any]]] = []
         self.publish_fails = False
-        self.intake = Intake(app=None)  # type: ignore[arg-type]
+        self.intake = Intake(app=None)  # the fakes below publish nothing
         self.intake._ledger = self.ledger  # type: ignore[assignment]
         monkeypatch.setattr(step, "hand_to_apply", self._apply)
         monkeypatch.setattr(step, "publish_dead_letter", self._dead)
-        monkeypatch.setattr(step.time, "sleep", lambda _: None)
+        monkeypatch.setattr("workers.intake.step.time.sleep", lambda _: None)
 
     def _apply(self, app: Any, message: dict[str, Any]) -> None:
         if self.publish_fails:
@@ -135,7 +136,7 @@ def test_when_the_ledger_or_the_broker_fails_nothing_is_acked_and_the_message_is
     else:
         harness.publish_fails = True
     raw = FakeMessage(b"[]" if name == "bad" else json.dumps(fresh(example(name))).encode())
-    harness.intake.on_message(raw)  # must not raise
+    harness.intake.on_message(raw)  # type: ignore[arg-type]  # must not raise
     assert (raw.acks, raw.requeues) == (0, 1)
     assert harness.fates() == 0
     # Once the fault is gone, the redelivery settles it.
@@ -158,7 +159,7 @@ def test_the_pause_before_a_requeue_grows_with_the_delivery_count_and_is_capped(
     harness: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     pauses: list[float] = []
-    monkeypatch.setattr(step.time, "sleep", pauses.append)
+    monkeypatch.setattr("workers.intake.step.time.sleep", pauses.append)
     harness.ledger.fail = True
     for count in (0, 3, 50):
         harness.intake.on_message(FakeMessage(b"[]", headers={"x-delivery-count": count}))  # type: ignore[arg-type]
@@ -197,9 +198,9 @@ def test_the_hand_off_to_the_apply_task_uses_the_action_id_and_masks_pii() -> No
     def send_task(name: str, **options: Any) -> None:
         calls.append((name, options))
 
-    app.send_task = send_task  # type: ignore[method-assign]
+    app.send_task = send_task
     message = fresh(example("call"))
-    step.hand_to_apply(app, message)
+    hand_to_apply(app, message)
     ((name, options),) = calls
     assert options["producer"] is not None  # a producer of the confirmed pool, not the app's own
     assert name == "reservations.apply"

@@ -42,7 +42,7 @@ def some_rows(ledger: Ledger) -> None:
 @pytest.mark.parametrize("statement", list(CHANGES.values()), ids=list(CHANGES))
 def test_even_a_superuser_cannot_change_ledger_rows(db_url: str, statement: str) -> None:
     with superuser(db_url) as conn, pytest.raises(psycopg.Error, match="append-only") as caught:
-        conn.execute(statement)  # type: ignore[arg-type]
+        conn.execute(statement)
     assert caught.value.sqlstate == "RL001"
     with superuser(db_url) as conn:
         count = conn.execute("SELECT count(*) FROM ledger.events").fetchone()
@@ -53,7 +53,7 @@ def test_even_a_superuser_cannot_change_ledger_rows(db_url: str, statement: str)
 @pytest.mark.parametrize("statement", list(CHANGES.values())[:3], ids=list(CHANGES)[:3])
 def test_the_owner_is_refused_with_the_projects_error(db_url: str, statement: str) -> None:
     with pytest.raises(AppendOnlyViolation, match="append-only"), connect(db_url, Role.OWNER) as conn:
-        conn.execute(statement)  # type: ignore[arg-type]
+        conn.execute(statement)
 
 
 @pytest.mark.parametrize(
@@ -64,7 +64,7 @@ def test_checkpoints_are_append_only_too(db_url: str, ledger: Ledger, table: str
     with superuser(db_url) as conn:
         for statement in (f"DELETE FROM {table}", f"TRUNCATE {table} CASCADE"):
             with pytest.raises(psycopg.Error, match="append-only"):
-                conn.execute(statement)  # type: ignore[arg-type]
+                conn.execute(statement)
 
 
 @pytest.mark.parametrize(
@@ -90,7 +90,7 @@ def test_the_writer_pool_cannot_change_or_unguard_the_ledger_even_with_a_superus
         with connector.connection() as conn:
             assert conn.execute("SELECT current_user").fetchone() == ("reservations_writer",)
         with pytest.raises(LedgerPermissionDenied), connector.connection() as conn:
-            conn.execute(statement)  # type: ignore[arg-type]
+            conn.execute(statement)
 
 
 def test_the_reader_only_reads(db_url: str) -> None:

@@ -50,7 +50,7 @@ def _tamper(url: str, statements: str, *params: object) -> None:
         conn.execute("SET session_replication_role = replica")
         for statement in statements.split("; "):
             count = statement.count("%s")
-            conn.execute(statement, remaining[:count])  # type: ignore[arg-type]
+            conn.execute(statement, remaining[:count])
             remaining = remaining[count:]
 
 

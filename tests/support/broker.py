@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from kombu import Connection
+from kombu.connection import Connection
 
 from workers.topology import DEAD_LETTER_QUEUE_NAME, dead_letter_queue
 

@@ -20,7 +20,7 @@ def emulator_transitions(admin: EmulatorAdmin, sid: str) -> list[tuple[str, str]
     return [(t.from_status, t.to_status) for t in admin.transitions(sid) if t.from_status != t.to_status]
 
 
-def ledger_transitions(ledger: Ledger, sid: str) -> list[tuple[str, str]]:
+def ledger_transitions(ledger: Ledger, sid: str) -> list[tuple[str | None, str | None]]:
     """Status changes the ledger saw for a reservation (its first sighting is not a change)."""
     return [
         (e.from_status, e.to_status)
