@@ -7,7 +7,8 @@ import sys
 
 import click
 
-from workers.config import DEFAULT_DATABASE_URL, Settings
+from workers.cli.options import database_url_option
+from workers.config import Settings
 
 LOOPBACK_NAMES = ("localhost",)
 
@@ -31,14 +32,7 @@ def is_loopback(host: str) -> bool:
     default=8080,
     show_default=True,
 )
-@click.option(
-    "--database-url",
-    envvar="DATABASE_URL",
-    show_envvar=True,
-    default=DEFAULT_DATABASE_URL,
-    show_default=True,
-    help="The ledger; every connection runs as reservations_reader (SELECT only).",
-)
+@database_url_option("The ledger; every connection runs as reservations_reader (SELECT only).")
 @click.option(
     "--insecure-local",
     is_flag=True,

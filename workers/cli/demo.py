@@ -22,7 +22,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from workers.config import DEFAULT_BROKER_URL, DEFAULT_DATABASE_URL
+from workers.cli.options import broker_url_option, database_url_option
 
 DEFAULT_RESERVATIONS = 40
 SHORT_RESERVATIONS = 8
@@ -71,22 +71,8 @@ SHORT_RESERVATIONS = 8
     show_default=True,
     help="Name of the demo's own ledger database, created (afresh) on DATABASE_URL's server.",
 )
-@click.option(
-    "--database-url",
-    envvar="DATABASE_URL",
-    show_envvar=True,
-    default=DEFAULT_DATABASE_URL,
-    show_default=True,
-    help="The PostgreSQL server (and role) to use; its database name is replaced by --database.",
-)
-@click.option(
-    "--broker-url",
-    envvar="CELERY_BROKER_URL",
-    show_envvar=True,
-    default=DEFAULT_BROKER_URL,
-    show_default=True,
-    help="RabbitMQ. A private vhost is made on it with rabbitmqctl when possible, and deleted.",
-)
+@database_url_option("The PostgreSQL server (and role) to use; its database name is replaced by --database.")
+@broker_url_option("RabbitMQ. A private vhost is made on it with rabbitmqctl when possible, and deleted.")
 @click.option(
     "--summary-json",
     type=click.Path(dir_okay=False, path_type=Path),

@@ -16,7 +16,7 @@ from typing import IO, Any
 
 import click
 
-from workers.config import DEFAULT_BROKER_URL
+from workers.cli.options import broker_url_option
 
 
 def _lines(stream: IO[str]) -> Iterator[tuple[int, str]]:
@@ -44,14 +44,7 @@ def _parse(text: str) -> dict[str, Any]:
     type=click.File("r", encoding="utf-8"),
     help="Read actions as JSON lines from this file ('-' for stdin).",
 )
-@click.option(
-    "--broker-url",
-    envvar="CELERY_BROKER_URL",
-    show_envvar=True,
-    default=DEFAULT_BROKER_URL,
-    show_default=True,
-    help="RabbitMQ.",
-)
+@broker_url_option("RabbitMQ.")
 @click.option("--dry-run", is_flag=True, help="Validate only; publish nothing.")
 @click.option(
     "--progress/--no-progress",

@@ -17,7 +17,8 @@ from rich.table import Table
 from workers.audit import queries
 from workers.audit.params import parse_time
 from workers.audit.rows import EVENT_FIELDS, action_row, event_row
-from workers.config import DEFAULT_DATABASE_URL, Settings
+from workers.cli.options import database_url_option
+from workers.config import Settings
 from workers.core.sids import is_sid
 from workers.errors import ReservationsError
 from workers.ledger.connector import Connector
@@ -26,13 +27,8 @@ from workers.ledger.store import Ledger, resolve_pii_key
 
 FORMATS = ("table", "json", "csv")
 
-database_url_option = click.option(
-    "--database-url",
-    envvar="DATABASE_URL",
-    show_envvar=True,
-    default=DEFAULT_DATABASE_URL,
-    show_default=True,
-    help="PostgreSQL connection URL of the ledger (read as reservations_reader).",
+reader_database_url = database_url_option(
+    "PostgreSQL connection URL of the ledger (read as reservations_reader)."
 )
 
 
@@ -157,7 +153,7 @@ def _text(value: object) -> str:
 
 
 @click.command()
-@database_url_option
+@reader_database_url
 @click.option("--reservation", "reservation_sid", type=SidType("WR"), help="A reservation SID (WR...).")
 @click.option("--task", "task_sid", type=SidType("WT"), help="A task SID (WT...).")
 @click.option("--worker", "worker_sid", type=SidType("WK"), help="A worker SID (WK...).")
@@ -246,7 +242,7 @@ def history(
 
 
 @click.command()
-@database_url_option
+@reader_database_url
 @click.argument("action_id", type=click.UUID)
 @format_option
 def show(database_url: str, action_id: uuid.UUID, output_format: str | None) -> None:

@@ -7,7 +7,7 @@ from typing import NoReturn
 
 import click
 
-from workers.config import DEFAULT_DATABASE_URL
+from workers.cli.options import database_url_option
 from workers.errors import ReservationsError
 from workers.ledger import migrations
 from workers.ledger.connector import Connector, connect
@@ -29,14 +29,7 @@ In production, log in as your own roles and make each a member of one of these, 
 The commands SET ROLE to the role they need, so even a superuser URL cannot change the ledger.
 """
 
-_database_url = click.option(
-    "--database-url",
-    envvar="DATABASE_URL",
-    show_envvar=True,
-    default=DEFAULT_DATABASE_URL,
-    show_default=True,
-    help="PostgreSQL connection URL of the ledger.",
-)
+_database_url = database_url_option("PostgreSQL connection URL of the ledger.")
 
 
 def _fail(message: str, code: int = 2) -> NoReturn:
@@ -45,13 +38,8 @@ def _fail(message: str, code: int = 2) -> NoReturn:
 
 
 @click.command(epilog=ROLES_HELP)
-@click.option(
-    "--database-url",
-    envvar=["LEDGER_MIGRATION_URL", "DATABASE_URL"],
-    show_envvar=True,
-    default=DEFAULT_DATABASE_URL,
-    show_default=True,
-    help="Where to migrate, as a role that is a member of reservations_owner (or a superuser).",
+@database_url_option(
+    "Where to migrate, as a role that is a member of reservations_owner (or a superuser).", migrations=True
 )
 @click.option("--check", is_flag=True, help="Only list the pending migrations; exit 1 if there are any.")
 def migrate(database_url: str, check: bool) -> None:

@@ -16,11 +16,12 @@ from workers.cli.history import (
     TimeType,
     chosen_format,
     console,
-    database_url_option,
     fail,
     open_reader,
+    reader_database_url,
 )
-from workers.config import DEFAULT_BROKER_URL, DEFAULT_DATABASE_URL, Settings
+from workers.cli.options import broker_url_option, database_url_option
+from workers.config import Settings
 from workers.core.action import Action
 from workers.errors import ReservationsError
 from workers.ledger.connector import Connector
@@ -41,14 +42,7 @@ def replay() -> None:
 
 
 @replay.command("rebuild")
-@click.option(
-    "--database-url",
-    envvar=["LEDGER_MIGRATION_URL", "DATABASE_URL"],
-    show_envvar=True,
-    default=DEFAULT_DATABASE_URL,
-    show_default=True,
-    help="The ledger; --apply needs a member of reservations_owner.",
-)
+@database_url_option("The ledger; --apply needs a member of reservations_owner.", migrations=True)
 @click.option("--apply", "apply_", is_flag=True, help="Overwrite the live projection with the rebuild.")
 @click.option(
     "--verify/--no-verify",
@@ -81,7 +75,7 @@ def rebuild(database_url: str, apply_: bool, check_chains: bool) -> None:
 
 
 @replay.command("timeline")
-@database_url_option
+@reader_database_url
 @click.option("--reservation", "reservation_sid", type=SidType("WR"), required=True, help="WR...")
 @click.option(
     "--format",
@@ -149,22 +143,8 @@ How a redrive works:
 
 
 @replay.command("redrive", epilog=REDRIVE_HELP)
-@click.option(
-    "--database-url",
-    envvar="DATABASE_URL",
-    show_envvar=True,
-    default=DEFAULT_DATABASE_URL,
-    show_default=True,
-    help="The ledger (the redrive rows are written as reservations_writer).",
-)
-@click.option(
-    "--broker-url",
-    envvar="CELERY_BROKER_URL",
-    show_envvar=True,
-    default=DEFAULT_BROKER_URL,
-    show_default=True,
-    help="RabbitMQ: where reservations.dead is and where the copies are published.",
-)
+@database_url_option("The ledger (the redrive rows are written as reservations_writer).")
+@broker_url_option("RabbitMQ: where reservations.dead is and where the copies are published.")
 @click.option(
     "--outcome",
     "outcomes",
