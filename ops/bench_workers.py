@@ -24,6 +24,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -131,16 +132,26 @@ def count(outcomes: dict[uuid.UUID, tuple[str, datetime]]) -> dict[str, int]:
     return tally
 
 
-def publish_share(
-    broker_url: str, messages: list[dict[str, Any]], start: float, pace: float | None, lanes: int
-) -> dict[str, float]:
-    """One producer process: publish its share (with confirms) from a few threads; when each went."""
+def publish_share(broker_url: str, messages: list[dict[str, Any]], pace: float | None) -> dict[str, float]:
+    """One producer process: publish its share (with confirms) from a few threads; when each went.
+
+    The clock starts only once every publisher is ready (imports done, a confirmed connection per
+    thread open): otherwise late starters publish their backlog in a burst, which is not the
+    steady arrival the paced run promises, and their imports compete with the workers for CPU.
+    """
     from workers.core.action import Action as WireAction
+    from workers.publishing import confirmed_producer
 
     app = create_app(Settings.from_env({"CELERY_BROKER_URL": broker_url}))
     published: dict[str, float] = {}
+    lanes_ready = threading.Barrier(THREADS_PER_PUBLISHER)
 
-    def lane(offset: int) -> None:
+    def connect() -> None:
+        with confirmed_producer(app) as producer:
+            producer.connection.ensure_connection(max_retries=3)
+            lanes_ready.wait()  # every lane holds a producer at once: one connection each
+
+    def lane(offset: int, start: float) -> None:
         for n in range(offset, len(messages), THREADS_PER_PUBLISHER):
             if pace is not None:
                 time.sleep(max(0.0, start + n / pace - time.time()))
@@ -148,8 +159,20 @@ def publish_share(
             enqueue(WireAction.from_message(messages[n]), app)
 
     with ThreadPoolExecutor(THREADS_PER_PUBLISHER) as threads:
-        list(threads.map(lane, range(THREADS_PER_PUBLISHER)))
+        list(threads.map(lambda _: connect(), range(THREADS_PER_PUBLISHER)))
+        assert _publishers_ready is not None
+        _publishers_ready.wait()
+        start = time.time()
+        list(threads.map(lane, range(THREADS_PER_PUBLISHER), [start] * THREADS_PER_PUBLISHER))
     return published
+
+
+_publishers_ready: Any = None  # a multiprocessing barrier, handed to each publisher process
+
+
+def _join_publishers(barrier: Any) -> None:
+    global _publishers_ready
+    _publishers_ready = barrier
 
 
 def run_celery(
@@ -164,13 +187,13 @@ def run_celery(
     admin.reset_counters()
     messages = [a.to_message() for a in actions]
     shares = [messages[i::PUBLISHERS] for i in range(PUBLISHERS)]
-    start = time.time() + 0.5  # the publishers start together, after their imports
     share_pace = None if pace is None else pace / PUBLISHERS
-    with ProcessPoolExecutor(PUBLISHERS, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = [
-            pool.submit(publish_share, settings.broker_url, share, start, share_pace, PUBLISHERS)
-            for share in shares
-        ]
+    context = multiprocessing.get_context("spawn")
+    ready = context.Barrier(PUBLISHERS, timeout=60)
+    with ProcessPoolExecutor(
+        PUBLISHERS, mp_context=context, initializer=_join_publishers, initargs=(ready,)
+    ) as pool:
+        futures = [pool.submit(publish_share, settings.broker_url, share, share_pace) for share in shares]
         published = {uuid.UUID(k): v for f in futures for k, v in f.result().items()}
     first = min(published.values())
     publishing = max(published.values()) - first
