@@ -11,6 +11,9 @@ and Celery worker processes. For each emulator latency it prints:
   one action after another, no Celery), and the ratio of the two;
 - at the paced latency, p50/p95/p99 when actions arrive at a steady rate (default 150/s).
 
+By default the publishers hand actions straight to the apply task (``enqueue``, as internal callers
+do); ``--via intake`` publishes plain JSON through the intake instead, as other services do.
+
 Run from the repository root: ``.venv/bin/python ops/bench_workers.py`` (``--help`` for options).
 Requests go to loopback only, and every loop is bounded in count and time.
 """
@@ -76,7 +79,7 @@ class Figures:
 
     def line(self) -> str:
         per_action = self.http_calls / self.actions
-        text = f"{self.label:<34} {self.rate:8.1f} actions/s   {per_action:4.2f} HTTP calls/action"
+        text = f"{self.label:<38} {self.rate:8.1f} actions/s   {per_action:4.2f} HTTP calls/action"
         if self.latencies_ms:
             text += (
                 f"   p50 {self.percentile(0.50):6.1f} ms  p95 {self.percentile(0.95):6.1f} ms"
@@ -132,21 +135,30 @@ def count(outcomes: dict[uuid.UUID, tuple[str, datetime]]) -> dict[str, int]:
     return tally
 
 
-def publish_share(broker_url: str, messages: list[dict[str, Any]], pace: float | None) -> dict[str, float]:
+def publish_share(
+    broker_url: str, messages: list[dict[str, Any]], pace: float | None, via: str
+) -> dict[str, float]:
     """One producer process: publish its share (with confirms) from a few threads; when each went.
 
-    The clock starts only once every publisher is ready (imports done, a confirmed connection per
-    thread open): otherwise late starters publish their backlog in a burst, which is not the
-    steady arrival the paced run promises, and their imports compete with the workers for CPU.
+    ``via`` is ``apply`` (``enqueue``: straight to the apply task, as internal callers do) or
+    ``intake`` (a :class:`~workers.producer.Producer` per thread: plain JSON to the intake, as other
+    services do). The clock starts only once every publisher is ready (imports done, a confirmed
+    connection per thread open): otherwise late starters publish their backlog in a burst, which
+    is not the steady arrival the paced run promises, and their imports compete with the workers.
     """
     from workers.core.action import Action as WireAction
+    from workers.producer import Producer
     from workers.publishing import confirmed_producer
 
     app = create_app(Settings.from_env({"CELERY_BROKER_URL": broker_url}))
     published: dict[str, float] = {}
     lanes_ready = threading.Barrier(THREADS_PER_PUBLISHER)
+    producers = [Producer(broker_url) for _ in range(THREADS_PER_PUBLISHER)]
 
-    def connect() -> None:
+    def connect(lane: int) -> None:
+        if via == "intake":
+            producers[lane].connect()
+            return
         with confirmed_producer(app) as producer:
             producer.connection.ensure_connection(max_retries=3)
             lanes_ready.wait()  # every lane holds a producer at once: one connection each
@@ -156,14 +168,19 @@ def publish_share(broker_url: str, messages: list[dict[str, Any]], pace: float |
             if pace is not None:
                 time.sleep(max(0.0, start + n / pace - time.time()))
             published[messages[n]["action_id"]] = time.time()
-            enqueue(WireAction.from_message(messages[n]), app)
+            if via == "intake":
+                producers[offset].publish(messages[n])
+            else:
+                enqueue(WireAction.from_message(messages[n]), app)
 
     with ThreadPoolExecutor(THREADS_PER_PUBLISHER) as threads:
-        list(threads.map(lambda _: connect(), range(THREADS_PER_PUBLISHER)))
+        list(threads.map(connect, range(THREADS_PER_PUBLISHER)))
         assert _publishers_ready is not None
         _publishers_ready.wait()
         start = time.time()
         list(threads.map(lane, range(THREADS_PER_PUBLISHER), [start] * THREADS_PER_PUBLISHER))
+    for producer in producers:
+        producer.close()
     return published
 
 
@@ -182,6 +199,7 @@ def run_celery(
     actions: list[Action],
     db_url: str,
     pace: float | None = None,
+    via: str = "apply",
 ) -> Figures:
     """Producers are many services: several processes publish, each waiting for its own confirms."""
     admin.reset_counters()
@@ -193,7 +211,9 @@ def run_celery(
     with ProcessPoolExecutor(
         PUBLISHERS, mp_context=context, initializer=_join_publishers, initargs=(ready,)
     ) as pool:
-        futures = [pool.submit(publish_share, settings.broker_url, share, share_pace) for share in shares]
+        futures = [
+            pool.submit(publish_share, settings.broker_url, share, share_pace, via) for share in shares
+        ]
         published = {uuid.UUID(k): v for f in futures for k, v in f.result().items()}
     first = min(published.values())
     publishing = max(published.values()) - first
@@ -278,9 +298,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--pace-latency", type=int, default=50, help="emulator latency of the paced run (50 ms)"
     )
     parser.add_argument("--pace-seconds", type=float, default=10.0, help="length of the paced run (10 s)")
+    parser.add_argument(
+        "--via",
+        choices=("apply", "intake"),
+        default="apply",
+        help="apply: enqueue() straight to the apply task (default); intake: plain JSON through the "
+        "intake, as other services publish",
+    )
     args = parser.parse_args(argv)
     latencies = [int(x) for x in args.latencies.split(",") if x.strip()]
     per_reservation = max(1, args.actions // args.reservations)
+    via = " via intake" if args.via == "intake" else ""
 
     print(
         f"{args.workers} worker process(es) x {args.concurrency} {args.pool}; {args.actions} actions over "
@@ -310,25 +338,27 @@ def main(argv: Sequence[str] | None = None) -> int:
                     for worker in workers:
                         stack.enter_context(worker)
                     warmup = actions_for(seed(admin, args.workers * args.concurrency), 1)
-                    run_celery("warm-up", settings, admin, warmup, db_url)
+                    run_celery("warm-up", settings, admin, warmup, db_url, via=args.via)
                     celery = run_celery(
-                        f"celery, {latency} ms",
+                        f"celery{via}, {latency} ms",
                         settings,
                         admin,
                         actions_for(seed(admin, args.reservations), per_reservation),
                         db_url,
+                        via=args.via,
                     )
                     paced = None
                     if latency == args.pace_latency:
                         n = int(args.pace * args.pace_seconds)
                         reservations = seed(admin, max(1, n // per_reservation))
                         paced = run_celery(
-                            f"celery, {latency} ms, paced {args.pace:.0f}/s",
+                            f"celery{via}, {latency} ms, paced {args.pace:.0f}/s",
                             settings,
                             admin,
                             actions_for(reservations, per_reservation)[:n],
                             db_url,
                             pace=args.pace,
+                            via=args.via,
                         )
                 loop_reservations = max(1, args.loop_actions // per_reservation)
                 loop = run_loop(
@@ -342,7 +372,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if paced is not None:
                     print(paced.line())
                 print(loop.line())
-                print(f"{'ratio celery / plain loop':<34} {celery.rate / loop.rate:8.2f}x")
+                print(f"{'ratio celery / plain loop':<38} {celery.rate / loop.rate:8.2f}x")
                 sys.stdout.flush()
     return 0
 

@@ -102,6 +102,16 @@ class Producer:
             self._producer = KombuProducer(self._connection)
         return self._producer
 
+    def connect(self) -> None:
+        """Open the connection now: a service finds out at start-up, not on its first publish."""
+        with self._lock:
+            try:
+                producer = self._ensure()
+                producer.connection.ensure_connection(**_PUBLISH_RETRY)
+            except Exception as exc:
+                self._reset()
+                raise PublishError(f"cannot reach RabbitMQ: {type(exc).__name__}: {exc}") from exc
+
     def publish(self, action: Action | Mapping[str, Any]) -> None:
         """Validate and publish one action; return once RabbitMQ confirmed it."""
         body = encode(action)

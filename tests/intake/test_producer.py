@@ -80,6 +80,19 @@ def test_an_unroutable_message_raises_a_publish_error() -> None:
             )
 
 
+def test_connect_opens_the_connection_up_front_and_fails_fast_on_a_dead_broker(broker_url: str) -> None:
+    with Producer(broker_url) as producer:
+        producer.connect()
+        assert producer._connection is not None
+        assert producer._connection.connected
+    unused_port = "amqp://guest:guest@127.0.0.1:1//"
+    with (
+        pytest.raises(PublishError, match="cannot reach RabbitMQ"),
+        Producer(unused_port) as producer,
+    ):
+        producer.connect()
+
+
 def test_errors_survive_pickling() -> None:
     for error in (InvalidAction("bad_sid", "task_sid: must match"), PublishError("no confirm")):
         assert str(pickle.loads(pickle.dumps(error))) == str(error)  # noqa: S301 - our own bytes
