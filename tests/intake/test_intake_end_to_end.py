@@ -100,6 +100,32 @@ def test_a_valid_message_of_each_action_published_with_plain_amqp_is_applied(
     assert [row.kind for row in rows] == ["received", "transition", "outcome"]
 
 
+def test_a_copy_of_a_settled_action_is_not_handed_to_the_apply_task_again(
+    worker: WorkerProcess, admin: EmulatorAdmin, ledger: Ledger, broker_url: str
+) -> None:
+    reservation = admin.create_reservation()
+    message = addressed("accept", reservation)
+    action_id = uuid.UUID(message["action_id"])
+    publish_json(broker_url, message)
+    assert wait_for_outcome(ledger, action_id).outcome == "applied"
+    calls_before = admin.reservation_counts(reservation.sid).calls
+
+    publish_json(broker_url, message)  # a producer's retry after a lost confirm, say
+    marker = addressed("accept", admin.create_reservation())
+    publish_json(broker_url, marker)
+    wait_for_outcome(ledger, uuid.UUID(marker["action_id"]))
+    deadline = time.monotonic() + VISIBLE_TIMEOUT
+    while "not handed over again" not in worker.log() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+    log = [line for line in worker.log().splitlines() if message["action_id"] in line]
+    assert any("already settled, applied: not handed over again" in line for line in log)
+    assert not any("a redelivery or a duplicate" in line for line in log)  # the apply task never saw it
+    assert admin.reservation_counts(reservation.sid).calls == calls_before
+    rows = wait_rows(lambda: ledger.history(action_id=action_id), 3)
+    assert [row.kind for row in rows] == ["received", "transition", "outcome"]
+
+
 def _call(**changes: Any) -> bytes:
     return json.dumps(fresh(example("call"), **changes)).encode()
 

@@ -4,6 +4,10 @@ fate per message, acknowledged only once recorded and forwarded, requeued when e
 from __future__ import annotations
 
 import json
+import queue
+import threading
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +22,7 @@ from workers.core.action import Action
 from workers.errors import LedgerUnavailable
 from workers.intake import step
 from workers.intake.step import Intake
+from workers.ledger.models import Arrival
 from workers.producer import hand_to_apply
 from workers.topology import OUTCOME_HEADER, REJECT_CODE_HEADER
 
@@ -38,22 +43,22 @@ class FakeMessage:
         self.requeues += 1
 
 
-@dataclass
-class Receipt:
-    created: bool
-
-
 class FakeLedger:
     def __init__(self) -> None:
         self.received: list[Action] = []
         self.rejected: list[tuple[dict[str, Any] | None, str]] = []
         self.fail = False
+        self.closed = False
+        self.outcomes: dict[uuid.UUID, str] = {}
 
-    def record_received(self, action: Action) -> Receipt:
+    def close(self) -> None:
+        self.closed = True
+
+    def receive(self, action: Action) -> Arrival:
         if self.fail:
             raise LedgerUnavailable("down")
         self.received.append(action)
-        return Receipt(True)
+        return Arrival(created=True, outcome=self.outcomes.get(action.action_id), reservation=None)
 
     def record_rejected_input(self, message: dict[str, Any] | None, reason: str) -> int:
         if self.fail:
@@ -68,6 +73,7 @@ class Harness:
         self.applied: list[dict[str, Any]] = []
         self.dead: list[tuple[bytes, str, dict[str, Any]]] = []
         self.publish_fails = False
+        self.apply_threads: list[int] = []
         self.intake = Intake(app=None)  # the fakes below publish nothing
         self.intake._ledger = self.ledger  # type: ignore[assignment]
         monkeypatch.setattr(step, "hand_to_apply", self._apply)
@@ -78,6 +84,7 @@ class Harness:
         if self.publish_fails:
             raise ConnectionError("broker gone")
         self.applied.append(message)
+        self.apply_threads.append(threading.get_ident())
 
     def _dead(self, app: Any, body: bytes, reason: str, **options: Any) -> None:
         if self.publish_fails:
@@ -100,6 +107,15 @@ def test_a_valid_message_is_recorded_then_handed_to_the_apply_task_then_acked(ha
     assert [str(a.action_id) for a in harness.ledger.received] == [message["action_id"]]
     assert harness.applied == [message]
     assert (raw.acks, raw.requeues, harness.dead) == (1, 0, [])
+
+
+def test_a_copy_of_a_settled_action_is_acked_without_a_second_hand_off(harness: Harness) -> None:
+    message = fresh(example("accept"))
+    harness.ledger.outcomes[uuid.UUID(message["action_id"])] = "applied"
+    raw = FakeMessage(json.dumps(message).encode())
+    harness.intake.on_message(raw)  # type: ignore[arg-type]
+    assert [str(a.action_id) for a in harness.ledger.received] == [message["action_id"]]
+    assert (raw.acks, harness.applied, harness.dead) == (1, [], [])
 
 
 def test_a_bad_message_is_recorded_and_dead_lettered_as_it_came_then_acked(harness: Harness) -> None:
@@ -164,6 +180,45 @@ def test_the_pause_before_a_requeue_grows_with_the_delivery_count_and_is_capped(
     for count in (0, 3, 50):
         harness.intake.on_message(FakeMessage(b"[]", headers={"x-delivery-count": count}))  # type: ignore[arg-type]
     assert pauses == [step.RETRY_PAUSE, step.RETRY_PAUSE * 8, step.MAX_RETRY_PAUSE]
+
+
+def test_with_threads_the_loop_only_hands_over_and_gets_the_acknowledgement_back(harness: Harness) -> None:
+    """The event loop must not wait on the ledger or a confirm, and only its thread may ack."""
+    handed_back: queue.Queue[Callable[[], None]] = queue.Queue()
+    intake = Intake(app=None, threads=2, on_loop=handed_back.put)
+    intake._ledger = harness.ledger  # type: ignore[assignment]
+    good = FakeMessage(json.dumps(fresh(example("accept"))).encode())
+    intake.on_message(good)  # type: ignore[arg-type]
+    acknowledge = handed_back.get(timeout=10)
+    (apply_thread,) = harness.apply_threads
+    assert apply_thread != threading.get_ident()
+    assert good.acks == 0  # the pool thread recorded and forwarded it, but did not ack it
+    acknowledge()
+    assert good.acks == 1
+
+    harness.ledger.fail = True
+    failing = FakeMessage(json.dumps(fresh(example("accept"))).encode())
+    intake.on_message(failing)  # type: ignore[arg-type]
+    requeue = handed_back.get(timeout=10)
+    assert failing.requeues == 0
+    requeue()
+    assert (failing.acks, failing.requeues) == (0, 1)
+    intake.close()
+    assert harness.ledger.closed
+
+
+def test_an_acknowledgement_on_a_closed_channel_does_not_escape_the_loop(harness: Harness) -> None:
+    handed_back: list[Callable[[], None]] = []
+    harness.intake = Intake(app=None, on_loop=handed_back.append)
+    harness.intake._ledger = harness.ledger  # type: ignore[assignment]
+
+    class ClosedChannel(FakeMessage):
+        def ack(self) -> None:
+            raise ConnectionError("channel closed")
+
+    harness.intake.on_message(ClosedChannel(json.dumps(fresh(example("accept"))).encode()))  # type: ignore[arg-type]
+    (acknowledge,) = handed_back
+    acknowledge()  # logged; the broker redelivers the message and the ledger makes it idempotent
 
 
 MESSAGES = st.one_of(

@@ -5,8 +5,9 @@ consumes it raw, with its own channel and a bounded prefetch: kombu's decoding i
 (``on_message``), because kombu's default for an undecodable message is to acknowledge and drop it.
 For each message, :func:`~workers.intake.validation.decide` gives exactly one fate:
 
-- **accepted**: ``ledger.record_received(action)`` (idempotent), then the message is handed to the
-  apply task (task id = action_id, confirmed publish), then acknowledged;
+- **accepted**: the action is recorded as received (idempotent on its action_id), then the message
+  is handed to the apply task (task id = action_id, confirmed publish), then acknowledged; a copy of
+  an action that has already settled is acknowledged without a second hand-off;
 - **rejected**: a ``rejected_input`` ledger row (PII redacted), then the original bytes go to
   ``reservations.dead`` with the reason in headers (confirmed publish), then acknowledged.
 
@@ -19,6 +20,12 @@ The step declares everything it uses: the ``reservations`` exchange, the queue a
 and the dead-letter exchange and queue. It consumes with a prefetch of ``INTAKE_PREFETCH`` messages
 (default 32). It runs in the worker's main process; its ledger pool is opened lazily, on the first
 message.
+
+The worker's event loop must not wait on the ledger or on a publisher confirm (it also delivers
+the apply tasks and their acknowledgements), so the loop only hands each message to one of
+``INTAKE_THREADS`` threads (default 8), and the thread gives the acknowledgement (or the requeue)
+back to the loop, the one thread that may touch the channel. Without an event loop (the gevent
+and eventlet pools) messages are handled where they arrive.
 """
 
 from __future__ import annotations
@@ -27,6 +34,9 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Any
 
 from celery import Celery, bootsteps
@@ -38,6 +48,7 @@ from workers.core.planner import Outcome
 from workers.dead_letters import publish_dead_letter
 from workers.intake.validation import Accepted, Fate, RejectCode, Rejected, decide, readable
 from workers.ledger import Ledger
+from workers.ledger.models import Arrival
 from workers.producer import hand_to_apply
 from workers.topology import (
     OUTCOME_HEADER,
@@ -49,29 +60,50 @@ from workers.topology import (
 logger = logging.getLogger("workers.intake")
 
 DEFAULT_PREFETCH = 32
+DEFAULT_THREADS = 8
 # Pause before a message whose handling failed is requeued: grows with its delivery count.
 RETRY_PAUSE = 0.05
 MAX_RETRY_PAUSE = 1.0
 
 
-class Intake:
-    """Handles raw messages: decides their fate, records it, forwards it, acknowledges them."""
+OnLoop = Callable[[Callable[[], None]], Any]
 
-    def __init__(self, app: Celery, settings: Settings | None = None) -> None:
+
+def _at_once(callback: Callable[[], None]) -> None:
+    callback()
+
+
+class Intake:
+    """Handles raw messages: decides their fate, records it, forwards it, acknowledges them.
+
+    With ``threads`` > 0 the handling runs on a pool of that many threads, and every
+    acknowledgement or requeue is passed to ``on_loop`` (the event loop's thread-safe
+    ``call_soon``); otherwise everything happens in the caller, at once.
+    """
+
+    def __init__(
+        self, app: Celery, settings: Settings | None = None, *, threads: int = 0, on_loop: OnLoop = _at_once
+    ) -> None:
         self.app = app
         self.settings = settings
         self._ledger: Ledger | None = None
         self._lock = threading.Lock()
+        self._threads = threads
+        self._on_loop = on_loop
+        self._executor = ThreadPoolExecutor(threads, thread_name_prefix="intake") if threads > 0 else None
 
     @property
     def ledger(self) -> Ledger:
         with self._lock:
             if self._ledger is None:
                 settings = self.settings or Settings.from_env()
-                self._ledger = Ledger.from_settings(settings, min_size=1, max_size=2)
+                self._ledger = Ledger.from_settings(settings, min_size=1, max_size=max(2, self._threads))
             return self._ledger
 
     def close(self) -> None:
+        """Finish the messages in hand (their acks may no longer reach the broker: it redelivers)."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
         with self._lock:
             if self._ledger is not None:
                 self._ledger.close()
@@ -79,31 +111,43 @@ class Intake:
 
     def on_message(self, message: Message) -> None:
         """kombu's ``on_message`` callback: never raises."""
+        self._dispatch(message, None)
+
+    def on_decode_error(self, message: Message, exc: Exception) -> None:
+        """kombu could not even unpack the message (e.g. an unknown compression header)."""
+        fate = Rejected(RejectCode.CONTENT_ENCODING, f"kombu cannot unpack it: {type(exc).__name__}")
+        self._dispatch(message, fate)
+
+    def _dispatch(self, message: Message, fate: Fate | None) -> None:
+        if self._executor is None:
+            self._handle(message, fate)
+            return
         try:
-            fate = decide(_body(message), message.content_type, message.content_encoding)
+            self._executor.submit(self._handle, message, fate)
+        except RuntimeError:  # shutting down: the broker redelivers what was not acknowledged
+            logger.warning("intake: shutting down, a message is left for redelivery")
+
+    def _handle(self, message: Message, fate: Fate | None) -> None:
+        """Settle one message. Nothing escapes: in a pool thread it would leave the message
+        neither acknowledged nor requeued."""
+        try:
+            if fate is None:
+                fate = decide(_body(message), message.content_type, message.content_encoding)
             self.settle(message, fate)
         except Exception:
             logger.exception("intake: could not settle a message; it will be redelivered")
             self._retry_later(message)
 
-    def on_decode_error(self, message: Message, exc: Exception) -> None:
-        """kombu could not even unpack the message (e.g. an unknown compression header)."""
-        try:
-            fate = Rejected(RejectCode.CONTENT_ENCODING, f"kombu cannot unpack it: {type(exc).__name__}")
-            self.settle(message, fate)
-        except Exception:
-            logger.exception("intake: could not dead-letter an undecodable message")
-            self._retry_later(message)
-
     def settle(self, message: Message, fate: Fate) -> None:
         """Record and forward ``fate``, then acknowledge; raises if any step fails (nothing acked)."""
         if isinstance(fate, Accepted):
-            receipt = self.ledger.record_received(fate.action)
-            hand_to_apply(self.app, fate.message)
+            arrival = self.ledger.receive(fate.action)
+            if arrival.outcome is None:
+                hand_to_apply(self.app, fate.message)
             logger.info(
                 "intake: action %s accepted%s",
                 fate.action.action_id,
-                "" if receipt.created else " (already received)",
+                _seen_before(arrival),
                 extra={"action_id": str(fate.action.action_id), "outcome": "received"},
             )
         else:
@@ -124,15 +168,12 @@ class Intake:
                 fate.text,
                 extra={"action_id": fate.action_id, "outcome": Outcome.REJECTED_INPUT.value},
             )
-        message.ack()
+        self._on_loop(partial(_acknowledge, message))
 
     def _retry_later(self, message: Message) -> None:
         count = _delivery_count(message)
         time.sleep(min(RETRY_PAUSE * 2**count, MAX_RETRY_PAUSE))
-        try:
-            message.requeue()
-        except Exception:  # the channel is gone: the broker redelivers unacknowledged messages
-            logger.exception("intake: could not requeue a message")
+        self._on_loop(partial(_requeue, message))
 
 
 class IntakeStep(bootsteps.ConsumerStep):  # type: ignore[misc]  # celery ships no types
@@ -144,7 +185,12 @@ class IntakeStep(bootsteps.ConsumerStep):  # type: ignore[misc]  # celery ships 
 
     def start(self, c: Any) -> None:
         if self.intake is None:
-            self.intake = Intake(c.app)
+            hub = getattr(c, "hub", None)
+            if hub is None:  # no event loop to hand acknowledgements back to
+                self.intake = Intake(c.app)
+            else:
+                threads = int(os.environ.get("INTAKE_THREADS", DEFAULT_THREADS))
+                self.intake = Intake(c.app, threads=threads, on_loop=hub.call_soon)
         super().start(c)
 
     def get_consumers(self, channel: Any) -> list[Consumer]:
@@ -170,6 +216,28 @@ class IntakeStep(bootsteps.ConsumerStep):  # type: ignore[misc]  # celery ships 
 def install(app: Celery) -> None:
     """Run the intake in every worker of ``app``."""
     app.steps["consumer"].add(IntakeStep)
+
+
+def _seen_before(arrival: Arrival) -> str:
+    if arrival.created:
+        return ""
+    if arrival.outcome is None:
+        return " (already received)"
+    return f" (already settled, {arrival.outcome}: not handed over again)"
+
+
+def _acknowledge(message: Message) -> None:
+    try:
+        message.ack()
+    except Exception:  # the channel is gone: the broker redelivers unacknowledged messages
+        logger.exception("intake: could not acknowledge a message; it will be redelivered")
+
+
+def _requeue(message: Message) -> None:
+    try:
+        message.requeue()
+    except Exception:  # the channel is gone: the broker redelivers unacknowledged messages
+        logger.exception("intake: could not requeue a message")
 
 
 def _body(message: Message) -> bytes:
