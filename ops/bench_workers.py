@@ -34,6 +34,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -273,6 +274,23 @@ def scratch_database() -> Iterator[str]:
         drop_database(url)
 
 
+def proportional_memory_mb(pid: int) -> float:
+    """PSS of a process and its descendants (Linux): shared pages are split between the processes
+    that share them, so a prefork pool's children are not counted once each for the parent's pages."""
+    total_kb, pending = 0, [pid]
+    while pending:
+        current = pending.pop()
+        proc = Path(f"/proc/{current}")
+        try:
+            rollup = (proc / "smaps_rollup").read_text()
+            for children in proc.glob("task/*/children"):
+                pending.extend(int(child) for child in children.read_text().split())
+        except OSError:  # gone, or not Linux
+            continue
+        total_kb += next((int(line.split()[1]) for line in rollup.splitlines() if line.startswith("Pss:")), 0)
+    return total_kb / 1024
+
+
 def seed(admin: EmulatorAdmin, count_: int) -> list[ReservationInfo]:
     workspace = admin.create_workspace()["sid"]
     return [admin.create_reservation(workspace_sid=workspace) for _ in range(count_)]
@@ -347,6 +365,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         db_url,
                         via=args.via,
                     )
+                    memory = sum(proportional_memory_mb(w.process.pid) for w in workers if w.process)
                     paced = None
                     if latency == args.pace_latency:
                         n = int(args.pace * args.pace_seconds)
@@ -369,6 +388,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     db_url,
                 )
                 print(celery.line())
+                print(f"{'worker memory (PSS, all processes)':<38} {memory:8.0f} MB")
                 if paced is not None:
                     print(paced.line())
                 print(loop.line())
