@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -154,3 +156,50 @@ def test_header_lookup_ignores_case() -> None:
     assert header({"Etag": "3"}, "ETag") == "3"
     assert header({"etag": "4"}, "ETag") == "4"
     assert header({}, "ETag") is None
+
+
+def test_a_list_parameter_is_sent_as_repeated_fields(
+    gateway: TaskRouterGateway, admin: EmulatorAdmin, reservation: ReservationInfo
+) -> None:
+    """Twilio reads ``ConferenceStatusCallbackEvent=start&ConferenceStatusCallbackEvent=end``;
+    anything else (a Python list's repr, say) is an invalid enum value and a 400."""
+    arguments = {
+        "instruction": "conference",
+        "conference_status_callback": "https://example.test/conference",
+        "conference_status_callback_event": ["start", "end"],
+    }
+    updated = gateway.update(task_ref(reservation), arguments, if_match=reservation.etag)
+    assert updated.status == "accepted"
+
+
+def test_no_answer_in_time_is_transient(strict_emulator: EmulatorServer, admin: EmulatorAdmin) -> None:
+    reservation = admin.create_reservation()
+    admin.add_fault("latency", latency_ms=2000)
+    impatient = TaskRouterGateway.from_settings(
+        Settings(taskrouter_base_url=strict_emulator.base_url), timeout=0.2
+    )
+    started = time.monotonic()
+    with pytest.raises(TransientTaskRouterError, match="did not answer in time") as caught:
+        impatient.fetch(task_ref(reservation))
+    assert caught.value.status is None
+    assert time.monotonic() - started < 1.5
+
+
+def test_the_proxy_comes_from_the_environment_and_no_proxy_is_honoured(
+    strict_emulator: EmulatorServer, reservation: ReservationInfo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = Settings(taskrouter_base_url=strict_emulator.base_url)
+    with socket.socket() as closed:  # a port nothing listens on: a proxy that is down
+        closed.bind(("127.0.0.1", 0))
+        dead_proxy = f"http://127.0.0.1:{closed.getsockname()[1]}"
+    for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", dead_proxy)
+    monkeypatch.setenv("http_proxy", dead_proxy)
+    with pytest.raises(TransientTaskRouterError, match="connection failed"):
+        TaskRouterGateway.from_settings(settings, timeout=2).fetch(task_ref(reservation))
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    monkeypatch.setenv("no_proxy", "127.0.0.1")
+    assert (
+        TaskRouterGateway.from_settings(settings, timeout=2).fetch(task_ref(reservation)).status == "pending"
+    )

@@ -9,16 +9,13 @@ gateway per thread, greenlet or process (``TaskRouterGateway.from_settings`` doe
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import requests
+import urllib3
 from twilio.base.exceptions import TwilioRestException, TwilioServiceException
-from twilio.http.http_client import TwilioHttpClient
-from twilio.http.response import Response
 from twilio.rest import Client
 
 from workers import metrics
@@ -32,10 +29,9 @@ from workers.errors import (
     Throttled,
     TransientTaskRouterError,
 )
+from workers.taskrouter.http import Urllib3HttpClient, proxy_for
 
 DEFAULT_TIMEOUT_SECONDS = 10.0
-# twilio's HTTP client logs every request line at INFO; our own logs say what matters, without noise.
-logging.getLogger("twilio.http_client").setLevel(logging.WARNING)
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,33 +61,15 @@ class ReservationState:
     http_status: int
 
 
-class _RecordingHttpClient(TwilioHttpClient):  # type: ignore[misc]
-    """Keeps the last response, so an error's ``Retry-After`` and request id can be read."""
-
-    last_response: Response | None = None
-
-    def request(self, *args: Any, **kwargs: Any) -> Response:
-        self.last_response = None
-        response: Response = super().request(*args, **kwargs)
-        self.last_response = response
-        return response
-
-
 class TaskRouterGateway:
-    def __init__(self, client: Client, http_client: _RecordingHttpClient) -> None:
+    def __init__(self, client: Client, http_client: Urllib3HttpClient) -> None:
         self._client = client
         self._http = http_client
         self._v1 = client.taskrouter.v1
 
     @classmethod
     def from_settings(cls, settings: Settings, timeout: float = DEFAULT_TIMEOUT_SECONDS) -> TaskRouterGateway:
-        # Proxy settings come from the environment once, not on every request: requests would
-        # otherwise re-read the proxy variables and ~/.netrc for each call (a tenth of a
-        # worker's CPU in the benchmark).
-        proxies = requests.utils.get_environ_proxies(settings.taskrouter_base_url)
-        http_client = _RecordingHttpClient(pool_connections=True, timeout=timeout, proxy=proxies or None)
-        if http_client.session is not None:
-            http_client.session.trust_env = False
+        http_client = Urllib3HttpClient(timeout, proxy_for(settings.taskrouter_base_url))
         credentials = settings.twilio
         client = Client(
             credentials.username,
@@ -155,10 +133,10 @@ class TaskRouterGateway:
             error = self._translate(exc)
             metrics.taskrouter_call(endpoint, str(error.status), started)
             raise error from exc
-        except requests.Timeout as exc:
+        except urllib3.exceptions.TimeoutError as exc:
             metrics.taskrouter_call(endpoint, "timeout", started)
             raise TransientTaskRouterError(f"TaskRouter did not answer in time: {exc}") from exc
-        except requests.ConnectionError as exc:
+        except urllib3.exceptions.HTTPError as exc:  # refused, reset, dropped, TLS, proxy
             metrics.taskrouter_call(endpoint, "connection_error", started)
             raise TransientTaskRouterError(f"TaskRouter connection failed: {exc}") from exc
         metrics.taskrouter_call(endpoint, str(response.status_code), started)
