@@ -51,6 +51,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         },
         "task_create_missing_queues": False,
         # An attempt is a fetch and an update with a 10 s HTTP time-out each, plus ledger writes.
+        # Celery enforces these with the prefork and gevent pools, not with threads (our default):
+        # there every wait of a run is bounded on its own (HTTP connect and read 10 s each, the
+        # reservation's lock 30 s, any ledger statement 40 s, a publisher confirm 10 s).
         "task_soft_time_limit": 60,
         "task_time_limit": 90,
         # Task events cost about 15% of throughput (three publishes per task), so they are off

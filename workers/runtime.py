@@ -13,11 +13,15 @@ import threading
 from workers.applier import ActionApplier
 from workers.config import Settings
 from workers.ledger import Ledger
+from workers.ledger.store import LOCK_TIMEOUT
 from workers.taskrouter.gateway import TaskRouterGateway
 
 # One connection per concurrently applied action (it holds the reservation's lock and carries the
 # action's writes), plus a few for the rest; psycopg_pool opens them only as they are needed.
 DEFAULT_LEDGER_POOL_MAX = 36
+# No ledger statement of a run waits longer (Celery enforces no time limit on the threads pool);
+# the longest legitimate one is the wait for the reservation's lock.
+LEDGER_STATEMENT_TIMEOUT = LOCK_TIMEOUT + 10.0
 
 
 class Runtime:
@@ -33,7 +37,9 @@ class Runtime:
         with self._lock:
             if self._ledger is None:
                 max_size = int(os.environ.get("LEDGER_POOL_MAX", DEFAULT_LEDGER_POOL_MAX))
-                self._ledger = Ledger.from_settings(self.settings, min_size=1, max_size=max_size)
+                self._ledger = Ledger.from_settings(
+                    self.settings, min_size=1, max_size=max_size, statement_timeout=LEDGER_STATEMENT_TIMEOUT
+                )
             return self._ledger
 
     def gateway(self) -> TaskRouterGateway:

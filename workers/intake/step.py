@@ -61,6 +61,8 @@ logger = logging.getLogger("workers.intake")
 
 DEFAULT_PREFETCH = 32
 DEFAULT_THREADS = 8
+# A message is requeued rather than held while the ledger hangs (its writes take milliseconds).
+INTAKE_STATEMENT_TIMEOUT = 10.0
 # Pause before a message whose handling failed is requeued: grows with its delivery count.
 RETRY_PAUSE = 0.05
 MAX_RETRY_PAUSE = 1.0
@@ -97,7 +99,12 @@ class Intake:
         with self._lock:
             if self._ledger is None:
                 settings = self.settings or Settings.from_env()
-                self._ledger = Ledger.from_settings(settings, min_size=1, max_size=max(2, self._threads))
+                self._ledger = Ledger.from_settings(
+                    settings,
+                    min_size=1,
+                    max_size=max(2, self._threads),
+                    statement_timeout=INTAKE_STATEMENT_TIMEOUT,
+                )
             return self._ledger
 
     def close(self) -> None:

@@ -84,8 +84,19 @@ def connect(conninfo: str, role: Role | None, **kwargs: Any) -> Iterator[Connect
             conn.close()
 
 
+def with_statement_timeout(conninfo: str, seconds: float) -> str:
+    """The same connection string, with a server-side ``statement_timeout`` added to its options."""
+    options = conninfo_to_dict(conninfo).get("options") or ""
+    return make_conninfo(conninfo, options=f"{options} -c statement_timeout={round(seconds * 1000)}".strip())
+
+
 class Connector:
-    """A pool of connections that all run as ``role``."""
+    """A pool of connections that all run as ``role``.
+
+    ``statement_timeout`` (seconds) bounds every statement on the server, so that a run never
+    waits on the database for longer than that, whatever the worker pool (Celery's time limits
+    do not apply to the threads pool).
+    """
 
     def __init__(
         self,
@@ -95,9 +106,12 @@ class Connector:
         min_size: int = 1,
         max_size: int = 10,
         timeout: float = 10.0,
+        statement_timeout: float | None = None,
         name: str = "ledger",
     ) -> None:
         self.role = role
+        if statement_timeout is not None:
+            conninfo = with_statement_timeout(conninfo, statement_timeout)
         self._pool = psycopg_pool.ConnectionPool(
             conninfo,
             min_size=min_size,

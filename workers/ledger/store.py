@@ -63,6 +63,8 @@ HISTORY_COLUMNS: tuple[LiteralString, ...] = (
 )
 _PII_NAMES = tuple(sorted({name for p in PARAMETERS if p.pii for name in (p.wire, p.keyword)}))
 _START = Cursor(0, 0)
+# How long an action waits for another worker to finish with its reservation (then ReservationBusy).
+LOCK_TIMEOUT = 30.0
 _PROJECTION_FIELDS = (
     "reservation_sid",
     "workspace_sid",
@@ -114,7 +116,7 @@ class Ledger:
     # -- serialising the workers ----------------------------------------------------------------
 
     @contextmanager
-    def reservation_lock(self, reservation_sid: str, timeout: float = 30.0) -> Iterator[Ledger]:
+    def reservation_lock(self, reservation_sid: str, timeout: float = LOCK_TIMEOUT) -> Iterator[Ledger]:
         """Hold the reservation's advisory lock while an action is applied to it.
 
         Two workers never act on one reservation at once; races with anyone else are settled by
