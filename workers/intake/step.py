@@ -218,6 +218,7 @@ class IntakeStep(bootsteps.ConsumerStep):  # type: ignore[misc]  # celery ships 
         super().shutdown(c)
         if self.intake is not None:
             self.intake.close()
+            self.intake = None  # a consumer started again builds a new one (closed pools do not reopen)
 
 
 def install(app: Celery) -> None:
