@@ -13,7 +13,7 @@ from typing import Any
 from celery import Celery
 
 from workers import metrics
-from workers.publishing import confirmed_producer
+from workers.publishing import CONFIRM_TIMEOUT, confirmed_producer
 from workers.topology import (
     ACTION_ID_HEADER,
     DEAD_LETTER_EXCHANGE,
@@ -55,5 +55,6 @@ def publish_dead_letter(
             delivery_mode=2,
             declare=[dead_letter_queue()],
             retry=True,
+            confirm_timeout=CONFIRM_TIMEOUT,
         )
     metrics.dead_letter(str(headers.get(OUTCOME_HEADER, "unknown")))

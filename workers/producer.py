@@ -30,11 +30,9 @@ from kombu.messaging import Producer as KombuProducer
 from workers.config import Settings
 from workers.core.action import Action
 from workers.errors import ReservationsError
-from workers.publishing import confirmed_producer
+from workers.publishing import CONFIRM_TIMEOUT, confirmed_producer
 from workers.topology import ACTIONS_EXCHANGE, routing_key_for
 
-# How long to wait for the broker's confirm before giving up on a publish.
-CONFIRM_TIMEOUT = 10.0
 _PUBLISH_RETRY = {"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 2.0}
 
 
@@ -184,6 +182,7 @@ def hand_to_apply(app: Celery, message: Mapping[str, Any]) -> None:
             delivery_mode=2,
             producer=producer,
             headers={PUBLISHED_AT_HEADER: time.time()},
+            confirm_timeout=CONFIRM_TIMEOUT,
         )
 
 

@@ -23,6 +23,9 @@ from kombu.pools import ProducerPool
 # Producers (and connections) per process; a thread holds one only while it publishes. A confirm
 # from a quorum queue waits for the broker's disk, so throughput needs publishes in flight.
 POOL_LIMIT = int(os.environ.get("PUBLISH_POOL_LIMIT", "32"))
+# How long a publish waits for RabbitMQ's confirm before it fails (py-amqp would wait for ever,
+# e.g. while a memory or disk alarm blocks publishers). Pass it to every confirmed publish.
+CONFIRM_TIMEOUT = 10.0
 
 _lock = threading.Lock()
 _pools: dict[tuple[int, int], ProducerPool] = {}

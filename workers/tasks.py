@@ -12,7 +12,8 @@ import math
 import random
 from typing import Any
 
-from celery import Task
+from celery import Celery, Task
+from celery.exceptions import Reject
 
 from workers import metrics
 from workers.applier import Delivery, Done
@@ -24,7 +25,7 @@ from workers.core.redaction import mask_message
 from workers.dead_letters import publish_dead_letter
 from workers.errors import LedgerError, LedgerPermissionDenied
 from workers.producer import PUBLISHED_AT_HEADER
-from workers.publishing import confirmed_producer
+from workers.publishing import CONFIRM_TIMEOUT, confirmed_producer
 from workers.runtime import Runtime
 from workers.topology import OUTCOME_HEADER
 
@@ -72,7 +73,7 @@ def apply_action(self: ApplyTask, message: dict[str, Any]) -> str:
         # The intake validates against the schema; this is a producer that bypassed it.
         reason = f"malformed action message: {exc}"
         self.runtime.ledger.record_rejected_input(message, reason)
-        publish_dead_letter(
+        _dead_letter(
             self.app,
             message,
             reason,
@@ -93,7 +94,7 @@ def apply_action(self: ApplyTask, message: dict[str, Any]) -> str:
         delay = self.runtime.policy.delay(self.request.retries, random.Random())
         if delay is None:
             reason = f"retries exhausted, the ledger kept failing: {exc}"
-            publish_dead_letter(
+            _dead_letter(
                 self.app,
                 message,
                 reason,
@@ -105,7 +106,11 @@ def apply_action(self: ApplyTask, message: dict[str, Any]) -> str:
         metrics.RETRIES.inc()
         with confirmed_producer(self.app) as producer:
             raise self.retry(
-                exc=exc, countdown=whole_seconds(delay), argsrepr=display_args(message), producer=producer
+                exc=exc,
+                countdown=whole_seconds(delay),
+                argsrepr=display_args(message),
+                producer=producer,
+                confirm_timeout=CONFIRM_TIMEOUT,
             ) from exc
 
     if not isinstance(result, Done):
@@ -113,10 +118,13 @@ def apply_action(self: ApplyTask, message: dict[str, Any]) -> str:
         metrics.RETRIES.inc()
         with confirmed_producer(self.app) as producer:
             raise self.retry(
-                countdown=whole_seconds(result.delay), argsrepr=display_args(message), producer=producer
+                countdown=whole_seconds(result.delay),
+                argsrepr=display_args(message),
+                producer=producer,
+                confirm_timeout=CONFIRM_TIMEOUT,
             )
     if result.outcome in KEPT_FOR_REDRIVE:
-        publish_dead_letter(
+        _dead_letter(
             self.app,
             message,
             result.reason,
@@ -125,6 +133,21 @@ def apply_action(self: ApplyTask, message: dict[str, Any]) -> str:
         )
     _ended(message, result.outcome.value, result.reason, attempt=self.request.retries + 1)
     return result.outcome.value
+
+
+def _dead_letter(
+    app: Celery, message: dict[str, Any], reason: str, *, action_id: str | None, extra_headers: dict[str, str]
+) -> None:
+    """``publish_dead_letter``, or hand the message back to the broker if RabbitMQ does not confirm.
+
+    Acknowledging a message whose dead letter was not confirmed could lose it (the ledger keeps PII
+    only as keyed hashes). Requeued, it is delivered again: its outcome is settled by then, so the
+    next delivery publishes the dead letter again (at least once into ``reservations.dead``).
+    """
+    try:
+        publish_dead_letter(app, message, reason, action_id=action_id, extra_headers=extra_headers)
+    except Exception as exc:
+        raise Reject(exc, requeue=True) from exc
 
 
 def whole_seconds(delay: float) -> int:
