@@ -7,6 +7,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+import urllib3
 
 from workers.config import Settings
 from workers.emulator.admin import EmulatorAdmin, ReservationInfo
@@ -19,6 +20,7 @@ from workers.errors import (
     TransientTaskRouterError,
 )
 from workers.taskrouter.gateway import ReservationRef, TaskRouterGateway, header
+from workers.taskrouter.http import Urllib3HttpClient
 
 
 @pytest.fixture(scope="module")
@@ -203,3 +205,22 @@ def test_the_proxy_comes_from_the_environment_and_no_proxy_is_honoured(
     assert (
         TaskRouterGateway.from_settings(settings, timeout=2).fetch(task_ref(reservation)).status == "pending"
     )
+
+
+def test_a_refused_connection_is_a_connection_failure_not_a_timeout(reservation: ReservationInfo) -> None:
+    with socket.socket() as closed:  # a port nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        nobody = f"http://127.0.0.1:{closed.getsockname()[1]}"
+    gateway = TaskRouterGateway.from_settings(Settings(taskrouter_base_url=nobody), timeout=2)
+    with pytest.raises(TransientTaskRouterError, match="connection failed"):
+        gateway.fetch(task_ref(reservation))
+
+
+def test_a_proxy_login_in_the_proxy_url_is_sent_to_the_proxy() -> None:
+    client = Urllib3HttpClient(5, "http://agent%40acme:p%3Ass@proxy.example:3128")
+    expected = urllib3.make_headers(proxy_basic_auth="agent@acme:p:ss")
+    assert isinstance(client._pool, urllib3.ProxyManager)
+    assert client._pool.proxy_headers == expected
+    anonymous = Urllib3HttpClient(5, "http://proxy.example:3128")._pool
+    assert isinstance(anonymous, urllib3.ProxyManager)
+    assert anonymous.proxy_headers == {}

@@ -133,12 +133,14 @@ class TaskRouterGateway:
             error = self._translate(exc)
             metrics.taskrouter_call(endpoint, str(error.status), started)
             raise error from exc
-        except urllib3.exceptions.TimeoutError as exc:
-            metrics.taskrouter_call(endpoint, "timeout", started)
-            raise TransientTaskRouterError(f"TaskRouter did not answer in time: {exc}") from exc
-        except urllib3.exceptions.HTTPError as exc:  # refused, reset, dropped, TLS, proxy
-            metrics.taskrouter_call(endpoint, "connection_error", started)
-            raise TransientTaskRouterError(f"TaskRouter connection failed: {exc}") from exc
+        except urllib3.exceptions.HTTPError as exc:  # timed out, refused, reset, dropped, TLS, proxy
+            # urllib3 makes a refused connection a ConnectTimeoutError; it did not time out.
+            timed_out = isinstance(exc, urllib3.exceptions.TimeoutError) and not isinstance(
+                exc, urllib3.exceptions.NewConnectionError
+            )
+            metrics.taskrouter_call(endpoint, "timeout" if timed_out else "connection_error", started)
+            what = "did not answer in time" if timed_out else "connection failed"
+            raise TransientTaskRouterError(f"TaskRouter {what}: {exc}") from exc
         metrics.taskrouter_call(endpoint, str(response.status_code), started)
         return response
 

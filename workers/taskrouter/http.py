@@ -8,8 +8,9 @@ end). Everything above it is still the twilio SDK: it builds the URLs, headers, 
 authentication, and parses the answers and the errors.
 
 One client per thread (the gateway's rule), each with a small pool of keep-alive connections.
-Proxies come from the environment as requests reads them (``HTTPS_PROXY``, ``NO_PROXY``...), once;
-certificates are checked against certifi's bundle, as requests does.
+Proxies come from the environment as requests reads them (``HTTPS_PROXY``, ``NO_PROXY``...), once,
+with the proxy's login if its URL has one; certificates are checked against certifi's bundle, as
+requests does (``REQUESTS_CA_BUNDLE`` is not read).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import json
 import logging
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import unquote, urlencode, urlsplit
 
 import certifi
 import urllib3
@@ -42,6 +43,13 @@ def proxy_for(url: str) -> str | None:
     return proxies.get(scheme) or proxies.get("all")
 
 
+def _proxy_manager(proxy_url: str, options: dict[str, Any]) -> urllib3.ProxyManager:
+    """A proxy that needs a login gets it as requests would send it (urllib3 ignores the URL's)."""
+    credentials = urllib3.util.parse_url(proxy_url).auth
+    headers = urllib3.make_headers(proxy_basic_auth=unquote(credentials)) if credentials else None
+    return urllib3.ProxyManager(proxy_url, proxy_headers=headers, **options)
+
+
 class Urllib3HttpClient(HttpClient):  # type: ignore[misc]  # twilio ships no types for it
     """A twilio ``HttpClient`` over urllib3 that keeps the last response, so that an error's
     ``Retry-After`` and request id can be read after the SDK raised."""
@@ -54,9 +62,7 @@ class Urllib3HttpClient(HttpClient):  # type: ignore[misc]  # twilio ships no ty
             "timeout": urllib3.Timeout(connect=timeout, read=timeout),
             "ca_certs": certifi.where(),
         }
-        self._pool = (
-            urllib3.ProxyManager(proxy_url, **options) if proxy_url else urllib3.PoolManager(**options)
-        )
+        self._pool = _proxy_manager(proxy_url, options) if proxy_url else urllib3.PoolManager(**options)
         self.last_response: Response | None = None
 
     def request(
