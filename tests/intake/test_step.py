@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import queue
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,6 +26,8 @@ from workers.intake.step import Intake
 from workers.ledger.models import Arrival
 from workers.producer import hand_to_apply
 from workers.topology import OUTCOME_HEADER, REJECT_CODE_HEADER
+
+REAL_PAUSE = step.Intake._pause
 
 
 @dataclass
@@ -78,7 +81,7 @@ class Harness:
         self.intake._ledger = self.ledger  # type: ignore[assignment]
         monkeypatch.setattr(step, "hand_to_apply", self._apply)
         monkeypatch.setattr(step, "publish_dead_letter", self._dead)
-        monkeypatch.setattr("workers.intake.step.time.sleep", lambda _: None)
+        monkeypatch.setattr(step.Intake, "_pause", lambda self, seconds: None)
 
     def _apply(self, app: Any, message: dict[str, Any]) -> None:
         if self.publish_fails:
@@ -175,7 +178,7 @@ def test_the_pause_before_a_requeue_grows_with_the_delivery_count_and_is_capped(
     harness: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     pauses: list[float] = []
-    monkeypatch.setattr("workers.intake.step.time.sleep", pauses.append)
+    monkeypatch.setattr(step.Intake, "_pause", lambda self, seconds: pauses.append(seconds))
     harness.ledger.fail = True
     for count in (0, 3, 50):
         harness.intake.on_message(FakeMessage(b"[]", headers={"x-delivery-count": count}))  # type: ignore[arg-type]
@@ -264,3 +267,63 @@ def test_the_hand_off_to_the_apply_task_uses_the_action_id_and_masks_pii() -> No
     assert options["delivery_mode"] == 2
     assert message["params"]["call_from"] not in options["argsrepr"]
     assert "[redacted]" in options["argsrepr"]
+
+
+def test_closing_finishes_the_message_in_hand_acks_it_here_and_leaves_the_queued_ones_to_the_broker(
+    harness: Harness,
+) -> None:
+    entered, release = threading.Event(), threading.Event()
+    receive = harness.ledger.receive
+
+    def slow_receive(action: Action) -> Arrival:
+        entered.set()
+        release.wait(10)
+        return receive(action)
+
+    harness.ledger.receive = slow_receive  # type: ignore[method-assign]
+    handed_back: list[Callable[[], None]] = []
+    intake = Intake(app=None, threads=1, on_loop=handed_back.append)
+    intake._ledger = harness.ledger  # type: ignore[assignment]
+    in_hand = FakeMessage(json.dumps(fresh(example("accept"))).encode())
+    queued = FakeMessage(json.dumps(fresh(example("accept"))).encode())
+    intake.on_message(in_hand)  # type: ignore[arg-type]
+    intake.on_message(queued)  # type: ignore[arg-type]
+    assert entered.wait(10)
+    threading.Timer(0.2, release.set).start()
+    intake.close()  # the loop has stopped: the last acknowledgements are given by close itself
+    assert handed_back == []
+    assert (in_hand.acks, queued.acks, queued.requeues) == (1, 0, 0)
+    assert len(harness.applied) == 1
+
+
+def test_closing_cuts_a_retry_pause_short_and_requeues(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(step.Intake, "_pause", REAL_PAUSE)  # the real, long pause
+    harness.ledger.fail = True
+    intake = Intake(app=None, threads=1, on_loop=lambda callback: None)
+    intake._ledger = harness.ledger  # type: ignore[assignment]
+    failing = FakeMessage(b"[]", headers={"x-delivery-count": 10})  # a pause of MAX_RETRY_PAUSE
+    intake.on_message(failing)  # type: ignore[arg-type]
+    time.sleep(0.2)
+    started = time.monotonic()
+    intake.close()
+    assert time.monotonic() - started < 2
+    assert (failing.acks, failing.requeues) == (0, 1)
+
+
+def test_an_error_that_escapes_the_handler_is_logged(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    harness.ledger.fail = True
+    intake = Intake(app=None, threads=1, on_loop=lambda callback: None)
+    intake._ledger = harness.ledger  # type: ignore[assignment]
+
+    def broken_retry(message: Any) -> None:
+        raise RuntimeError("requeue machinery broke")
+
+    monkeypatch.setattr(intake, "_retry_later", broken_retry)
+    intake.on_message(FakeMessage(b"[]"))  # type: ignore[arg-type]
+    intake.close()
+    assert "left unacknowledged by an unexpected error" in caplog.text
+    assert "requeue machinery broke" in caplog.text

@@ -12,9 +12,10 @@ For each message, :func:`~workers.intake.validation.decide` gives exactly one fa
   ``reservations.dead`` with the reason in headers (confirmed publish), then acknowledged.
 
 When the ledger or the broker fails on the way, the message is not acknowledged: it is requeued
-after a short pause and tried again (a retry may repeat the rejected_input row or the dead letter;
-an accepted action is idempotent on its action_id). After ``DELIVERY_LIMIT`` deliveries RabbitMQ
-itself moves it to ``reservations.dead``. Nothing escapes the handler: the consumer never crashes.
+after a pause that grows with its delivery count (up to ``MAX_RETRY_PAUSE``) and tried again (a
+retry may repeat the rejected_input row or the dead letter; an accepted action is idempotent on its
+action_id). After ``DELIVERY_LIMIT`` deliveries, about four minutes of failures, RabbitMQ itself
+moves it to ``reservations.dead``. Nothing escapes the handler: the consumer never crashes.
 
 The step declares everything it uses: the ``reservations`` exchange, the queue and its binding,
 and the dead-letter exchange and queue. It consumes with a prefetch of ``INTAKE_PREFETCH`` messages
@@ -33,9 +34,8 @@ from __future__ import annotations
 import logging
 import os
 import threading
-import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
 from typing import Any
 
@@ -63,9 +63,10 @@ DEFAULT_PREFETCH = 32
 DEFAULT_THREADS = 8
 # A message is requeued rather than held while the ledger hangs (its writes take milliseconds).
 INTAKE_STATEMENT_TIMEOUT = 10.0
-# Pause before a message whose handling failed is requeued: grows with its delivery count.
+# Pause before a message whose handling failed is requeued: grows with its delivery count, so
+# that the queue's delivery limit (20) outlasts a database fail-over of a few minutes.
 RETRY_PAUSE = 0.05
-MAX_RETRY_PAUSE = 1.0
+MAX_RETRY_PAUSE = 15.0
 
 
 OnLoop = Callable[[Callable[[], None]], Any]
@@ -93,6 +94,7 @@ class Intake:
         self._threads = threads
         self._on_loop = on_loop
         self._executor = ThreadPoolExecutor(threads, thread_name_prefix="intake") if threads > 0 else None
+        self._closing = threading.Event()
 
     @property
     def ledger(self) -> Ledger:
@@ -108,9 +110,17 @@ class Intake:
             return self._ledger
 
     def close(self) -> None:
-        """Finish the messages in hand (their acks may no longer reach the broker: it redelivers)."""
+        """Stop. Messages not started yet are left to the broker (it redelivers them); those in
+        hand finish (a retry pause is cut short), and their acknowledgements or requeues are
+        given here: call it from the event loop's thread, after the loop stopped and before the
+        channel closes."""
+        self._closing.set()
         if self._executor is not None:
-            self._executor.shutdown(wait=True)
+            handed_back: list[Callable[[], None]] = []
+            self._on_loop = handed_back.append  # the loop no longer turns
+            self._executor.shutdown(wait=True, cancel_futures=True)
+            for callback in handed_back:
+                callback()
         with self._lock:
             if self._ledger is not None:
                 self._ledger.close()
@@ -130,7 +140,7 @@ class Intake:
             self._handle(message, fate)
             return
         try:
-            self._executor.submit(self._handle, message, fate)
+            self._executor.submit(self._handle, message, fate).add_done_callback(_report_escaped)
         except RuntimeError:  # shutting down: the broker redelivers what was not acknowledged
             logger.warning("intake: shutting down, a message is left for redelivery")
 
@@ -178,9 +188,12 @@ class Intake:
         self._on_loop(partial(_acknowledge, message))
 
     def _retry_later(self, message: Message) -> None:
-        count = _delivery_count(message)
-        time.sleep(min(RETRY_PAUSE * 2**count, MAX_RETRY_PAUSE))
+        self._pause(min(RETRY_PAUSE * 2 ** _delivery_count(message), MAX_RETRY_PAUSE))
         self._on_loop(partial(_requeue, message))
+
+    def _pause(self, seconds: float) -> None:
+        """Sleep, unless the intake closes meanwhile."""
+        self._closing.wait(seconds)
 
 
 class IntakeStep(bootsteps.ConsumerStep):  # type: ignore[misc]  # celery ships no types
@@ -215,10 +228,10 @@ class IntakeStep(bootsteps.ConsumerStep):  # type: ignore[misc]  # celery ships 
         return [consumer]
 
     def shutdown(self, c: Any) -> None:
-        super().shutdown(c)
         if self.intake is not None:
-            self.intake.close()
+            self.intake.close()  # while the channel is still open, for the last acknowledgements
             self.intake = None  # a consumer started again builds a new one (closed pools do not reopen)
+        super().shutdown(c)
 
 
 def install(app: Celery) -> None:
@@ -232,6 +245,12 @@ def _seen_before(arrival: Arrival) -> str:
     if arrival.outcome is None:
         return " (already received)"
     return f" (already settled, {arrival.outcome}: not handed over again)"
+
+
+def _report_escaped(future: Future[None]) -> None:
+    """``_handle`` lets nothing escape; should something still do, it must not vanish in the pool."""
+    if not future.cancelled() and (exc := future.exception()) is not None:
+        logger.error("intake: a message was left unacknowledged by an unexpected error", exc_info=exc)
 
 
 def _acknowledge(message: Message) -> None:
