@@ -6,11 +6,10 @@ import threading
 import time
 
 import pytest
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from tests.ledger.conftest import make_action
 from workers.errors import LedgerError, ReservationBusy
-from workers.ledger.connector import Connector, with_statement_timeout
+from workers.ledger.connector import Connector
 from workers.ledger.models import Outcome
 from workers.ledger.store import Ledger
 
@@ -85,12 +84,8 @@ def test_a_lock_held_too_long_is_reservation_busy(ledger: Ledger) -> None:
         pass  # free again, and the pooled connection that timed out is usable
 
 
-def test_a_statement_timeout_bounds_every_statement_and_keeps_the_conninfo_options(db_url: str) -> None:
+def test_a_statement_timeout_bounds_every_statement_on_the_pools_connections(db_url: str) -> None:
     """Celery enforces no time limit on the threads pool: the ledger's own bound must hold."""
-    with_options = make_conninfo(db_url, options="-c search_path=ledger")
-    assert conninfo_to_dict(with_statement_timeout(with_options, 1.5))["options"] == (
-        "-c search_path=ledger -c statement_timeout=1500"
-    )
     with Connector(db_url, statement_timeout=0.3, min_size=1, max_size=1) as connector:
         with connector.connection() as conn:
             assert conn.execute("SHOW statement_timeout").fetchone() == ("300ms",)

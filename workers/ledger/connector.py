@@ -84,12 +84,6 @@ def connect(conninfo: str, role: Role | None, **kwargs: Any) -> Iterator[Connect
             conn.close()
 
 
-def with_statement_timeout(conninfo: str, seconds: float) -> str:
-    """The same connection string, with a server-side ``statement_timeout`` added to its options."""
-    options = conninfo_to_dict(conninfo).get("options") or ""
-    return make_conninfo(conninfo, options=f"{options} -c statement_timeout={round(seconds * 1000)}".strip())
-
-
 class Connector:
     """A pool of connections that all run as ``role``.
 
@@ -110,8 +104,7 @@ class Connector:
         name: str = "ledger",
     ) -> None:
         self.role = role
-        if statement_timeout is not None:
-            conninfo = with_statement_timeout(conninfo, statement_timeout)
+        self._statement_timeout = statement_timeout
         self._pool = psycopg_pool.ConnectionPool(
             conninfo,
             min_size=min_size,
@@ -124,6 +117,9 @@ class Connector:
 
     def _configure(self, conn: Connection) -> None:
         prepare(conn, self.role)
+        if self._statement_timeout is not None:  # a SET, not a startup option: PgBouncer refuses those
+            milliseconds = f"{round(self._statement_timeout * 1000)}ms"
+            conn.execute("SELECT set_config('statement_timeout', %s, false)", (milliseconds,))
 
     def open(self, wait: bool = True, timeout: float = 10.0) -> None:
         with translated():
