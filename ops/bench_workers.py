@@ -153,16 +153,22 @@ def publish_share(
 
     app = create_app(Settings.from_env({"CELERY_BROKER_URL": broker_url}))
     published: dict[str, float] = {}
-    lanes_ready = threading.Barrier(THREADS_PER_PUBLISHER)
+    lanes_ready = threading.Barrier(THREADS_PER_PUBLISHER, timeout=60)
     producers = [Producer(broker_url) for _ in range(THREADS_PER_PUBLISHER)]
 
     def connect(lane: int) -> None:
-        if via == "intake":
-            producers[lane].connect()
-            return
-        with confirmed_producer(app) as producer:
-            producer.connection.ensure_connection(max_retries=3)
-            lanes_ready.wait()  # every lane holds a producer at once: one connection each
+        try:
+            if via == "intake":
+                producers[lane].connect()
+                return
+            with confirmed_producer(app) as producer:
+                producer.connection.ensure_connection(max_retries=3)
+                lanes_ready.wait()  # every lane holds a producer at once: one connection each
+        except BaseException:
+            lanes_ready.abort()  # the other lanes stop waiting, and so do the other publishers
+            assert _publishers_ready is not None
+            _publishers_ready.abort()
+            raise
 
     def lane(offset: int, start: float) -> None:
         for n in range(offset, len(messages), THREADS_PER_PUBLISHER):
@@ -393,7 +399,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     db_url,
                 )
                 print(celery.line())
-                print(f"{'worker memory (PSS, all processes)':<38} {memory:8.0f} MB")
+                if memory:  # Linux only
+                    print(f"{'worker memory (PSS, all processes)':<38} {memory:8.0f} MB")
                 if paced is not None:
                     print(paced.line())
                 print(loop.line())
