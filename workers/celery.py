@@ -23,7 +23,9 @@ APPLY_TASK_NAME = "reservations.apply"
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
+    heartbeat = {} if settings.broker_heartbeat is None else {"broker_heartbeat": settings.broker_heartbeat}
     return {
+        **heartbeat,
         "broker_url": settings.broker_url,
         "broker_connection_retry_on_startup": True,
         # Publisher confirms are per publish (workers.publishing), not transport-wide: in confirm
