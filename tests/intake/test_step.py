@@ -190,6 +190,16 @@ def test_with_threads_the_loop_only_hands_over_and_gets_the_acknowledgement_back
     handed_back: queue.Queue[Callable[[], None]] = queue.Queue()
     intake = Intake(app=None, threads=2, on_loop=handed_back.put)
     intake._ledger = harness.ledger  # type: ignore[assignment]
+    try:
+        _check_the_hand_over(harness, intake, handed_back)
+    finally:
+        intake.close()
+    assert harness.ledger.closed
+
+
+def _check_the_hand_over(
+    harness: Harness, intake: Intake, handed_back: queue.Queue[Callable[[], None]]
+) -> None:
     good = FakeMessage(json.dumps(fresh(example("accept"))).encode())
     intake.on_message(good)  # type: ignore[arg-type]
     acknowledge = handed_back.get(timeout=10)
@@ -206,8 +216,6 @@ def test_with_threads_the_loop_only_hands_over_and_gets_the_acknowledgement_back
     assert failing.requeues == 0
     requeue()
     assert (failing.acks, failing.requeues) == (0, 1)
-    intake.close()
-    assert harness.ledger.closed
 
 
 def test_an_acknowledgement_on_a_closed_channel_does_not_escape_the_loop(harness: Harness) -> None:
@@ -327,3 +335,22 @@ def test_an_error_that_escapes_the_handler_is_logged(
     intake.close()
     assert "left unacknowledged by an unexpected error" in caplog.text
     assert "requeue machinery broke" in caplog.text
+
+
+def test_a_consumer_with_an_event_loop_gets_intake_threads_and_one_without_handles_messages_itself(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    class Hub:
+        def call_soon(self, callback: Callable[[], None]) -> None:
+            callback()
+
+    monkeypatch.setenv("INTAKE_THREADS", "3")
+    threaded = step.intake_for(create_app(Settings(broker_url="memory://")), Hub())
+    inline = step.intake_for(create_app(Settings(broker_url="memory://")), None)
+    try:
+        assert threaded._executor is not None
+        assert threaded._executor._max_workers == 3
+        assert inline._executor is None
+    finally:
+        threaded.close()
+        inline.close()

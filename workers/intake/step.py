@@ -205,12 +205,7 @@ class IntakeStep(bootsteps.ConsumerStep):  # type: ignore[misc]  # celery ships 
 
     def start(self, c: Any) -> None:
         if self.intake is None:
-            hub = getattr(c, "hub", None)
-            if hub is None:  # no event loop to hand acknowledgements back to
-                self.intake = Intake(c.app)
-            else:
-                threads = int(os.environ.get("INTAKE_THREADS", DEFAULT_THREADS))
-                self.intake = Intake(c.app, threads=threads, on_loop=hub.call_soon)
+            self.intake = intake_for(c.app, getattr(c, "hub", None))
         super().start(c)
 
     def get_consumers(self, channel: Any) -> list[Consumer]:
@@ -232,6 +227,14 @@ class IntakeStep(bootsteps.ConsumerStep):  # type: ignore[misc]  # celery ships 
             self.intake.close()  # while the channel is still open, for the last acknowledgements
             self.intake = None  # a consumer started again builds a new one (closed pools do not reopen)
         super().shutdown(c)
+
+
+def intake_for(app: Celery, hub: Any | None) -> Intake:
+    """Threads that give their acknowledgements back to the consumer's event loop; without a loop
+    (the gevent and eventlet pools run none) the consumer handles each message itself."""
+    if hub is None:
+        return Intake(app)
+    return Intake(app, threads=int(os.environ.get("INTAKE_THREADS", DEFAULT_THREADS)), on_loop=hub.call_soon)
 
 
 def install(app: Celery) -> None:
