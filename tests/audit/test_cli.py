@@ -6,7 +6,6 @@ import csv
 import io
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ from workers.audit.rows import EVENT_FIELDS
 from workers.cli import main
 from workers.cli.audit_api import is_loopback
 from workers.cli.history import chosen_format
+from workers.emulator.process import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -174,9 +174,7 @@ def test_the_default_format_is_a_table_only_in_a_terminal() -> None:
 
 def test_audit_api_serves_over_http(db_url: str, seeded: Seeded) -> None:
     """The real command: uvicorn on a free port, the token from the environment."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     command = [str(Path(sys.executable).parent / "reservations"), "audit-api", "--port", str(port)]
     env = {**os.environ, "DATABASE_URL": db_url, "AUDIT_API_TOKEN": "served-token"}
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import time
 from collections.abc import Iterator
 
@@ -11,6 +10,7 @@ import urllib3
 
 from workers.config import Settings
 from workers.emulator.admin import EmulatorAdmin, ReservationInfo
+from workers.emulator.process import free_port
 from workers.emulator.server import EmulatorServer
 from workers.emulator.settings import EmulatorSettings
 from workers.errors import (
@@ -191,9 +191,7 @@ def test_the_proxy_comes_from_the_environment_and_no_proxy_is_honoured(
     strict_emulator: EmulatorServer, reservation: ReservationInfo, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     settings = Settings(taskrouter_base_url=strict_emulator.base_url)
-    with socket.socket() as closed:  # a port nothing listens on: a proxy that is down
-        closed.bind(("127.0.0.1", 0))
-        dead_proxy = f"http://127.0.0.1:{closed.getsockname()[1]}"
+    dead_proxy = f"http://127.0.0.1:{free_port()}"  # a proxy that is down
     for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("HTTP_PROXY", dead_proxy)
@@ -208,9 +206,7 @@ def test_the_proxy_comes_from_the_environment_and_no_proxy_is_honoured(
 
 
 def test_a_refused_connection_is_a_connection_failure_not_a_timeout(reservation: ReservationInfo) -> None:
-    with socket.socket() as closed:  # a port nothing listens on
-        closed.bind(("127.0.0.1", 0))
-        nobody = f"http://127.0.0.1:{closed.getsockname()[1]}"
+    nobody = f"http://127.0.0.1:{free_port()}"
     gateway = TaskRouterGateway.from_settings(Settings(taskrouter_base_url=nobody), timeout=2)
     with pytest.raises(TransientTaskRouterError, match="connection failed"):
         gateway.fetch(task_ref(reservation))

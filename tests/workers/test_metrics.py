@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import time
 import urllib.error
 import urllib.request
@@ -16,18 +15,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.support.e2e import action_for, wait_for_outcome
 from workers.core.action import Action, ActionKind
 from workers.emulator.admin import EmulatorAdmin
+from workers.emulator.process import free_port
 from workers.ledger import Ledger
 from workers.metrics import parse_address
 from workers.producer import enqueue
 from workers.worker_process import WorkerProcess
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def scrape(port: int) -> Samples:
