@@ -40,8 +40,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from workers.applier import ActionApplier
-from workers.celery import create_app
+from workers.apply.applier import ActionApplier
+from workers.composition import create_app
 from workers.config import EMULATOR_ACCOUNT_SID, EMULATOR_AUTH_TOKEN, Settings
 from workers.core.action import Action, ActionKind
 from workers.emulator.admin import EmulatorAdmin, ReservationInfo
@@ -49,7 +49,6 @@ from workers.emulator.process import EmulatorProcess
 from workers.ledger import Ledger
 from workers.ledger.connector import database_name, drop_database, with_database
 from workers.ledger.migrations import migrate
-from workers.producer import enqueue
 from workers.taskrouter.gateway import TaskRouterGateway
 from workers.worker_process import WorkerProcess
 
@@ -143,14 +142,13 @@ def publish_share(
     """One producer process: publish its share (with confirms) from a few threads; when each went.
 
     ``via`` is ``apply`` (``enqueue``: straight to the apply task, as internal callers do) or
-    ``intake`` (a :class:`~workers.producer.Producer` per thread: plain JSON to the intake, as other
+    ``intake`` (a :class:`~workers.broker.producer.Producer` per thread: plain JSON to the intake, as other
     services do). The clock starts only once every publisher is ready (imports done, a confirmed
     connection per thread open): otherwise late starters publish their backlog in a burst, which
     is not the steady arrival the paced run promises, and their imports compete with the workers.
     """
+    from workers.broker.producer import Producer
     from workers.core.action import Action as WireAction
-    from workers.producer import Producer
-    from workers.publishing import confirmed_producer
 
     app = create_app(Settings.from_env({"CELERY_BROKER_URL": broker_url}))
     published: dict[str, float] = {}
@@ -162,7 +160,7 @@ def publish_share(
             if via == "intake":
                 producers[lane].connect()
                 return
-            with confirmed_producer(app) as producer:
+            with app.runtime.publishers.confirmed() as producer:
                 producer.connection.ensure_connection(max_retries=3)
                 lanes_ready.wait()  # every lane holds a producer at once: one connection each
         except BaseException:
@@ -179,7 +177,7 @@ def publish_share(
             if via == "intake":
                 producers[offset].publish(messages[n])
             else:
-                enqueue(WireAction.from_message(messages[n]), app)
+                app.enqueue(WireAction.from_message(messages[n]))
 
     with ThreadPoolExecutor(THREADS_PER_PUBLISHER) as threads:
         list(threads.map(connect, range(THREADS_PER_PUBLISHER)))

@@ -1,7 +1,7 @@
 """Fakes of our own seams (ledger, gateway) for fast unit tests of the applier.
 
 The real implementations run in the integration tests; the fakes follow the same protocols
-(``workers.applier.Ledger`` and ``Gateway``) and the same state machine.
+(``workers.apply.applier.Ledger`` and ``Gateway``) and the same state machine.
 """
 
 from __future__ import annotations
@@ -53,6 +53,10 @@ class FakeLedger:
         return Arrival(
             created, outcome.value if outcome else None, self.projection.get(action.reservation_sid)
         )
+
+    def record_rejected_input(self, message: Mapping[str, Any] | None, reason: str) -> int:
+        self.rows.append(("rejected_input", {"detail": reason}))
+        return len(self.rows)
 
     def cache(self, reservation_sid: str, status: Status, etag: str) -> None:
         self.projection[reservation_sid] = ReservationState(

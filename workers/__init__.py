@@ -1,11 +1,9 @@
 """Reservation workers: apply Twilio TaskRouter reservation actions exactly once.
 
-Layout, from the inside out:
-
-- ``workers.core``: the pure core (parameter catalogue, state machine, action model, retry policy).
-- ``workers.emulator``: a local TaskRouter Reservation API for tests, demos and our users.
-- ``workers.ledger``: the PostgreSQL ledger (append-only, tamper-evident, replayable).
-- ``workers.cli``: the ``reservations`` command.
+An action enters at ``workers.broker`` (the intake), is decided by ``workers.core`` (the pure
+planner), carried out by ``workers.apply`` through ``workers.taskrouter`` (the gateway), and
+recorded in ``workers.ledger``; ``workers.audit``, ``workers.replay`` and ``workers.cli`` read it
+back. ``workers.composition`` builds it all once; ``workers.testing`` holds the developer tools.
 """
 
 __version__ = "0.1.0"

@@ -47,6 +47,19 @@ class Settings:
     # AMQP heartbeat in seconds (0: none); None leaves Celery's default. Green pools (gevent,
     # eventlet) need 0: with heartbeats Celery 5.7's loop for them takes one task per 0.1 s.
     broker_heartbeat: float | None = None
+    # Sizing: ledger connections per worker process (one per action in flight, plus a few),
+    # confirmed publishers per process, and the intake's prefetch and threads.
+    ledger_pool_max: int = 36
+    publish_pool_limit: int = 32
+    intake_prefetch: int = 32
+    intake_threads: int = 8
+    # Operations: where /metrics is served ("[host:]port"; None: nowhere), prometheus_client's
+    # multiprocess directory (needed with the prefork pool), the file touched once the worker
+    # consumes, and the log format (auto, json or text).
+    worker_metrics_port: str | None = None
+    prometheus_multiproc_dir: str | None = None
+    worker_ready_file: str | None = None
+    log_format: str = "auto"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -61,12 +74,49 @@ class Settings:
             audit_api_token=env.get("AUDIT_API_TOKEN") or None,
             retry=_retry_policy(env),
             broker_heartbeat=_seconds(env, "BROKER_HEARTBEAT"),
+            ledger_pool_max=_count(env, "LEDGER_POOL_MAX", 36),
+            publish_pool_limit=_count(env, "PUBLISH_POOL_LIMIT", 32),
+            intake_prefetch=_count(env, "INTAKE_PREFETCH", 32),
+            intake_threads=_count(env, "INTAKE_THREADS", 8, minimum=0),
+            worker_metrics_port=env.get("WORKER_METRICS_PORT", "").strip() or None,
+            prometheus_multiproc_dir=env.get("PROMETHEUS_MULTIPROC_DIR") or None,
+            worker_ready_file=env.get("WORKER_READY_FILE") or None,
+            log_format=_log_format(env),
         )
 
     @property
     def migration_url(self) -> str:
         """Where ``reservations migrate`` connects: LEDGER_MIGRATION_URL, else DATABASE_URL."""
         return self.ledger_migration_url or self.database_url
+
+
+def broker_url_from_env(environ: Mapping[str, str] | None = None) -> str:
+    """``CELERY_BROKER_URL`` alone: what a producer needs (it needs no other setting)."""
+    env = os.environ if environ is None else environ
+    return env.get("CELERY_BROKER_URL", DEFAULT_BROKER_URL)
+
+
+def _count(env: Mapping[str, str], name: str, default: int, *, minimum: int = 1) -> int:
+    value = env.get(name, "").strip()
+    if not value:
+        return default
+    try:
+        count = int(value)
+    except ValueError:
+        raise ConfigurationError(f"{name} must be a whole number, not {value!r}") from None
+    if count < minimum:
+        raise ConfigurationError(f"{name} must be at least {minimum}, not {count}")
+    return count
+
+
+LOG_FORMATS = ("auto", "json", "text")
+
+
+def _log_format(env: Mapping[str, str]) -> str:
+    chosen = env.get("LOG_FORMAT", "auto").strip().lower() or "auto"
+    if chosen not in LOG_FORMATS:
+        raise ConfigurationError(f"LOG_FORMAT must be one of {', '.join(LOG_FORMATS)}, not {chosen!r}")
+    return chosen
 
 
 def _seconds(env: Mapping[str, str], name: str) -> float | None:

@@ -16,17 +16,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from workers.errors import ConfigurationError
-
 # The ledger's vocabulary (ops/LEDGER.md): the same words in the logs and the metrics' labels.
-FIELDS = ("action_id", "reservation_sid", "correlation_id", "attempt", "outcome", "delay")
-FORMATS = ("auto", "json", "text")
+FIELDS = ("action_id", "reservation_sid", "correlation_id", "run", "outcome", "delay")
 
 
 class JsonFormatter(logging.Formatter):
@@ -50,17 +46,14 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, default=str, ensure_ascii=False)
 
 
-def wants_json(env: Mapping[str, str] | None = None, stream: Any = None) -> bool:
-    """Whether ``LOG_FORMAT`` asks for JSON (``auto``: when ``stream``, stderr, is not a terminal)."""
-    environ = os.environ if env is None else env
-    chosen = environ.get("LOG_FORMAT", "auto").strip().lower() or "auto"
-    if chosen not in FORMATS:
-        raise ConfigurationError(f"LOG_FORMAT must be one of {', '.join(FORMATS)}, not {chosen!r}")
-    if chosen == "auto":
+def wants_json(log_format: str, stream: Any = None) -> bool:
+    """Whether ``log_format`` (``LOG_FORMAT``) asks for JSON (``auto``: when ``stream``, stderr,
+    is not a terminal)."""
+    if log_format == "auto":
         stream = sys.__stderr__ if stream is None else stream
         isatty = getattr(stream, "isatty", None)
         return not (isatty is not None and isatty())
-    return chosen == "json"
+    return log_format == "json"
 
 
 def use_json(logger: logging.Logger) -> None:
@@ -70,7 +63,11 @@ def use_json(logger: logging.Logger) -> None:
         handler.setFormatter(formatter)
 
 
-def on_logger_setup(logger: logging.Logger, **_: Any) -> None:
-    """Receiver of Celery's ``after_setup_logger`` and ``after_setup_task_logger`` signals."""
-    if wants_json():
-        use_json(logger)
+def logger_setup(log_format: str) -> Callable[..., None]:
+    """A receiver of Celery's ``after_setup_logger`` and ``after_setup_task_logger`` signals."""
+
+    def on_logger_setup(logger: logging.Logger, **_: Any) -> None:
+        if wants_json(log_format):
+            use_json(logger)
+
+    return on_logger_setup

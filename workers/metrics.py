@@ -3,7 +3,7 @@
 Measured at the seams, never inside the protocol: the TaskRouter gateway times its own calls
 (and counts 412s), the ledger times its writes, the apply task counts outcomes, runs, retries,
 ledger errors and queue lag, and every publish to ``reservations.dead`` is counted where it
-happens. Labels use the ledger's words (``outcome``, ``attempt``).
+happens. Names and labels use the ledger's words (``workers.core.vocabulary``).
 
 ``WORKER_METRICS_PORT`` (``[host:]port``; unset: no server) makes each worker process serve
 ``/metrics`` once it consumes (``worker_ready``). With the threads pool (what we deploy) the
@@ -20,7 +20,6 @@ children), no allocation of our own.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from typing import Any
 
@@ -40,16 +39,16 @@ ACTIONS = Counter(
 RETRIES = Counter(
     "reservations_retries", "Runs of the apply task that ended in a delayed retry (429, 5xx, lasting 412s)"
 )
-ATTEMPTS = Histogram(
-    "reservations_action_attempts",
-    "The run (the ledger's attempt: 1, then 2 after a retry, ...) in which an action reached its outcome",
+RUNS = Histogram(
+    "reservations_action_runs",
+    "The run (1, then 2 after a retry, ...) in which an action reached its outcome",
     buckets=(1, 2, 3, 4, 5, 6, 8, 10, 15, 20),
 )
 CONFLICTS = Counter("reservations_conflicts", "HTTP 412 answers from TaskRouter: the If-Match ETag was stale")
 TASKROUTER_SECONDS = Histogram(
     "reservations_taskrouter_request_duration_seconds",
     "TaskRouter calls by endpoint (fetch, update) and HTTP status (or timeout, connection_error)",
-    ["endpoint", "status"],
+    ["endpoint", "http_status"],
 )
 LEDGER_SECONDS = Histogram(
     "reservations_ledger_write_duration_seconds",
@@ -95,16 +94,16 @@ _ledger = _Children(LEDGER_SECONDS)
 _dead_letters = _Children(DEAD_LETTERS)
 
 
-def outcome(name: str, attempt: int) -> None:
-    """An apply run ended with outcome ``name`` in run ``attempt``."""
+def outcome(name: str, run: int) -> None:
+    """An apply run ended with outcome ``name`` in run ``run``."""
     _actions(name).inc()
-    ATTEMPTS.observe(attempt)
+    RUNS.observe(run)
 
 
-def taskrouter_call(endpoint: str, status: str, started: float) -> None:
-    """A TaskRouter call that began at ``started`` (``time.perf_counter()``) ended with ``status``."""
-    _taskrouter(endpoint, status).observe(time.perf_counter() - started)
-    if status == "412":
+def taskrouter_call(endpoint: str, http_status: str, started: float) -> None:
+    """A TaskRouter call that began at ``started`` (``time.perf_counter()``) ended with ``http_status``."""
+    _taskrouter(endpoint, http_status).observe(time.perf_counter() - started)
+    if http_status == "412":
         CONFLICTS.inc()
 
 
@@ -131,21 +130,22 @@ def parse_address(value: str) -> tuple[str, int]:
     return host or "0.0.0.0", int(port)  # noqa: S104 - Prometheus scrapes from another container
 
 
-def registry() -> CollectorRegistry:
+def registry(multiprocess_dir: str | None) -> CollectorRegistry:
     """This process's registry, or in multiprocess mode the sum over every process's files."""
-    if os.environ.get(MULTIPROCESS_VARIABLE):
+    if multiprocess_dir:
         collected = CollectorRegistry()
-        multiprocess.MultiProcessCollector(collected)  # type: ignore[no-untyped-call]
+        multiprocess.MultiProcessCollector(collected, path=multiprocess_dir)  # type: ignore[no-untyped-call]
         return collected
     return REGISTRY
 
 
-def serve(pool: object = None) -> tuple[str, int] | None:
-    """Start the ``/metrics`` server when ``WORKER_METRICS_PORT`` asks for one; its address."""
-    configured = os.environ.get("WORKER_METRICS_PORT", "").strip()
-    if not configured:
+def serve(
+    address: str | None, pool: object = None, multiprocess_dir: str | None = None
+) -> tuple[str, int] | None:
+    """Start the ``/metrics`` server at ``address`` (``WORKER_METRICS_PORT``), if any; its address."""
+    if not address:
         return None
-    if _is_prefork(pool) and not os.environ.get(MULTIPROCESS_VARIABLE):
+    if _is_prefork(pool) and not multiprocess_dir:
         logger.error(
             "%s is set but the pool is prefork: the tasks' metrics live in the child processes;"
             " set %s to an empty directory (prometheus_client's multiprocess mode). No metrics served.",
@@ -153,8 +153,8 @@ def serve(pool: object = None) -> tuple[str, int] | None:
             MULTIPROCESS_VARIABLE,
         )
         return None
-    host, port = parse_address(configured)
-    start_http_server(port, addr=host, registry=registry())
+    host, port = parse_address(address)
+    start_http_server(port, addr=host, registry=registry(multiprocess_dir))
     logger.info("serving Prometheus metrics on http://%s:%d/metrics", host, port)
     return host, port
 

@@ -102,12 +102,12 @@ def test_rows_use_the_audit_names(client: TestClient, seeded: Seeded) -> None:
     assert len(failed) == 1
     row = failed[0]
     assert row["outcome"] == "failed"
-    assert row["error_code"] == 20404
+    assert row["twilio_error_code"] == 20404
     assert row["http_status"] == 404
-    assert isinstance(row["seq"], int)
-    assert row["cursor"].endswith(f":{row['seq']}")
-    assert "position" not in row
-    assert "twilio_error_code" not in row
+    assert isinstance(row["position"], int)
+    assert row["cursor"].endswith(f":{row['position']}")
+    assert "seq" not in row  # the ledger's words, no synonyms (workers.core.vocabulary)
+    assert "error_code" not in row
     assert "tx_id" not in row
 
 
@@ -136,7 +136,7 @@ def test_task_worker_and_workspace_history(client: TestClient, seeded: Seeded) -
     assert {row["reservation_sid"] for row in worker} == {seeded.reservation_sids[1]}
     workspace = ok(client, f"/v1/workspaces/{seeded.workspace_sid}/history")["items"]
     assert len(workspace) == SEEDED_ROWS
-    seqs = [row["seq"] for row in workspace]
+    seqs = [row["position"] for row in workspace]
     assert len(set(seqs)) == len(seqs)
 
 
@@ -148,7 +148,7 @@ def test_event_filters(client: TestClient, seeded: Seeded) -> None:
 
     assert [r["kind"] for r in events(kind="transition")] == ["transition"] * 3
     assert [r["action_id"] for r in events(outcome="failed")] == [str(seeded.failed)]
-    assert {r["kind"] for r in events(error_code=20404)} == {"attempt", "outcome"}
+    assert {r["kind"] for r in events(twilio_error_code=20404)} == {"attempt", "outcome"}
     assert {r["action_id"] for r in events(action_id=str(seeded.applied[1]))} == {str(seeded.applied[1])}
     assert len(events(correlation_id=seeded.correlation_id)) == 12
     assert [r["action_id"] for r in events(correlation_id="other", kind="received")] == [str(seeded.failed)]
@@ -157,7 +157,7 @@ def test_event_filters(client: TestClient, seeded: Seeded) -> None:
     later = events(since=middle)
     earlier = events(until=middle)
     assert len(later) + len(earlier) == SEEDED_ROWS
-    assert later[0]["seq"] == everything[5]["seq"]
+    assert later[0]["position"] == everything[5]["position"]
     assert events(since="2999-01-01T00:00:00Z") == []
     assert events(reservation_sid=seeded.reservation_sids[1], task_sid=seeded.task_sids[1]) == [
         r for r in everything if r["reservation_sid"] == seeded.reservation_sids[1]
@@ -192,7 +192,7 @@ def test_reservation_projection_and_timeline(client: TestClient, seeded: Seeded)
         ("pending", "accepted", "applied"),
         ("accepted", "completed", "applied"),
     ]
-    assert state["last_seq"] == timeline["steps"][-1]["seq"]
+    assert state["last_position"] == timeline["steps"][-1]["position"]
     assert client.get(f"/v1/reservations/{new_sid('WR')}").status_code == 404
     assert ok(client, f"/v1/reservations/{new_sid('WR')}/timeline")["steps"] == []
 
@@ -222,8 +222,8 @@ INJECTION = "WR' OR '1'='1"
         ("/v1/events", {"since": "2026-01-01T00:00:00Z' OR 1=1 --"}, "since"),
         ("/v1/events", {"kind": "transition'--"}, "kind"),
         ("/v1/events", {"outcome": "won"}, "outcome"),
-        ("/v1/events", {"error_code": "99999999999999999999"}, "error_code"),
-        ("/v1/events", {"error_code": "-5"}, "error_code"),
+        ("/v1/events", {"twilio_error_code": "99999999999999999999"}, "twilio_error_code"),
+        ("/v1/events", {"twilio_error_code": "-5"}, "twilio_error_code"),
         ("/v1/events", {"after": "garbage"}, "after"),
         ("/v1/events", {"after": "1:2; DROP TABLE x"}, "after"),
         ("/v1/events", {"after": "99999999999999999999:1"}, "after"),
@@ -266,11 +266,11 @@ def test_limit_and_cursor_pages(client: TestClient, seeded: Seeded) -> None:
             params["after"] = cursor
         page = ok(client, path, **params)
         assert len(page["items"]) <= 4
-        seen += [row["seq"] for row in page["items"]]
+        seen += [row["position"] for row in page["items"]]
         cursor = page["next_cursor"]
         if not page["has_more"]:
             break
-    assert seen == [row["seq"] for row in everything]
+    assert seen == [row["position"] for row in everything]
     # An empty page hands the cursor back, so a client can poll from where it stands.
     assert ok(client, path, after=cursor)["next_cursor"] == cursor
 
@@ -328,7 +328,7 @@ def test_paging_across_concurrent_inserts_misses_and_repeats_nothing(
             if cursor is not None:
                 params["after"] = cursor
             page = ok(client, path, **params)
-            seen += [row["seq"] for row in page["items"]]
+            seen += [row["position"] for row in page["items"]]
             cursor = page["next_cursor"]
             pages += 1
             if pages == 10:
@@ -344,14 +344,14 @@ def test_paging_across_concurrent_inserts_misses_and_repeats_nothing(
             if cursor is not None:
                 params["after"] = cursor
             page = ok(client, path, **params)
-            seen.extend(row["seq"] for row in page["items"])
+            seen.extend(row["position"] for row in page["items"])
             cursor = page["next_cursor"]
             if not page["has_more"]:
                 return seen
 
     expected = written + 1
     eventually(drain, lambda rows: len(rows) >= expected)
-    everything = [row["seq"] for row in ok(client, path, limit=1000)["items"]]
+    everything = [row["position"] for row in ok(client, path, limit=1000)["items"]]
     assert len(everything) == expected
     assert sorted(seen) == sorted(everything)
     assert len(seen) == len(set(seen)), "a row was repeated"

@@ -44,7 +44,7 @@ def test_history_as_json_lines_by_default_outside_a_terminal(db_url: str, seeded
     failed = json_lines(
         run(db_url, "history", "--workspace", seeded.workspace_sid, "--outcome", "failed", "--format", "json")
     )
-    assert [(r["action_id"], r["error_code"]) for r in failed] == [(str(seeded.failed), 20404)]
+    assert [(r["action_id"], r["twilio_error_code"]) for r in failed] == [(str(seeded.failed), 20404)]
 
 
 @pytest.mark.parametrize(
@@ -54,7 +54,7 @@ def test_history_as_json_lines_by_default_outside_a_terminal(db_url: str, seeded
         ("--task", "task_sids", 11),
         ("--worker", "worker_sids", 11),
         ("--kind", "transition", 3),
-        ("--error-code", "20404", 2),
+        ("--twilio-error-code", "20404", 2),
         ("--correlation-id", "correlation_id", 12),
     ],
 )
@@ -72,7 +72,7 @@ def test_history_pages_with_after_and_limit(db_url: str, seeded: Seeded) -> None
     )
     assert len(first) == 5
     assert len(rest) == SEEDED_ROWS - 5
-    assert rest[0]["seq"] > first[-1]["seq"]
+    assert rest[0]["position"] > first[-1]["position"]
 
 
 def test_history_as_csv_and_as_a_table(db_url: str, seeded: Seeded) -> None:
@@ -80,7 +80,7 @@ def test_history_as_csv_and_as_a_table(db_url: str, seeded: Seeded) -> None:
     assert result.exit_code == 0, result.output
     rows = list(csv.DictReader(io.StringIO(result.stdout)))
     assert [r["kind"] for r in rows] == ["received", "attempt", "outcome"]
-    assert rows[-1]["error_code"] == "20404"
+    assert rows[-1]["twilio_error_code"] == "20404"
     table = run(db_url, "history", "--action-id", str(seeded.failed), "--format", "table")
     assert table.exit_code == 0, table.output
     assert "outcome" in table.stdout
@@ -92,7 +92,7 @@ def test_time_filters(db_url: str, seeded: Seeded) -> None:
     every = json_lines(run(db_url, "history", "--workspace", seeded.workspace_sid))
     middle = every[6]["recorded_at"]
     later = json_lines(run(db_url, "history", "--workspace", seeded.workspace_sid, "--since", middle))
-    assert later[0]["seq"] == every[6]["seq"]
+    assert later[0]["position"] == every[6]["position"]
     future = json_lines(run(db_url, "history", "--workspace", seeded.workspace_sid, "--since", "2999-01-01"))
     assert future == []
 

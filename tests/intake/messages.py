@@ -26,7 +26,7 @@ from workers.core.parameters import (
     Kind,
     Parameter,
 )
-from workers.intake.schema import SCHEMAS_DIR
+from workers.core.schema import SCHEMAS_DIR
 
 EXAMPLES_DIR = SCHEMAS_DIR / "examples" / "reservation-action.v1"
 

@@ -16,11 +16,11 @@ from tests.intake.test_intake_end_to_end import addressed
 from tests.intake.wire import channel
 from tests.support.e2e import action_for, wait_for_outcome
 from tests.support.services import rabbitmq_vhost
+from workers.broker.producer import InvalidAction, Producer, PublishError, encode, publish
 from workers.cli import main
 from workers.core.action import ActionKind
 from workers.emulator.admin import EmulatorAdmin
 from workers.ledger import Ledger
-from workers.producer import InvalidAction, Producer, PublishError, encode, publish
 from workers.worker_process import WorkerProcess
 
 pytestmark = pytest.mark.integration

@@ -11,11 +11,11 @@ import pytest
 from jsonschema import Draft202012Validator  # type: ignore[import-untyped]
 
 from tests.intake.messages import EXAMPLES_DIR, example_paths
+from workers.core import validation
 from workers.core.action import ActionKind
 from workers.core.parameters import BY_KEYWORD, PARAMETERS, REQUIRED_BY_INSTRUCTION, Kind
-from workers.intake import validation
-from workers.intake.schema import SCHEMA_FILE_NAME, SCHEMAS_DIR, build_schema, main, render
-from workers.intake.validation import Accepted, RejectCode, Rejected, decide
+from workers.core.schema import SCHEMA_FILE_NAME, SCHEMAS_DIR, build_schema, main, render
+from workers.core.validation import Accepted, RejectCode, Rejected, decide
 
 COMMITTED = SCHEMAS_DIR / SCHEMA_FILE_NAME
 
@@ -27,7 +27,7 @@ def committed() -> dict[str, Any]:
 
 def test_the_committed_file_is_what_the_catalogue_generates() -> None:
     # Fails when someone edits the file by hand, or changes the catalogue without regenerating:
-    # run `python -m workers.intake.schema` and commit both.
+    # run `python -m workers.core.schema` and commit both.
     assert COMMITTED.read_text(encoding="utf-8") == render(build_schema())
     assert main(["--check"]) == 0
 

@@ -10,22 +10,22 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.intake.messages import example, fresh, mutated_messages, valid_messages
-from workers.celery import create_app
+from workers.broker import intake as step
+from workers.broker.intake import Intake
+from workers.broker.publishing import Publishers, hand_to_apply
+from workers.broker.topology import OUTCOME_HEADER, REJECT_CODE_HEADER
+from workers.composition import create_app
 from workers.config import Settings
 from workers.core.action import Action
 from workers.errors import LedgerUnavailable
-from workers.intake import step
-from workers.intake.step import Intake
 from workers.ledger.models import Arrival
-from workers.producer import hand_to_apply
-from workers.topology import OUTCOME_HEADER, REJECT_CODE_HEADER
 
 REAL_PAUSE = step.Intake._pause
 
@@ -70,6 +70,14 @@ class FakeLedger:
         return len(self.rejected)
 
 
+def _no_ledger() -> Any:
+    raise AssertionError("the tests hand the intake a fake ledger")
+
+
+# The harness replaces hand_to_apply and publish_dead_letter: nothing is published.
+_NO_PUBLISHERS = cast(Publishers, None)
+
+
 class Harness:
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.ledger = FakeLedger()
@@ -77,7 +85,7 @@ class Harness:
         self.dead: list[tuple[bytes, str, dict[str, Any]]] = []
         self.publish_fails = False
         self.apply_threads: list[int] = []
-        self.intake = Intake(app=None)  # the fakes below publish nothing
+        self.intake = Intake(_no_ledger, _NO_PUBLISHERS)  # the fakes below publish nothing
         self.intake._ledger = self.ledger  # type: ignore[assignment]
         monkeypatch.setattr(step, "hand_to_apply", self._apply)
         monkeypatch.setattr(step, "publish_dead_letter", self._dead)
@@ -188,7 +196,7 @@ def test_the_pause_before_a_requeue_grows_with_the_delivery_count_and_is_capped(
 def test_with_threads_the_loop_only_hands_over_and_gets_the_acknowledgement_back(harness: Harness) -> None:
     """The event loop must not wait on the ledger or a confirm, and only its thread may ack."""
     handed_back: queue.Queue[Callable[[], None]] = queue.Queue()
-    intake = Intake(app=None, threads=2, on_loop=handed_back.put)
+    intake = Intake(_no_ledger, _NO_PUBLISHERS, threads=2, on_loop=handed_back.put)
     intake._ledger = harness.ledger  # type: ignore[assignment]
     try:
         _check_the_hand_over(harness, intake, handed_back)
@@ -220,7 +228,7 @@ def _check_the_hand_over(
 
 def test_an_acknowledgement_on_a_closed_channel_does_not_escape_the_loop(harness: Harness) -> None:
     handed_back: list[Callable[[], None]] = []
-    harness.intake = Intake(app=None, on_loop=handed_back.append)
+    harness.intake = Intake(_no_ledger, _NO_PUBLISHERS, on_loop=handed_back.append)
     harness.intake._ledger = harness.ledger  # type: ignore[assignment]
 
     class ClosedChannel(FakeMessage):
@@ -266,7 +274,7 @@ def test_the_hand_off_to_the_apply_task_uses_the_action_id_and_masks_pii() -> No
 
     app.send_task = send_task
     message = fresh(example("call"))
-    hand_to_apply(app, message)
+    hand_to_apply(app.runtime.publishers, message)
     ((name, options),) = calls
     assert options["producer"] is not None  # a producer of the confirmed pool, not the app's own
     assert name == "reservations.apply"
@@ -290,7 +298,7 @@ def test_closing_finishes_the_message_in_hand_acks_it_here_and_leaves_the_queued
 
     harness.ledger.receive = slow_receive  # type: ignore[method-assign]
     handed_back: list[Callable[[], None]] = []
-    intake = Intake(app=None, threads=1, on_loop=handed_back.append)
+    intake = Intake(_no_ledger, _NO_PUBLISHERS, threads=1, on_loop=handed_back.append)
     intake._ledger = harness.ledger  # type: ignore[assignment]
     in_hand = FakeMessage(json.dumps(fresh(example("accept"))).encode())
     queued = FakeMessage(json.dumps(fresh(example("accept"))).encode())
@@ -309,7 +317,7 @@ def test_closing_cuts_a_retry_pause_short_and_requeues(
 ) -> None:
     monkeypatch.setattr(step.Intake, "_pause", REAL_PAUSE)  # the real, long pause
     harness.ledger.fail = True
-    intake = Intake(app=None, threads=1, on_loop=lambda callback: None)
+    intake = Intake(_no_ledger, _NO_PUBLISHERS, threads=1, on_loop=lambda callback: None)
     intake._ledger = harness.ledger  # type: ignore[assignment]
     failing = FakeMessage(b"[]", headers={"x-delivery-count": 10})  # a pause of MAX_RETRY_PAUSE
     intake.on_message(failing)  # type: ignore[arg-type]
@@ -324,7 +332,7 @@ def test_an_error_that_escapes_the_handler_is_logged(
     harness: Harness, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     harness.ledger.fail = True
-    intake = Intake(app=None, threads=1, on_loop=lambda callback: None)
+    intake = Intake(_no_ledger, _NO_PUBLISHERS, threads=1, on_loop=lambda callback: None)
     intake._ledger = harness.ledger  # type: ignore[assignment]
 
     def broken_retry(message: Any) -> None:
@@ -344,9 +352,9 @@ def test_a_consumer_with_an_event_loop_gets_intake_threads_and_one_without_handl
         def call_soon(self, callback: Callable[[], None]) -> None:
             callback()
 
-    monkeypatch.setenv("INTAKE_THREADS", "3")
-    threaded = step.intake_for(create_app(Settings(broker_url="memory://")), Hub())
-    inline = step.intake_for(create_app(Settings(broker_url="memory://")), None)
+    runtime = create_app(Settings(broker_url="memory://", intake_threads=3)).runtime
+    threaded = runtime.intake(Hub())
+    inline = runtime.intake(None)
     try:
         assert threaded._executor is not None
         assert threaded._executor._max_workers == 3

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.intake.messages import JSON_VALUES, example, fresh, mutated_messages, valid_messages
-from workers.intake.validation import (
+from workers.core.validation import (
     Accepted,
     RejectCode,
     Rejected,

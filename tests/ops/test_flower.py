@@ -20,12 +20,11 @@ import pytest
 import requests
 
 from tests.support.e2e import action_for, wait_for_outcome
-from workers.celery import APPLY_TASK_NAME
+from workers.broker.topology import APPLY_TASK_NAME
 from workers.core.action import ActionKind
 from workers.emulator.admin import EmulatorAdmin
 from workers.emulator.process import free_port
 from workers.ledger import Ledger
-from workers.producer import enqueue
 from workers.worker_process import WorkerProcess
 
 pytest.importorskip("flower", reason="flower is not installed (pip install flower, or the test extra)")
@@ -121,7 +120,7 @@ def test_flower_shows_the_worker_and_the_apply_task_with_masked_arguments(
 
     reservation = admin.create_reservation()
     action = action_for(reservation, ActionKind.CONFERENCE, params=dict(PII))
-    enqueue(action, celery_app)
+    celery_app.enqueue(action)
     assert wait_for_outcome(ledger, action.action_id).outcome == "applied"
 
     task_id = str(action.action_id)  # the task id is the producer's action_id

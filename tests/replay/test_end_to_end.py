@@ -17,13 +17,12 @@ from tests.audit.support import eventually
 from tests.replay.conftest import cli, json_lines
 from tests.support.e2e import action_for, wait_for_outcome
 from workers.audit.queries import story
+from workers.audit.timeline import timeline
 from workers.core.action import ActionKind
 from workers.emulator.admin import EmulatorAdmin
 from workers.ledger import Ledger
 from workers.ledger.connector import connect
-from workers.producer import enqueue
 from workers.replay.redrive import dead_letters
-from workers.replay.timeline import timeline
 from workers.worker_process import WorkerProcess
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -45,7 +44,7 @@ def test_rebuild_equals_the_live_projection_after_a_mixed_run(
     outcomes: dict[str, str] = {}
     for kind in (ActionKind.ACCEPT, ActionKind.WRAPUP, ActionKind.COMPLETE):
         act = action_for(walked, kind)
-        enqueue(act, celery_app)
+        celery_app.enqueue(act)
         outcomes[f"walked {kind}"] = wait_for_outcome(ledger, act.action_id).outcome or ""
     others = {
         "already": action_for(already),
@@ -53,7 +52,7 @@ def test_rebuild_equals_the_live_projection_after_a_mixed_run(
         "contested": action_for(contested),
     }
     for act in others.values():
-        enqueue(act, celery_app)
+        celery_app.enqueue(act)
     for name, act in others.items():
         outcomes[name] = wait_for_outcome(ledger, act.action_id).outcome or ""
     assert outcomes["walked complete"] == "applied"
@@ -109,7 +108,7 @@ def test_dead_lettered_actions_are_redriven_once_the_faults_are_off(
     admin.add_fault("unavailable", reservation_sids=[stuck.sid, moved_on.sid])
     originals = {"stuck": action_for(stuck), "moved_on": action_for(moved_on)}
     for act in originals.values():
-        enqueue(act, celery_app)
+        celery_app.enqueue(act)
     for act in originals.values():
         assert wait_for_outcome(ledger, act.action_id).outcome == "dead_lettered"
     wanted = {act.action_id for act in originals.values()}

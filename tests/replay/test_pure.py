@@ -9,8 +9,8 @@ import pytest
 
 from workers.audit.params import parse_rfc3339, parse_time
 from workers.audit.rows import EVENT_FIELDS, event_row
+from workers.audit.timeline import steps
 from workers.ledger.models import LedgerEvent
-from workers.replay.timeline import steps
 
 T0 = datetime(2026, 1, 31, 12, 0, tzinfo=UTC)
 
@@ -68,7 +68,7 @@ def test_people_may_type_a_plain_utc_date() -> None:
 def test_rows_are_presented_under_the_audit_names() -> None:
     row = event_row(event(7, "outcome", twilio_error_code=20404, action_id=uuid.UUID(int=1)))
     assert list(row) == list(EVENT_FIELDS)
-    assert (row["seq"], row["error_code"], row["cursor"]) == (7, 20404, "1007:7")
+    assert (row["position"], row["twilio_error_code"], row["cursor"]) == (7, 20404, "1007:7")
     assert row["action_id"] == "00000000-0000-0000-0000-000000000001"
     assert row["recorded_at"] == "2026-01-31T12:00:07+00:00"
     assert row["row_hash"] == "07" * 32
@@ -86,7 +86,7 @@ def test_the_timeline_is_the_transitions_with_their_outcomes() -> None:
         event(7, "outcome", action_id=late, outcome="invalid_transition"),
     ]
     found = steps(events)
-    assert [(s.seq, s.from_status, s.to_status, s.etag) for s in found] == [
+    assert [(s.position, s.from_status, s.to_status, s.etag) for s in found] == [
         (1, None, "pending", "1"),
         (3, "pending", "accepted", "2"),
         (5, "accepted", "canceled", "3"),

@@ -15,10 +15,11 @@ from kombu.connection import Connection
 
 from tests.audit.support import eventually
 from tests.replay.conftest import cli, json_lines
+from workers.broker.dead_letters import publish_dead_letter
+from workers.broker.topology import OUTCOME_HEADER, apply_queue
 from workers.core.action import Action, ActionKind
 from workers.core.planner import Outcome
 from workers.core.sids import new_sid
-from workers.dead_letters import publish_dead_letter
 from workers.ledger import Ledger
 from workers.replay.redrive import (
     REDRIVE_PRODUCER,
@@ -29,7 +30,6 @@ from workers.replay.redrive import (
     parse_dead_letter,
     redrive,
 )
-from workers.topology import OUTCOME_HEADER, apply_queue
 
 pytestmark = pytest.mark.integration
 
@@ -55,7 +55,7 @@ def settle(ledger: Ledger, action: Action, outcome: Outcome, code: int | None = 
 
 def dead_letter(app: Any, action: Action, outcome: Outcome) -> None:
     publish_dead_letter(
-        app,
+        app.runtime.publishers,
         action.to_message(),
         "test",
         action_id=str(action.action_id),
@@ -187,7 +187,7 @@ def test_error_code_and_outcome_filters_select_from_the_ledger(
     settle(ledger, unwanted, Outcome.FAILED, code=20001)
     dead_letter(celery_app, unwanted, Outcome.FAILED)
     filters = RedriveFilters(
-        outcomes=frozenset({"failed"}), since=datetime.fromisoformat(since), error_code=20404
+        outcomes=frozenset({"failed"}), since=datetime.fromisoformat(since), twilio_error_code=20404
     )
 
     def dry_run() -> list[Decision]:
@@ -220,7 +220,7 @@ def test_dead_letters_the_ledger_never_settled_are_redriven_unlinked(
     dead_letter(celery_app, orphan, Outcome.DEAD_LETTERED)
     malformed = {"schema": "reservation-action/v1", "action_id": str(uuid.uuid4()), "action": "dance"}
     publish_dead_letter(
-        celery_app,
+        celery_app.runtime.publishers,
         {**malformed, "reservation_sid": orphan.reservation_sid},
         "malformed",
         action_id=malformed["action_id"],
@@ -241,7 +241,7 @@ def test_dead_letters_the_ledger_never_settled_are_redriven_unlinked(
     # With a filter only the ledger can answer, an unsettled dead letter is not selected.
     again = an_action()
     dead_letter(celery_app, again, Outcome.DEAD_LETTERED)
-    filters = RedriveFilters(reservation_sid=again.reservation_sid, error_code=20001)
+    filters = RedriveFilters(reservation_sid=again.reservation_sid, twilio_error_code=20001)
     with dead_letters(broker_url) as letters:
         decisions = redrive(ledger, letters, published.append, filters, dry_run=True)
     assert {d.verdict for d in decisions if d.action_id == again.action_id} == {Verdict.LEFT_IN_QUEUE}

@@ -8,7 +8,7 @@ from typing import Any
 
 from kombu.connection import Connection
 
-from workers.topology import DEAD_LETTER_QUEUE_NAME, dead_letter_queue
+from workers.broker.topology import DEAD_LETTER_QUEUE_NAME, dead_letter_queue
 
 
 @dataclass(frozen=True)

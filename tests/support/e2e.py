@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from workers.celery import create_app
+from workers.composition import create_app
 from workers.config import EMULATOR_ACCOUNT_SID, EMULATOR_AUTH_TOKEN, Settings
 from workers.core.action import Action, ActionKind
 from workers.emulator.admin import EmulatorAdmin, ReservationInfo

@@ -9,7 +9,7 @@ from typing import Any
 from unittest.mock import ANY
 
 from tests.fakes import FakeGateway, FakeLedger
-from workers.applier import ActionApplier, Delivery, Done, RetryLater
+from workers.apply.applier import ActionApplier, Delivery, Done, RetryLater
 from workers.core.action import Action, ActionKind
 from workers.core.planner import Outcome
 from workers.core.retry import RetryPolicy

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from workers.celery import celery_config
+from workers.composition import celery_config
 from workers.config import Settings
 from workers.errors import ConfigurationError
 

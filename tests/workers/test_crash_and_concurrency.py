@@ -12,7 +12,6 @@ from tests.support.e2e import action_for, wait_for_outcome
 from workers.core.action import ActionKind
 from workers.emulator.admin import EmulatorAdmin
 from workers.ledger import Ledger
-from workers.producer import enqueue
 from workers.worker_process import WorkerProcess
 
 
@@ -42,7 +41,7 @@ def test_worker_killed_mid_update_still_applies_exactly_once(
     )
     action = action_for(reservation)
     with WorkerProcess(worker_env, concurrency=2) as doomed:
-        enqueue(action, celery_app)
+        celery_app.enqueue(action)
         deadline = time.monotonic() + 30
         while admin.reservation_counts(reservation.sid).fetch.total < 1 and time.monotonic() < deadline:
             time.sleep(0.02)
@@ -73,7 +72,7 @@ def test_many_workers_racing_on_the_same_reservations_lose_nothing(
     random.Random(5).shuffle(actions)
     with WorkerProcess(worker_env, concurrency=4), WorkerProcess(worker_env, concurrency=4):
         for action in actions:
-            enqueue(action, celery_app)
+            celery_app.enqueue(action)
         outcomes = {a.action_id: wait_for_outcome(ledger, a.action_id).outcome for a in actions}
 
     for action in actions:

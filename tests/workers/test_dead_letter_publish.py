@@ -7,8 +7,12 @@ from typing import Any
 import pytest
 from celery.exceptions import Reject
 
-from workers import tasks
-from workers.celery import app
+from workers.apply import task
+from workers.apply.applier import Done
+from workers.core.planner import Outcome
+
+FAILED = Done(Outcome.FAILED, "failed")
+PUBLISHERS: Any = object()
 
 
 def test_an_unconfirmed_dead_letter_hands_the_message_back_for_another_delivery(
@@ -17,15 +21,15 @@ def test_an_unconfirmed_dead_letter_hands_the_message_back_for_another_delivery(
     def unconfirmed(*args: Any, **options: Any) -> None:
         raise TimeoutError("no confirm in 10 s")
 
-    monkeypatch.setattr(tasks, "publish_dead_letter", unconfirmed)
+    monkeypatch.setattr(task, "publish_dead_letter", unconfirmed)
     with pytest.raises(Reject) as rejected:
-        tasks._dead_letter(app, {"action_id": "x"}, "failed", action_id="x", extra_headers={})
+        task._dead_letter(PUBLISHERS, {"action_id": "x"}, FAILED)
     assert rejected.value.requeue is True
     assert isinstance(rejected.value.reason, TimeoutError)
 
 
 def test_a_confirmed_dead_letter_is_published_once(monkeypatch: pytest.MonkeyPatch) -> None:
     published: list[tuple[Any, ...]] = []
-    monkeypatch.setattr(tasks, "publish_dead_letter", lambda *args, **options: published.append(args))
-    tasks._dead_letter(app, {"action_id": "x"}, "failed", action_id="x", extra_headers={})
-    assert published == [(app, {"action_id": "x"}, "failed")]
+    monkeypatch.setattr(task, "publish_dead_letter", lambda *args, **options: published.append(args))
+    task._dead_letter(PUBLISHERS, {"action_id": "x"}, FAILED)
+    assert published == [(PUBLISHERS, {"action_id": "x"}, "failed")]

@@ -11,7 +11,6 @@ from tests.support.e2e import action_for, wait_for_outcome
 from workers.core.action import ActionKind
 from workers.emulator.admin import EmulatorAdmin
 from workers.ledger import Ledger
-from workers.producer import enqueue
 from workers.worker_process import WorkerProcess
 
 CALL = {"call_from": "+15550001111", "call_url": "https://example.test/twiml"}
@@ -54,7 +53,7 @@ def test_each_action_is_applied_with_its_ledger_rows(
 ) -> None:
     reservation = admin.create_reservation(status=start)
     action = action_for(reservation, kind, params=params)
-    enqueue(action, celery_app)
+    celery_app.enqueue(action)
 
     record = wait_for_outcome(ledger, action.action_id)
     assert record.outcome == "applied"
@@ -78,6 +77,6 @@ def test_worker_scoped_action_is_applied(
 ) -> None:
     reservation = admin.create_reservation()
     action = action_for(reservation, task_sid=None, worker_sid=reservation.worker_sid)
-    enqueue(action, celery_app)
+    celery_app.enqueue(action)
     assert wait_for_outcome(ledger, action.action_id).outcome == "applied"
     assert admin.reservation(reservation.sid).status == "accepted"

@@ -12,12 +12,12 @@ from typing import Any
 import pytest
 
 from tests.support.e2e import PII_KEY, action_for, wait_for_outcome
-from workers.config import EMULATOR_AUTH_TOKEN
+from workers.config import EMULATOR_AUTH_TOKEN, Settings
 from workers.core.action import Action, ActionKind
 from workers.emulator.admin import EmulatorAdmin
+from workers.errors import ConfigurationError
 from workers.ledger import Ledger
 from workers.logs import FIELDS, JsonFormatter, wants_json
-from workers.producer import enqueue
 from workers.worker_process import WorkerProcess
 
 CALL_FROM = "+15557770001"
@@ -26,14 +26,14 @@ CALL_URL = "https://example.test/twiml/secret-path"
 
 def test_the_formatter_writes_one_json_object_with_the_ledger_fields() -> None:
     record = logging.LogRecord("workers.apply", logging.INFO, __file__, 1, "action %s: %s", ("a1", "x"), None)
-    record.__dict__.update(action_id="a1", outcome="applied", attempt=2, delay=None, unrelated="no")
+    record.__dict__.update(action_id="a1", outcome="applied", run=2, delay=None, unrelated="no")
     line = JsonFormatter().format(record)
     assert "\n" not in line
     parsed = json.loads(line)
-    assert set(parsed) == {"time", "level", "logger", "message", "action_id", "outcome", "attempt"}
+    assert set(parsed) == {"time", "level", "logger", "message", "action_id", "outcome", "run"}
     assert parsed["message"] == "action a1: x"
     assert parsed["time"].endswith("+00:00")
-    assert set(FIELDS) >= {"action_id", "reservation_sid", "correlation_id", "attempt", "outcome", "delay"}
+    assert set(FIELDS) >= {"action_id", "reservation_sid", "correlation_id", "run", "outcome", "delay"}
 
 
 def test_the_formatter_keeps_a_traceback_inside_the_line() -> None:
@@ -65,7 +65,12 @@ class _Stream:
 )
 def test_log_format_chooses_json_off_a_terminal(value: str, tty: bool, expected: bool) -> None:
     env = {"LOG_FORMAT": value} if value else {}
-    assert wants_json(env, _Stream(tty)) is expected
+    assert wants_json(Settings.from_env(env).log_format, _Stream(tty)) is expected
+
+
+def test_an_unknown_log_format_is_a_clear_error() -> None:
+    with pytest.raises(ConfigurationError, match="LOG_FORMAT"):
+        Settings.from_env({"LOG_FORMAT": "xml"})
 
 
 def test_json_logs_of_a_real_worker_parse_and_hold_no_pii_or_secrets(
@@ -80,8 +85,8 @@ def test_json_logs_of_a_real_worker_parse_and_hold_no_pii_or_secrets(
         task_sid=reservation.task_sid, params=params,
     )  # fmt: skip
     with WorkerProcess({**worker_env, "LOG_FORMAT": "json"}, concurrency=2) as worker:
-        enqueue(call, celery_app)
-        enqueue(unknown, celery_app)
+        celery_app.enqueue(call)
+        celery_app.enqueue(unknown)
         assert wait_for_outcome(ledger, call.action_id).outcome == "applied"
         assert wait_for_outcome(ledger, unknown.action_id).outcome == "failed"
         time.sleep(0.3)  # the task logs its outcome just after the ledger has it
@@ -94,7 +99,7 @@ def test_json_logs_of_a_real_worker_parse_and_hold_no_pii_or_secrets(
     applies = [line for line in lines if line["logger"] == "workers.apply"]
     outcomes = {line["action_id"]: line["outcome"] for line in applies}
     assert outcomes == {str(call.action_id): "applied", str(unknown.action_id): "failed"}
-    assert all(line["attempt"] == 1 for line in applies)
+    assert all(line["run"] == 1 for line in applies)
     assert {line["reservation_sid"] for line in applies} == {reservation.sid, unknown.reservation_sid}
     for line in log.splitlines():
         if "workers.apply" in line:

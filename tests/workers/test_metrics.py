@@ -18,7 +18,6 @@ from workers.emulator.admin import EmulatorAdmin
 from workers.emulator.process import free_port
 from workers.ledger import Ledger
 from workers.metrics import parse_address
-from workers.producer import enqueue
 from workers.worker_process import WorkerProcess
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -57,17 +56,17 @@ def test_the_worker_counts_outcomes_conflicts_calls_and_lag(
     with WorkerProcess({**worker_env, "WORKER_METRICS_PORT": f"127.0.0.1:{port}"}, concurrency=2):
         before = scrape(port)
         assert value(before, "reservations_actions_total", outcome="applied") == 0
-        enqueue(accept, celery_app)
+        celery_app.enqueue(accept)
         assert wait_for_outcome(ledger, accept.action_id).outcome == "applied"
         # Behind the worker's back: the ETag the ledger cached for the reservation is now stale.
         admin.change(reservation.sid, "touch")
-        enqueue(unknown, celery_app)
-        enqueue(wrapup, celery_app)
+        celery_app.enqueue(unknown)
+        celery_app.enqueue(wrapup)
         assert wait_for_outcome(ledger, unknown.action_id).outcome == "failed"
         assert wait_for_outcome(ledger, wrapup.action_id).outcome == "applied"
         deadline = time.monotonic() + 10
         samples = scrape(port)
-        while value(samples, "reservations_action_attempts_count") < 3 and time.monotonic() < deadline:
+        while value(samples, "reservations_action_runs_count") < 3 and time.monotonic() < deadline:
             time.sleep(0.05)  # the task counts its outcome just after the ledger has it
             samples = scrape(port)
 
@@ -76,16 +75,16 @@ def test_the_worker_counts_outcomes_conflicts_calls_and_lag(
     assert value(samples, "reservations_conflicts_total") == 1
     assert value(samples, "reservations_retries_total") == 0
     assert value(samples, "reservations_ledger_errors_total") == 0
-    assert value(samples, "reservations_action_attempts_count") == 3
-    assert value(samples, "reservations_action_attempts_sum") == 3
+    assert value(samples, "reservations_action_runs_count") == 3
+    assert value(samples, "reservations_action_runs_sum") == 3
     assert value(samples, "reservations_dead_letters_total", outcome="failed") == 1
     calls = "reservations_taskrouter_request_duration_seconds_count"
     # accept: fetch (nothing cached yet), update. unknown: fetch 404. wrapup: update with the
     # cached ETag (412), fetch, update.
-    assert value(samples, calls, endpoint="fetch", status="200") == 2
-    assert value(samples, calls, endpoint="fetch", status="404") == 1
-    assert value(samples, calls, endpoint="update", status="200") == 2
-    assert value(samples, calls, endpoint="update", status="412") == 1
+    assert value(samples, calls, endpoint="fetch", http_status="200") == 2
+    assert value(samples, calls, endpoint="fetch", http_status="404") == 1
+    assert value(samples, calls, endpoint="update", http_status="200") == 2
+    assert value(samples, calls, endpoint="update", http_status="412") == 1
     counted = {key for key in samples if key[0] == calls and samples[key] > 0}
     assert len(counted) == 4
     assert value(samples, "reservations_queue_lag_seconds_count") == 3
@@ -109,12 +108,12 @@ def test_a_prefork_worker_adds_up_its_children_in_multiprocess_mode(
     actions = [action_for(admin.create_reservation()) for _ in range(4)]
     with WorkerProcess(env, pool="prefork", concurrency=2):
         for action in actions:
-            enqueue(action, celery_app)
+            celery_app.enqueue(action)
         for action in actions:
             assert wait_for_outcome(ledger, action.action_id).outcome == "applied"
         deadline = time.monotonic() + 10
         samples = scrape(port)
-        while value(samples, "reservations_action_attempts_count") < 4 and time.monotonic() < deadline:
+        while value(samples, "reservations_action_runs_count") < 4 and time.monotonic() < deadline:
             time.sleep(0.05)
             samples = scrape(port)
     assert value(samples, "reservations_actions_total", outcome="applied") == 4

@@ -12,11 +12,10 @@ import pytest
 
 from tests.support.broker import drain_dead_letters
 from tests.support.e2e import action_for, wait_for_outcome
+from workers.broker.topology import ACTION_ID_HEADER, OUTCOME_HEADER, REASON_HEADER
 from workers.core.action import ActionKind
 from workers.emulator.admin import EmulatorAdmin
 from workers.ledger import Ledger
-from workers.producer import enqueue
-from workers.topology import ACTION_ID_HEADER, OUTCOME_HEADER, REASON_HEADER
 from workers.worker_process import WorkerProcess
 
 
@@ -29,13 +28,13 @@ def test_stale_cached_etag_costs_one_412_then_applies(
 ) -> None:
     reservation = admin.create_reservation()
     accept = action_for(reservation)
-    enqueue(accept, celery_app)
+    celery_app.enqueue(accept)
     wait_for_outcome(ledger, accept.action_id)
     admin.change(reservation.sid, "touch")  # another actor changes it: our cached ETag is stale
     admin.reset_counters()
 
     complete = action_for(reservation, ActionKind.COMPLETE)
-    enqueue(complete, celery_app)
+    celery_app.enqueue(complete)
     assert wait_for_outcome(ledger, complete.action_id).outcome == "applied"
     assert kinds(ledger, complete.action_id) == ["received", "conflict", "transition", "outcome"]
     conflict = ledger.history(action_id=complete.action_id)[1]
@@ -55,7 +54,7 @@ def test_a_storm_of_412s_converges_and_every_conflict_is_in_the_ledger(
     admin.add_fault("conflict_storm", rate=0.5, seed=11)
     actions = [action_for(r) for r in reservations]
     for action in actions:
-        enqueue(action, celery_app)
+        celery_app.enqueue(action)
     outcomes = [wait_for_outcome(ledger, a.action_id).outcome for a in actions]
     assert outcomes == ["applied"] * len(actions)
     for reservation, action in zip(reservations, actions, strict=True):
@@ -81,7 +80,7 @@ def test_changed_behind_our_back_sends_nothing(
     reservation = admin.create_reservation()
     admin.change(reservation.sid, behind_our_back)
     action = action_for(reservation)
-    enqueue(action, celery_app)
+    celery_app.enqueue(action)
     assert wait_for_outcome(ledger, action.action_id).outcome == outcome
     assert admin.reservation_counts(reservation.sid).update.total == 0
 
@@ -107,7 +106,7 @@ def test_transient_faults_are_retried_then_applied(
     reservation = admin.create_reservation()
     fault_id = admin.add_fault(fault, operations=["update"], reservation_sids=[reservation.sid], **options)
     action = action_for(reservation)
-    enqueue(action, celery_app)
+    celery_app.enqueue(action)
     # The first update fails; remove the fault once it has, and the retry must succeed.
     _wait_until(lambda: admin.reservation_counts(reservation.sid).update.total >= 1)
     admin.remove_fault(fault_id)
@@ -134,7 +133,7 @@ def test_unknown_reservation_fails_without_retry(
     ghost = type(ghost)(
         uuid.uuid4(), ghost.action, ghost.workspace_sid, "WR" + "e" * 32, task_sid=ghost.task_sid
     )
-    enqueue(ghost, celery_app)
+    celery_app.enqueue(ghost)
     record = wait_for_outcome(ledger, ghost.action_id)
     assert record.outcome == "failed"
     outcome_row = ledger.history(action_id=ghost.action_id)[-1]
@@ -150,7 +149,7 @@ def test_bad_parameter_fails_with_400_and_no_retry(
 ) -> None:
     reservation = admin.create_reservation()
     action = action_for(reservation, ActionKind.CONFERENCE, params={"max_participants": 900})
-    enqueue(action, celery_app)
+    celery_app.enqueue(action)
     assert wait_for_outcome(ledger, action.action_id).outcome == "failed"
     assert ledger.history(action_id=action.action_id)[-1].http_status == 400
     counts = admin.reservation_counts(reservation.sid)
@@ -166,7 +165,7 @@ def test_exhausted_retries_dead_letter_the_message_with_its_reason(
     reservation = admin.create_reservation()
     admin.add_fault("unavailable", operations=["update"], reservation_sids=[reservation.sid])
     action = action_for(reservation, correlation_id="corr-dead")
-    enqueue(action, celery_app)
+    celery_app.enqueue(action)
     record = wait_for_outcome(ledger, action.action_id)
     assert record.outcome == "dead_lettered"
     history = kinds(ledger, action.action_id)
@@ -185,8 +184,8 @@ def test_the_same_action_id_twice_reaches_taskrouter_once(
 ) -> None:
     reservation = admin.create_reservation()
     action = action_for(reservation)
-    enqueue(action, celery_app)
-    enqueue(action, celery_app)
+    celery_app.enqueue(action)
+    celery_app.enqueue(action)
     assert wait_for_outcome(ledger, action.action_id).outcome == "applied"
     _wait_until(lambda: Counter(e.kind for e in ledger.history(action_id=action.action_id))["received"] == 1)
     assert admin.reservation_counts(reservation.sid).update.total == 1

@@ -11,9 +11,9 @@ from collections import Counter
 from typing import Any
 
 from tests.support.e2e import action_for, wait_for_outcome
+from workers.broker.producer import Producer
 from workers.emulator.admin import EmulatorAdmin
 from workers.ledger import Ledger
-from workers.producer import Producer, enqueue
 from workers.worker_process import WorkerProcess
 
 ACTIONS = 60
@@ -38,7 +38,7 @@ def test_sigterm_under_load_finishes_or_hands_back_every_action(
                 if index % 2:  # half through the plain-JSON intake, as producers publish
                     producer.publish(action)
                 else:
-                    enqueue(action, celery_app)
+                    celery_app.enqueue(action)
         deadline = time.monotonic() + 30
         while settled(ledger, ids) < 10 and time.monotonic() < deadline:
             time.sleep(0.02)

@@ -33,11 +33,11 @@ from workers import __version__
 from workers.audit import queries
 from workers.audit.params import parse_rfc3339
 from workers.audit.rows import action_row, event_row, reservation_row
+from workers.audit.timeline import timeline
 from workers.errors import ConfigurationError, LedgerError, LedgerUnavailable
 from workers.ledger.connector import Connector
 from workers.ledger.models import Cursor, EventKind, Outcome, Role
 from workers.ledger.store import Ledger
-from workers.replay.timeline import timeline
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ class Problem(BaseModel):
 
 
 class Event(BaseModel):
-    seq: int
+    position: int
     cursor: str
     recorded_at: datetime
     action_id: uuid.UUID | None
@@ -85,7 +85,7 @@ class Event(BaseModel):
     etag_after: str | None
     attempt: int | None
     http_status: int | None
-    error_code: int | None
+    twilio_error_code: int | None
     twilio_request_id: str | None
     duration_ms: int | None
     outcome: str | None
@@ -143,12 +143,12 @@ class ReservationEntry(BaseModel):
     worker_sid: str | None
     status: str
     etag: str | None
-    last_seq: int
+    last_position: int
     updated_at: datetime
 
 
 class TimelineStep(BaseModel):
-    seq: int
+    position: int
     recorded_at: datetime
     from_status: str | None
     to_status: str
@@ -206,7 +206,7 @@ def common_query(
     ] = None,
     kind: Annotated[EventKind | None, Query(description="A ledger event kind.")] = None,
     outcome: Annotated[Outcome | None, Query(description="An outcome.")] = None,
-    error_code: Annotated[
+    twilio_error_code: Annotated[
         int | None, Query(ge=0, le=_MAX_INT, description="A Twilio error code, e.g. 20001.")
     ] = None,
     since: Annotated[
@@ -227,7 +227,7 @@ def common_query(
             correlation_id=correlation_id,
             kind=kind.value if kind else None,
             outcome=outcome.value if outcome else None,
-            error_code=error_code,
+            twilio_error_code=twilio_error_code,
             since=start,
             until=end,
         ),

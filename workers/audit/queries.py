@@ -35,7 +35,7 @@ class Filters:
     correlation_id: str | None = None
     kind: str | None = None
     outcome: str | None = None
-    error_code: int | None = None
+    twilio_error_code: int | None = None
     since: datetime | None = None
     until: datetime | None = None
     # A known PII value (a phone number, say): rows whose parameters held it, via its keyed hash.
@@ -51,7 +51,7 @@ class Filters:
             "correlation_id": self.correlation_id,
             "kind": self.kind,
             "outcome": self.outcome,
-            "twilio_error_code": self.error_code,
+            "twilio_error_code": self.twilio_error_code,
             "since": self.since,
             "until": self.until,
             "pii_value": self.pii_value,

@@ -1,8 +1,8 @@
 """One mapping from ledger rows and registry entries to what the CLI and the API show.
 
-The ledger names a row's place ``position`` and the Twilio error ``twilio_error_code``; audit
-output calls them ``seq`` and ``error_code`` (the issue's names). ``cursor`` is the opaque place
-to resume after (``<tx_id>:<position>``): ledger order is ``(tx_id, position)``, not ``seq``.
+Audit output uses the ledger's own words (``workers.core.vocabulary``): a field is named as its
+column is. ``cursor`` is the opaque place to resume after (``<tx_id>:<position>``): ledger order is
+``(tx_id, position)``, not ``position`` alone.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from workers.ledger.models import ActionRecord, LedgerEvent, ReservationState
 
 # The order of the fields in JSON lines, CSV columns and API objects.
 EVENT_FIELDS: tuple[str, ...] = (
-    "seq",
+    "position",
     "cursor",
     "recorded_at",
     "action_id",
@@ -33,7 +33,7 @@ EVENT_FIELDS: tuple[str, ...] = (
     "etag_after",
     "attempt",
     "http_status",
-    "error_code",
+    "twilio_error_code",
     "twilio_request_id",
     "duration_ms",
     "outcome",
@@ -48,8 +48,6 @@ EVENT_FIELDS: tuple[str, ...] = (
     "row_hash",
 )
 
-# Ledger column -> audit field, where they differ.
-_RENAMED = {"position": "seq", "twilio_error_code": "error_code"}
 _HIDDEN = frozenset({"tx_id", "prev_hash"})
 
 
@@ -71,7 +69,7 @@ def event_row(event: LedgerEvent) -> dict[str, Any]:
     values: dict[str, Any] = {"cursor": str(event.cursor)}
     for field in dataclasses.fields(event):
         if field.name not in _HIDDEN:
-            values[_RENAMED.get(field.name, field.name)] = plain(getattr(event, field.name))
+            values[field.name] = plain(getattr(event, field.name))
     return {name: values.get(name) for name in EVENT_FIELDS}
 
 
@@ -81,7 +79,7 @@ def action_row(record: ActionRecord) -> dict[str, Any]:
 
 
 def reservation_row(state: ReservationState) -> dict[str, Any]:
-    """A projection row, JSON-ready; ``last_seq`` is the position of its last transition."""
+    """A projection row, JSON-ready; ``last_position`` is the position of its last transition."""
     return {
         "reservation_sid": state.reservation_sid,
         "workspace_sid": state.workspace_sid,
@@ -89,6 +87,6 @@ def reservation_row(state: ReservationState) -> dict[str, Any]:
         "worker_sid": state.worker_sid,
         "status": state.status,
         "etag": state.etag,
-        "last_seq": state.last_position,
+        "last_position": state.last_position,
         "updated_at": plain(state.updated_at),
     }

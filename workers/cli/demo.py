@@ -185,7 +185,7 @@ def _history(result: Any) -> Table:
         title_justify="left",
         box=box.SIMPLE_HEAD,
     )
-    for column in ("seq", "kind", "action", "status", "ETag", "http", "outcome"):
+    for column in ("position", "kind", "action", "status", "ETag", "http", "outcome"):
         table.add_column(column, no_wrap=True)
     table.add_column("detail", overflow="fold", min_width=12)
     for event in result.raced_history:

@@ -2,7 +2,7 @@
 
 Operators give one action as a JSON argument, or JSON lines from a file (``-`` for stdin). Each
 action is checked against the v1 schema exactly as the intake will check it, then published to
-the ``reservations`` exchange like any producer's (:class:`workers.producer.Producer`). Invalid
+the ``reservations`` exchange like any producer's (:class:`workers.broker.producer.Producer`). Invalid
 lines are reported with their line number and skipped; the exit status is 1 if any line was
 invalid or unconfirmed, so a script notices.
 """
@@ -64,7 +64,7 @@ def enqueue(
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    from workers.producer import InvalidAction, Producer, PublishError, encode
+    from workers.broker.producer import InvalidAction, Producer, PublishError, encode
 
     if (message is None) == (source is None):
         raise click.UsageError("give one action as an argument, or --file (JSON lines; '-' for stdin)")

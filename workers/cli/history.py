@@ -122,9 +122,9 @@ def console() -> Console:
 
 def event_table(title: str | None = None) -> Table:
     table = Table(title=title, show_lines=False, header_style="bold")
-    for column in ("seq", "recorded_at", "kind", "reservation_sid", "action_id", "status", "outcome"):
-        table.add_column(column, no_wrap=column in ("seq", "recorded_at"))
-    for column in ("attempt", "http", "error_code", "detail"):
+    for column in ("position", "recorded_at", "kind", "reservation_sid", "action_id", "status", "outcome"):
+        table.add_column(column, no_wrap=column in ("position", "recorded_at"))
+    for column in ("attempt", "http", "twilio_error_code", "detail"):
         table.add_column(column)
     return table
 
@@ -169,7 +169,7 @@ def _text(value: object) -> str:
 @click.option("--kind", type=click.Choice([k.value for k in EventKind]), help="Only rows of this kind.")
 @click.option("--outcome", type=click.Choice([o.value for o in Outcome]), help="Only rows with this outcome.")
 @click.option(
-    "--error-code", type=click.IntRange(0, 2**31 - 1), help="Only rows with this Twilio error code."
+    "--twilio-error-code", type=click.IntRange(0, 2**31 - 1), help="Only rows with this Twilio error code."
 )
 @click.option("--after", help="Resume after this cursor (<tx_id>:<position>, the `cursor` field of a row).")
 @click.option(
@@ -199,7 +199,7 @@ def history(
     until: datetime | None,
     kind: str | None,
     outcome: str | None,
-    error_code: int | None,
+    twilio_error_code: int | None,
     after: str | None,
     limit: int,
     pii_value: str | None,
@@ -207,8 +207,8 @@ def history(
 ) -> None:
     """Ledger rows matching every filter given, in ledger order.
 
-    JSON lines and CSV name the fields as the ledger does, except `seq` (the row's position)
-    and `error_code` (Twilio's error code); `cursor` is where to resume with --after.
+    JSON lines and CSV name the fields as the ledger does (`position` is the row's place in its
+    table); `cursor` is where to resume with --after.
     """
     try:
         cursor = Cursor.parse(after) if after else None
@@ -223,7 +223,7 @@ def history(
         correlation_id=correlation_id,
         kind=kind,
         outcome=outcome,
-        error_code=error_code,
+        twilio_error_code=twilio_error_code,
         since=since,
         until=until,
         pii_value=pii_value,

@@ -10,7 +10,7 @@ import click
 from rich.table import Table
 
 from workers.audit.rows import plain
-from workers.celery import create_app
+from workers.audit.timeline import timeline as reservation_timeline
 from workers.cli.history import (
     SidType,
     TimeType,
@@ -21,16 +21,15 @@ from workers.cli.history import (
     reader_database_url,
 )
 from workers.cli.options import broker_url_option, database_url_option
+from workers.composition import create_app
 from workers.config import Settings
 from workers.core.action import Action
 from workers.errors import ReservationsError
 from workers.ledger.connector import Connector
 from workers.ledger.models import Role
 from workers.ledger.store import Ledger, resolve_pii_key
-from workers.producer import enqueue
 from workers.replay import redrive as redriving
 from workers.replay.rebuild import rebuild as rebuild_projection
-from workers.replay.timeline import timeline as reservation_timeline
 
 
 @click.group()
@@ -99,11 +98,11 @@ def timeline(database_url: str, reservation_sid: str, output_format: str | None)
             click.echo(json.dumps(row, separators=(",", ":")))
         return
     table = Table(title=f"reservation {reservation_sid}", header_style="bold")
-    for column in ("seq", "recorded_at", "status", "etag", "action", "action_id", "outcome"):
+    for column in ("position", "recorded_at", "status", "etag", "action", "action_id", "outcome"):
         table.add_column(column)
     for step in steps:
         table.add_row(
-            str(step.seq),
+            str(step.position),
             step.recorded_at.isoformat(timespec="milliseconds"),
             f"{step.from_status or '(first seen)'} → {step.to_status}",
             step.etag or "",
@@ -134,7 +133,7 @@ How a redrive works:
   * An action whose message is not in reservations.dead is reported as not
     redrivable, with the reason. Dead letters whose action the ledger never settled
     (the ledger was down) are redriven when their header's outcome is selected and
-    no --since/--until/--error-code is given.
+    no --since/--until/--twilio-error-code is given.
   * An original is redriven at most once: should a dead letter come back after its
     redrive (a lost acknowledgement), it is left in the queue and reported as stale.
   * --dry-run lists what would be done and changes nothing: the messages are read
@@ -155,7 +154,9 @@ How a redrive works:
 @click.option("--reservation", "reservation_sid", type=SidType("WR"), help="Only this reservation (WR...).")
 @click.option("--since", type=TimeType(), help="Only outcomes recorded from this time (inclusive).")
 @click.option("--until", type=TimeType(), help="Only outcomes recorded before this time.")
-@click.option("--error-code", type=click.IntRange(0, 2**31 - 1), help="Only actions with this Twilio error.")
+@click.option(
+    "--twilio-error-code", type=click.IntRange(0, 2**31 - 1), help="Only actions with this Twilio error."
+)
 @click.option("--dry-run", is_flag=True, help="List what would be redriven; change nothing.")
 @click.option(
     "--max-messages",
@@ -174,7 +175,7 @@ def redrive(
     reservation_sid: str | None,
     since: datetime | None,
     until: datetime | None,
-    error_code: int | None,
+    twilio_error_code: int | None,
     dry_run: bool,
     max_messages: int,
     as_json: bool,
@@ -189,13 +190,13 @@ def redrive(
         reservation_sid=reservation_sid,
         since=since,
         until=until,
-        error_code=error_code,
+        twilio_error_code=twilio_error_code,
     )
     settings = Settings.from_env()
     app = create_app(Settings(broker_url=broker_url, database_url=database_url))
 
     def publish(action: Action) -> None:
-        enqueue(action, app)
+        app.enqueue(action)
 
     try:
         connector = Connector(database_url, Role.WRITER, min_size=1, max_size=2)

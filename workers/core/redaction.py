@@ -100,3 +100,8 @@ def mask_message(message: Mapping[str, Any]) -> dict[str, Any]:
     elif params is not None:
         shown["params"] = MASK
     return shown
+
+
+def display_args(message: Mapping[str, Any]) -> str:
+    """What Flower and the logs show of the apply task's arguments: PII masked, secrets gone."""
+    return repr((mask_message(message),))

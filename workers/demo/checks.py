@@ -8,14 +8,7 @@ from typing import Any
 
 from kombu.connection import Connection
 
-from workers.core.planner import Outcome
-from workers.demo.lanes import Lane
-from workers.demo.results import Check, Result
-from workers.demo.scenario import Scenario
-from workers.emulator.admin import EmulatorAdmin, TransitionInfo
-from workers.ledger.models import EventKind, LedgerEvent
-from workers.ledger.store import Ledger
-from workers.topology import (
+from workers.broker.topology import (
     ACTION_ID_HEADER,
     DEAD_LETTER_QUEUE_NAME,
     OUTCOME_HEADER,
@@ -23,6 +16,13 @@ from workers.topology import (
     REJECT_CODE_HEADER,
     dead_letter_queue,
 )
+from workers.core.planner import Outcome
+from workers.demo.lanes import Lane
+from workers.demo.results import Check, Result
+from workers.demo.scenario import Scenario
+from workers.emulator.admin import EmulatorAdmin, TransitionInfo
+from workers.ledger.models import EventKind, LedgerEvent
+from workers.ledger.store import Ledger
 
 POLL_INTERVAL = 0.1
 DEAD_LETTER_WAIT = 10.0

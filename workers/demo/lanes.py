@@ -12,11 +12,11 @@ from typing import Any
 from kombu.connection import Connection
 from kombu.messaging import Producer as KombuProducer
 
+from workers.broker.producer import Producer
+from workers.broker.topology import ACTIONS_EXCHANGE
 from workers.demo.results import Sent
 from workers.demo.scenario import InvalidMessage, Publish, Race, Scenario, Script
 from workers.emulator.admin import EmulatorAdmin
-from workers.producer import Producer
-from workers.topology import ACTIONS_EXCHANGE
 
 PRODUCER_NAME = "reservations-demo"
 

@@ -2,7 +2,7 @@
 
 It starts what the demo needs (a private RabbitMQ vhost, a ledger database of its own, the
 emulator and a real ``celery -A workers worker`` as subprocesses), publishes each reservation's
-actions as plain JSON through :class:`workers.producer.Producer`, one step after the other as
+actions as plain JSON through :class:`workers.broker.producer.Producer`, one step after the other as
 outcomes land in the ledger, and cleans up everything it started, whatever happens.
 """
 
@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+from workers.broker.producer import Producer
 from workers.config import EMULATOR_ACCOUNT_SID, EMULATOR_AUTH_TOKEN
 from workers.core.planner import Outcome
 from workers.demo.checks import inspect
@@ -44,7 +45,6 @@ from workers.ledger.connector import Connector, database_name, drop_database, wi
 from workers.ledger.migrations import migrate
 from workers.ledger.models import Role
 from workers.ledger.store import Ledger
-from workers.producer import Producer
 from workers.worker_process import WorkerProcess
 
 __all__ = ["Options", "Result", "ServiceUnavailable", "run"]

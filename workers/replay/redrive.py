@@ -1,7 +1,7 @@
 """Redrive failed and dead-lettered actions from ``reservations.dead``.
 
 The ledger keeps PII only as keyed hashes, so the whole message of an action that ended
-``failed`` or ``dead_lettered`` is kept in the dead-letter queue (workers/tasks.py). A redrive:
+``failed`` or ``dead_lettered`` is kept in the dead-letter queue (workers/apply/task.py). A redrive:
 
 1. selects actions from the ledger's registry by outcome (default ``dead_lettered`` and
    ``failed``), reservation, time of the outcome and Twilio error code;
@@ -9,7 +9,7 @@ The ledger keeps PII only as keyed hashes, so the whole message of an action tha
    them by the ``x-reservations-action-id`` header or the message's own ``action_id``;
 3. for each match, publishes a copy under a NEW ``action_id`` (the registry's outcome is final
    per action id), with the same ``correlation_id`` and ``producer = "redrive"``, through
-   :func:`workers.producer.enqueue` (publisher confirms); then appends a ``redrive`` row to the
+   ``ReservationsApp.enqueue`` (publisher confirms); then appends a ``redrive`` row to the
    original (detail ``redriven as <new id>``), and only then acknowledges the dead letter;
 4. messages it did not redrive go back to the queue untouched (they were never acknowledged).
 
@@ -41,12 +41,17 @@ from kombu.connection import Connection
 from kombu.message import Message
 
 from workers.audit.queries import REDRIVEN_AS
-from workers.celery import APPLY_TASK_NAME
+from workers.broker.topology import (
+    ACTION_ID_HEADER,
+    APPLY_TASK_NAME,
+    OUTCOME_HEADER,
+    REASON_HEADER,
+    dead_letter_queue,
+)
 from workers.core.action import Action
 from workers.core.planner import Outcome
 from workers.ledger.models import ActionRecord
 from workers.ledger.store import Ledger
-from workers.topology import ACTION_ID_HEADER, OUTCOME_HEADER, REASON_HEADER, dead_letter_queue
 
 REDRIVE_PRODUCER = "redrive"
 REDRIVABLE_OUTCOMES = frozenset({Outcome.DEAD_LETTERED.value, Outcome.FAILED.value})
@@ -66,12 +71,12 @@ class RedriveFilters:
     reservation_sid: str | None = None
     since: datetime | None = None
     until: datetime | None = None
-    error_code: int | None = None
+    twilio_error_code: int | None = None
 
     @property
     def ledger_only(self) -> bool:
         """Filters that only the ledger can answer (a message carries no outcome time or code)."""
-        return self.since is not None or self.until is not None or self.error_code is not None
+        return self.since is not None or self.until is not None or self.twilio_error_code is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,12 +188,12 @@ def select(ledger: Ledger, filters: RedriveFilters, limit: int = DEFAULT_MAX_MES
         until=filters.until,
         limit=limit,
     )
-    if filters.error_code is None:
+    if filters.twilio_error_code is None:
         return candidates
     return [
         record
         for record in candidates
-        if ledger.history(action_id=record.action_id, twilio_error_code=filters.error_code, limit=1)
+        if ledger.history(action_id=record.action_id, twilio_error_code=filters.twilio_error_code, limit=1)
     ]
 
 
@@ -207,7 +212,7 @@ def redrive(
     """Redrive the selected actions whose messages are among ``letters``; report every one.
 
     ``publish`` must return only once the broker has confirmed the message
-    (:func:`workers.producer.enqueue` does). A dead letter is acknowledged only after its copy
+    (``ReservationsApp.enqueue`` does). A dead letter is acknowledged only after its copy
     was published and the redrive recorded. With ``dry_run`` nothing is published, recorded or
     acknowledged.
     """

@@ -2,7 +2,7 @@
 
 ``schemas/reservation-action.v1.schema.json`` is this module's output, committed so that producers
 in any language can read it; a test fails when the two differ. To change the schema, change the
-catalogue (or this generator) and run ``python -m workers.intake.schema`` to rewrite the file.
+catalogue (or this generator) and run ``python -m workers.core.schema`` to rewrite the file.
 
 Pure: building the schema does no I/O; only :func:`main` writes the file.
 """
@@ -231,14 +231,14 @@ def render(schema: dict[str, Any] | None = None) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m workers.intake.schema [--check]``: write (or check) the committed schema file."""
+    """``python -m workers.core.schema [--check]``: write (or check) the committed schema file."""
     args = list(sys.argv[1:] if argv is None else argv)
     path = SCHEMAS_DIR / SCHEMA_FILE_NAME
     text = render()
     if "--check" in args:
         current = path.read_text(encoding="utf-8") if path.exists() else ""
         if current != text:
-            print(f"{path} differs from the catalogue: run python -m workers.intake.schema", file=sys.stderr)
+            print(f"{path} differs from the catalogue: run python -m workers.core.schema", file=sys.stderr)
             return 1
         return 0
     path.write_text(text, encoding="utf-8")

@@ -1,9 +1,9 @@
-"""The intake step: a Celery consumer bootstep on ``reservations.actions``, inside the worker.
+"""The intake, where an action enters: a Celery consumer bootstep on ``reservations.actions``.
 
 Producers in any language publish plain JSON (design doc, "Wire contract, version 1"). This step
 consumes it raw, with its own channel and a bounded prefetch: kombu's decoding is bypassed
 (``on_message``), because kombu's default for an undecodable message is to acknowledge and drop it.
-For each message, :func:`~workers.intake.validation.decide` gives exactly one fate:
+For each message, :func:`~workers.core.validation.decide` gives exactly one fate:
 
 - **accepted**: the action is recorded as received (idempotent on its action_id), then the message
   is handed to the apply task (task id = action_id, confirmed publish), then acknowledged; a copy of
@@ -19,8 +19,8 @@ moves it to ``reservations.dead``. Nothing escapes the handler: the consumer nev
 
 The step declares everything it uses: the ``reservations`` exchange, the queue and its binding,
 and the dead-letter exchange and queue. It consumes with a prefetch of ``INTAKE_PREFETCH`` messages
-(default 32). It runs in the worker's main process; its ledger pool is opened lazily, on the first
-message.
+(default 32). It runs in the worker's main process; the runtime builds it (``workers.composition``),
+and its ledger pool is opened lazily, on the first message.
 
 The worker's event loop must not wait on the ledger or on a publisher confirm (it also delivers
 the apply tasks and their acknowledgements), so the loop only hands each message to one of
@@ -32,7 +32,6 @@ and eventlet pools) messages are handled where they arrive.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -43,26 +42,17 @@ from celery import Celery, bootsteps
 from kombu.message import Message
 from kombu.messaging import Consumer
 
-from workers.config import Settings
+from workers.broker.dead_letters import publish_dead_letter
+from workers.broker.publishing import Publishers, hand_to_apply
+from workers.broker.topology import OUTCOME_HEADER, REJECT_CODE_HEADER, actions_queue, dead_letter_queue
 from workers.core.planner import Outcome
-from workers.dead_letters import publish_dead_letter
-from workers.intake.validation import Accepted, Fate, RejectCode, Rejected, decide, readable
+from workers.core.validation import Accepted, Fate, RejectCode, Rejected, decide, readable
 from workers.ledger import Ledger
 from workers.ledger.models import Arrival
-from workers.producer import hand_to_apply
-from workers.topology import (
-    OUTCOME_HEADER,
-    REJECT_CODE_HEADER,
-    actions_queue,
-    dead_letter_queue,
-)
 
 logger = logging.getLogger("workers.intake")
 
 DEFAULT_PREFETCH = 32
-DEFAULT_THREADS = 8
-# A message is requeued rather than held while the ledger hangs (its writes take milliseconds).
-INTAKE_STATEMENT_TIMEOUT = 10.0
 # Pause before a message whose handling failed is requeued: grows with its delivery count, so
 # that the queue's delivery limit (20) outlasts a database fail-over of a few minutes.
 RETRY_PAUSE = 0.05
@@ -72,7 +62,7 @@ MAX_RETRY_PAUSE = 15.0
 OnLoop = Callable[[Callable[[], None]], Any]
 
 
-def _at_once(callback: Callable[[], None]) -> None:
+def at_once(callback: Callable[[], None]) -> None:
     callback()
 
 
@@ -85,13 +75,19 @@ class Intake:
     """
 
     def __init__(
-        self, app: Celery, settings: Settings | None = None, *, threads: int = 0, on_loop: OnLoop = _at_once
+        self,
+        open_ledger: Callable[[], Ledger],
+        publishers: Publishers,
+        *,
+        threads: int = 0,
+        on_loop: OnLoop = at_once,
+        prefetch: int = DEFAULT_PREFETCH,
     ) -> None:
-        self.app = app
-        self.settings = settings
+        self.publishers = publishers
+        self.prefetch = prefetch
+        self._open_ledger = open_ledger
         self._ledger: Ledger | None = None
         self._lock = threading.Lock()
-        self._threads = threads
         self._on_loop = on_loop
         self._executor = ThreadPoolExecutor(threads, thread_name_prefix="intake") if threads > 0 else None
         self._closing = threading.Event()
@@ -100,13 +96,7 @@ class Intake:
     def ledger(self) -> Ledger:
         with self._lock:
             if self._ledger is None:
-                settings = self.settings or Settings.from_env()
-                self._ledger = Ledger.from_settings(
-                    settings,
-                    min_size=1,
-                    max_size=max(2, self._threads),
-                    statement_timeout=INTAKE_STATEMENT_TIMEOUT,
-                )
+                self._ledger = self._open_ledger()
             return self._ledger
 
     def close(self) -> None:
@@ -160,17 +150,17 @@ class Intake:
         if isinstance(fate, Accepted):
             arrival = self.ledger.receive(fate.action)
             if arrival.outcome is None:
-                hand_to_apply(self.app, fate.message)
+                hand_to_apply(self.publishers, fate.message)
             logger.info(
                 "intake: action %s accepted%s",
                 fate.action.action_id,
                 _seen_before(arrival),
-                extra={"action_id": str(fate.action.action_id), "outcome": "received"},
+                extra={"action_id": str(fate.action.action_id)},
             )
         else:
             self.ledger.record_rejected_input(readable(fate.message), fate.text)
             publish_dead_letter(
-                self.app,
+                self.publishers,
                 _body(message),
                 fate.text,
                 action_id=fate.action_id,
@@ -205,19 +195,18 @@ class IntakeStep(bootsteps.ConsumerStep):  # type: ignore[misc]  # celery ships 
 
     def start(self, c: Any) -> None:
         if self.intake is None:
-            self.intake = intake_for(c.app, getattr(c, "hub", None))
+            self.intake = c.app.runtime.intake(getattr(c, "hub", None))
         super().start(c)
 
     def get_consumers(self, channel: Any) -> list[Consumer]:
         assert self.intake is not None, "start() builds the intake first"
         dead_letter_queue()(channel).declare()
-        prefetch = int(os.environ.get("INTAKE_PREFETCH", DEFAULT_PREFETCH))
         consumer = Consumer(
             channel,
             queues=[actions_queue()],
             on_message=self.intake.on_message,
             on_decode_error=self.intake.on_decode_error,
-            prefetch_count=prefetch,
+            prefetch_count=self.intake.prefetch,
             auto_declare=True,
         )
         return [consumer]
@@ -227,14 +216,6 @@ class IntakeStep(bootsteps.ConsumerStep):  # type: ignore[misc]  # celery ships 
             self.intake.close()  # while the channel is still open, for the last acknowledgements
             self.intake = None  # a consumer started again builds a new one (closed pools do not reopen)
         super().shutdown(c)
-
-
-def intake_for(app: Celery, hub: Any | None) -> Intake:
-    """Threads that give their acknowledgements back to the consumer's event loop; without a loop
-    (the gevent and eventlet pools run none) the consumer handles each message itself."""
-    if hub is None:
-        return Intake(app)
-    return Intake(app, threads=int(os.environ.get("INTAKE_THREADS", DEFAULT_THREADS)), on_loop=hub.call_soon)
 
 
 def install(app: Celery) -> None:

@@ -1,4 +1,4 @@
-"""The broker topology: every exchange and queue the system uses, named once.
+"""The broker topology: every exchange, queue, task name and header the system puts on the wire, named once.
 
 Producers in any language publish to the ``reservations`` exchange (design doc, wire contract);
 the apply task's own queue is quorum, so Celery's native delayed delivery parks retry countdowns
@@ -25,13 +25,19 @@ OUTCOME_HEADER = "x-reservations-outcome"
 # Set on rejected input: a stable code for the reason (too_large, invalid_json, unknown_field, ...).
 REJECT_CODE_HEADER = "x-reservations-reject-code"
 
-# The Celery task queue of the apply task (topic, so native delayed delivery can route to it).
+# The Celery task that applies an action, and its queue (topic, so native delayed delivery can
+# route to it). The task id is the action_id.
+APPLY_TASK_NAME = "reservations.apply"
 APPLY_EXCHANGE = Exchange("reservations.apply", type="topic", durable=True)
 APPLY_QUEUE_NAME = "reservations.apply"
 APPLY_ROUTING_KEY = "reservations.apply"
 # After this many deliveries (a worker dying on the same message again and again), RabbitMQ
 # dead-letters the message instead of redelivering it forever.
 DELIVERY_LIMIT = 20
+
+# A header of the apply message: when it was published (seconds since the epoch, the publisher's
+# clock), for the workers' queue-lag metric. Celery's messages carry no publish time of their own.
+PUBLISHED_AT_HEADER = "published_at"
 
 _QUORUM = {"x-queue-type": "quorum"}
 
@@ -41,32 +47,22 @@ def routing_key_for(action: str) -> str:
     return f"action.{action}"
 
 
+def _work_queue(name: str, exchange: Exchange, routing_key: str) -> Queue:
+    """A quorum queue whose poison messages RabbitMQ dead-letters after ``DELIVERY_LIMIT`` deliveries."""
+    arguments = {
+        **_QUORUM,
+        "x-dead-letter-exchange": DEAD_LETTER_EXCHANGE.name,
+        "x-delivery-limit": DELIVERY_LIMIT,
+    }
+    return Queue(name, exchange, routing_key=routing_key, durable=True, queue_arguments=arguments)
+
+
 def actions_queue() -> Queue:
-    return Queue(
-        ACTIONS_QUEUE_NAME,
-        ACTIONS_EXCHANGE,
-        routing_key=ACTIONS_ROUTING_PATTERN,
-        durable=True,
-        queue_arguments={
-            **_QUORUM,
-            "x-dead-letter-exchange": DEAD_LETTER_EXCHANGE.name,
-            "x-delivery-limit": DELIVERY_LIMIT,
-        },
-    )
+    return _work_queue(ACTIONS_QUEUE_NAME, ACTIONS_EXCHANGE, ACTIONS_ROUTING_PATTERN)
 
 
 def apply_queue() -> Queue:
-    return Queue(
-        APPLY_QUEUE_NAME,
-        APPLY_EXCHANGE,
-        routing_key=APPLY_ROUTING_KEY,
-        durable=True,
-        queue_arguments={
-            **_QUORUM,
-            "x-dead-letter-exchange": DEAD_LETTER_EXCHANGE.name,
-            "x-delivery-limit": DELIVERY_LIMIT,
-        },
-    )
+    return _work_queue(APPLY_QUEUE_NAME, APPLY_EXCHANGE, APPLY_ROUTING_KEY)
 
 
 def dead_letter_queue() -> Queue:

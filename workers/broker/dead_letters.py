@@ -10,11 +10,9 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from celery import Celery
-
 from workers import metrics
-from workers.publishing import CONFIRM_TIMEOUT, confirmed_producer
-from workers.topology import (
+from workers.broker.publishing import CONFIRM_TIMEOUT, Publishers
+from workers.broker.topology import (
     ACTION_ID_HEADER,
     DEAD_LETTER_EXCHANGE,
     OUTCOME_HEADER,
@@ -27,7 +25,7 @@ MAX_REASON_LENGTH = 1000
 
 
 def publish_dead_letter(
-    app: Celery,
+    publishers: Publishers,
     body: bytes | str | Mapping[str, Any],
     reason: str,
     *,
@@ -44,7 +42,7 @@ def publish_dead_letter(
     headers: dict[str, Any] = {REASON_HEADER: reason[:MAX_REASON_LENGTH], **(extra_headers or {})}
     if action_id is not None:
         headers[ACTION_ID_HEADER] = action_id
-    with confirmed_producer(app) as producer:
+    with publishers.confirmed() as producer:
         producer.publish(
             payload,
             exchange=DEAD_LETTER_EXCHANGE,

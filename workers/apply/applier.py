@@ -1,8 +1,10 @@
 """Apply one action to TaskRouter with the If-Match protocol (design doc, steps 1 to 6).
 
 The composition of the three seams: the pure planner decides, the gateway talks to TaskRouter,
-the ledger remembers. No Celery here: the task in ``workers.tasks`` is a thin adapter that turns
-:class:`RetryLater` into a Celery retry and a dead-lettered outcome into a dead-letter message.
+the ledger remembers. Every decision of a run is in its :data:`Result`, including what to do with a
+malformed message and with a failing ledger. No Celery here: the task in ``workers.apply.task``
+is a thin adapter that turns :class:`RetryLater` into a Celery retry and a result that keeps its
+message into a dead-letter message.
 """
 
 from __future__ import annotations
@@ -16,11 +18,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from workers import metrics
 from workers.core.action import Action
 from workers.core.planner import Finish, Outcome, Send, Wait, plan, target_status
 from workers.core.retry import RetryPolicy
 from workers.core.state_machine import Status
 from workers.errors import (
+    LedgerError,
+    LedgerPermissionDenied,
     PermanentTaskRouterError,
     PreconditionFailed,
     TaskRouterError,
@@ -44,6 +49,8 @@ class Ledger(Protocol):
         """Serialise the workers on one reservation; the run records through the ledger it yields."""
 
     def receive(self, action: Action) -> Arrival: ...
+
+    def record_rejected_input(self, message: Mapping[str, Any] | None, reason: str) -> int: ...
 
     def record_attempt(
         self,
@@ -104,10 +111,20 @@ class Ledger(Protocol):
     ) -> OutcomeResult: ...
 
 
+# Outcomes whose message goes to reservations.dead: the ledger keeps PII only as keyed hashes,
+# so the dead-letter queue is where an operator finds the whole message to redrive.
+KEPT_FOR_REDRIVE = frozenset({Outcome.DEAD_LETTERED, Outcome.FAILED, Outcome.REJECTED_INPUT})
+
+
 @dataclass(frozen=True, slots=True)
 class Done:
     outcome: Outcome
     reason: str
+
+    @property
+    def keeps_message(self) -> bool:
+        """The message goes to ``reservations.dead``, for an operator to read or redrive."""
+        return self.outcome in KEPT_FOR_REDRIVE
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +177,30 @@ class ActionApplier:
         self.rng = rng or random.Random()
         self.clock = clock
         self.sleep = sleep
+
+    def apply_message(self, message: Mapping[str, Any], delivery: Delivery = Delivery()) -> Result:
+        """Apply one wire message; never raises but for a deployment error (a missing privilege).
+
+        A message the intake would have refused (a producer that bypassed it) settles as
+        ``rejected_input``; a ledger that fails (down, or the reservation busy) means nothing was
+        decided: try again later, within the retry policy's bound.
+        """
+        try:
+            action = Action.from_message(message)
+        except (ValueError, KeyError, TypeError) as exc:
+            reason = f"malformed action message: {exc}"
+            self.ledger.record_rejected_input(message, reason)
+            return Done(Outcome.REJECTED_INPUT, reason)
+        try:
+            return self.apply(action, delivery)
+        except LedgerError as exc:
+            metrics.LEDGER_ERRORS.inc()
+            if isinstance(exc, LedgerPermissionDenied):
+                raise  # a deployment error: fail loudly, never loop on it
+            delay = self.policy.delay(delivery.retries, self.rng)
+            if delay is None:
+                return Done(Outcome.DEAD_LETTERED, f"retries exhausted, the ledger kept failing: {exc}")
+            return RetryLater(delay, f"the ledger failed: {exc}")
 
     def apply(self, action: Action, delivery: Delivery = Delivery()) -> Result:
         with self.ledger.reservation_lock(action.reservation_sid) as ledger:

@@ -26,7 +26,7 @@ from jsonschema.exceptions import ValidationError  # type: ignore[import-untyped
 
 from workers.core.action import Action
 from workers.core.parameters import BY_KEYWORD, Kind
-from workers.intake.schema import MAX_BODY_BYTES, SCHEMA_FILE_NAME, SCHEMAS_DIR, build_schema
+from workers.core.schema import MAX_BODY_BYTES, SCHEMA_FILE_NAME, SCHEMAS_DIR, build_schema
 
 JSON_CONTENT_TYPE = "application/json"
 _ACCEPTED_ENCODINGS = frozenset({"", "utf-8", "utf8"})

@@ -15,7 +15,7 @@ from workers.ledger.store import Ledger
 class Step:
     """One status the reservation entered. ``action_id`` is None for a change we only observed."""
 
-    seq: int
+    position: int
     recorded_at: datetime
     from_status: str | None
     to_status: str
@@ -35,7 +35,7 @@ def steps(events: list[LedgerEvent]) -> list[Step]:
     }
     return [
         Step(
-            seq=e.position,
+            position=e.position,
             recorded_at=e.recorded_at,
             from_status=e.from_status,
             to_status=e.to_status,

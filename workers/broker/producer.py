@@ -1,16 +1,12 @@
-"""Publish reservation actions from Python.
+"""The producer client: publish reservation actions from Python, as any other service would.
 
-Two doors, one for each kind of caller:
-
-- :class:`Producer` (and :func:`publish`) is the **producer client**: it validates a message against
-  the v1 JSON Schema, then publishes it as plain JSON to the ``reservations`` exchange, routing key
-  ``action.<action>``, persistent, ``mandatory`` and with publisher confirms, exactly as a producer
-  in any other language would (``ops/PRODUCERS.md``). It returns once RabbitMQ has the message and
-  raises :class:`PublishError` when RabbitMQ refuses, cannot route or does not confirm it. It needs
-  nothing but the broker URL: no Celery app, no database.
-- :func:`enqueue` hands an :class:`~workers.core.action.Action` straight to the apply task, skipping
-  the intake; for internal callers that already hold a valid action (the intake itself, tests,
-  replay). The task id is the ``action_id``, so Flower finds an action by the id its producer chose.
+:class:`Producer` (and :func:`publish`) validates a message against the v1 JSON Schema, then
+publishes it as plain JSON to the ``reservations`` exchange, routing key ``action.<action>``,
+persistent, ``mandatory`` and with publisher confirms, exactly as a producer in any other language
+would (``ops/PRODUCERS.md``). It returns once RabbitMQ has the message and raises
+:class:`PublishError` when RabbitMQ refuses, cannot route or does not confirm it. It needs
+nothing but the broker URL: no Celery app, no database. (Internal callers that already hold a
+valid action hand it straight to the apply task: ``ReservationsApp.enqueue``.)
 """
 
 from __future__ import annotations
@@ -18,20 +14,19 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
-import time
 from collections.abc import Mapping
 from types import TracebackType
 from typing import Any, Self
 
-from celery import Celery
 from kombu.connection import Connection
 from kombu.messaging import Producer as KombuProducer
 
-from workers.config import Settings
+from workers.broker.publishing import CONFIRM_TIMEOUT
+from workers.broker.topology import ACTIONS_EXCHANGE, routing_key_for
+from workers.config import broker_url_from_env
 from workers.core.action import Action
+from workers.core.validation import JSON_CONTENT_TYPE, Rejected, decide
 from workers.errors import ReservationsError
-from workers.publishing import CONFIRM_TIMEOUT, confirmed_producer
-from workers.topology import ACTIONS_EXCHANGE, routing_key_for
 
 _PUBLISH_RETRY = {"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 2.0}
 
@@ -61,8 +56,6 @@ def encode(action: Action | Mapping[str, Any]) -> bytes:
 
     Raises :class:`InvalidAction` when the intake would refuse it.
     """
-    from workers.intake.validation import JSON_CONTENT_TYPE, Rejected, decide
-
     message = _wire_form(action)
     try:
         body = json.dumps(message, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode("utf-8")
@@ -85,7 +78,7 @@ class Producer:
     """
 
     def __init__(self, broker_url: str | None = None, *, confirm_timeout: float = CONFIRM_TIMEOUT) -> None:
-        self.broker_url = broker_url or Settings.from_env().broker_url
+        self.broker_url = broker_url or broker_url_from_env()
         self.confirm_timeout = confirm_timeout
         self._lock = threading.Lock()
         self._connection: Connection | None = None
@@ -159,37 +152,3 @@ def publish(action: Action | Mapping[str, Any], broker_url: str | None = None) -
     """Validate and publish one action on a connection of its own (see :class:`Producer`)."""
     with Producer(broker_url) as producer:
         producer.publish(action)
-
-
-# A header of the apply message: when it was published (seconds since the epoch, the publisher's
-# clock), for the workers' queue-lag metric. Celery's messages carry no publish time of their own.
-PUBLISHED_AT_HEADER = "published_at"
-
-
-def hand_to_apply(app: Celery, message: Mapping[str, Any]) -> None:
-    """Publish a valid wire message to the apply task (persistent, with a publisher confirm)."""
-    from workers.celery import APPLY_TASK_NAME
-    from workers.tasks import display_args
-
-    wire = dict(message)
-    with confirmed_producer(app) as producer:
-        app.send_task(
-            APPLY_TASK_NAME,
-            args=[wire],
-            task_id=str(wire["action_id"]),
-            argsrepr=display_args(wire),
-            kwargsrepr="{}",
-            delivery_mode=2,
-            producer=producer,
-            headers={PUBLISHED_AT_HEADER: time.time()},
-            confirm_timeout=CONFIRM_TIMEOUT,
-        )
-
-
-def enqueue(action: Action, app: Celery | None = None) -> None:
-    """Hand ``action`` straight to the apply task (persistent, confirmed), skipping the intake."""
-    if app is None:
-        from workers.celery import app as default_app
-
-        app = default_app
-    hand_to_apply(app, action.to_message())

@@ -1,0 +1,103 @@
+"""The apply task: a thin adapter from a broker message to the applier's result.
+
+Every decision lives in :class:`~workers.apply.applier.ActionApplier` (``apply_message``); here
+a :class:`~workers.apply.applier.RetryLater` becomes a Celery retry (parked in the broker by native
+delayed delivery, since the queue is quorum, and published with a confirm), a result that keeps its
+message for redrive becomes a message in ``reservations.dead``, and every settled run is logged and
+counted. The task reaches this process's runtime through its app (``workers.composition``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+from celery import Celery, Task
+from celery.exceptions import Reject
+
+from workers import metrics
+from workers.apply.applier import Delivery, Done
+from workers.broker.dead_letters import publish_dead_letter
+from workers.broker.publishing import CONFIRM_TIMEOUT, Publishers
+from workers.broker.topology import APPLY_TASK_NAME, OUTCOME_HEADER, PUBLISHED_AT_HEADER
+from workers.core.redaction import display_args
+
+logger = logging.getLogger("workers.apply")
+
+
+def register(app: Celery) -> None:
+    """Register the apply task on ``app`` (whose ``runtime`` it uses)."""
+    app.task(
+        bind=True,
+        name=APPLY_TASK_NAME,
+        max_retries=None,  # the retry policy decides, and ends in dead_lettered
+        acks_late=True,
+        reject_on_worker_lost=True,
+    )(apply_action)
+
+
+def apply_action(self: Task, message: dict[str, Any]) -> str:
+    """Apply one reservation action (the v1 wire message) exactly once."""
+    runtime = self.app.runtime
+    redelivered = bool((self.request.delivery_info or {}).get("redelivered"))
+    run = self.request.retries + 1
+    if run == 1 and not redelivered:
+        metrics.queue_lag(getattr(self.request, PUBLISHED_AT_HEADER, None))
+    result = runtime.applier().apply_message(message, Delivery(self.request.retries, redelivered))
+    if not isinstance(result, Done):
+        _log(message, "retry", result.reason, run=run, delay=result.delay)
+        metrics.RETRIES.inc()
+        with runtime.publishers.confirmed() as producer:
+            raise self.retry(
+                countdown=whole_seconds(result.delay),
+                argsrepr=display_args(message),
+                producer=producer,
+                confirm_timeout=CONFIRM_TIMEOUT,
+            )
+    if result.keeps_message:
+        _dead_letter(runtime.publishers, message, result)
+    _log(message, result.outcome.value, result.reason, run=run)
+    metrics.outcome(result.outcome.value, run)
+    return result.outcome.value
+
+
+def _dead_letter(publishers: Publishers, message: dict[str, Any], result: Done) -> None:
+    """``publish_dead_letter``, or hand the message back to the broker if RabbitMQ does not confirm.
+
+    Acknowledging a message whose dead letter was not confirmed could lose it (the ledger keeps PII
+    only as keyed hashes). Requeued, it is delivered again: its outcome is settled by then, so the
+    next delivery publishes the dead letter again (at least once into ``reservations.dead``).
+    """
+    action_id = message.get("action_id")
+    try:
+        publish_dead_letter(
+            publishers,
+            message,
+            result.reason,
+            action_id=action_id if isinstance(action_id, str) else None,
+            extra_headers={OUTCOME_HEADER: result.outcome.value},
+        )
+    except Exception as exc:
+        raise Reject(exc, requeue=True) from exc
+
+
+def whole_seconds(delay: float) -> int:
+    """Native delayed delivery counts in whole seconds and refuses a countdown under one."""
+    return max(1, math.ceil(delay))
+
+
+def _log(message: dict[str, Any], outcome: str, reason: str, **extra: Any) -> None:
+    logger.info(
+        "action %s: %s (%s)",
+        message.get("action_id"),
+        outcome,
+        reason,
+        extra={
+            "action_id": message.get("action_id"),
+            "reservation_sid": message.get("reservation_sid"),
+            "correlation_id": message.get("correlation_id"),
+            "outcome": outcome,
+            **extra,
+        },
+    )

@@ -1,0 +1,201 @@
+"""The composition root: one place builds the Celery app and everything its tasks use.
+
+``create_app(settings)`` builds a :class:`ReservationsApp` with its :class:`Runtime` (ledger,
+TaskRouter gateways, confirmed publishers, retry policy), registers the apply task, installs the
+plain-JSON intake and connects the logging and readiness hooks. Nothing else reads settings or
+builds resources: the task and the intake reach the runtime through their app, and the CLI and
+replay build an app only when they publish.
+
+Resources are created lazily, on first use inside the process that uses them, so a prefork
+parent never hands a database pool or an HTTP session across ``fork()``. The twilio client is
+not documented as thread-safe, so each thread (or greenlet) gets its own gateway.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+from celery import Celery
+from celery.signals import after_setup_logger, after_setup_task_logger, worker_ready
+
+from workers import metrics
+from workers.apply import task
+from workers.apply.applier import ActionApplier
+from workers.broker import intake
+from workers.broker.publishing import Publishers, hand_to_apply
+from workers.broker.topology import (
+    APPLY_EXCHANGE,
+    APPLY_QUEUE_NAME,
+    APPLY_ROUTING_KEY,
+    APPLY_TASK_NAME,
+    apply_queue,
+)
+from workers.config import Settings
+from workers.core.action import Action
+from workers.ledger import Ledger
+from workers.ledger.store import LOCK_TIMEOUT
+from workers.logs import logger_setup
+from workers.taskrouter.gateway import TaskRouterGateway
+
+# No ledger statement of a run waits longer (Celery enforces no time limit on the threads pool);
+# the longest legitimate one is the wait for the reservation's lock.
+LEDGER_STATEMENT_TIMEOUT = LOCK_TIMEOUT + 10.0
+# The intake's writes take milliseconds: a message is requeued rather than held while the ledger hangs.
+INTAKE_STATEMENT_TIMEOUT = 10.0
+
+
+class Runtime:
+    """What one worker process uses, built once from its settings."""
+
+    def __init__(self, settings: Settings, app: Celery) -> None:
+        self.settings = settings
+        self.policy = settings.retry
+        self.publishers = Publishers(app, settings.publish_pool_limit)
+        self._lock = threading.Lock()
+        self._ledger: Ledger | None = None
+        self._local = threading.local()
+
+    @property
+    def ledger(self) -> Ledger:
+        """The apply task's ledger: one connection per action in flight (it holds the lock)."""
+        with self._lock:
+            if self._ledger is None:
+                self._ledger = Ledger.from_settings(
+                    self.settings,
+                    min_size=1,
+                    max_size=self.settings.ledger_pool_max,
+                    statement_timeout=LEDGER_STATEMENT_TIMEOUT,
+                )
+            return self._ledger
+
+    def gateway(self) -> TaskRouterGateway:
+        gateway: TaskRouterGateway | None = getattr(self._local, "gateway", None)
+        if gateway is None:
+            gateway = TaskRouterGateway.from_settings(self.settings)
+            self._local.gateway = gateway
+        return gateway
+
+    def applier(self) -> ActionApplier:
+        return ActionApplier(self.ledger, self.gateway(), self.policy)
+
+    def intake(self, hub: Any | None) -> intake.Intake:
+        """The intake of one consumer: threads that give their acknowledgements back to the
+        consumer's event loop (``hub``); without a loop (the gevent and eventlet pools run none)
+        the consumer handles each message itself. It owns its ledger pool (closed with it)."""
+        threads = self.settings.intake_threads if hub is not None else 0
+
+        def open_ledger() -> Ledger:
+            return Ledger.from_settings(
+                self.settings,
+                min_size=1,
+                max_size=max(2, threads),
+                statement_timeout=INTAKE_STATEMENT_TIMEOUT,
+            )
+
+        on_loop = hub.call_soon if hub is not None else intake.at_once
+        return intake.Intake(
+            open_ledger,
+            self.publishers,
+            threads=threads,
+            on_loop=on_loop,
+            prefetch=self.settings.intake_prefetch,
+        )
+
+    def close(self) -> None:
+        with self._lock:
+            if self._ledger is not None:
+                self._ledger.close()
+                self._ledger = None
+
+
+class ReservationsApp(Celery):  # type: ignore[misc]  # celery ships no types
+    """The Celery app, carrying its process's :class:`Runtime`."""
+
+    runtime: Runtime
+
+    def enqueue(self, action: Action) -> None:
+        """Hand ``action`` straight to the apply task (persistent, confirmed), skipping the intake:
+        for callers that already hold a valid action (replay, tests, benchmarks)."""
+        hand_to_apply(self.runtime.publishers, action.to_message())
+
+
+def create_app(settings: Settings) -> ReservationsApp:
+    app = ReservationsApp("workers", set_as_current=True)
+    app.conf.update(celery_config(settings))
+    app.runtime = Runtime(settings, app)
+    task.register(app)
+    intake.install(app)
+    # LOG_FORMAT=json (the default off a terminal): Celery's handlers, our JSON formatter. Signals
+    # are global: one receiver per process, whichever app is built first.
+    on_logger_setup = logger_setup(settings.log_format)
+    after_setup_logger.connect(on_logger_setup, weak=False, dispatch_uid="reservations.logs")
+    after_setup_task_logger.connect(on_logger_setup, weak=False, dispatch_uid="reservations.task-logs")
+    worker_ready.connect(_announce_ready, weak=False, dispatch_uid="reservations.ready")
+    return app
+
+
+def _announce_ready(sender: Any = None, **_: Any) -> None:
+    """Serve /metrics (WORKER_METRICS_PORT), then touch WORKER_READY_FILE: the worker consumes."""
+    app = getattr(sender, "app", None)
+    runtime: Runtime | None = getattr(app, "runtime", None)
+    if runtime is None:
+        return
+    settings = runtime.settings
+    metrics.serve(
+        settings.worker_metrics_port, getattr(sender, "pool", None), settings.prometheus_multiproc_dir
+    )
+    if settings.worker_ready_file:
+        Path(settings.worker_ready_file).touch()
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """Reliability settings (design doc, "Delivery is at least once"): late acknowledgement, reject
+    on worker lost, prefetch 1, publisher confirms (per publish, see workers.broker.publishing),
+    quorum queues with native delayed delivery for retry countdowns, results off (outcomes live in
+    the ledger), task events when Flower asks for them."""
+    heartbeat = {} if settings.broker_heartbeat is None else {"broker_heartbeat": settings.broker_heartbeat}
+    return {
+        **heartbeat,
+        "broker_url": settings.broker_url,
+        "broker_connection_retry_on_startup": True,
+        # Publisher confirms are per publish (workers.broker.publishing), not transport-wide: in
+        # confirm mode the worker's event dispatcher deadlocks the threads pool.
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "result_serializer": "json",
+        "task_ignore_result": True,
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "task_acks_on_failure_or_timeout": True,
+        "worker_prefetch_multiplier": 1,
+        "worker_detect_quorum_queues": True,
+        "task_queues": [apply_queue()],
+        "task_default_queue": APPLY_QUEUE_NAME,
+        "task_default_exchange": APPLY_EXCHANGE.name,
+        "task_default_exchange_type": APPLY_EXCHANGE.type,
+        "task_default_routing_key": APPLY_ROUTING_KEY,
+        "task_routes": {
+            APPLY_TASK_NAME: {
+                "queue": APPLY_QUEUE_NAME,
+                "exchange": APPLY_EXCHANGE.name,
+                "routing_key": APPLY_ROUTING_KEY,
+            }
+        },
+        "task_create_missing_queues": False,
+        # An attempt is a fetch and an update with a 10 s HTTP time-out each, plus ledger writes.
+        # Celery enforces these with the prefork and gevent pools, not with threads (our default):
+        # there every wait of a run is bounded on its own (HTTP connect and read 10 s each, the
+        # reservation's lock 30 s, any ledger statement 40 s, a publisher confirm 10 s).
+        "task_soft_time_limit": 60,
+        "task_time_limit": 90,
+        # Task events cost about 15% of throughput (three publishes per task), so they are off
+        # until someone watches: Flower turns them on in every worker when it starts (its
+        # default), and `celery -A workers control enable_events` does it by hand.
+        "worker_send_task_events": False,
+        "task_send_sent_event": False,
+        "task_track_started": True,
+        "worker_hijack_root_logger": False,
+        "enable_utc": True,
+    }
