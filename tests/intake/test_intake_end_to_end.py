@@ -293,3 +293,41 @@ def test_the_intake_declares_its_wiring_and_consumes_with_a_bounded_prefetch(
     ).stdout
     intake = [line.split() for line in consumers.splitlines() if line.startswith("reservations.actions")]
     assert [fields[1] for fields in intake] == [str(DEFAULT_PREFETCH)]
+
+
+def _poison(kind: str, n: int) -> bytes:
+    message = json.dumps(fresh(example("accept")))
+    number = "9" * 5000 if kind == "huge" else "1e400"
+    return ('{"x%d": %s, ' % (n, number) + message[1:]).encode()
+
+
+def test_fifty_poison_messages_each_reach_the_dead_letter_queue_once_and_delay_nothing_behind_them(
+    worker: WorkerProcess, admin: EmulatorAdmin, ledger: Ledger, broker_url: str
+) -> None:
+    """A 5,000-digit integer made decide() raise and 1e400 made the ledger refuse the row: each was
+    requeued about twenty times with pauses up to 15 s, and valid actions behind 42 of them waited
+    26 to 41 s. Now each is refused on its first delivery."""
+    take_dead_letters(broker_url)
+    cursor = cursor_now(ledger)
+
+    def latency_of_one_valid_action() -> float:
+        valid = addressed("accept", admin.create_reservation())
+        started = time.monotonic()
+        publish_json(broker_url, valid)
+        wait_for_outcome(ledger, uuid.UUID(valid["action_id"]))
+        return time.monotonic() - started
+
+    normal = max(latency_of_one_valid_action() for _ in range(3))
+    poison = [_poison("huge" if n % 2 else "infinite", n) for n in range(50)]
+    for body in poison:
+        publish_raw(broker_url, body)
+    behind = latency_of_one_valid_action()
+    assert behind < normal + 2.0, (behind, normal)
+
+    letters = wait_for_dead_letters(broker_url, 50)
+    assert sorted(letter.body for letter in letters) == sorted(poison)  # each once, as it came
+    assert {letter.headers[REJECT_CODE_HEADER] for letter in letters} == {"out_of_range"}
+    rows = wait_rows(lambda: rejected_after(ledger, cursor), 50)
+    assert len(rows) == 50
+    assert all(row.detail and row.detail.startswith("out_of_range: ") for row in rows)
+    assert "will be redelivered" not in worker.log()

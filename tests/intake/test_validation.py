@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.intake.messages import JSON_VALUES, example, fresh, mutated_messages, valid_messages
+from workers.core import validation
 from workers.core.validation import (
     Accepted,
     RejectCode,
@@ -384,3 +385,33 @@ def test_arbitrary_bytes_never_raise(raw: bytes, content_type: str | None, encod
 def test_arbitrary_json_never_raises(document: Any) -> None:
     fate = decide(body(document), JSON)
     assert isinstance(fate, Rejected)
+
+
+@pytest.mark.parametrize(
+    ("number", "says"),
+    [
+        ("9" * 5000, "5000 digits"),
+        ("-" + "1" * 21, "22 digits"),
+        ("1e400", "out of range"),
+        ("-1e400", "out of range"),
+        ("1" * 70 + ".5", "72 characters"),
+    ],
+)
+def test_numbers_no_field_can_hold_are_refused_on_the_spot_never_raised(number: str, says: str) -> None:
+    """A 5,000-digit integer made decide() raise, and 1e400 parsed to inf, which PostgreSQL then
+    refused in the rejected_input row: both were requeued ~20 times, delaying valid messages."""
+    body = json.dumps(fresh(example("accept"))).replace('"accept"', '"accept", "x": ' + number, 1).encode()
+    fate = decide(body, "application/json")
+    assert isinstance(fate, Rejected)
+    assert fate.code is RejectCode.OUT_OF_RANGE
+    assert says in fate.reason
+
+
+def test_a_bug_in_deciding_is_a_refusal_not_an_exception(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(message: dict[str, Any]) -> Any:
+        raise MemoryError("a bug of ours")
+
+    monkeypatch.setattr(validation, "validate_message", broken)
+    fate = decide(json.dumps(fresh(example("accept"))).encode(), "application/json")
+    assert isinstance(fate, Rejected)
+    assert "cannot be decided: MemoryError" in fate.reason

@@ -14,6 +14,7 @@ from __future__ import annotations
 import enum
 import functools
 import json
+import math
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -156,6 +157,27 @@ def _no_constants(name: str) -> Any:
     raise _Undecodable(RejectCode.INVALID_JSON, f"{name} is not JSON")
 
 
+# No field of the contract needs more digits than this (TaskRouter's integers are 32-bit); longer
+# integers would cost quadratic time to convert and, past 4,300 digits, make Python refuse them.
+MAX_INTEGER_DIGITS = 20
+MAX_NUMBER_CHARACTERS = 64
+
+
+def _bounded_int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_INTEGER_DIGITS:
+        raise _Undecodable(RejectCode.OUT_OF_RANGE, f"an integer of {len(text)} digits: the limit is 20")
+    return int(text)
+
+
+def _finite_float(text: str) -> float:
+    if len(text) > MAX_NUMBER_CHARACTERS:
+        raise _Undecodable(RejectCode.OUT_OF_RANGE, f"a number of {len(text)} characters: the limit is 64")
+    value = float(text)
+    if not math.isfinite(value):  # 1e400 parses as infinity: no field, nor PostgreSQL, takes it
+        raise _Undecodable(RejectCode.OUT_OF_RANGE, f"the number {_shorten(text, 40)} is out of range")
+    return value
+
+
 def _bad_text(value: object) -> bool:
     if not isinstance(value, str):
         return False
@@ -208,7 +230,13 @@ def decode(body: bytes) -> object:
         reason = f"the body is not UTF-8 ({exc.reason} at byte {exc.start})"
         raise _Undecodable(RejectCode.NOT_UTF8, reason) from None
     try:
-        document = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
+        document = json.loads(
+            text,
+            object_pairs_hook=_no_duplicates,
+            parse_constant=_no_constants,
+            parse_int=_bounded_int,
+            parse_float=_finite_float,
+        )
     except json.JSONDecodeError as exc:
         raise _Undecodable(
             RejectCode.INVALID_JSON, f"{exc.msg} at line {exc.lineno} column {exc.colno}"
@@ -224,7 +252,15 @@ def decode(body: bytes) -> object:
 
 
 def decide(body: bytes, content_type: str | None, content_encoding: str | None = None) -> Fate:
-    """The fate of one raw message. Never raises."""
+    """The fate of one raw message. Never raises: whatever a message holds, it is accepted or
+    refused on its first delivery, so no poison message is requeued or delays the ones behind it."""
+    try:
+        return _decide(body, content_type, content_encoding)
+    except Exception as exc:  # a bug of ours must not turn a message into poison
+        return Rejected(RejectCode.INVALID_FIELD, f"the message cannot be decided: {type(exc).__name__}")
+
+
+def _decide(body: bytes, content_type: str | None, content_encoding: str | None) -> Fate:
     if len(body) > MAX_BODY_BYTES:
         return Rejected(RejectCode.TOO_LARGE, f"{len(body)} bytes: the limit is {MAX_BODY_BYTES}")
     problem = _content_problem(content_type, content_encoding)
