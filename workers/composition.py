@@ -168,7 +168,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_ignore_result": True,
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
-        "task_acks_on_failure_or_timeout": True,
+        # A task that raises is never acknowledged away: the applier turns every error of a run
+        # into a retry or an outcome, so this only guards against a bug of ours (the message is
+        # then rejected to reservations.dead by the queue's dead-letter exchange, not dropped).
+        "task_acks_on_failure_or_timeout": False,
         "worker_prefetch_multiplier": 1,
         "worker_detect_quorum_queues": True,
         "task_queues": [apply_queue()],

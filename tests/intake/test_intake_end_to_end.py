@@ -298,7 +298,7 @@ def test_the_intake_declares_its_wiring_and_consumes_with_a_bounded_prefetch(
 def _poison(kind: str, n: int) -> bytes:
     message = json.dumps(fresh(example("accept")))
     number = "9" * 5000 if kind == "huge" else "1e400"
-    return ('{"x%d": %s, ' % (n, number) + message[1:]).encode()
+    return ("{" + f'"x{n}": {number}, ' + message[1:]).encode()
 
 
 def test_fifty_poison_messages_each_reach_the_dead_letter_queue_once_and_delay_nothing_behind_them(

@@ -9,6 +9,7 @@ message into a dead-letter message.
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 import uuid
@@ -34,6 +35,8 @@ from workers.errors import (
 from workers.ledger.models import Arrival, OutcomeResult, ReservationState, TransitionResult
 from workers.taskrouter.gateway import ReservationRef
 from workers.taskrouter.gateway import ReservationState as Fetched
+
+logger = logging.getLogger("workers.apply")
 
 
 class Gateway(Protocol):
@@ -193,14 +196,27 @@ class ActionApplier:
             return Done(Outcome.REJECTED_INPUT, reason)
         try:
             return self.apply(action, delivery)
+        except LedgerPermissionDenied:
+            metrics.LEDGER_ERRORS.inc()
+            raise  # a deployment error: the task stops this worker, never loops on it
         except LedgerError as exc:
             metrics.LEDGER_ERRORS.inc()
-            if isinstance(exc, LedgerPermissionDenied):
-                raise  # a deployment error: fail loudly, never loop on it
-            delay = self.policy.delay(delivery.retries, self.rng)
-            if delay is None:
-                return Done(Outcome.DEAD_LETTERED, f"retries exhausted, the ledger kept failing: {exc}")
-            return RetryLater(delay, f"the ledger failed: {exc}")
+            return self._unsettled(delivery, f"the ledger failed: {exc}")
+        except Exception as exc:
+            # Anything else a run can raise (a time limit, an answer TaskRouter should not give,
+            # a bug): the action has no outcome yet, so it is tried again within the policy's
+            # bound, never acknowledged away.
+            logger.exception("action %s: the run failed unexpectedly", action.action_id)
+            return self._unsettled(delivery, f"the run failed: {type(exc).__name__}: {exc}")
+
+    def _unsettled(self, delivery: Delivery, reason: str) -> Result:
+        """Nothing was decided: try again later, or give up as ``dead_lettered`` past the bound."""
+        delay = self.policy.delay(delivery.retries, self.rng)
+        if delay is None:
+            return Done(
+                Outcome.DEAD_LETTERED, f"retries exhausted after {delivery.retries + 1} runs: {reason}"
+            )
+        return RetryLater(delay, reason)
 
     def apply(self, action: Action, delivery: Delivery = Delivery()) -> Result:
         with self.ledger.reservation_lock(action.reservation_sid) as ledger:

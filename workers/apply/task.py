@@ -11,17 +11,18 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any
+from typing import Any, NoReturn
 
 from celery import Celery, Task
 from celery.exceptions import Reject
 
 from workers import metrics
-from workers.apply.applier import Delivery, Done
+from workers.apply.applier import Delivery, Done, Result
 from workers.broker.dead_letters import publish_dead_letter
 from workers.broker.publishing import CONFIRM_TIMEOUT, Publishers
-from workers.broker.topology import APPLY_TASK_NAME, OUTCOME_HEADER, PUBLISHED_AT_HEADER
+from workers.broker.topology import APPLY_QUEUE_NAME, APPLY_TASK_NAME, OUTCOME_HEADER, PUBLISHED_AT_HEADER
 from workers.core.redaction import display_args
+from workers.errors import LedgerPermissionDenied
 
 logger = logging.getLogger("workers.apply")
 
@@ -44,22 +45,60 @@ def apply_action(self: Task, message: dict[str, Any]) -> str:
     run = self.request.retries + 1
     if run == 1 and not redelivered:
         metrics.queue_lag(getattr(self.request, PUBLISHED_AT_HEADER, None))
-    result = runtime.applier().apply_message(message, Delivery(self.request.retries, redelivered))
+    try:
+        result: Result = runtime.applier().apply_message(message, Delivery(self.request.retries, redelivered))
+    except LedgerPermissionDenied as exc:
+        _stop_taking_work(self, exc)
+        raise Reject(exc, requeue=True) from exc
     if not isinstance(result, Done):
-        _log(message, "retry", result.reason, run=run, delay=result.delay)
+        logger.info(
+            "action %s: retry in %s s (%s)",
+            message.get("action_id"),
+            whole_seconds(result.delay),
+            result.reason,
+            extra={**_fields(message), "run": run, "delay": result.delay},
+        )
         metrics.RETRIES.inc()
-        with runtime.publishers.confirmed() as producer:
-            raise self.retry(
-                countdown=whole_seconds(result.delay),
-                argsrepr=display_args(message),
-                producer=producer,
-                confirm_timeout=CONFIRM_TIMEOUT,
-            )
+        _retry(self, runtime.publishers, message, result.delay)
     if result.keeps_message:
         _dead_letter(runtime.publishers, message, result)
     _log(message, result.outcome.value, result.reason, run=run)
     metrics.outcome(result.outcome.value, run)
     return result.outcome.value
+
+
+def _retry(task: Task, publishers: Publishers, message: dict[str, Any], delay: float) -> NoReturn:
+    """Raise Celery's Retry once the retry's message is confirmed; if it cannot be published,
+    hand this message back to the broker (Celery would reject it: lost, or dead-lettered with no
+    reason and no outcome)."""
+    try:
+        with publishers.confirmed() as producer:
+            raise task.retry(
+                countdown=whole_seconds(delay),
+                argsrepr=display_args(message),
+                producer=producer,
+                confirm_timeout=CONFIRM_TIMEOUT,
+            )
+    except Reject as exc:
+        raise Reject(exc.reason, requeue=True) from exc
+    except (OSError, TimeoutError, ConnectionError) as exc:  # no producer to be had
+        raise Reject(exc, requeue=True) from exc
+
+
+def _stop_taking_work(task: Task, exc: Exception) -> None:
+    """A deployment error (the ledger refuses our role): every message would fail the same way,
+    so this worker stops consuming and says so; the message goes back to the queue."""
+    logger.critical(
+        "the ledger refuses this worker's role (%s): fix the grants (`reservations migrate` as the"
+        " owner); this worker stops taking work and hands the action back",
+        exc,
+    )
+    hostname = task.request.hostname
+    for queue in (APPLY_QUEUE_NAME,):
+        try:
+            task.app.control.cancel_consumer(queue, destination=[hostname] if hostname else None)
+        except Exception:
+            logger.exception("could not stop consuming %s", queue)
 
 
 def _dead_letter(publishers: Publishers, message: dict[str, Any], result: Done) -> None:
@@ -87,17 +126,15 @@ def whole_seconds(delay: float) -> int:
     return max(1, math.ceil(delay))
 
 
+def _fields(message: dict[str, Any]) -> dict[str, Any]:
+    return {name: message.get(name) for name in ("action_id", "reservation_sid", "correlation_id")}
+
+
 def _log(message: dict[str, Any], outcome: str, reason: str, **extra: Any) -> None:
     logger.info(
         "action %s: %s (%s)",
         message.get("action_id"),
         outcome,
         reason,
-        extra={
-            "action_id": message.get("action_id"),
-            "reservation_sid": message.get("reservation_sid"),
-            "correlation_id": message.get("correlation_id"),
-            "outcome": outcome,
-            **extra,
-        },
+        extra={**_fields(message), "outcome": outcome, **extra},
     )
