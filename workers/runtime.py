@@ -12,8 +12,7 @@ import threading
 
 from workers.applier import ActionApplier
 from workers.config import Settings
-from workers.ledger import Ledger
-from workers.ledger.store import LOCK_TIMEOUT
+from workers.ledger.writer import LOCK_TIMEOUT, PostgresLedgerWriter
 from workers.taskrouter.gateway import TaskRouterGateway
 
 # One connection per concurrently applied action (it holds the reservation's lock and carries the
@@ -29,15 +28,15 @@ class Runtime:
         self.settings = settings
         self.policy = settings.retry
         self._lock = threading.Lock()
-        self._ledger: Ledger | None = None
+        self._ledger: PostgresLedgerWriter | None = None
         self._local = threading.local()
 
     @property
-    def ledger(self) -> Ledger:
+    def ledger(self) -> PostgresLedgerWriter:
         with self._lock:
             if self._ledger is None:
                 max_size = int(os.environ.get("LEDGER_POOL_MAX", DEFAULT_LEDGER_POOL_MAX))
-                self._ledger = Ledger.from_settings(
+                self._ledger = PostgresLedgerWriter.from_settings(
                     self.settings, min_size=1, max_size=max_size, statement_timeout=LEDGER_STATEMENT_TIMEOUT
                 )
             return self._ledger

@@ -24,6 +24,7 @@ from workers.core.planner import Outcome
 from workers.core.redaction import mask_message
 from workers.dead_letters import publish_dead_letter
 from workers.errors import LedgerError, LedgerPermissionDenied
+from workers.ledger.events import RejectedInput
 from workers.producer import PUBLISHED_AT_HEADER
 from workers.publishing import CONFIRM_TIMEOUT, confirmed_producer
 from workers.runtime import Runtime
@@ -72,7 +73,7 @@ def apply_action(self: ApplyTask, message: dict[str, Any]) -> str:
     except (ValueError, KeyError, TypeError) as exc:
         # The intake validates against the schema; this is a producer that bypassed it.
         reason = f"malformed action message: {exc}"
-        self.runtime.ledger.record_rejected_input(message, reason)
+        self.runtime.ledger.append(RejectedInput(message, reason))
         _dead_letter(
             self.app,
             message,

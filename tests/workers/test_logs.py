@@ -15,7 +15,7 @@ from tests.support.e2e import PII_KEY, action_for, wait_for_outcome
 from workers.config import EMULATOR_AUTH_TOKEN
 from workers.core.action import Action, ActionKind
 from workers.emulator.admin import EmulatorAdmin
-from workers.ledger import Ledger
+from workers.ledger.reader import LedgerReader
 from workers.logs import FIELDS, JsonFormatter, wants_json
 from workers.producer import enqueue
 from workers.worker_process import WorkerProcess
@@ -69,7 +69,7 @@ def test_log_format_chooses_json_off_a_terminal(value: str, tty: bool, expected:
 
 
 def test_json_logs_of_a_real_worker_parse_and_hold_no_pii_or_secrets(
-    celery_app: Any, worker_env: dict[str, str], admin: EmulatorAdmin, ledger: Ledger
+    celery_app: Any, worker_env: dict[str, str], admin: EmulatorAdmin, ledger: LedgerReader
 ) -> None:
     reservation = admin.create_reservation()
     params = {"call_from": CALL_FROM, "call_url": CALL_URL, "call_accept": True}

@@ -47,8 +47,9 @@ from workers.config import Settings
 from workers.core.planner import Outcome
 from workers.dead_letters import publish_dead_letter
 from workers.intake.validation import Accepted, Fate, RejectCode, Rejected, decide, readable
-from workers.ledger import Ledger
+from workers.ledger.events import RejectedInput
 from workers.ledger.models import Arrival
+from workers.ledger.writer import PostgresLedgerWriter
 from workers.producer import hand_to_apply
 from workers.topology import (
     OUTCOME_HEADER,
@@ -89,7 +90,7 @@ class Intake:
     ) -> None:
         self.app = app
         self.settings = settings
-        self._ledger: Ledger | None = None
+        self._ledger: PostgresLedgerWriter | None = None
         self._lock = threading.Lock()
         self._threads = threads
         self._on_loop = on_loop
@@ -97,11 +98,11 @@ class Intake:
         self._closing = threading.Event()
 
     @property
-    def ledger(self) -> Ledger:
+    def ledger(self) -> PostgresLedgerWriter:
         with self._lock:
             if self._ledger is None:
                 settings = self.settings or Settings.from_env()
-                self._ledger = Ledger.from_settings(
+                self._ledger = PostgresLedgerWriter.from_settings(
                     settings,
                     min_size=1,
                     max_size=max(2, self._threads),
@@ -168,7 +169,7 @@ class Intake:
                 extra={"action_id": str(fate.action.action_id), "outcome": "received"},
             )
         else:
-            self.ledger.record_rejected_input(readable(fate.message), fate.text)
+            self.ledger.append(RejectedInput(readable(fate.message), fate.text))
             publish_dead_letter(
                 self.app,
                 _body(message),
