@@ -30,10 +30,12 @@ from dataclasses import dataclass
 from workers.config import DEFAULT_DATABASE_URL
 from workers.core.sids import new_sid
 from workers.ledger.connector import Connector, connect, database_name, drop_database, with_database
+from workers.ledger.events import Transition
 from workers.ledger.migrations import migrate
 from workers.ledger.models import Outcome, Role
-from workers.ledger.store import Ledger
+from workers.ledger.reader import LedgerReader
 from workers.ledger.verify import verify
+from workers.ledger.writer import PostgresLedgerWriter
 
 ACTIONS_PER_WRITER = 20_000
 
@@ -70,24 +72,26 @@ def _action_id(writer: int, n: int) -> uuid.UUID:
 def _writer(job: WriterJob, start: multiprocessing.synchronize.Event, results: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
     connector = Connector(job.url, Role.WRITER, min_size=1, max_size=1)
     connector.open()
-    ledger = Ledger(connector, "bench-key")
+    ledger = PostgresLedgerWriter(connector, "bench-key")
     start.wait()
     deadline = time.perf_counter() + job.duration
     done = 0
     while time.perf_counter() < deadline and done < ACTIONS_PER_WRITER:
         n = done + 1
         sid = "WR" + format(job.writer * 1_000_000 + n % job.reservations, "032x")
-        ledger.record_transition(
-            sid,
-            action_id=_action_id(job.writer, n),
-            from_status="pending",
-            to_status="accepted",
-            etag_before=f"e{n}",
-            etag_after=f"e{n + 1}",
-            attempt=1,
-            http_status=200,
-            duration_ms=12,
-            outcome=Outcome.APPLIED,
+        ledger.append(
+            Transition(
+                sid,
+                action_id=_action_id(job.writer, n),
+                from_status="pending",
+                to_status="accepted",
+                etag_before=f"e{n}",
+                etag_after=f"e{n + 1}",
+                attempt=1,
+                http_status=200,
+                duration_ms=12,
+                outcome=Outcome.APPLIED,
+            )
         )
         done += 1
     ledger.close()
@@ -161,11 +165,13 @@ def history_latency(url: str, queries: int) -> tuple[float, float, int]:
     connector.open()
     writer = Connector(url, Role.WRITER, min_size=1, max_size=1)
     writer.open()
-    ledger, reader = Ledger(writer, "bench-key"), Ledger(connector, "bench-key")
+    ledger, reader = PostgresLedgerWriter(writer, "bench-key"), LedgerReader(connector, "bench-key")
     sid = new_sid("WR")
     for n in range(10):
-        ledger.record_transition(
-            sid, from_status="pending", to_status="accepted", etag_before=str(n), etag_after=str(n + 1)
+        ledger.append(
+            Transition(
+                sid, from_status="pending", to_status="accepted", etag_before=str(n), etag_after=str(n + 1)
+            )
         )
     samples = []
     for _ in range(queries):

@@ -46,9 +46,9 @@ from workers.config import EMULATOR_ACCOUNT_SID, EMULATOR_AUTH_TOKEN, Settings
 from workers.core.action import Action, ActionKind
 from workers.emulator.admin import EmulatorAdmin, ReservationInfo
 from workers.emulator.process import EmulatorProcess
-from workers.ledger import Ledger
 from workers.ledger.connector import database_name, drop_database, with_database
 from workers.ledger.migrations import migrate
+from workers.ledger.writer import PostgresLedgerWriter
 from workers.taskrouter.gateway import TaskRouterGateway
 from workers.worker_process import WorkerProcess
 
@@ -233,7 +233,7 @@ def run_celery(
 def run_loop(
     label: str, settings: Settings, admin: EmulatorAdmin, actions: list[Action], db_url: str
 ) -> Figures:
-    ledger = Ledger.from_settings(settings, min_size=1, max_size=2)
+    ledger = PostgresLedgerWriter.from_settings(settings, min_size=1, max_size=2)
     applier = ActionApplier(ledger, TaskRouterGateway.from_settings(settings), settings.retry)
     admin.reset_counters()
     try:

@@ -1,17 +1,19 @@
 """Fakes of our own seams (ledger, gateway) for fast unit tests of the applier.
 
-The real implementations run in the integration tests; the fakes follow the same protocols
-(``workers.apply.applier.Ledger`` and ``Gateway``) and the same state machine.
+The fakes follow the same protocols (``workers.ledger.ports.LedgerWriter`` and
+``workers.apply.applier.Gateway``) and the same state machine; the contract suites in tests/contracts/
+run the same tests against each fake and its real implementation.
 """
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, overload
 
 from workers.core.action import Action
 from workers.core.planner import Outcome
@@ -21,86 +23,126 @@ from workers.errors import (
     PreconditionFailed,
     TaskRouterError,
     TransitionRefused,
+    UnknownAction,
+)
+from workers.ledger.events import (
+    Attempt,
+    Conflict,
+    LedgerEvent,
+    Redrive,
+    RejectedInput,
+    Settle,
+    Transition,
 )
 from workers.ledger.models import Arrival, OutcomeResult, ReservationState, TransitionResult
-from workers.taskrouter.gateway import ReservationRef
-from workers.taskrouter.gateway import ReservationState as Fetched
+from workers.taskrouter.gateway import FetchedReservation, ReservationRef
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 
 
 @dataclass
-class FakeLedger:
-    """The applier's view of the ledger, in memory: registry, projection, first outcome wins."""
+class FakeLedgerWriter:
+    """The ledger writer port (``workers.ledger.ports.LedgerWriter``) in memory: a registry, the
+    projection, the first outcome wins, and a lock per reservation. ``rows`` holds every event
+    appended, in order; tests/contracts/test_ledger_writer.py keeps it in step with PostgreSQL."""
 
-    rows: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    rows: list[LedgerEvent] = field(default_factory=list)
     outcomes: dict[uuid.UUID, Outcome] = field(default_factory=dict)
     projection: dict[str, ReservationState] = field(default_factory=dict)
     received: set[uuid.UUID] = field(default_factory=set)
     locked: list[str] = field(default_factory=list)
+    position: int = 0
+    _locks: dict[str, threading.Lock] = field(default_factory=dict)
+    _guard: threading.Lock = field(default_factory=threading.Lock)
 
     @contextmanager
-    def reservation_lock(self, reservation_sid: str) -> Iterator[FakeLedger]:
-        self.locked.append(reservation_sid)
-        yield self
+    def lock(self, reservation_sid: str) -> Iterator[FakeLedgerWriter]:
+        with self._guard:
+            lock = self._locks.setdefault(reservation_sid, threading.Lock())
+        with lock:
+            self.locked.append(reservation_sid)
+            yield self
 
     def receive(self, action: Action) -> Arrival:
-        created = action.action_id not in self.received
-        if created:
-            self.received.add(action.action_id)
-            self.rows.append(("received", {}))
-        outcome = self.outcomes.get(action.action_id)
-        return Arrival(
-            created, outcome.value if outcome else None, self.projection.get(action.reservation_sid)
-        )
-
-    def record_rejected_input(self, message: Mapping[str, Any] | None, reason: str) -> int:
-        self.rows.append(("rejected_input", {"detail": reason}))
-        return len(self.rows)
+        with self._guard:
+            created = action.action_id not in self.received
+            if created:
+                self.received.add(action.action_id)
+                self._next()
+            outcome = self.outcomes.get(action.action_id)
+            projected = self.projection.get(action.reservation_sid)
+        return Arrival(created, outcome.value if outcome else None, projected)
 
     def cache(self, reservation_sid: str, status: Status, etag: str) -> None:
+        """Give the projection a reservation, as if an earlier run had recorded it."""
         self.projection[reservation_sid] = ReservationState(
             reservation_sid, None, None, None, status.value, etag, 0, NOW
         )
 
-    def record_attempt(self, action_id: uuid.UUID, **fields: Any) -> int:
-        self.rows.append(("attempt", fields))
-        return len(self.rows)
+    @overload
+    def append(self, event: Transition) -> TransitionResult: ...
+    @overload
+    def append(self, event: Settle) -> OutcomeResult: ...
+    @overload
+    def append(self, event: Attempt | Conflict | RejectedInput | Redrive) -> int: ...
 
-    def record_conflict(self, action_id: uuid.UUID, **fields: Any) -> int:
-        self.rows.append(("conflict", fields))
-        return len(self.rows)
-
-    def record_transition(
-        self,
-        reservation_sid: str,
-        *,
-        from_status: str | None,
-        to_status: str,
-        etag_before: str | None,
-        etag_after: str | None,
-        action_id: uuid.UUID | None = None,
-        outcome: Outcome | None = None,
-        **fields: Any,
-    ) -> TransitionResult:
-        kind = "transition" if action_id else "observed"
-        fields_seen = {"from": from_status, "to": to_status, "before": etag_before, "after": etag_after}
-        self.rows.append((kind, {**fields_seen, "action_id": action_id}))
-        self.projection[reservation_sid] = ReservationState(
-            reservation_sid, None, None, None, to_status, etag_after, len(self.rows), NOW
-        )
-        settled = self._settle(action_id, outcome) if action_id and outcome else None
-        return TransitionResult(len(self.rows), None, settled)
-
-    def record_outcome(self, action_id: uuid.UUID, outcome: Outcome, **fields: Any) -> OutcomeResult:
-        self.rows.append(("outcome", {"outcome": outcome, **fields}))
-        return OutcomeResult(len(self.rows), self._settle(action_id, outcome))
-
-    def _settle(self, action_id: uuid.UUID, outcome: Outcome) -> str:
-        return self.outcomes.setdefault(action_id, outcome).value
+    def append(self, event: LedgerEvent) -> int | TransitionResult | OutcomeResult:
+        with self._guard:
+            action_id = getattr(event, "action_id", None)
+            if action_id is not None and not isinstance(event, RejectedInput):
+                self._known(action_id)
+            self.rows.append(event)
+            if isinstance(event, Transition):
+                position = self._next()
+                self.projection[event.reservation_sid] = ReservationState(
+                    event.reservation_sid,
+                    event.workspace_sid,
+                    event.task_sid,
+                    event.worker_sid,
+                    event.to_status,
+                    event.etag_after,
+                    position,
+                    NOW,
+                )
+                if event.action_id is None or event.outcome is None:
+                    return TransitionResult(position, None, None)
+                return TransitionResult(position, *self._settle(event.action_id, event.outcome))
+            if isinstance(event, Settle):
+                return OutcomeResult(*self._settle(event.action_id, event.outcome))
+            if isinstance(event, Redrive):
+                self.outcomes.pop(event.action_id, None)  # a redrive reopens the action
+            return self._next()
 
     def kinds(self) -> list[str]:
-        return [kind for kind, _ in self.rows if kind != "received"]
+        """The ledger's words for the rows (a transition without an action: ``observed``)."""
+        return [_kind(event) for event in self.rows]
+
+    def _next(self) -> int:
+        self.position += 1
+        return self.position
+
+    def _known(self, action_id: uuid.UUID) -> None:
+        if action_id not in self.received:
+            raise UnknownAction(str(action_id))
+
+    def _settle(self, action_id: uuid.UUID, outcome: Outcome) -> tuple[int | None, str]:
+        """The outcome's position (None when the action had settled already) and the winner."""
+        if action_id in self.outcomes:
+            return None, self.outcomes[action_id].value
+        self.outcomes[action_id] = outcome
+        return self._next(), outcome.value
+
+
+def _kind(event: LedgerEvent) -> str:
+    if isinstance(event, Transition):
+        return "transition" if event.action_id else "observed"
+    return {
+        Attempt: "attempt",
+        Conflict: "conflict",
+        Settle: "outcome",
+        RejectedInput: "rejected_input",
+        Redrive: "redrive",
+    }[type(event)]
 
 
 @dataclass
@@ -116,18 +158,26 @@ class FakeGateway:
     interference: int = 0
     fetches: int = 0
     updates: int = 0
+    # The SID of the one reservation it holds (any other is a 404); None answers for any SID.
+    reservation_sid: str | None = None
 
-    def _state(self, sid: str) -> Fetched:
-        return Fetched(sid, self.status, str(self.version), self.task_sid, self.worker_sid, "RQ1", 200)
+    def _state(self, sid: str) -> FetchedReservation:
+        return FetchedReservation(
+            sid, self.status, str(self.version), self.task_sid, self.worker_sid, "RQ1", 200
+        )
 
-    def fetch(self, ref: ReservationRef) -> Fetched:
+    def fetch(self, ref: ReservationRef) -> FetchedReservation:
         self.fetches += 1
+        self._find(ref)
         return self._state(ref.reservation_sid)
 
-    def update(self, ref: ReservationRef, arguments: Mapping[str, Any], if_match: str | None) -> Fetched:
+    def update(
+        self, ref: ReservationRef, arguments: Mapping[str, Any], if_match: str | None
+    ) -> FetchedReservation:
         self.updates += 1
         if self.failures:
             raise self.failures.pop(0)
+        self._find(ref)
         if self.interference:
             self.interference -= 1
             self.version += 1
@@ -146,3 +196,9 @@ class FakeGateway:
             raise PermanentTaskRouterError(f"HTTP 400: {exc}", 400, 20001, "RQ400") from exc
         self.version += 1
         return self._state(ref.reservation_sid)
+
+    def _find(self, ref: ReservationRef) -> None:
+        if self.reservation_sid is not None and ref.reservation_sid != self.reservation_sid:
+            raise PermanentTaskRouterError(
+                f"HTTP 404: The requested resource {ref.reservation_sid} was not found", 404, 20404, "RQ404"
+            )

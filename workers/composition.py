@@ -34,8 +34,7 @@ from workers.broker.topology import (
 )
 from workers.config import Settings
 from workers.core.action import Action
-from workers.ledger import Ledger
-from workers.ledger.store import LOCK_TIMEOUT
+from workers.ledger.writer import LOCK_TIMEOUT, PostgresLedgerWriter
 from workers.logs import logger_setup
 from workers.taskrouter.gateway import TaskRouterGateway
 
@@ -54,15 +53,15 @@ class Runtime:
         self.policy = settings.retry
         self.publishers = Publishers(app, settings.publish_pool_limit)
         self._lock = threading.Lock()
-        self._ledger: Ledger | None = None
+        self._ledger: PostgresLedgerWriter | None = None
         self._local = threading.local()
 
     @property
-    def ledger(self) -> Ledger:
+    def ledger(self) -> PostgresLedgerWriter:
         """The apply task's ledger: one connection per action in flight (it holds the lock)."""
         with self._lock:
             if self._ledger is None:
-                self._ledger = Ledger.from_settings(
+                self._ledger = PostgresLedgerWriter.from_settings(
                     self.settings,
                     min_size=1,
                     max_size=self.settings.ledger_pool_max,
@@ -86,8 +85,8 @@ class Runtime:
         the consumer handles each message itself. It owns its ledger pool (closed with it)."""
         threads = self.settings.intake_threads if hub is not None else 0
 
-        def open_ledger() -> Ledger:
-            return Ledger.from_settings(
+        def open_ledger() -> PostgresLedgerWriter:
+            return PostgresLedgerWriter.from_settings(
                 self.settings,
                 min_size=1,
                 max_size=max(2, threads),

@@ -14,8 +14,10 @@ from workers.core.action import Action, ActionKind
 from workers.core.planner import Outcome
 from workers.core.sids import new_sid
 from workers.ledger.connector import Connector
+from workers.ledger.events import Attempt, Settle, Transition
 from workers.ledger.models import Role
-from workers.ledger.store import Ledger
+from workers.ledger.reader import LedgerReader
+from workers.ledger.writer import PostgresLedgerWriter
 
 PII_KEY = "audit-test-pii-key"
 TOKEN = "audit-test-token-0123456789"
@@ -48,26 +50,28 @@ def action(seeded: Seeded, index: int, kind: ActionKind = ActionKind.ACCEPT, **f
     )
 
 
-def apply(ledger: Ledger, act: Action, from_status: str, to_status: str, etag: int) -> None:
-    ledger.record_received(act)
-    ledger.record_attempt(act.action_id, attempt=1, etag_before=str(etag), http_status=200)
-    ledger.record_transition(
-        act.reservation_sid,
-        from_status=from_status,
-        to_status=to_status,
-        etag_before=str(etag),
-        etag_after=str(etag + 1),
-        action_id=act.action_id,
-        outcome=Outcome.APPLIED,
-        workspace_sid=act.workspace_sid,
-        task_sid=act.task_sid,
-        worker_sid=act.worker_sid,
-        attempt=1,
-        http_status=200,
+def apply(ledger: PostgresLedgerWriter, act: Action, from_status: str, to_status: str, etag: int) -> None:
+    ledger.receive(act)
+    ledger.append(Attempt(act.action_id, attempt=1, etag_before=str(etag), http_status=200))
+    ledger.append(
+        Transition(
+            act.reservation_sid,
+            from_status=from_status,
+            to_status=to_status,
+            etag_before=str(etag),
+            etag_after=str(etag + 1),
+            action_id=act.action_id,
+            outcome=Outcome.APPLIED,
+            workspace_sid=act.workspace_sid,
+            task_sid=act.task_sid,
+            worker_sid=act.worker_sid,
+            attempt=1,
+            http_status=200,
+        )
     )
 
 
-def seed(ledger: Ledger) -> Seeded:
+def seed(ledger: PostgresLedgerWriter) -> Seeded:
     """accept+complete on reservation 0, accept on 1, a failed (404, code 20404) accept on 2."""
     seeded = Seeded()
     first = action(seeded, 0)
@@ -78,26 +82,26 @@ def seed(ledger: Ledger) -> Seeded:
     apply(ledger, second, "pending", "accepted", 1)
     seeded.applied = [first.action_id, done.action_id, second.action_id]
     broken = action(seeded, 2, correlation_id="other")
-    ledger.record_received(broken)
-    ledger.record_attempt(broken.action_id, attempt=1, http_status=404, twilio_error_code=20404)
-    ledger.record_outcome(broken.action_id, Outcome.FAILED, http_status=404, twilio_error_code=20404)
+    ledger.receive(broken)
+    ledger.append(Attempt(broken.action_id, attempt=1, http_status=404, twilio_error_code=20404))
+    ledger.append(Settle(broken.action_id, Outcome.FAILED, http_status=404, twilio_error_code=20404))
     seeded.failed = broken.action_id
     return seeded
 
 
 @pytest.fixture(scope="module")
-def writer(db_url: str) -> Iterator[Ledger]:
+def writer(db_url: str) -> Iterator[PostgresLedgerWriter]:
     connector = Connector(db_url, Role.WRITER, min_size=1, max_size=4)
     connector.open()
-    with Ledger(connector, PII_KEY) as opened:
+    with PostgresLedgerWriter(connector, PII_KEY) as opened:
         yield opened
 
 
 @pytest.fixture(scope="module")
-def reader(db_url: str) -> Iterator[Ledger]:
+def reader(db_url: str) -> Iterator[LedgerReader]:
     connector = Connector(db_url, Role.READER, min_size=1, max_size=4)
     connector.open()
-    with Ledger(connector, PII_KEY) as opened:
+    with LedgerReader(connector, PII_KEY) as opened:
         yield opened
 
 
@@ -105,7 +109,7 @@ SEEDED_ROWS = 15  # three applied actions of four rows each, and a failed one of
 
 
 @pytest.fixture(scope="module")
-def seeded(writer: Ledger, reader: Ledger) -> Seeded:
+def seeded(writer: PostgresLedgerWriter, reader: LedgerReader) -> Seeded:
     done = seed(writer)
     eventually(
         lambda: reader.history(workspace_sid=done.workspace_sid),

@@ -16,7 +16,7 @@ from workers.errors import ConfigurationError
 from workers.ledger.connector import connect
 from workers.ledger.models import Role
 from workers.ledger.queries import QUERIES
-from workers.ledger.store import Ledger
+from workers.ledger.writer import PostgresLedgerWriter
 
 pytestmark = pytest.mark.integration
 
@@ -276,7 +276,7 @@ def test_limit_and_cursor_pages(client: TestClient, seeded: Seeded) -> None:
 
 
 def test_paging_across_concurrent_inserts_misses_and_repeats_nothing(
-    client: TestClient, writer: Ledger, db_url: str
+    client: TestClient, writer: PostgresLedgerWriter, db_url: str
 ) -> None:
     """Writers append while a client pages; a transaction with a smaller position commits after a
     larger one. Following next_cursor, the client sees every row exactly once."""

@@ -219,7 +219,7 @@ def test_history_finds_rows_by_a_known_pii_value(db_url: str, writer: Any) -> No
         task_sid=new_sid("WT"),
         params={"call_from": "+15557654321", "call_url": "https://x.test/twiml"},
     )
-    writer.record_received(action)
+    writer.receive(action)
     env = {"LEDGER_PII_KEY": PII_KEY}
     deadline = time.monotonic() + 10
     while True:

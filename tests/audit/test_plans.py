@@ -12,16 +12,15 @@ from typing import Any
 
 import pytest
 
-from tests.ledger.conftest import open_ledger, superuser
-from workers.ledger.models import Role
-from workers.ledger.store import Ledger
+from tests.ledger.conftest import open_reader, superuser
+from workers.ledger.reader import LedgerReader
 
 pytestmark = pytest.mark.integration
 ROWS = 50_000
 
 
 @pytest.fixture(scope="module")
-def big_reader(db_url: str) -> Iterator[Ledger]:
+def big_reader(db_url: str) -> Iterator[LedgerReader]:
     with superuser(db_url) as conn:
         conn.execute(
             """
@@ -40,7 +39,7 @@ def big_reader(db_url: str) -> Iterator[Ledger]:
             {"rows": ROWS},
         )
         conn.execute("ANALYZE ledger.events")
-    with open_ledger(db_url, Role.READER) as reader:
+    with open_reader(db_url) as reader:
         yield reader
 
 
@@ -69,13 +68,15 @@ def scans(plan: dict[str, Any]) -> set[str]:
         ({"reservation_sid": "WR" + "0" * 29 + "3e8", "kind": "transition"}, "events_reservation"),
     ],
 )
-def test_history_of_one_thing_uses_its_index(big_reader: Ledger, filters: dict[str, Any], index: str) -> None:
+def test_history_of_one_thing_uses_its_index(
+    big_reader: LedgerReader, filters: dict[str, Any], index: str
+) -> None:
     plan = big_reader.explain_history(limit=100, **filters)
     assert index in index_used(plan), plan
     assert "Seq Scan" not in scans(plan), plan
 
 
-def test_a_page_of_everything_walks_the_ledger_order_index(big_reader: Ledger) -> None:
+def test_a_page_of_everything_walks_the_ledger_order_index(big_reader: LedgerReader) -> None:
     plan = big_reader.explain_history(limit=100)
     assert "events_ledger_order" in index_used(plan), plan
     assert "Seq Scan" not in scans(plan), plan

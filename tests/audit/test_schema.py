@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, settings
 
 from tests.audit.conftest import TOKEN, Seeded
 from workers.audit.api import AuditApiConfig, create_app
-from workers.ledger.store import Ledger
+from workers.ledger.reader import LedgerReader
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
@@ -35,7 +35,7 @@ with warnings.catch_warnings():
 
 
 @pytest.fixture(autouse=True)
-def _api_over_the_seeded_ledger(reader: Ledger, seeded: Seeded) -> None:
+def _api_over_the_seeded_ledger(reader: LedgerReader, seeded: Seeded) -> None:
     app.state.ledger = reader
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from workers.demo.checks import compare_transitions
 from workers.emulator.admin import TransitionInfo
-from workers.ledger.models import LedgerEvent
+from workers.ledger.models import LedgerRow
 
 SID = "WR" + "a" * 32
 
@@ -24,14 +24,14 @@ def log_entry(
 
 def transition(
     position: int, from_status: str | None, to_status: str, before: str | None, after: str, *, ours: bool
-) -> LedgerEvent:
-    fields: dict[str, Any] = dict.fromkeys(LedgerEvent.__slots__)
+) -> LedgerRow:
+    fields: dict[str, Any] = dict.fromkeys(LedgerRow.__slots__)
     fields.update(
         position=position, tx_id=position, recorded_at=datetime.now(UTC), chain_key=SID, chain_seq=position,
         prev_hash=b"", row_hash=b"", kind="transition", reservation_sid=SID, from_status=from_status,
         to_status=to_status, etag_before=before, etag_after=after, action_id=uuid.uuid4() if ours else None,
     )  # fmt: skip
-    return LedgerEvent(**fields)
+    return LedgerRow(**fields)
 
 
 # An agent accepts behind our back (v2), then our complete lands (v3).

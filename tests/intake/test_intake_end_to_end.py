@@ -22,8 +22,8 @@ from tests.support.e2e import wait_for_outcome
 from workers.broker.intake import DEFAULT_PREFETCH
 from workers.broker.topology import ACTION_ID_HEADER, OUTCOME_HEADER, REASON_HEADER, REJECT_CODE_HEADER
 from workers.emulator.admin import EmulatorAdmin, ReservationInfo
-from workers.ledger import Ledger
-from workers.ledger.models import Cursor, LedgerEvent
+from workers.ledger.models import Cursor, LedgerRow
+from workers.ledger.reader import LedgerReader
 from workers.worker_process import WorkerProcess
 
 pytestmark = pytest.mark.integration
@@ -42,21 +42,21 @@ def addressed(name: str, reservation: ReservationInfo, **changes: Any) -> dict[s
     return message
 
 
-# Ledger.history shows a row only once every older transaction of the cluster has ended (stable
+# LedgerReader.history shows a row only once every older transaction of the cluster has ended (stable
 # paging), so the tests read it with a cursor and wait for what they expect.
 VISIBLE_TIMEOUT = 15.0
 
 
-def cursor_now(ledger: Ledger) -> Cursor | None:
+def cursor_now(ledger: LedgerReader) -> Cursor | None:
     rows = ledger.history(limit=100_000)
     return rows[-1].cursor if rows else None
 
 
-def rejected_after(ledger: Ledger, cursor: Cursor | None) -> list[LedgerEvent]:
+def rejected_after(ledger: LedgerReader, cursor: Cursor | None) -> list[LedgerRow]:
     return [event for event in ledger.history(after=cursor, limit=100_000) if event.kind == "rejected_input"]
 
 
-def wait_rows(read: Callable[[], list[LedgerEvent]], count: int) -> list[LedgerEvent]:
+def wait_rows(read: Callable[[], list[LedgerRow]], count: int) -> list[LedgerRow]:
     """``read()`` once it returns at least ``count`` rows, and a moment later (to see any extra)."""
     deadline = time.monotonic() + VISIBLE_TIMEOUT
     while len(read()) < count and time.monotonic() < deadline:
@@ -83,7 +83,7 @@ def wait_rows(read: Callable[[], list[LedgerEvent]], count: int) -> list[LedgerE
 def test_a_valid_message_of_each_action_published_with_plain_amqp_is_applied(
     worker: WorkerProcess,
     admin: EmulatorAdmin,
-    ledger: Ledger,
+    ledger: LedgerReader,
     broker_url: str,
     name: str,
     start: str,
@@ -101,7 +101,7 @@ def test_a_valid_message_of_each_action_published_with_plain_amqp_is_applied(
 
 
 def test_a_copy_of_a_settled_action_is_not_handed_to_the_apply_task_again(
-    worker: WorkerProcess, admin: EmulatorAdmin, ledger: Ledger, broker_url: str
+    worker: WorkerProcess, admin: EmulatorAdmin, ledger: LedgerReader, broker_url: str
 ) -> None:
     reservation = admin.create_reservation()
     message = addressed("accept", reservation)
@@ -163,7 +163,7 @@ BAD_INPUT: list[tuple[str, bytes, dict[str, Any], str]] = [
 def test_bad_input_is_dead_lettered_with_its_reason_and_recorded_and_the_queue_moves_on(
     worker: WorkerProcess,
     admin: EmulatorAdmin,
-    ledger: Ledger,
+    ledger: LedgerReader,
     broker_url: str,
     raw: bytes,
     properties: dict[str, Any],
@@ -196,7 +196,7 @@ def test_bad_input_is_dead_lettered_with_its_reason_and_recorded_and_the_queue_m
 
 
 def test_kombus_compression_header_does_not_make_it_drop_the_message(
-    worker: WorkerProcess, ledger: Ledger, broker_url: str
+    worker: WorkerProcess, ledger: LedgerReader, broker_url: str
 ) -> None:
     """kombu would decompress a body with a ``compression`` header, and drop it if it cannot."""
     take_dead_letters(broker_url)
@@ -213,7 +213,7 @@ MESSAGES = st.one_of(valid_messages(), mutated_messages())
 
 
 def _fate(
-    ledger: Ledger, broker_url: str, raw: bytes, action_id: uuid.UUID | None, letters: list[Letter]
+    ledger: LedgerReader, broker_url: str, raw: bytes, action_id: uuid.UUID | None, letters: list[Letter]
 ) -> str:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -235,7 +235,7 @@ def _fate(
 )
 @given(message=MESSAGES)
 def test_generated_messages_through_the_broker_each_have_exactly_one_fate(
-    worker: WorkerProcess, ledger: Ledger, broker_url: str, message: dict[str, Any]
+    worker: WorkerProcess, ledger: LedgerReader, broker_url: str, message: dict[str, Any]
 ) -> None:
     action_id: uuid.UUID | None = None
     try:
@@ -302,7 +302,7 @@ def _poison(kind: str, n: int) -> bytes:
 
 
 def test_fifty_poison_messages_each_reach_the_dead_letter_queue_once_and_delay_nothing_behind_them(
-    worker: WorkerProcess, admin: EmulatorAdmin, ledger: Ledger, broker_url: str
+    worker: WorkerProcess, admin: EmulatorAdmin, ledger: LedgerReader, broker_url: str
 ) -> None:
     """A 5,000-digit integer made decide() raise and 1e400 made the ledger refuse the row: each was
     requeued about twenty times with pauses up to 15 s, and valid actions behind 42 of them waited

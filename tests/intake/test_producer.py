@@ -20,14 +20,14 @@ from workers.broker.producer import InvalidAction, Producer, PublishError, encod
 from workers.cli import main
 from workers.core.action import ActionKind
 from workers.emulator.admin import EmulatorAdmin
-from workers.ledger import Ledger
+from workers.ledger.reader import LedgerReader
 from workers.worker_process import WorkerProcess
 
 pytestmark = pytest.mark.integration
 
 
 def test_an_action_object_and_a_wire_dict_are_both_published_and_applied(
-    worker: WorkerProcess, admin: EmulatorAdmin, ledger: Ledger, broker_url: str
+    worker: WorkerProcess, admin: EmulatorAdmin, ledger: LedgerReader, broker_url: str
 ) -> None:
     first, second = admin.create_reservation(), admin.create_reservation()
     action = action_for(first, ActionKind.DEQUEUE, params={"dequeue_from": "+15550100002"})
@@ -99,7 +99,7 @@ def test_errors_survive_pickling() -> None:
 
 
 def test_cli_enqueues_json_lines_from_a_file_and_reports_bad_lines(
-    worker: WorkerProcess, admin: EmulatorAdmin, ledger: Ledger, broker_url: str, tmp_path: Path
+    worker: WorkerProcess, admin: EmulatorAdmin, ledger: LedgerReader, broker_url: str, tmp_path: Path
 ) -> None:
     messages = [addressed("accept", admin.create_reservation()) for _ in range(3)]
     lines = [json.dumps(m) for m in messages]
@@ -119,7 +119,7 @@ def test_cli_enqueues_json_lines_from_a_file_and_reports_bad_lines(
 
 
 def test_cli_reads_stdin_and_a_single_argument(
-    worker: WorkerProcess, admin: EmulatorAdmin, ledger: Ledger, broker_url: str
+    worker: WorkerProcess, admin: EmulatorAdmin, ledger: LedgerReader, broker_url: str
 ) -> None:
     runner = CliRunner()
     from_stdin = addressed("accept", admin.create_reservation())

@@ -8,7 +8,7 @@ import queue
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -25,6 +25,7 @@ from workers.composition import create_app
 from workers.config import Settings
 from workers.core.action import Action
 from workers.errors import LedgerUnavailable
+from workers.ledger.events import RejectedInput
 from workers.ledger.models import Arrival
 
 REAL_PAUSE = step.Intake._pause
@@ -49,7 +50,7 @@ class FakeMessage:
 class FakeLedger:
     def __init__(self) -> None:
         self.received: list[Action] = []
-        self.rejected: list[tuple[dict[str, Any] | None, str]] = []
+        self.rejected: list[tuple[Mapping[str, Any] | None, str]] = []
         self.fail = False
         self.closed = False
         self.outcomes: dict[uuid.UUID, str] = {}
@@ -63,10 +64,10 @@ class FakeLedger:
         self.received.append(action)
         return Arrival(created=True, outcome=self.outcomes.get(action.action_id), reservation=None)
 
-    def record_rejected_input(self, message: dict[str, Any] | None, reason: str) -> int:
+    def append(self, event: RejectedInput) -> int:
         if self.fail:
             raise LedgerUnavailable("down")
-        self.rejected.append((message, reason))
+        self.rejected.append((event.message, event.detail))
         return len(self.rejected)
 
 

@@ -1,4 +1,4 @@
-"""Fixtures for the ledger's tests: a repository over the real PostgreSQL databases of
+"""Fixtures for the ledger's tests: a writer and a reader over the real PostgreSQL databases of
 tests/conftest.py (one per module, or one per test for tests that tamper with it)."""
 
 from __future__ import annotations
@@ -14,26 +14,45 @@ from workers.core.action import Action, ActionKind
 from workers.core.sids import new_sid
 from workers.ledger.connector import Connector
 from workers.ledger.models import Role
-from workers.ledger.store import Ledger
+from workers.ledger.reader import LedgerReader
+from workers.ledger.writer import PostgresLedgerWriter
 
 PII_KEY = "test-pii-key"
 
 
-def open_ledger(url: str, role: Role = Role.WRITER, max_size: int = 4) -> Ledger:
+def open_writer(url: str, max_size: int = 4, role: Role = Role.WRITER) -> PostgresLedgerWriter:
     connector = Connector(url, role, min_size=1, max_size=max_size)
     connector.open()
-    return Ledger(connector, PII_KEY)
+    return PostgresLedgerWriter(connector, PII_KEY)
+
+
+def open_reader(url: str, max_size: int = 4) -> LedgerReader:
+    connector = Connector(url, Role.READER, min_size=1, max_size=max_size)
+    connector.open()
+    return LedgerReader(connector, PII_KEY)
 
 
 @pytest.fixture(scope="module")
-def ledger(db_url: str) -> Iterator[Ledger]:
-    with open_ledger(db_url) as opened:
+def writer(db_url: str) -> Iterator[PostgresLedgerWriter]:
+    with open_writer(db_url) as opened:
+        yield opened
+
+
+@pytest.fixture(scope="module")
+def reader(db_url: str) -> Iterator[LedgerReader]:
+    with open_reader(db_url) as opened:
         yield opened
 
 
 @pytest.fixture
-def fresh_ledger(fresh_db_url: str) -> Iterator[Ledger]:
-    with open_ledger(fresh_db_url) as opened:
+def fresh_writer(fresh_db_url: str) -> Iterator[PostgresLedgerWriter]:
+    with open_writer(fresh_db_url) as opened:
+        yield opened
+
+
+@pytest.fixture
+def fresh_reader(fresh_db_url: str) -> Iterator[LedgerReader]:
+    with open_reader(fresh_db_url) as opened:
         yield opened
 
 

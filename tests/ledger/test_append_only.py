@@ -5,12 +5,13 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from tests.ledger.conftest import make_action, open_ledger, superuser
+from tests.ledger.conftest import make_action, open_reader, open_writer, superuser
 from workers.errors import AppendOnlyViolation, LedgerPermissionDenied
 from workers.ledger.connector import Connector, connect
+from workers.ledger.events import Transition
 from workers.ledger.models import Outcome, Role
-from workers.ledger.store import Ledger
-from workers.ledger.verify import verify
+from workers.ledger.verify import seal_checkpoint, verify
+from workers.ledger.writer import PostgresLedgerWriter
 
 pytestmark = pytest.mark.integration
 
@@ -25,17 +26,19 @@ CHANGES = {
 
 
 @pytest.fixture(scope="module", autouse=True)
-def some_rows(ledger: Ledger) -> None:
+def some_rows(writer: PostgresLedgerWriter) -> None:
     action = make_action()
-    ledger.record_received(action)
-    ledger.record_transition(
-        action.reservation_sid,
-        action_id=action.action_id,
-        from_status="pending",
-        to_status="accepted",
-        etag_before="1",
-        etag_after="2",
-        outcome=Outcome.APPLIED,
+    writer.receive(action)
+    writer.append(
+        Transition(
+            action.reservation_sid,
+            action_id=action.action_id,
+            from_status="pending",
+            to_status="accepted",
+            etag_before="1",
+            etag_after="2",
+            outcome=Outcome.APPLIED,
+        )
     )
 
 
@@ -59,8 +62,9 @@ def test_the_owner_is_refused_with_the_projects_error(db_url: str, statement: st
 @pytest.mark.parametrize(
     "table", ["ledger.checkpoints", "ledger.checkpoint_heads"], ids=["checkpoints", "checkpoint_heads"]
 )
-def test_checkpoints_are_append_only_too(db_url: str, ledger: Ledger, table: str) -> None:
-    ledger.checkpoint()
+def test_checkpoints_are_append_only_too(db_url: str, table: str) -> None:
+    with connect(db_url, Role.WRITER) as conn:
+        seal_checkpoint(conn)
     with superuser(db_url) as conn:
         for statement in (f"DELETE FROM {table}", f"TRUNCATE {table} CASCADE"):
             with pytest.raises(psycopg.Error, match="append-only"):
@@ -94,10 +98,10 @@ def test_the_writer_pool_cannot_change_or_unguard_the_ledger_even_with_a_superus
 
 
 def test_the_reader_only_reads(db_url: str) -> None:
-    with open_ledger(db_url, Role.READER) as reader:
+    with open_reader(db_url) as reader, open_writer(db_url, role=Role.READER) as refused:
         assert reader.history(limit=1)
         with pytest.raises(LedgerPermissionDenied):
-            reader.record_received(make_action())
+            refused.receive(make_action())
 
 
 def test_a_writer_cannot_forge_chain_fields(db_url: str) -> None:

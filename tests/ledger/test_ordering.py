@@ -12,9 +12,11 @@ import pytest
 from tests.ledger.conftest import superuser
 from workers.core.sids import new_sid
 from workers.ledger.connector import connect
+from workers.ledger.events import Transition
 from workers.ledger.models import Cursor, Role
 from workers.ledger.queries import QUERIES
-from workers.ledger.store import Ledger
+from workers.ledger.reader import LedgerReader
+from workers.ledger.writer import PostgresLedgerWriter
 
 pytestmark = pytest.mark.integration
 
@@ -41,7 +43,9 @@ def _transition(sid: str) -> dict[str, object]:
     }
 
 
-def test_a_smaller_position_committed_last_is_not_skipped(fresh_db_url: str, fresh_ledger: Ledger) -> None:
+def test_a_smaller_position_committed_last_is_not_skipped(
+    fresh_db_url: str, fresh_reader: LedgerReader
+) -> None:
     first_sid, second_sid = new_sid("WR"), new_sid("WR")
     cursor = Cursor(0, 0)
     with connect(fresh_db_url, Role.WRITER) as slow, connect(fresh_db_url, Role.WRITER) as fast:
@@ -61,19 +65,19 @@ def test_a_smaller_position_committed_last_is_not_skipped(fresh_db_url: str, fre
         assert visible == [large]
 
         # The ledger's reader sees nothing yet: `slow` is still in flight and older.
-        page = fresh_ledger.history(after=cursor)
+        page = fresh_reader.history(after=cursor)
         assert page == []
         slow.commit()
 
-    page = fresh_ledger.history(after=cursor)
+    page = fresh_reader.history(after=cursor)
     assert [e.position for e in page] == [small, large]
     assert [e.reservation_sid for e in page] == [first_sid, second_sid]
     cursor = page[-1].cursor
-    assert fresh_ledger.history(after=cursor) == []
+    assert fresh_reader.history(after=cursor) == []
 
 
 def test_rows_committed_after_a_read_always_sort_after_its_cursor(
-    fresh_db_url: str, fresh_ledger: Ledger
+    fresh_db_url: str, fresh_writer: PostgresLedgerWriter, fresh_reader: LedgerReader
 ) -> None:
     """Interleave many transactions; a tailing reader must end up having seen every row once."""
     sids = [new_sid("WR") for _ in range(6)]
@@ -82,7 +86,7 @@ def test_rows_committed_after_a_read_always_sort_after_its_cursor(
 
     def tail() -> None:
         nonlocal cursor
-        page = fresh_ledger.history(after=cursor)
+        page = fresh_reader.history(after=cursor)
         if page:
             seen.extend(e.position for e in page)
             cursor = page[-1].cursor
@@ -105,13 +109,13 @@ def test_rows_committed_after_a_read_always_sort_after_its_cursor(
         c.execute(QUERIES["record_transition"], _transition(sids[4]))
         a.commit()
         tail()
-        fresh_ledger.record_transition(
-            sids[5], from_status="pending", to_status="accepted", etag_before="1", etag_after="2"
+        fresh_writer.append(
+            Transition(sids[5], from_status="pending", to_status="accepted", etag_before="1", etag_after="2")
         )
         tail()
         c.commit()
     tail()
-    everything = fresh_ledger.history()
+    everything = fresh_reader.history()
     assert len(everything) == 6
     assert sorted(seen) == sorted(e.position for e in everything)
     assert len(set(seen)) == len(seen)

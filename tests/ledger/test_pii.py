@@ -10,8 +10,10 @@ import pytest
 from tests.ledger.conftest import PII_KEY, make_action
 from workers.core.action import ActionKind
 from workers.core.redaction import pii_digest
+from workers.ledger.events import RejectedInput, Settle
 from workers.ledger.models import Outcome
-from workers.ledger.store import Ledger
+from workers.ledger.reader import LedgerReader
+from workers.ledger.writer import PostgresLedgerWriter
 
 pytestmark = pytest.mark.integration
 
@@ -26,7 +28,7 @@ PASSWORD = "s3cret-sip-passw0rd"
 
 
 def test_no_pii_or_secret_in_any_table_or_log(
-    ledger: Ledger, db_url: str, caplog: pytest.LogCaptureFixture
+    writer: PostgresLedgerWriter, reader: LedgerReader, db_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
     conference = make_action(
@@ -35,10 +37,12 @@ def test_no_pii_or_secret_in_any_table_or_log(
     call = make_action(action=ActionKind.CALL, params={**CALL, "call_url": "https://example.test/twiml"})
     dequeue = make_action(action=ActionKind.DEQUEUE, params=DEQUEUE)
     for action in (conference, call, dequeue):
-        ledger.record_received(action)
-        ledger.record_outcome(action.action_id, Outcome.FAILED)
-    ledger.record_rejected_input(
-        {"action_id": "x", "params": {"To": "+15551110007", "SipAuthPassword": PASSWORD}}, "bad"
+        writer.receive(action)
+        writer.append(Settle(action.action_id, Outcome.FAILED))
+    writer.append(
+        RejectedInput(
+            {"action_id": "x", "params": {"To": "+15551110007", "SipAuthPassword": PASSWORD}}, "bad"
+        )
     )
     dump = subprocess.run(
         ["pg_dump", "--data-only", db_url], check=True, capture_output=True, text=True
@@ -50,7 +54,7 @@ def test_no_pii_or_secret_in_any_table_or_log(
     for value in clear_values:
         assert pii_digest(value, PII_KEY) in dump
     assert "https://example.test/twiml" in dump  # what is not PII is kept
-    stored = ledger.action(conference.action_id)
+    stored = reader.action(conference.action_id)
     assert stored is not None
     assert stored.params == {
         "to": pii_digest(CLEAR["to"], PII_KEY),

@@ -23,10 +23,10 @@ from workers.errors import (
     ReservationsError,
     UnknownAction,
 )
-from workers.ledger.models import Cursor, EventKind, LedgerEvent, Outcome, ReservationState
+from workers.ledger.models import Cursor, EventKind, LedgerRow, Outcome, ReservationState
+from workers.ledger.pii import resolve_pii_key
 from workers.ledger.projection import differences, fold
 from workers.ledger.queries import QUERIES, parse
-from workers.ledger.store import resolve_pii_key
 
 
 def test_pii_is_hashed_with_hmac_sha256() -> None:
@@ -105,8 +105,8 @@ def test_ledger_errors_pickle(error: LedgerError) -> None:
     assert copy.args == error.args
 
 
-def _event(position: int, sid: str, kind: EventKind, to_status: str | None, etag: str | None) -> LedgerEvent:
-    return LedgerEvent(
+def _event(position: int, sid: str, kind: EventKind, to_status: str | None, etag: str | None) -> LedgerRow:
+    return LedgerRow(
         position=position,
         tx_id=position,
         recorded_at=datetime(2026, 1, 1, tzinfo=UTC),

@@ -14,33 +14,42 @@ from click.testing import CliRunner
 from tests.ledger.conftest import make_action, superuser
 from workers.cli import main
 from workers.ledger.connector import connect
-from workers.ledger.models import LedgerEvent, Outcome, Problem, Role
-from workers.ledger.store import Ledger
-from workers.ledger.verify import verify
+from workers.ledger.events import Attempt, Transition
+from workers.ledger.models import Checkpoint, LedgerRow, Outcome, Problem, Role
+from workers.ledger.reader import LedgerReader
+from workers.ledger.verify import seal_checkpoint, verify
+from workers.ledger.writer import PostgresLedgerWriter
 
 pytestmark = pytest.mark.integration
 
 
-def _fill(ledger: Ledger, reservations: int = 3) -> list[LedgerEvent]:
+def _fill(writer: PostgresLedgerWriter, reader: LedgerReader, reservations: int = 3) -> list[LedgerRow]:
     for _ in range(reservations):
         action = make_action()
-        ledger.record_received(action)
-        ledger.record_attempt(action.action_id, attempt=1, etag_before="1", http_status=200)
-        ledger.record_transition(
-            action.reservation_sid,
-            action_id=action.action_id,
-            from_status="pending",
-            to_status="accepted",
-            etag_before="1",
-            etag_after="2",
-            outcome=Outcome.APPLIED,
+        writer.receive(action)
+        writer.append(Attempt(action.action_id, attempt=1, etag_before="1", http_status=200))
+        writer.append(
+            Transition(
+                action.reservation_sid,
+                action_id=action.action_id,
+                from_status="pending",
+                to_status="accepted",
+                etag_before="1",
+                etag_after="2",
+                outcome=Outcome.APPLIED,
+            )
         )
-    return ledger.history()
+    return reader.history()
 
 
 def _problems(url: str) -> list[Problem]:
     with connect(url, Role.READER) as conn:
         return verify(conn)
+
+
+def _seal(url: str) -> Checkpoint:
+    with connect(url, Role.WRITER) as conn:
+        return seal_checkpoint(conn)
 
 
 def _tamper(url: str, statements: str, *params: object) -> None:
@@ -54,18 +63,22 @@ def _tamper(url: str, statements: str, *params: object) -> None:
             remaining = remaining[count:]
 
 
-def test_an_intact_ledger_verifies(fresh_ledger: Ledger, fresh_db_url: str) -> None:
-    _fill(fresh_ledger)
-    fresh_ledger.checkpoint()
-    _fill(fresh_ledger, 1)
+def test_an_intact_ledger_verifies(
+    fresh_writer: PostgresLedgerWriter, fresh_reader: LedgerReader, fresh_db_url: str
+) -> None:
+    _fill(fresh_writer, fresh_reader)
+    _seal(fresh_db_url)
+    _fill(fresh_writer, fresh_reader, 1)
     assert _problems(fresh_db_url) == []
     result = CliRunner().invoke(main, ["ledger", "verify", "--checkpoint", "--database-url", fresh_db_url])
     assert result.exit_code == 0, result.output
     assert "checkpoint 2" in result.output
 
 
-def test_an_altered_row_is_found_at_its_position(fresh_ledger: Ledger, fresh_db_url: str) -> None:
-    rows = _fill(fresh_ledger)
+def test_an_altered_row_is_found_at_its_position(
+    fresh_writer: PostgresLedgerWriter, fresh_reader: LedgerReader, fresh_db_url: str
+) -> None:
+    rows = _fill(fresh_writer, fresh_reader)
     victim = rows[4]
     _tamper(fresh_db_url, "UPDATE ledger.events SET http_status = 500 WHERE position = %s", victim.position)
     assert [(p.kind, p.position) for p in _problems(fresh_db_url)] == [("altered", victim.position)]
@@ -75,9 +88,9 @@ def test_an_altered_row_is_found_at_its_position(fresh_ledger: Ledger, fresh_db_
 
 
 def test_an_altered_row_with_a_recomputed_hash_breaks_the_next_link(
-    fresh_ledger: Ledger, fresh_db_url: str
+    fresh_writer: PostgresLedgerWriter, fresh_reader: LedgerReader, fresh_db_url: str
 ) -> None:
-    rows = _fill(fresh_ledger)
+    rows = _fill(fresh_writer, fresh_reader)
     victim = rows[1]
     _tamper(
         fresh_db_url,
@@ -93,8 +106,10 @@ def test_an_altered_row_with_a_recomputed_hash_breaks_the_next_link(
     assert found == [("broken_link", following.position)]
 
 
-def test_a_removed_row_is_found(fresh_ledger: Ledger, fresh_db_url: str) -> None:
-    rows = _fill(fresh_ledger)
+def test_a_removed_row_is_found(
+    fresh_writer: PostgresLedgerWriter, fresh_reader: LedgerReader, fresh_db_url: str
+) -> None:
+    rows = _fill(fresh_writer, fresh_reader)
     victim = rows[1]
     _tamper(fresh_db_url, "DELETE FROM ledger.events WHERE position = %s", victim.position)
     following = next(
@@ -105,16 +120,20 @@ def test_a_removed_row_is_found(fresh_ledger: Ledger, fresh_db_url: str) -> None
     assert f"chain seq {following.chain_seq}" in problems[0].message
 
 
-def test_a_removed_tail_is_found_at_the_heads_position(fresh_ledger: Ledger, fresh_db_url: str) -> None:
-    rows = _fill(fresh_ledger)
+def test_a_removed_tail_is_found_at_the_heads_position(
+    fresh_writer: PostgresLedgerWriter, fresh_reader: LedgerReader, fresh_db_url: str
+) -> None:
+    rows = _fill(fresh_writer, fresh_reader)
     last = max((r for r in rows if r.chain_key == rows[0].chain_key), key=lambda r: r.chain_seq)
     _tamper(fresh_db_url, "DELETE FROM ledger.events WHERE position = %s", last.position)
     assert [(p.kind, p.position) for p in _problems(fresh_db_url)] == [("removed", last.position)]
 
 
-def test_a_removed_chain_is_found_through_the_checkpoint(fresh_ledger: Ledger, fresh_db_url: str) -> None:
-    rows = _fill(fresh_ledger)
-    fresh_ledger.checkpoint()
+def test_a_removed_chain_is_found_through_the_checkpoint(
+    fresh_writer: PostgresLedgerWriter, fresh_reader: LedgerReader, fresh_db_url: str
+) -> None:
+    rows = _fill(fresh_writer, fresh_reader)
+    _seal(fresh_db_url)
     chain = rows[0].chain_key
     head = max(r.position for r in rows if r.chain_key == chain)
     _tamper(
@@ -126,8 +145,10 @@ def test_a_removed_chain_is_found_through_the_checkpoint(fresh_ledger: Ledger, f
     assert [(p.kind, p.position) for p in _problems(fresh_db_url)] == [("removed", head)]
 
 
-def test_an_inserted_row_is_found(fresh_ledger: Ledger, fresh_db_url: str) -> None:
-    rows = _fill(fresh_ledger)
+def test_an_inserted_row_is_found(
+    fresh_writer: PostgresLedgerWriter, fresh_reader: LedgerReader, fresh_db_url: str
+) -> None:
+    rows = _fill(fresh_writer, fresh_reader)
     head = max((r for r in rows if r.chain_key == rows[0].chain_key), key=lambda r: r.chain_seq)
     # A well-forged row: right sequence number, right link, right hash. Only the head betrays it.
     _tamper(
@@ -143,8 +164,10 @@ def test_an_inserted_row_is_found(fresh_ledger: Ledger, fresh_db_url: str) -> No
     assert [(p.kind, p.position) for p in _problems(fresh_db_url)] == [("inserted", 1000)]
 
 
-def test_a_row_inserted_in_a_new_chain_is_found(fresh_ledger: Ledger, fresh_db_url: str) -> None:
-    _fill(fresh_ledger, 1)
+def test_a_row_inserted_in_a_new_chain_is_found(
+    fresh_writer: PostgresLedgerWriter, fresh_reader: LedgerReader, fresh_db_url: str
+) -> None:
+    _fill(fresh_writer, fresh_reader, 1)
     _tamper(
         fresh_db_url,
         "INSERT INTO ledger.events (position, tx_id, recorded_at, chain_key, chain_seq, prev_hash, row_hash,"
@@ -155,9 +178,11 @@ def test_a_row_inserted_in_a_new_chain_is_found(fresh_ledger: Ledger, fresh_db_u
     assert [(p.kind, p.position) for p in _problems(fresh_db_url)] == [("inserted", 2000)]
 
 
-def test_a_tampered_checkpoint_is_found(fresh_ledger: Ledger, fresh_db_url: str) -> None:
-    _fill(fresh_ledger, 2)
-    fresh_ledger.checkpoint()
+def test_a_tampered_checkpoint_is_found(
+    fresh_writer: PostgresLedgerWriter, fresh_reader: LedgerReader, fresh_db_url: str
+) -> None:
+    _fill(fresh_writer, fresh_reader, 2)
+    _seal(fresh_db_url)
     _tamper(fresh_db_url, "UPDATE ledger.checkpoint_heads SET chain_seq = chain_seq + 1")
     kinds = {p.kind for p in _problems(fresh_db_url)}
     assert "checkpoint" in kinds
@@ -185,9 +210,11 @@ def test_the_canonical_serialisation_is_stable(fresh_db_url: str) -> None:
     assert found[1] == hashlib.sha256(bytes.fromhex("ab" * 32) + expected.encode()).digest()
 
 
-def test_a_checkpoint_noted_outside_must_still_match(fresh_ledger: Ledger, fresh_db_url: str) -> None:
-    _fill(fresh_ledger, 2)
-    sealed = fresh_ledger.checkpoint()
+def test_a_checkpoint_noted_outside_must_still_match(
+    fresh_writer: PostgresLedgerWriter, fresh_reader: LedgerReader, fresh_db_url: str
+) -> None:
+    _fill(fresh_writer, fresh_reader, 2)
+    sealed = _seal(fresh_db_url)
     noted = f"{sealed.checkpoint_id}:{sealed.digest.hex()}"
     runner = CliRunner()
     command = ["ledger", "verify", "--database-url", fresh_db_url, "--expect-checkpoint"]

@@ -10,44 +10,50 @@ import pytest
 from tests.ledger.conftest import make_action
 from workers.errors import LedgerError, ReservationBusy
 from workers.ledger.connector import Connector
+from workers.ledger.events import Transition
 from workers.ledger.models import Outcome
-from workers.ledger.store import Ledger
+from workers.ledger.reader import LedgerReader
+from workers.ledger.writer import PostgresLedgerWriter
 
 pytestmark = pytest.mark.integration
 
 
-def test_receive_registers_once_and_reports_outcome_and_projection(ledger: Ledger) -> None:
+def test_receive_registers_once_and_reports_outcome_and_projection(
+    writer: PostgresLedgerWriter, reader: LedgerReader
+) -> None:
     action = make_action()
-    first = ledger.receive(action)
+    first = writer.receive(action)
     assert (first.created, first.outcome, first.reservation) == (True, None, None)
 
-    ledger.record_transition(
-        action.reservation_sid,
-        from_status="pending",
-        to_status="accepted",
-        etag_before="1",
-        etag_after="2",
-        action_id=action.action_id,
-        outcome=Outcome.APPLIED,
+    writer.append(
+        Transition(
+            action.reservation_sid,
+            from_status="pending",
+            to_status="accepted",
+            etag_before="1",
+            etag_after="2",
+            action_id=action.action_id,
+            outcome=Outcome.APPLIED,
+        )
     )
-    again = ledger.receive(action)
+    again = writer.receive(action)
     assert (again.created, again.outcome) == (False, "applied")
     assert again.reservation is not None
     assert (again.reservation.status, again.reservation.etag) == ("accepted", "2")
-    assert [e.kind for e in ledger.history(action_id=action.action_id)] == [
+    assert [e.kind for e in reader.history(action_id=action.action_id)] == [
         "received",
         "transition",
         "outcome",
     ]
 
 
-def test_the_reservation_lock_serialises_and_lends_its_connection(ledger: Ledger) -> None:
+def test_the_reservation_lock_serialises_and_lends_its_connection(writer: PostgresLedgerWriter) -> None:
     action = make_action()
     order: list[str] = []
     held = threading.Event()
 
     def first() -> None:
-        with ledger.reservation_lock(action.reservation_sid) as locked:
+        with writer.lock(action.reservation_sid) as locked:
             held.set()
             locked.receive(action)  # writes go through the locked connection
             time.sleep(0.3)
@@ -56,18 +62,18 @@ def test_the_reservation_lock_serialises_and_lends_its_connection(ledger: Ledger
     thread = threading.Thread(target=first)
     thread.start()
     held.wait(5)
-    with ledger.reservation_lock(action.reservation_sid):
+    with writer.lock(action.reservation_sid):
         order.append("second in")
     thread.join()
     assert order == ["first done", "second in"]
 
 
-def test_a_lock_held_too_long_is_reservation_busy(ledger: Ledger) -> None:
+def test_a_lock_held_too_long_is_reservation_busy(writer: PostgresLedgerWriter) -> None:
     action = make_action()
     held, release = threading.Event(), threading.Event()
 
     def holder() -> None:
-        with ledger.reservation_lock(action.reservation_sid):
+        with writer.lock(action.reservation_sid):
             held.set()
             release.wait(5)
 
@@ -75,12 +81,12 @@ def test_a_lock_held_too_long_is_reservation_busy(ledger: Ledger) -> None:
     thread.start()
     held.wait(5)
     try:
-        with pytest.raises(ReservationBusy), ledger.reservation_lock(action.reservation_sid, timeout=0.2):
+        with pytest.raises(ReservationBusy), writer.lock(action.reservation_sid, timeout=0.2):
             pass
     finally:
         release.set()
         thread.join()
-    with ledger.reservation_lock(action.reservation_sid, timeout=1):
+    with writer.lock(action.reservation_sid, timeout=1):
         pass  # free again, and the pooled connection that timed out is usable
 
 

@@ -24,7 +24,7 @@ from workers.broker.topology import APPLY_TASK_NAME
 from workers.core.action import ActionKind
 from workers.emulator.admin import EmulatorAdmin
 from workers.emulator.process import free_port
-from workers.ledger import Ledger
+from workers.ledger.reader import LedgerReader
 from workers.worker_process import WorkerProcess
 
 pytest.importorskip("flower", reason="flower is not installed (pip install flower, or the test extra)")
@@ -113,7 +113,7 @@ def test_flower_refuses_requests_without_its_basic_auth(flower: Flower) -> None:
 
 
 def test_flower_shows_the_worker_and_the_apply_task_with_masked_arguments(
-    flower: Flower, worker: WorkerProcess, admin: EmulatorAdmin, ledger: Ledger, celery_app: Any
+    flower: Flower, worker: WorkerProcess, admin: EmulatorAdmin, ledger: LedgerReader, celery_app: Any
 ) -> None:
     workers = flower.until("the worker", lambda: dict(flower.get("/api/workers", refresh=1).items()))
     assert any(name.startswith(f"{worker.name}@") for name in workers), workers

@@ -20,8 +20,8 @@ from workers.audit.queries import story
 from workers.audit.timeline import timeline
 from workers.core.action import ActionKind
 from workers.emulator.admin import EmulatorAdmin
-from workers.ledger import Ledger
 from workers.ledger.connector import connect
+from workers.ledger.reader import LedgerReader
 from workers.replay.redrive import dead_letters
 from workers.worker_process import WorkerProcess
 
@@ -32,7 +32,7 @@ def test_rebuild_equals_the_live_projection_after_a_mixed_run(
     celery_app: Any,
     worker: WorkerProcess,
     admin: EmulatorAdmin,
-    ledger: Ledger,
+    ledger: LedgerReader,
     worker_env: dict[str, str],
 ) -> None:
     walked = admin.create_reservation()
@@ -98,7 +98,7 @@ def test_dead_lettered_actions_are_redriven_once_the_faults_are_off(
     celery_app: Any,
     worker: WorkerProcess,
     admin: EmulatorAdmin,
-    ledger: Ledger,
+    ledger: LedgerReader,
     worker_env: dict[str, str],
     broker_url: str,
 ) -> None:

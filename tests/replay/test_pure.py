@@ -10,13 +10,13 @@ import pytest
 from workers.audit.params import parse_rfc3339, parse_time
 from workers.audit.rows import EVENT_FIELDS, event_row
 from workers.audit.timeline import steps
-from workers.ledger.models import LedgerEvent
+from workers.ledger.models import LedgerRow
 
 T0 = datetime(2026, 1, 31, 12, 0, tzinfo=UTC)
 
 
-def event(position: int, kind: str, **fields: object) -> LedgerEvent:
-    values: dict[str, object] = dict.fromkeys(LedgerEvent.__dataclass_fields__)
+def event(position: int, kind: str, **fields: object) -> LedgerRow:
+    values: dict[str, object] = dict.fromkeys(LedgerRow.__dataclass_fields__)
     values.update(
         position=position,
         tx_id=1000 + position,
@@ -29,7 +29,7 @@ def event(position: int, kind: str, **fields: object) -> LedgerEvent:
         reservation_sid="WR" + "0" * 32,
     )
     values.update(fields)
-    return LedgerEvent(**values)  # type: ignore[arg-type]
+    return LedgerRow(**values)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(

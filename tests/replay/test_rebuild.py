@@ -5,14 +5,14 @@ from __future__ import annotations
 import pytest
 
 from tests.audit.conftest import seed
-from tests.ledger.conftest import open_ledger, superuser
+from tests.ledger.conftest import open_writer, superuser
 from tests.replay.conftest import cli
 
 pytestmark = pytest.mark.integration
 
 
 def test_rebuild_verifies_the_chains_first(fresh_db_url: str) -> None:
-    with open_ledger(fresh_db_url) as ledger:
+    with open_writer(fresh_db_url) as ledger:
         seeded = seed(ledger)
     env = {"DATABASE_URL": fresh_db_url}
     intact = cli(env, "replay", "rebuild")

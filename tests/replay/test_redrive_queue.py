@@ -20,7 +20,9 @@ from workers.broker.topology import OUTCOME_HEADER, apply_queue
 from workers.core.action import Action, ActionKind
 from workers.core.planner import Outcome
 from workers.core.sids import new_sid
-from workers.ledger import Ledger
+from workers.ledger.events import Settle
+from workers.ledger.reader import LedgerReader
+from workers.ledger.writer import PostgresLedgerWriter
 from workers.replay.redrive import (
     REDRIVE_PRODUCER,
     Decision,
@@ -48,9 +50,9 @@ def an_action(**fields: Any) -> Action:
     )
 
 
-def settle(ledger: Ledger, action: Action, outcome: Outcome, code: int | None = None) -> None:
-    ledger.record_received(action)
-    ledger.record_outcome(action.action_id, outcome, twilio_error_code=code)
+def settle(writer: PostgresLedgerWriter, action: Action, outcome: Outcome, code: int | None = None) -> None:
+    writer.receive(action)
+    writer.append(Settle(action.action_id, outcome, twilio_error_code=code))
 
 
 def dead_letter(app: Any, action: Action, outcome: Outcome) -> None:
@@ -76,15 +78,20 @@ def since() -> str:
 
 
 def test_dry_run_lists_and_changes_nothing(
-    celery_app: Any, ledger: Ledger, worker_env: dict[str, str], broker_url: str, since: str
+    celery_app: Any,
+    ledger: LedgerReader,
+    writer: PostgresLedgerWriter,
+    worker_env: dict[str, str],
+    broker_url: str,
+    since: str,
 ) -> None:
     dead = an_action(params={"to": "+15550001234"})
-    settle(ledger, dead, Outcome.DEAD_LETTERED)
+    settle(writer, dead, Outcome.DEAD_LETTERED)
     dead_letter(celery_app, dead, Outcome.DEAD_LETTERED)
     lost = an_action()
-    settle(ledger, lost, Outcome.FAILED, code=20001)
+    settle(writer, lost, Outcome.FAILED, code=20001)
     applied = an_action()
-    settle(ledger, applied, Outcome.APPLIED)
+    settle(writer, applied, Outcome.APPLIED)
     before = apply_messages(broker_url)
 
     result = cli(worker_env, "replay", "redrive", "--dry-run", "--since", since, "--json")
@@ -113,19 +120,19 @@ def test_dry_run_lists_and_changes_nothing(
 
 
 def test_redrive_publishes_a_linked_copy_then_removes_the_dead_letter(
-    celery_app: Any, ledger: Ledger, broker_url: str, since: str
+    celery_app: Any, ledger: LedgerReader, writer: PostgresLedgerWriter, broker_url: str, since: str
 ) -> None:
     dead = an_action()
-    settle(ledger, dead, Outcome.DEAD_LETTERED)
+    settle(writer, dead, Outcome.DEAD_LETTERED)
     dead_letter(celery_app, dead, Outcome.DEAD_LETTERED)
     other = an_action()
-    settle(ledger, other, Outcome.DEAD_LETTERED)
+    settle(writer, other, Outcome.DEAD_LETTERED)
     dead_letter(celery_app, other, Outcome.DEAD_LETTERED)
     published: list[Action] = []
     filters = RedriveFilters(reservation_sid=dead.reservation_sid)
 
     with dead_letters(broker_url) as letters:
-        decisions = redrive(ledger, letters, published.append, filters)
+        decisions = redrive(ledger, writer, letters, published.append, filters)
     mine = [d for d in decisions if d.action_id == dead.action_id]
     assert [d.verdict for d in mine] == [Verdict.REDRIVEN]
     (copy,) = published
@@ -148,7 +155,7 @@ def test_redrive_publishes_a_linked_copy_then_removes_the_dead_letter(
     # Had the acknowledgement been lost, the stale dead letter would not be sent a second time.
     dead_letter(celery_app, dead, Outcome.DEAD_LETTERED)
     with dead_letters(broker_url) as letters:
-        again = redrive(ledger, letters, published.append, filters)
+        again = redrive(ledger, writer, letters, published.append, filters)
     stale = [d for d in again if d.action_id == dead.action_id]
     assert [d.verdict for d in stale] == [Verdict.LEFT_IN_QUEUE]
     assert "already redriven" in stale[0].reason
@@ -156,10 +163,10 @@ def test_redrive_publishes_a_linked_copy_then_removes_the_dead_letter(
 
 
 def test_a_failed_publish_keeps_the_dead_letter_and_records_nothing(
-    celery_app: Any, ledger: Ledger, broker_url: str
+    celery_app: Any, ledger: LedgerReader, writer: PostgresLedgerWriter, broker_url: str
 ) -> None:
     dead = an_action()
-    settle(ledger, dead, Outcome.FAILED)
+    settle(writer, dead, Outcome.FAILED)
     dead_letter(celery_app, dead, Outcome.FAILED)
 
     def refuse(_action: Action) -> None:
@@ -169,7 +176,7 @@ def test_a_failed_publish_keeps_the_dead_letter_and_records_nothing(
         pytest.raises(ConnectionError),
         dead_letters(broker_url) as letters,
     ):
-        redrive(ledger, letters, refuse, RedriveFilters(reservation_sid=dead.reservation_sid))
+        redrive(ledger, writer, letters, refuse, RedriveFilters(reservation_sid=dead.reservation_sid))
     record = ledger.action(dead.action_id)
     assert record is not None
     assert (record.outcome, record.redrives) == ("failed", 0)
@@ -178,13 +185,13 @@ def test_a_failed_publish_keeps_the_dead_letter_and_records_nothing(
 
 
 def test_error_code_and_outcome_filters_select_from_the_ledger(
-    celery_app: Any, ledger: Ledger, broker_url: str, since: str
+    celery_app: Any, ledger: LedgerReader, writer: PostgresLedgerWriter, broker_url: str, since: str
 ) -> None:
     wanted = an_action()
-    settle(ledger, wanted, Outcome.FAILED, code=20404)
+    settle(writer, wanted, Outcome.FAILED, code=20404)
     dead_letter(celery_app, wanted, Outcome.FAILED)
     unwanted = an_action()
-    settle(ledger, unwanted, Outcome.FAILED, code=20001)
+    settle(writer, unwanted, Outcome.FAILED, code=20001)
     dead_letter(celery_app, unwanted, Outcome.FAILED)
     filters = RedriveFilters(
         outcomes=frozenset({"failed"}), since=datetime.fromisoformat(since), twilio_error_code=20404
@@ -192,7 +199,7 @@ def test_error_code_and_outcome_filters_select_from_the_ledger(
 
     def dry_run() -> list[Decision]:
         with dead_letters(broker_url) as letters:
-            return redrive(ledger, letters, lambda _a: None, filters, dry_run=True)
+            return redrive(ledger, writer, letters, lambda _a: None, filters, dry_run=True)
 
     # The error code is looked up in the ledger's history, which shows a row a moment after commit.
     decisions = eventually(dry_run, lambda found: any(d.verdict == Verdict.WOULD_REDRIVE for d in found))
@@ -213,7 +220,7 @@ def test_dead_letters_are_parsed_from_our_messages_and_from_celery_task_messages
 
 
 def test_dead_letters_the_ledger_never_settled_are_redriven_unlinked(
-    celery_app: Any, ledger: Ledger, broker_url: str
+    celery_app: Any, ledger: LedgerReader, writer: PostgresLedgerWriter, broker_url: str
 ) -> None:
     """The ledger was down when the action was dead-lettered: the message is all there is."""
     orphan = an_action()
@@ -229,7 +236,7 @@ def test_dead_letters_the_ledger_never_settled_are_redriven_unlinked(
     published: list[Action] = []
     with dead_letters(broker_url) as letters:
         decisions = redrive(
-            ledger, letters, published.append, RedriveFilters(reservation_sid=orphan.reservation_sid)
+            ledger, writer, letters, published.append, RedriveFilters(reservation_sid=orphan.reservation_sid)
         )
     verdicts = {d.action_id: d for d in decisions if d.reservation_sid == orphan.reservation_sid}
     assert verdicts[orphan.action_id].verdict == Verdict.REDRIVEN
@@ -243,7 +250,7 @@ def test_dead_letters_the_ledger_never_settled_are_redriven_unlinked(
     dead_letter(celery_app, again, Outcome.DEAD_LETTERED)
     filters = RedriveFilters(reservation_sid=again.reservation_sid, twilio_error_code=20001)
     with dead_letters(broker_url) as letters:
-        decisions = redrive(ledger, letters, published.append, filters, dry_run=True)
+        decisions = redrive(ledger, writer, letters, published.append, filters, dry_run=True)
     assert {d.verdict for d in decisions if d.action_id == again.action_id} == {Verdict.LEFT_IN_QUEUE}
 
 

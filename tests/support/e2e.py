@@ -17,8 +17,10 @@ from workers.core.action import Action, ActionKind
 from workers.emulator.admin import EmulatorAdmin, ReservationInfo
 from workers.emulator.server import EmulatorServer
 from workers.emulator.settings import EmulatorSettings
-from workers.ledger import Connector, Ledger, Role
-from workers.ledger.models import ActionRecord
+from workers.ledger.connector import Connector
+from workers.ledger.models import ActionRecord, Role
+from workers.ledger.reader import LedgerReader
+from workers.ledger.writer import PostgresLedgerWriter
 from workers.worker_process import WorkerProcess
 
 PII_KEY = "end-to-end-pii-key"
@@ -67,10 +69,20 @@ def celery_app(settings: Settings) -> Any:
 
 
 @pytest.fixture(scope="module")
-def ledger(db_url: str) -> Iterator[Ledger]:
+def ledger(db_url: str) -> Iterator[LedgerReader]:
+    """The ledger as the tests read it (the reader role)."""
+    connector = Connector(db_url, Role.READER, min_size=1, max_size=4)
+    connector.open()
+    with LedgerReader(connector, PII_KEY) as opened:
+        yield opened
+
+
+@pytest.fixture(scope="module")
+def writer(db_url: str) -> Iterator[PostgresLedgerWriter]:
+    """For the tests that write the ledger themselves (the writer role)."""
     connector = Connector(db_url, Role.WRITER, min_size=1, max_size=4)
     connector.open()
-    with Ledger(connector, PII_KEY) as opened:
+    with PostgresLedgerWriter(connector, PII_KEY) as opened:
         yield opened
 
 
@@ -91,7 +103,9 @@ def action_for(reservation: ReservationInfo, kind: ActionKind = ActionKind.ACCEP
     )
 
 
-def wait_for_outcome(ledger: Ledger, action_id: uuid.UUID, timeout: float = SETTLE_TIMEOUT) -> ActionRecord:
+def wait_for_outcome(
+    ledger: LedgerReader, action_id: uuid.UUID, timeout: float = SETTLE_TIMEOUT
+) -> ActionRecord:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         record = ledger.action(action_id)

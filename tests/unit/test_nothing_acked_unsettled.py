@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from celery.exceptions import Reject, SoftTimeLimitExceeded
 
-from tests.fakes import FakeGateway, FakeLedger
+from tests.fakes import FakeGateway, FakeLedgerWriter
 from workers.apply import task
 from workers.apply.applier import ActionApplier, Delivery, Done, RetryLater
 from workers.core.action import Action, ActionKind
@@ -37,9 +37,11 @@ class Failing(FakeGateway):
         raise self.error
 
 
-def applier(gateway: FakeGateway, ledger: FakeLedger | None = None) -> ActionApplier:
+def applier(gateway: FakeGateway, ledger: FakeLedgerWriter | None = None) -> ActionApplier:
     policy = RetryPolicy(max_delayed_retries=2)
-    return ActionApplier(ledger or FakeLedger(), gateway, policy, rng=random.Random(1), sleep=lambda _: None)
+    return ActionApplier(
+        ledger or FakeLedgerWriter(), gateway, policy, rng=random.Random(1), sleep=lambda _: None
+    )
 
 
 @pytest.mark.parametrize(
@@ -63,11 +65,11 @@ def test_an_unexpected_error_is_retried_within_the_bound_then_dead_lettered(erro
 
 
 def test_a_failing_ledger_is_retried_and_a_missing_privilege_is_raised() -> None:
-    class Down(FakeLedger):
+    class Down(FakeLedgerWriter):
         def receive(self, action: Action) -> Any:
             raise LedgerUnavailable("connection refused")
 
-    class Refused(FakeLedger):
+    class Refused(FakeLedgerWriter):
         def receive(self, action: Action) -> Any:
             raise LedgerPermissionDenied("permission denied for function record_received")
 
@@ -77,12 +79,12 @@ def test_a_failing_ledger_is_retried_and_a_missing_privilege_is_raised() -> None
 
 
 def test_a_malformed_message_settles_as_rejected_input_with_a_ledger_row() -> None:
-    ledger = FakeLedger()
+    ledger = FakeLedgerWriter()
     result = applier(FakeGateway(), ledger).apply_message({"action": "dance"})
     assert isinstance(result, Done)
     assert result.outcome is Outcome.REJECTED_INPUT
     assert result.keeps_message
-    assert [kind for kind, _ in ledger.rows] == ["rejected_input"]
+    assert [type(event).__name__ for event in ledger.rows] == ["RejectedInput"]
 
 
 class _Publishers:

@@ -11,7 +11,7 @@ from typing import Any
 from tests.support.e2e import action_for, wait_for_outcome
 from workers.core.action import ActionKind
 from workers.emulator.admin import EmulatorAdmin
-from workers.ledger import Ledger
+from workers.ledger.reader import LedgerReader
 from workers.worker_process import WorkerProcess
 
 
@@ -19,7 +19,7 @@ def emulator_transitions(admin: EmulatorAdmin, sid: str) -> list[tuple[str, str]
     return [(t.from_status, t.to_status) for t in admin.transitions(sid) if t.from_status != t.to_status]
 
 
-def ledger_transitions(ledger: Ledger, sid: str) -> list[tuple[str | None, str | None]]:
+def ledger_transitions(ledger: LedgerReader, sid: str) -> list[tuple[str | None, str | None]]:
     """Status changes the ledger saw for a reservation (its first sighting is not a change)."""
     return [
         (e.from_status, e.to_status)
@@ -29,7 +29,7 @@ def ledger_transitions(ledger: Ledger, sid: str) -> list[tuple[str | None, str |
 
 
 def test_worker_killed_mid_update_still_applies_exactly_once(
-    celery_app: Any, worker_env: dict[str, str], admin: EmulatorAdmin, ledger: Ledger
+    celery_app: Any, worker_env: dict[str, str], admin: EmulatorAdmin, ledger: LedgerReader
 ) -> None:
     reservation = admin.create_reservation()
     admin.add_fault(
@@ -61,7 +61,7 @@ def test_worker_killed_mid_update_still_applies_exactly_once(
 
 
 def test_many_workers_racing_on_the_same_reservations_lose_nothing(
-    celery_app: Any, worker_env: dict[str, str], admin: EmulatorAdmin, ledger: Ledger
+    celery_app: Any, worker_env: dict[str, str], admin: EmulatorAdmin, ledger: LedgerReader
 ) -> None:
     reservations = [admin.create_reservation() for _ in range(8)]
     actions = [

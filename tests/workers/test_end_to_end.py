@@ -10,7 +10,7 @@ import pytest
 from tests.support.e2e import action_for, wait_for_outcome
 from workers.core.action import ActionKind
 from workers.emulator.admin import EmulatorAdmin
-from workers.ledger import Ledger
+from workers.ledger.reader import LedgerReader
 from workers.worker_process import WorkerProcess
 
 CALL = {"call_from": "+15550001111", "call_url": "https://example.test/twiml"}
@@ -45,7 +45,7 @@ def test_each_action_is_applied_with_its_ledger_rows(
     celery_app: Any,
     worker: WorkerProcess,
     admin: EmulatorAdmin,
-    ledger: Ledger,
+    ledger: LedgerReader,
     kind: ActionKind,
     start: str,
     params: dict[str, Any],
@@ -73,7 +73,7 @@ def test_each_action_is_applied_with_its_ledger_rows(
 
 
 def test_worker_scoped_action_is_applied(
-    celery_app: Any, worker: WorkerProcess, admin: EmulatorAdmin, ledger: Ledger
+    celery_app: Any, worker: WorkerProcess, admin: EmulatorAdmin, ledger: LedgerReader
 ) -> None:
     reservation = admin.create_reservation()
     action = action_for(reservation, task_sid=None, worker_sid=reservation.worker_sid)

@@ -16,7 +16,7 @@ from workers.config import EMULATOR_AUTH_TOKEN, Settings
 from workers.core.action import Action, ActionKind
 from workers.emulator.admin import EmulatorAdmin
 from workers.errors import ConfigurationError
-from workers.ledger import Ledger
+from workers.ledger.reader import LedgerReader
 from workers.logs import FIELDS, JsonFormatter, wants_json
 from workers.worker_process import WorkerProcess
 
@@ -74,7 +74,7 @@ def test_an_unknown_log_format_is_a_clear_error() -> None:
 
 
 def test_json_logs_of_a_real_worker_parse_and_hold_no_pii_or_secrets(
-    celery_app: Any, worker_env: dict[str, str], admin: EmulatorAdmin, ledger: Ledger
+    celery_app: Any, worker_env: dict[str, str], admin: EmulatorAdmin, ledger: LedgerReader
 ) -> None:
     reservation = admin.create_reservation()
     params = {"call_from": CALL_FROM, "call_url": CALL_URL, "call_accept": True}

@@ -16,7 +16,7 @@ from tests.support.e2e import action_for, wait_for_outcome
 from workers.core.action import Action, ActionKind
 from workers.emulator.admin import EmulatorAdmin
 from workers.emulator.process import free_port
-from workers.ledger import Ledger
+from workers.ledger.reader import LedgerReader
 from workers.metrics import parse_address
 from workers.worker_process import WorkerProcess
 
@@ -43,7 +43,7 @@ def test_parse_address() -> None:
 
 
 def test_the_worker_counts_outcomes_conflicts_calls_and_lag(
-    celery_app: Any, worker_env: dict[str, str], admin: EmulatorAdmin, ledger: Ledger
+    celery_app: Any, worker_env: dict[str, str], admin: EmulatorAdmin, ledger: LedgerReader
 ) -> None:
     reservation = admin.create_reservation()
     accept = action_for(reservation)
@@ -97,7 +97,7 @@ def test_the_worker_counts_outcomes_conflicts_calls_and_lag(
 
 
 def test_a_prefork_worker_adds_up_its_children_in_multiprocess_mode(
-    celery_app: Any, worker_env: dict[str, str], admin: EmulatorAdmin, ledger: Ledger, tmp_path: Path
+    celery_app: Any, worker_env: dict[str, str], admin: EmulatorAdmin, ledger: LedgerReader, tmp_path: Path
 ) -> None:
     port = free_port()
     env = {

@@ -15,16 +15,16 @@ from tests.support.e2e import action_for, wait_for_outcome
 from workers.broker.topology import ACTION_ID_HEADER, OUTCOME_HEADER, REASON_HEADER
 from workers.core.action import ActionKind
 from workers.emulator.admin import EmulatorAdmin
-from workers.ledger import Ledger
+from workers.ledger.reader import LedgerReader
 from workers.worker_process import WorkerProcess
 
 
-def kinds(ledger: Ledger, action_id: uuid.UUID) -> list[str]:
+def kinds(ledger: LedgerReader, action_id: uuid.UUID) -> list[str]:
     return [event.kind for event in ledger.history(action_id=action_id)]
 
 
 def test_stale_cached_etag_costs_one_412_then_applies(
-    celery_app: Any, worker: WorkerProcess, admin: EmulatorAdmin, ledger: Ledger
+    celery_app: Any, worker: WorkerProcess, admin: EmulatorAdmin, ledger: LedgerReader
 ) -> None:
     reservation = admin.create_reservation()
     accept = action_for(reservation)
@@ -48,7 +48,7 @@ def test_stale_cached_etag_costs_one_412_then_applies(
 
 
 def test_a_storm_of_412s_converges_and_every_conflict_is_in_the_ledger(
-    celery_app: Any, worker: WorkerProcess, admin: EmulatorAdmin, ledger: Ledger
+    celery_app: Any, worker: WorkerProcess, admin: EmulatorAdmin, ledger: LedgerReader
 ) -> None:
     reservations = [admin.create_reservation() for _ in range(12)]
     admin.add_fault("conflict_storm", rate=0.5, seed=11)
@@ -73,7 +73,7 @@ def test_changed_behind_our_back_sends_nothing(
     celery_app: Any,
     worker: WorkerProcess,
     admin: EmulatorAdmin,
-    ledger: Ledger,
+    ledger: LedgerReader,
     behind_our_back: str,
     outcome: str,
 ) -> None:
@@ -99,7 +99,7 @@ def test_transient_faults_are_retried_then_applied(
     celery_app: Any,
     worker: WorkerProcess,
     admin: EmulatorAdmin,
-    ledger: Ledger,
+    ledger: LedgerReader,
     fault: str,
     options: dict[str, Any],
 ) -> None:
@@ -125,7 +125,7 @@ def test_transient_faults_are_retried_then_applied(
 
 
 def test_unknown_reservation_fails_without_retry(
-    celery_app: Any, worker: WorkerProcess, admin: EmulatorAdmin, ledger: Ledger
+    celery_app: Any, worker: WorkerProcess, admin: EmulatorAdmin, ledger: LedgerReader
 ) -> None:
     reservation = admin.create_reservation()
     drain_dead_letters(worker.env["CELERY_BROKER_URL"])
@@ -145,7 +145,7 @@ def test_unknown_reservation_fails_without_retry(
 
 
 def test_bad_parameter_fails_with_400_and_no_retry(
-    celery_app: Any, worker: WorkerProcess, admin: EmulatorAdmin, ledger: Ledger
+    celery_app: Any, worker: WorkerProcess, admin: EmulatorAdmin, ledger: LedgerReader
 ) -> None:
     reservation = admin.create_reservation()
     action = action_for(reservation, ActionKind.CONFERENCE, params={"max_participants": 900})
@@ -159,7 +159,7 @@ def test_bad_parameter_fails_with_400_and_no_retry(
 
 
 def test_exhausted_retries_dead_letter_the_message_with_its_reason(
-    celery_app: Any, worker: WorkerProcess, admin: EmulatorAdmin, ledger: Ledger
+    celery_app: Any, worker: WorkerProcess, admin: EmulatorAdmin, ledger: LedgerReader
 ) -> None:
     drain_dead_letters(worker.env["CELERY_BROKER_URL"])
     reservation = admin.create_reservation()
@@ -180,7 +180,7 @@ def test_exhausted_retries_dead_letter_the_message_with_its_reason(
 
 
 def test_the_same_action_id_twice_reaches_taskrouter_once(
-    celery_app: Any, worker: WorkerProcess, admin: EmulatorAdmin, ledger: Ledger
+    celery_app: Any, worker: WorkerProcess, admin: EmulatorAdmin, ledger: LedgerReader
 ) -> None:
     reservation = admin.create_reservation()
     action = action_for(reservation)

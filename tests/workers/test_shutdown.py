@@ -13,18 +13,18 @@ from typing import Any
 from tests.support.e2e import action_for, wait_for_outcome
 from workers.broker.producer import Producer
 from workers.emulator.admin import EmulatorAdmin
-from workers.ledger import Ledger
+from workers.ledger.reader import LedgerReader
 from workers.worker_process import WorkerProcess
 
 ACTIONS = 60
 
 
-def settled(ledger: Ledger, action_ids: list[Any]) -> int:
+def settled(ledger: LedgerReader, action_ids: list[Any]) -> int:
     return sum(1 for action_id in action_ids if (r := ledger.action(action_id)) and r.outcome is not None)
 
 
 def test_sigterm_under_load_finishes_or_hands_back_every_action(
-    celery_app: Any, worker_env: dict[str, str], admin: EmulatorAdmin, ledger: Ledger
+    celery_app: Any, worker_env: dict[str, str], admin: EmulatorAdmin, ledger: LedgerReader
 ) -> None:
     reservations = [admin.create_reservation() for _ in range(ACTIONS)]
     actions = [action_for(reservation) for reservation in reservations]

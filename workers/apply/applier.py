@@ -12,9 +12,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-import uuid
 from collections.abc import Callable, Mapping
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -32,86 +30,23 @@ from workers.errors import (
     TaskRouterError,
     TransientTaskRouterError,
 )
-from workers.ledger.models import Arrival, OutcomeResult, ReservationState, TransitionResult
-from workers.taskrouter.gateway import ReservationRef
-from workers.taskrouter.gateway import ReservationState as Fetched
+from workers.ledger.events import Attempt, Conflict, RejectedInput, Settle, Transition
+from workers.ledger.models import ReservationState
+from workers.ledger.ports import LedgerWriter
+from workers.taskrouter.gateway import FetchedReservation, ReservationRef
 
 logger = logging.getLogger("workers.apply")
 
 
 class Gateway(Protocol):
-    def fetch(self, ref: ReservationRef) -> Fetched: ...
+    """What the applier asks of TaskRouter: :class:`workers.taskrouter.gateway.TaskRouterGateway`
+    over HTTP, ``tests.fakes.FakeGateway`` in memory (one contract suite runs against both)."""
 
-    def update(self, ref: ReservationRef, arguments: Mapping[str, Any], if_match: str | None) -> Fetched: ...
+    def fetch(self, ref: ReservationRef) -> FetchedReservation: ...
 
-
-class Ledger(Protocol):
-    """The part of :class:`workers.ledger.Ledger` the applier uses (a fake stands in for unit tests)."""
-
-    def reservation_lock(self, reservation_sid: str) -> AbstractContextManager[Ledger]:
-        """Serialise the workers on one reservation; the run records through the ledger it yields."""
-
-    def receive(self, action: Action) -> Arrival: ...
-
-    def record_rejected_input(self, message: Mapping[str, Any] | None, reason: str) -> int: ...
-
-    def record_attempt(
-        self,
-        action_id: uuid.UUID,
-        *,
-        attempt: int,
-        etag_before: str | None = ...,
-        http_status: int | None = ...,
-        twilio_error_code: int | None = ...,
-        twilio_request_id: str | None = ...,
-        duration_ms: int | None = ...,
-        detail: str | None = ...,
-    ) -> int: ...
-
-    def record_conflict(
-        self,
-        action_id: uuid.UUID,
-        *,
-        attempt: int,
-        etag_before: str | None,
-        etag_after: str | None = ...,
-        current_status: str | None = ...,
-        twilio_error_code: int | None = ...,
-        twilio_request_id: str | None = ...,
-        duration_ms: int | None = ...,
-        detail: str | None = ...,
-    ) -> int: ...
-
-    def record_transition(
-        self,
-        reservation_sid: str,
-        *,
-        from_status: str | None,
-        to_status: str,
-        etag_before: str | None,
-        etag_after: str | None,
-        action_id: uuid.UUID | None = ...,
-        outcome: Outcome | None = ...,
-        workspace_sid: str | None = ...,
-        task_sid: str | None = ...,
-        worker_sid: str | None = ...,
-        attempt: int | None = ...,
-        http_status: int | None = ...,
-        twilio_request_id: str | None = ...,
-        duration_ms: int | None = ...,
-        detail: str | None = ...,
-    ) -> TransitionResult: ...
-
-    def record_outcome(
-        self,
-        action_id: uuid.UUID,
-        outcome: Outcome,
-        *,
-        http_status: int | None = ...,
-        twilio_error_code: int | None = ...,
-        twilio_request_id: str | None = ...,
-        detail: str | None = ...,
-    ) -> OutcomeResult: ...
+    def update(
+        self, ref: ReservationRef, arguments: Mapping[str, Any], if_match: str | None
+    ) -> FetchedReservation: ...
 
 
 # Outcomes whose message goes to reservations.dead: the ledger keeps PII only as keyed hashes,
@@ -167,7 +102,7 @@ class _Known:
 class ActionApplier:
     def __init__(
         self,
-        ledger: Ledger,
+        ledger: LedgerWriter,
         gateway: Gateway,
         policy: RetryPolicy | None = None,
         rng: random.Random | None = None,
@@ -192,7 +127,7 @@ class ActionApplier:
             action = Action.from_message(message)
         except (ValueError, KeyError, TypeError) as exc:
             reason = f"malformed action message: {exc}"
-            self.ledger.record_rejected_input(message, reason)
+            self.ledger.append(RejectedInput(message, reason))
             return Done(Outcome.REJECTED_INPUT, reason)
         try:
             return self.apply(action, delivery)
@@ -219,7 +154,7 @@ class ActionApplier:
         return RetryLater(delay, reason)
 
     def apply(self, action: Action, delivery: Delivery = Delivery()) -> Result:
-        with self.ledger.reservation_lock(action.reservation_sid) as ledger:
+        with self.ledger.lock(action.reservation_sid) as ledger:
             arrival = ledger.receive(action)
             if arrival.outcome is not None:
                 return Done(Outcome(arrival.outcome), "already settled: a redelivery or a duplicate")
@@ -232,7 +167,7 @@ class _Run:
     def __init__(
         self,
         applier: ActionApplier,
-        ledger: Ledger,
+        ledger: LedgerWriter,
         action: Action,
         delivery: Delivery,
         projected: ReservationState | None,
@@ -287,7 +222,7 @@ class _Run:
         self._observe(fetched)
         return _Known(fetched.status, fetched.etag, from_cache=False)
 
-    def _observe(self, fetched: Fetched) -> None:
+    def _observe(self, fetched: FetchedReservation) -> None:
         """Keep the ledger's picture of the reservation complete.
 
         A reservation seen for the first time is recorded as such (from no status), so that any
@@ -298,17 +233,19 @@ class _Run:
         if projected is not None and projected.status == fetched.status.value:
             return
         detail = "first seen on fetch" if projected is None else "observed on fetch: changed outside this run"
-        recorded = self.ledger.record_transition(
-            self.action.reservation_sid,
-            from_status=projected.status if projected else None,
-            to_status=fetched.status.value,
-            etag_before=projected.etag if projected else None,
-            etag_after=fetched.etag,
-            workspace_sid=self.action.workspace_sid,
-            task_sid=fetched.task_sid,
-            worker_sid=fetched.worker_sid,
-            twilio_request_id=fetched.request_id,
-            detail=detail,
+        recorded = self.ledger.append(
+            Transition(
+                self.action.reservation_sid,
+                from_status=projected.status if projected else None,
+                to_status=fetched.status.value,
+                etag_before=projected.etag if projected else None,
+                etag_after=fetched.etag,
+                workspace_sid=self.action.workspace_sid,
+                task_sid=fetched.task_sid,
+                worker_sid=fetched.worker_sid,
+                twilio_request_id=fetched.request_id,
+                detail=detail,
+            )
         )
         self.projected = ReservationState(
             self.action.reservation_sid,
@@ -328,32 +265,36 @@ class _Run:
         except PreconditionFailed:
             raise  # recorded with what the re-fetch finds, in _after_conflict
         except TaskRouterError as exc:
-            self.ledger.record_attempt(
-                self.action.action_id,
-                attempt=self.attempt,
-                etag_before=known.etag,
-                http_status=exc.status,
-                twilio_error_code=exc.code,
-                twilio_request_id=exc.request_id,
-                duration_ms=_elapsed_ms(started),
-                detail=str(exc),
+            self.ledger.append(
+                Attempt(
+                    self.action.action_id,
+                    attempt=self.attempt,
+                    etag_before=known.etag,
+                    http_status=exc.status,
+                    twilio_error_code=exc.code,
+                    twilio_request_id=exc.request_id,
+                    duration_ms=_elapsed_ms(started),
+                    detail=str(exc),
+                )
             )
             raise
-        self.ledger.record_transition(
-            self.action.reservation_sid,
-            from_status=known.status.value,
-            to_status=updated.status.value,
-            etag_before=known.etag,
-            etag_after=updated.etag,
-            action_id=self.action.action_id,
-            outcome=Outcome.APPLIED,
-            workspace_sid=self.action.workspace_sid,
-            task_sid=updated.task_sid,
-            worker_sid=updated.worker_sid,
-            attempt=self.attempt,
-            http_status=updated.http_status,
-            twilio_request_id=updated.request_id,
-            duration_ms=_elapsed_ms(started),
+        self.ledger.append(
+            Transition(
+                self.action.reservation_sid,
+                from_status=known.status.value,
+                to_status=updated.status.value,
+                etag_before=known.etag,
+                etag_after=updated.etag,
+                action_id=self.action.action_id,
+                outcome=Outcome.APPLIED,
+                workspace_sid=self.action.workspace_sid,
+                task_sid=updated.task_sid,
+                worker_sid=updated.worker_sid,
+                attempt=self.attempt,
+                http_status=updated.http_status,
+                twilio_request_id=updated.request_id,
+                duration_ms=_elapsed_ms(started),
+            )
         )
 
     def _after_conflict(self, conflict: PreconditionFailed, stale: _Known, conflicts: int) -> _Known | None:
@@ -369,15 +310,17 @@ class _Run:
         return fresh
 
     def _record_conflict(self, conflict: PreconditionFailed, stale: _Known, fresh: _Known | None) -> None:
-        self.ledger.record_conflict(
-            self.action.action_id,
-            attempt=self.attempt,
-            etag_before=stale.etag,
-            etag_after=fresh.etag if fresh else None,
-            current_status=fresh.status.value if fresh else None,
-            twilio_error_code=conflict.code,
-            twilio_request_id=conflict.request_id,
-            detail=str(conflict),
+        self.ledger.append(
+            Conflict(
+                self.action.action_id,
+                attempt=self.attempt,
+                etag_before=stale.etag,
+                etag_after=fresh.etag if fresh else None,
+                to_status=fresh.status.value if fresh else None,
+                twilio_error_code=conflict.code,
+                twilio_request_id=conflict.request_id,
+                detail=str(conflict),
+            )
         )
 
     def _permanent(self, exc: PermanentTaskRouterError) -> Result:
@@ -394,13 +337,15 @@ class _Run:
         return self._finish(Outcome.FAILED, str(exc), exc)
 
     def _finish(self, outcome: Outcome, reason: str, exc: TaskRouterError | None = None) -> Done:
-        settled = self.ledger.record_outcome(
-            self.action.action_id,
-            outcome,
-            http_status=exc.status if exc else None,
-            twilio_error_code=exc.code if exc else None,
-            twilio_request_id=exc.request_id if exc else None,
-            detail=reason,
+        settled = self.ledger.append(
+            Settle(
+                self.action.action_id,
+                outcome,
+                http_status=exc.status if exc else None,
+                twilio_error_code=exc.code if exc else None,
+                twilio_request_id=exc.request_id if exc else None,
+                detail=reason,
+            )
         )
         if settled.outcome is not None and settled.outcome != outcome.value:
             return Done(Outcome(settled.outcome), "already settled by an earlier run")

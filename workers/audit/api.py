@@ -37,7 +37,7 @@ from workers.audit.timeline import timeline
 from workers.errors import ConfigurationError, LedgerError, LedgerUnavailable
 from workers.ledger.connector import Connector
 from workers.ledger.models import Cursor, EventKind, Outcome, Role
-from workers.ledger.store import Ledger
+from workers.ledger.reader import LedgerReader
 
 logger = logging.getLogger(__name__)
 
@@ -239,14 +239,14 @@ def common_query(
 Common = Annotated[CommonQuery, Depends(common_query)]
 
 
-def get_ledger(request: Request) -> Ledger:
+def get_ledger(request: Request) -> LedgerReader:
     reader = getattr(request.app.state, "ledger", None)
-    if not isinstance(reader, Ledger):  # pragma: no cover - only before the lifespan started
+    if not isinstance(reader, LedgerReader):  # pragma: no cover - only before the lifespan started
         raise LedgerUnavailable("the API is not started")
     return reader
 
 
-LedgerDep = Annotated[Ledger, Depends(get_ledger)]
+LedgerDep = Annotated[LedgerReader, Depends(get_ledger)]
 _bearer = HTTPBearer(auto_error=False, description="AUDIT_API_TOKEN")
 
 
@@ -273,7 +273,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def create_app(config: AuditApiConfig, *, ledger: Ledger | None = None) -> FastAPI:
+def create_app(config: AuditApiConfig, *, ledger: LedgerReader | None = None) -> FastAPI:
     """The API over ``config.database_url`` as the reader role (or over ``ledger``, in tests).
 
     Refuses (ConfigurationError) to build without a token unless ``insecure_local`` is set.
@@ -289,7 +289,7 @@ def create_app(config: AuditApiConfig, *, ledger: Ledger | None = None) -> FastA
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         if ledger is not None:
             _app.state.ledger = ledger
-        if isinstance(getattr(_app.state, "ledger", None), Ledger):
+        if isinstance(getattr(_app.state, "ledger", None), LedgerReader):
             yield  # a ledger handed in (tests): its owner closes it
             return
         connector = Connector(
@@ -302,7 +302,7 @@ def create_app(config: AuditApiConfig, *, ledger: Ledger | None = None) -> FastA
         )
         connector.open(wait=False)
         # PII search is not offered over HTTP, so the reader needs no PII key.
-        _app.state.ledger = Ledger(connector, b"")
+        _app.state.ledger = LedgerReader(connector, b"")
         try:
             yield
         finally:
@@ -362,7 +362,7 @@ def create_app(config: AuditApiConfig, *, ledger: Ledger | None = None) -> FastA
             return _problem(503, "unavailable", "the ledger does not answer (database down, or not migrated)")
         return JSONResponse({"status": "ready"})
 
-    def history_page(reader: Ledger, common: CommonQuery, **resource: Any) -> dict[str, Any]:
+    def history_page(reader: LedgerReader, common: CommonQuery, **resource: Any) -> dict[str, Any]:
         filters = queries.Filters(**{**_fields(common.filters), **resource})
         found = queries.page(reader, filters, after=common.after, limit=common.limit)
         return {

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from workers.ledger.models import ActionRecord, Cursor, EventKind, LedgerEvent
-from workers.ledger.store import Ledger
+from workers.ledger.models import ActionRecord, Cursor, EventKind, LedgerRow
+from workers.ledger.reader import LedgerReader
 
 # What a redrive row's detail says, on the original action: "redriven as <new action_id>".
 REDRIVEN_AS = "redriven as {action_id}"
@@ -63,12 +63,12 @@ class Page:
     """One page of history. ``next_cursor`` is where to resume (``after`` when the page is empty),
     ``has_more`` whether the page was full (more rows may already be waiting)."""
 
-    events: list[LedgerEvent]
+    events: list[LedgerRow]
     next_cursor: Cursor | None
     has_more: bool
 
 
-def page(ledger: Ledger, filters: Filters, *, after: Cursor | None = None, limit: int = 100) -> Page:
+def page(ledger: LedgerReader, filters: Filters, *, after: Cursor | None = None, limit: int = 100) -> Page:
     """One page of history after ``after``, at most ``limit`` rows (1..MAX_PAGE)."""
     if not 1 <= limit <= MAX_PAGE:
         raise ValueError(f"limit must be between 1 and {MAX_PAGE}, not {limit}")
@@ -78,8 +78,8 @@ def page(ledger: Ledger, filters: Filters, *, after: Cursor | None = None, limit
 
 
 def iterate(
-    ledger: Ledger, filters: Filters, *, after: Cursor | None = None, batch: int = MAX_PAGE
-) -> Iterator[LedgerEvent]:
+    ledger: LedgerReader, filters: Filters, *, after: Cursor | None = None, batch: int = MAX_PAGE
+) -> Iterator[LedgerRow]:
     """Every matching row after ``after``, in ledger order, fetched a page at a time."""
     while True:
         current = page(ledger, filters, after=after, limit=batch)
@@ -94,12 +94,12 @@ class Story:
     """One action's whole story: its registry entry, its rows, and its redrive links."""
 
     record: ActionRecord
-    events: list[LedgerEvent]
+    events: list[LedgerRow]
     redriven_as: list[uuid.UUID] = field(default_factory=list)
     redrive_of: uuid.UUID | None = None
 
 
-def story(ledger: Ledger, action_id: uuid.UUID) -> Story | None:
+def story(ledger: LedgerReader, action_id: uuid.UUID) -> Story | None:
     """What happened to ``action_id``, or None if the ledger never received it."""
     record = ledger.action(action_id)
     if record is None:

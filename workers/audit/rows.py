@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from workers.ledger.models import ActionRecord, LedgerEvent, ReservationState
+from workers.ledger.models import ActionRecord, LedgerRow, ReservationState
 
 # The order of the fields in JSON lines, CSV columns and API objects.
 EVENT_FIELDS: tuple[str, ...] = (
@@ -64,7 +64,7 @@ def plain(value: object) -> Any:
     return value
 
 
-def event_row(event: LedgerEvent) -> dict[str, Any]:
+def event_row(event: LedgerRow) -> dict[str, Any]:
     """A ledger row under the audit names, in :data:`EVENT_FIELDS` order, JSON-ready."""
     values: dict[str, Any] = {"cursor": str(event.cursor)}
     for field in dataclasses.fields(event):

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from workers.audit.queries import Filters, iterate
-from workers.ledger.models import EventKind, LedgerEvent
-from workers.ledger.store import Ledger
+from workers.ledger.models import EventKind, LedgerRow
+from workers.ledger.reader import LedgerReader
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,7 +25,7 @@ class Step:
     outcome: str | None
 
 
-def steps(events: list[LedgerEvent]) -> list[Step]:
+def steps(events: list[LedgerRow]) -> list[Step]:
     """The transitions among ``events`` (one reservation's rows, in ledger order). Pure.
 
     Each step carries the outcome its action ended with, if the rows say.
@@ -49,6 +49,6 @@ def steps(events: list[LedgerEvent]) -> list[Step]:
     ]
 
 
-def timeline(ledger: Ledger, reservation_sid: str) -> list[Step]:
+def timeline(ledger: LedgerReader, reservation_sid: str) -> list[Step]:
     """Every status ``reservation_sid`` went through, oldest first, from the ledger alone."""
     return steps(list(iterate(ledger, Filters(reservation_sid=reservation_sid))))

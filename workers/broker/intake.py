@@ -47,8 +47,9 @@ from workers.broker.publishing import Publishers, hand_to_apply
 from workers.broker.topology import OUTCOME_HEADER, REJECT_CODE_HEADER, actions_queue, dead_letter_queue
 from workers.core.planner import Outcome
 from workers.core.validation import Accepted, Fate, RejectCode, Rejected, decide, readable
-from workers.ledger import Ledger
+from workers.ledger.events import RejectedInput
 from workers.ledger.models import Arrival
+from workers.ledger.writer import PostgresLedgerWriter
 
 logger = logging.getLogger("workers.intake")
 
@@ -76,7 +77,7 @@ class Intake:
 
     def __init__(
         self,
-        open_ledger: Callable[[], Ledger],
+        open_ledger: Callable[[], PostgresLedgerWriter],
         publishers: Publishers,
         *,
         threads: int = 0,
@@ -86,14 +87,14 @@ class Intake:
         self.publishers = publishers
         self.prefetch = prefetch
         self._open_ledger = open_ledger
-        self._ledger: Ledger | None = None
+        self._ledger: PostgresLedgerWriter | None = None
         self._lock = threading.Lock()
         self._on_loop = on_loop
         self._executor = ThreadPoolExecutor(threads, thread_name_prefix="intake") if threads > 0 else None
         self._closing = threading.Event()
 
     @property
-    def ledger(self) -> Ledger:
+    def ledger(self) -> PostgresLedgerWriter:
         with self._lock:
             if self._ledger is None:
                 self._ledger = self._open_ledger()
@@ -158,7 +159,7 @@ class Intake:
                 extra={"action_id": str(fate.action.action_id)},
             )
         else:
-            self.ledger.record_rejected_input(readable(fate.message), fate.text)
+            self.ledger.append(RejectedInput(readable(fate.message), fate.text))
             publish_dead_letter(
                 self.publishers,
                 _body(message),

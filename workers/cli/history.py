@@ -22,8 +22,9 @@ from workers.config import Settings
 from workers.core.sids import is_sid
 from workers.errors import ReservationsError
 from workers.ledger.connector import Connector
-from workers.ledger.models import Cursor, EventKind, LedgerEvent, Outcome, Role
-from workers.ledger.store import Ledger, resolve_pii_key
+from workers.ledger.models import Cursor, EventKind, LedgerRow, Outcome, Role
+from workers.ledger.pii import resolve_pii_key
+from workers.ledger.reader import LedgerReader
 
 FORMATS = ("table", "json", "csv")
 
@@ -74,11 +75,11 @@ def fail(message: str, code: int = 2) -> NoReturn:
     sys.exit(code)
 
 
-def open_reader(database_url: str) -> Ledger:
+def open_reader(database_url: str) -> LedgerReader:
     """A select-only ledger; it knows LEDGER_PII_KEY only to hash a --pii-value to search for."""
     connector = Connector(database_url, Role.READER, min_size=1, max_size=1)
     connector.open()
-    return Ledger(connector, resolve_pii_key(Settings.from_env().ledger_pii_key))
+    return LedgerReader(connector, resolve_pii_key(Settings.from_env().ledger_pii_key))
 
 
 def chosen_format(output_format: str | None, stream: TextIO | None = None) -> str:
@@ -89,7 +90,7 @@ def chosen_format(output_format: str | None, stream: TextIO | None = None) -> st
     return "table" if stream.isatty() else "json"
 
 
-def write_events(events: Iterable[LedgerEvent], output_format: str, title: str | None = None) -> int:
+def write_events(events: Iterable[LedgerRow], output_format: str, title: str | None = None) -> int:
     """Print ``events`` in ``output_format``; returns how many were printed."""
     out = sys.stdout
     count = 0
@@ -129,7 +130,7 @@ def event_table(title: str | None = None) -> Table:
     return table
 
 
-def add_event(table: Table, event: LedgerEvent) -> None:
+def add_event(table: Table, event: LedgerRow) -> None:
     status = ""
     if event.from_status or event.to_status:
         status = f"{event.from_status or '?'} → {event.to_status or '?'}"

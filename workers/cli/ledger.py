@@ -10,10 +10,9 @@ import click
 from workers.cli.options import database_url_option
 from workers.errors import ReservationsError
 from workers.ledger import migrations
-from workers.ledger.connector import Connector, connect
+from workers.ledger.connector import connect
 from workers.ledger.models import Role
-from workers.ledger.store import Ledger
-from workers.ledger.verify import latest_checkpoint, verify
+from workers.ledger.verify import latest_checkpoint, seal_checkpoint, verify
 
 ROLES_HELP = """
 \b
@@ -94,8 +93,8 @@ def verify_command(database_url: str, checkpoint: bool, expected: list[tuple[int
                 click.echo(f"ledger verification FAILED: {len(problems)} problem(s)", err=True)
                 sys.exit(1)
         if checkpoint:
-            with Ledger(_opened(database_url, Role.WRITER), "") as writer:
-                writer.checkpoint()
+            with connect(database_url, Role.WRITER) as conn:
+                seal_checkpoint(conn)
         with connect(database_url, Role.READER) as conn:
             latest = latest_checkpoint(conn)
     except ReservationsError as exc:
@@ -113,8 +112,8 @@ def verify_command(database_url: str, checkpoint: bool, expected: list[tuple[int
 def checkpoint_command(database_url: str) -> None:
     """Seal the chain heads that moved since the last checkpoint, and print the digest."""
     try:
-        with Ledger(_opened(database_url, Role.WRITER), "") as writer:
-            sealed = writer.checkpoint()
+        with connect(database_url, Role.WRITER) as conn:
+            sealed = seal_checkpoint(conn)
     except ReservationsError as exc:
         _fail(str(exc))
     click.echo(
@@ -129,9 +128,3 @@ def _expected_checkpoint(value: str) -> tuple[int, bytes]:
         return int(checkpoint_id), bytes.fromhex(digest)
     except ValueError:
         raise click.BadParameter(f"expected ID:DIGEST (hex), not {value!r}") from None
-
-
-def _opened(database_url: str, role: Role) -> Connector:
-    connector = Connector(database_url, role, min_size=1, max_size=1)
-    connector.open()
-    return connector

@@ -27,7 +27,9 @@ from workers.core.action import Action
 from workers.errors import ReservationsError
 from workers.ledger.connector import Connector
 from workers.ledger.models import Role
-from workers.ledger.store import Ledger, resolve_pii_key
+from workers.ledger.pii import resolve_pii_key
+from workers.ledger.reader import LedgerReader
+from workers.ledger.writer import PostgresLedgerWriter
 from workers.replay import redrive as redriving
 from workers.replay.rebuild import rebuild as rebuild_projection
 
@@ -199,14 +201,15 @@ def redrive(
         app.enqueue(action)
 
     try:
-        connector = Connector(database_url, Role.WRITER, min_size=1, max_size=2)
-        connector.open()
+        pii_key = resolve_pii_key(settings.ledger_pii_key)
         with (
-            Ledger(connector, resolve_pii_key(settings.ledger_pii_key)) as ledger,
+            Connector(database_url, Role.READER, min_size=1, max_size=1) as reading,
+            Connector(database_url, Role.WRITER, min_size=1, max_size=1) as writing,
             redriving.dead_letters(broker_url, max_messages) as letters,
         ):
+            reader, writer = LedgerReader(reading, pii_key), PostgresLedgerWriter(writing, pii_key)
             decisions = redriving.redrive(
-                ledger, letters, publish, filters, dry_run=dry_run, limit=max_messages
+                reader, writer, letters, publish, filters, dry_run=dry_run, limit=max_messages
             )
     except ReservationsError as exc:
         fail(str(exc))

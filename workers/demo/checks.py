@@ -21,16 +21,16 @@ from workers.demo.lanes import Lane
 from workers.demo.results import Check, Result
 from workers.demo.scenario import Scenario
 from workers.emulator.admin import EmulatorAdmin, TransitionInfo
-from workers.ledger.models import EventKind, LedgerEvent
-from workers.ledger.store import Ledger
+from workers.ledger.models import EventKind, LedgerRow
+from workers.ledger.reader import LedgerReader
 
 POLL_INTERVAL = 0.1
 DEAD_LETTER_WAIT = 10.0
 HISTORY_WAIT = 10.0
 
 
-def _all_events(ledger: Ledger) -> list[LedgerEvent]:
-    events: list[LedgerEvent] = []
+def _all_events(ledger: LedgerReader) -> list[LedgerRow]:
+    events: list[LedgerRow] = []
     after = None
     while True:
         page = ledger.history(after=after, limit=1000)
@@ -40,7 +40,7 @@ def _all_events(ledger: Ledger) -> list[LedgerEvent]:
         after = page[-1].cursor
 
 
-def _settled_history(ledger: Ledger, expected_outcome_rows: int) -> list[LedgerEvent]:
+def _settled_history(ledger: LedgerReader, expected_outcome_rows: int) -> list[LedgerRow]:
     """The whole ledger, once every outcome row is below the read horizon (or after a wait)."""
     deadline = time.monotonic() + HISTORY_WAIT
     while True:
@@ -55,7 +55,7 @@ def inspect(
     result: Result,
     scenario: Scenario,
     lanes: list[Lane],
-    ledger: Ledger,
+    ledger: LedgerReader,
     admin: EmulatorAdmin,
     broker_url: str,
 ) -> None:
@@ -156,7 +156,7 @@ def _etag(value: str | None) -> str | None:
 
 
 def compare_transitions(
-    events: list[LedgerEvent], log: list[TransitionInfo], current: Mapping[str, str]
+    events: list[LedgerRow], log: list[TransitionInfo], current: Mapping[str, str]
 ) -> list[str]:
     """Where the ledger's transitions and the emulator's log disagree (empty when they agree).
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from workers.core.planner import Outcome
-from workers.ledger.models import LedgerEvent
+from workers.ledger.models import LedgerRow
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +48,7 @@ class Result:
     dead_letters: list[dict[str, Any]] = field(default_factory=list)
     elapsed: float = 0.0
     raced_script: str | None = None
-    raced_history: list[LedgerEvent] = field(default_factory=list)
+    raced_history: list[LedgerRow] = field(default_factory=list)
     checks: list[Check] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 

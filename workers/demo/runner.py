@@ -44,7 +44,7 @@ from workers.errors import ReservationsError
 from workers.ledger.connector import Connector, database_name, drop_database, with_database
 from workers.ledger.migrations import migrate
 from workers.ledger.models import Role
-from workers.ledger.store import Ledger
+from workers.ledger.reader import LedgerReader
 from workers.worker_process import WorkerProcess
 
 __all__ = ["Options", "Result", "ServiceUnavailable", "run"]
@@ -130,7 +130,7 @@ def _run(
 
     connector = Connector(db_url, Role.READER, min_size=1, max_size=2)
     connector.open()
-    ledger = stack.enter_context(Ledger(connector, DEMO_PII_KEY))
+    ledger = stack.enter_context(LedgerReader(connector, DEMO_PII_KEY))
     producer = stack.enter_context(Producer(broker_url))
 
     lanes = seed_lanes(scenario, admin, random.Random(scenario.seed))

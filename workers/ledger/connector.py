@@ -144,7 +144,7 @@ class Connector:
 class BoundConnection:
     """One connection that a caller already holds, offered where a :class:`Connector` is expected.
 
-    ``Ledger.reservation_lock`` lends its locked connection this way, so an action holds one
+    ``PostgresLedgerWriter.lock`` lends its locked connection this way, so an action holds one
     connection for its whole run instead of one for the lock and more for the writes.
     """
 

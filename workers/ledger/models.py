@@ -62,8 +62,8 @@ class Cursor:
 
 
 @dataclass(frozen=True, slots=True)
-class LedgerEvent:
-    """One ledger row."""
+class LedgerRow:
+    """One ledger row, as a reader sees it (what a writer appends is in :mod:`workers.ledger.events`)."""
 
     position: int
     tx_id: int
@@ -124,16 +124,8 @@ class ActionRecord:
 
 
 @dataclass(frozen=True, slots=True)
-class Receipt:
-    """What ``record_received`` found: ``created`` is false for a repeated ``action_id``."""
-
-    created: bool
-    action: ActionRecord
-
-
-@dataclass(frozen=True, slots=True)
 class Arrival:
-    """What ``Ledger.receive`` found: whether the action is new, its outcome if it has one, and
+    """What ``LedgerWriter.receive`` found: whether the action is new, its outcome if it has one, and
     the projection of its reservation (None when the ledger has never seen it)."""
 
     created: bool

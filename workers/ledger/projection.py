@@ -12,11 +12,11 @@ from collections.abc import Iterable, Mapping
 from psycopg.rows import class_row
 
 from workers.ledger.connector import Connection, translated
-from workers.ledger.models import EventKind, LedgerEvent, ReservationState
+from workers.ledger.models import EventKind, LedgerRow, ReservationState
 from workers.ledger.queries import QUERIES
 
 
-def fold(events: Iterable[LedgerEvent]) -> dict[str, ReservationState]:
+def fold(events: Iterable[LedgerRow]) -> dict[str, ReservationState]:
     """The projection that ``events`` (in chain order per reservation) lead to. Pure."""
     states: dict[str, ReservationState] = {}
     for event in events:
@@ -39,7 +39,7 @@ def rebuild(conn: Connection) -> dict[str, ReservationState]:
     """The projection computed from the ledger's transitions alone (streamed, server-side)."""
     with translated(), conn.transaction():
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        with conn.cursor("rebuild_projection", row_factory=class_row(LedgerEvent)) as cur:
+        with conn.cursor("rebuild_projection", row_factory=class_row(LedgerRow)) as cur:
             cur.itersize = 10_000
             cur.execute(QUERIES["transitions_in_chain_order"])
             return fold(cur)

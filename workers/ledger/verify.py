@@ -1,4 +1,5 @@
-"""``reservations ledger verify``: walk the hash chains and the checkpoints, report each break.
+"""``reservations ledger verify``: walk the hash chains and the checkpoints, report each break;
+seal a checkpoint.
 
 Every row's hash is recomputed with the same SQL function that the append trigger used
 (``ledger.event_hash``, over ``ledger.event_canonical``), so the canonical serialisation is
@@ -134,3 +135,8 @@ def _head_problem(row: dict[str, Any]) -> Problem:
 def latest_checkpoint(conn: Connection) -> Checkpoint | None:
     rows = _rows(conn, "latest_checkpoint")
     return Checkpoint(**rows[0]) if rows else None
+
+
+def seal_checkpoint(conn: Connection) -> Checkpoint:
+    """Seal the chain heads that moved since the last checkpoint (needs the writer role)."""
+    return Checkpoint(**_rows(conn, "seal_checkpoint")[0])

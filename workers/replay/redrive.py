@@ -50,8 +50,10 @@ from workers.broker.topology import (
 )
 from workers.core.action import Action
 from workers.core.planner import Outcome
+from workers.ledger.events import Redrive
 from workers.ledger.models import ActionRecord
-from workers.ledger.store import Ledger
+from workers.ledger.ports import LedgerWriter
+from workers.ledger.reader import LedgerReader
 
 REDRIVE_PRODUCER = "redrive"
 REDRIVABLE_OUTCOMES = frozenset({Outcome.DEAD_LETTERED.value, Outcome.FAILED.value})
@@ -179,7 +181,9 @@ def new_action(message: Mapping[str, Any]) -> Action:
     return dataclasses.replace(original, action_id=uuid.uuid4(), producer=REDRIVE_PRODUCER)
 
 
-def select(ledger: Ledger, filters: RedriveFilters, limit: int = DEFAULT_MAX_MESSAGES) -> list[ActionRecord]:
+def select(
+    ledger: LedgerReader, filters: RedriveFilters, limit: int = DEFAULT_MAX_MESSAGES
+) -> list[ActionRecord]:
     """The registry's actions that the filters select, oldest outcome first."""
     candidates = ledger.settled_actions(
         sorted(filters.outcomes),
@@ -201,7 +205,8 @@ Publish = Callable[[Action], None]
 
 
 def redrive(
-    ledger: Ledger,
+    ledger: LedgerReader,
+    writer: LedgerWriter,
     letters: Sequence[DeadLetter],
     publish: Publish,
     filters: RedriveFilters,
@@ -213,8 +218,8 @@ def redrive(
 
     ``publish`` must return only once the broker has confirmed the message
     (``ReservationsApp.enqueue`` does). A dead letter is acknowledged only after its copy
-    was published and the redrive recorded. With ``dry_run`` nothing is published, recorded or
-    acknowledged.
+    was published and the redrive recorded (through ``writer``). With ``dry_run`` nothing is
+    published, recorded or acknowledged.
     """
     by_id: dict[uuid.UUID, list[DeadLetter]] = {}
     for letter in letters:
@@ -226,7 +231,7 @@ def redrive(
     for record in select(ledger, filters, limit):
         handled.add(record.action_id)
         copies = by_id.get(record.action_id, [])
-        decisions.append(_redrive_one(ledger, record.action_id, record, copies, publish, dry_run))
+        decisions.append(_redrive_one(writer, record.action_id, record, copies, publish, dry_run))
 
     for letter in letters:
         if letter.action_id is not None and letter.action_id in handled:
@@ -248,7 +253,7 @@ def redrive(
         if selected:
             assert letter.action_id is not None
             copies = by_id[letter.action_id]
-            decisions.append(_redrive_one(ledger, letter.action_id, known, copies, publish, dry_run))
+            decisions.append(_redrive_one(writer, letter.action_id, known, copies, publish, dry_run))
             continue
         why = _left_because(letter, known, filters)
         decisions.append(
@@ -279,7 +284,7 @@ def _left_because(letter: DeadLetter, record: ActionRecord | None, filters: Redr
 
 
 def _redrive_one(
-    ledger: Ledger,
+    writer: LedgerWriter,
     action_id: uuid.UUID,
     record: ActionRecord | None,
     copies: Sequence[DeadLetter],
@@ -309,7 +314,7 @@ def _redrive_one(
     publish(copy)
     linked = "linked in the ledger"
     if record is not None:
-        ledger.record_redrive(action_id, detail=REDRIVEN_AS.format(action_id=copy.action_id))
+        writer.append(Redrive(action_id, detail=REDRIVEN_AS.format(action_id=copy.action_id)))
     else:
         linked = "not linked: the ledger never received the original"
     for each in copies:

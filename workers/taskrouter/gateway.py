@@ -1,7 +1,7 @@
 """The TaskRouter gateway: fetch and update reservations through the twilio SDK.
 
 The one place that talks to TaskRouter and the one place that inspects twilio's exceptions and HTTP
-statuses; everything above it sees :class:`ReservationState` and the project's own errors.
+statuses; everything above it sees :class:`FetchedReservation` and the project's own errors.
 
 The twilio client is not documented as thread-safe and keeps a small connection pool, so build one
 gateway per thread, greenlet or process (``TaskRouterGateway.from_settings`` does that cheaply).
@@ -49,7 +49,7 @@ class ReservationRef:
 
 
 @dataclass(frozen=True, slots=True)
-class ReservationState:
+class FetchedReservation:
     """A reservation as TaskRouter last showed it, with the ETag that guards the next update."""
 
     sid: str
@@ -80,7 +80,7 @@ class TaskRouterGateway:
         client.taskrouter.base_url = settings.taskrouter_base_url
         return cls(client, http_client)
 
-    def fetch(self, ref: ReservationRef) -> ReservationState:
+    def fetch(self, ref: ReservationRef) -> FetchedReservation:
         """Fetch the reservation and its ETag.
 
         Twilio's spec declares no ETag on the worker-scoped fetch; the body carries the task SID, so
@@ -95,7 +95,7 @@ class TaskRouterGateway:
 
     def update(
         self, ref: ReservationRef, arguments: Mapping[str, Any], if_match: str | None
-    ) -> ReservationState:
+    ) -> FetchedReservation:
         """Send the update; ``if_match`` None sends it unconditionally (only replays do that)."""
         kwargs = dict(arguments)
         if if_match is not None:
@@ -111,10 +111,10 @@ class TaskRouterGateway:
             raise ValueError("a reservation reference needs a task SID or a worker SID")
         return workspace.workers(ref.worker_sid).reservations(ref.reservation_sid)
 
-    def _state(self, response: Any) -> ReservationState:
+    def _state(self, response: Any) -> FetchedReservation:
         instance = response.data
         headers: Mapping[str, str] = response.headers
-        return ReservationState(
+        return FetchedReservation(
             sid=instance.sid,
             status=Status(instance.reservation_status),
             etag=header(headers, "ETag"),

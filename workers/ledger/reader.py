@@ -1,0 +1,191 @@
+"""The ledger's reader: what auditors, operators and the tests read (the reader role).
+
+Reads only ever show rows below the horizon of the oldest transaction still in flight, in
+ledger order ``(tx_id, position)``, so a reader that pages with a :class:`Cursor` misses
+nothing (see ops/LEDGER.md).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any, LiteralString, TypedDict, Unpack
+
+from psycopg import sql
+from psycopg.rows import class_row
+from psycopg.types.json import Jsonb
+
+from workers.config import Settings
+from workers.core.parameters import PARAMETERS
+from workers.core.redaction import pii_digest
+from workers.errors import LedgerError
+from workers.ledger.connector import Connector
+from workers.ledger.models import ActionRecord, Cursor, LedgerRow, ReservationState, Role
+from workers.ledger.pii import resolve_pii_key
+from workers.ledger.queries import QUERIES
+
+# Columns a history query may filter on by equality.
+HISTORY_COLUMNS: tuple[LiteralString, ...] = (
+    "reservation_sid",
+    "task_sid",
+    "worker_sid",
+    "workspace_sid",
+    "action_id",
+    "correlation_id",
+    "kind",
+    "outcome",
+    "twilio_error_code",
+)
+_PII_NAMES = tuple(sorted({name for p in PARAMETERS if p.pii for name in (p.wire, p.keyword)}))
+_START = Cursor(0, 0)
+
+
+class HistoryFilters(TypedDict, total=False):
+    """What ``history`` filters on: a column equal to a value (``HISTORY_COLUMNS``), ``since``
+    (inclusive) and ``until`` (exclusive) on ``recorded_at``, and ``pii_value``."""
+
+    reservation_sid: str | None
+    task_sid: str | None
+    worker_sid: str | None
+    workspace_sid: str | None
+    action_id: uuid.UUID | None
+    correlation_id: str | None
+    kind: str | None
+    outcome: str | None
+    twilio_error_code: int | None
+    since: datetime | None
+    until: datetime | None
+    pii_value: str | None
+
+
+class LedgerReader:
+    """Select-only queries over one connection pool; thread-safe. The PII key serves only to
+    hash a value an auditor searches for."""
+
+    def __init__(self, connector: Connector, pii_key: str | bytes) -> None:
+        self._connector = connector
+        self._pii_key = pii_key
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **pool: Any) -> LedgerReader:
+        connector = Connector(settings.database_url, Role.READER, **pool)
+        connector.open()
+        return cls(connector, resolve_pii_key(settings.ledger_pii_key))
+
+    def close(self) -> None:
+        self._connector.close()
+
+    def __enter__(self) -> LedgerReader:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def ping(self) -> None:
+        """Raise LedgerError unless the database answers and this role can read the ledger."""
+        with self._connector.connection() as conn:
+            conn.execute(QUERIES["ping"])
+
+    def action(self, action_id: uuid.UUID) -> ActionRecord | None:
+        """The registry's entry for ``action_id``, if it was ever received."""
+        with self._connector.connection() as conn, conn.cursor(row_factory=class_row(ActionRecord)) as cur:
+            cur.execute(QUERIES["get_action"], {"action_id": action_id})
+            return cur.fetchone()
+
+    def reservation(self, reservation_sid: str) -> ReservationState | None:
+        """The cached status and ETag of a reservation: its last recorded transition."""
+        with (
+            self._connector.connection() as conn,
+            conn.cursor(row_factory=class_row(ReservationState)) as cur,
+        ):
+            cur.execute(QUERIES["get_reservation"], {"reservation_sid": reservation_sid})
+            return cur.fetchone()
+
+    def history(
+        self, *, after: Cursor | None = None, limit: int = 1000, **filters: Unpack[HistoryFilters]
+    ) -> list[LedgerRow]:
+        """Ledger rows matching every filter given, in ledger order, after ``after``.
+
+        ``since`` is inclusive and ``until`` exclusive (``recorded_at``, the database clock).
+        ``pii_value`` finds the rows whose parameters held that value, through its keyed hash.
+        Page with ``after=rows[-1].cursor``.
+        """
+        query, params = self._history_query(after, limit, filters)
+        with self._connector.connection() as conn, conn.cursor(row_factory=class_row(LedgerRow)) as cur:
+            cur.execute(query, params)
+            return cur.fetchall()
+
+    def explain_history(
+        self, *, after: Cursor | None = None, limit: int = 1000, **filters: Unpack[HistoryFilters]
+    ) -> dict[str, Any]:
+        """The plan PostgreSQL chooses for ``history(**filters)`` (EXPLAIN, JSON; nothing runs)."""
+        query, params = self._history_query(after, limit, filters)
+        with self._connector.connection() as conn, conn.cursor() as cur:
+            cur.execute(sql.SQL("EXPLAIN (FORMAT JSON) {}").format(query), params)
+            row = cur.fetchone()
+        if row is None:  # pragma: no cover - EXPLAIN always answers
+            raise LedgerError("EXPLAIN returned nothing")
+        plan: dict[str, Any] = row[0][0]["Plan"]
+        return plan
+
+    def settled_actions(
+        self,
+        outcomes: Iterable[str],
+        *,
+        reservation_sid: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 10_000,
+    ) -> list[ActionRecord]:
+        """Registry entries whose outcome is one of ``outcomes``, settled in [since, until).
+
+        For operator commands (redrive): a scan of the registry, oldest outcome first.
+        """
+        params = {
+            "outcomes": list(outcomes),
+            "reservation_sid": reservation_sid,
+            "since": since,
+            "until": until,
+            "limit": limit,
+        }
+        with self._connector.connection() as conn, conn.cursor(row_factory=class_row(ActionRecord)) as cur:
+            cur.execute(QUERIES["settled_actions"], params)
+            return cur.fetchall()
+
+    def _history_query(
+        self, after: Cursor | None, limit: int, filters: HistoryFilters
+    ) -> tuple[sql.Composed, dict[str, Any]]:
+        given: dict[str, Any] = dict(filters)
+        unknown = set(given) - set(HISTORY_COLUMNS) - {"since", "until", "pii_value"}
+        if unknown:
+            raise TypeError(f"history() got unknown filters: {', '.join(sorted(unknown))}")
+        after = after or _START
+        params: dict[str, Any] = {
+            "after_tx_id": str(after.tx_id),
+            "after_position": after.position,
+            "limit": limit,
+        }
+        clauses: list[sql.Composable] = []
+        for column in HISTORY_COLUMNS:
+            if given.get(column) is not None:
+                clauses.append(
+                    sql.SQL("AND e.{} = {}").format(sql.Identifier(column), sql.Placeholder(column))
+                )
+                params[column] = given[column]
+        if given.get("since") is not None:
+            clauses.append(sql.SQL("AND e.recorded_at >= {}").format(sql.Placeholder("since")))
+            params["since"] = given["since"]
+        if given.get("until") is not None:
+            clauses.append(sql.SQL("AND e.recorded_at < {}").format(sql.Placeholder("until")))
+            params["until"] = given["until"]
+        if given.get("pii_value") is not None:
+            digest = pii_digest(given["pii_value"], self._pii_key)
+            alternatives = []
+            for index, name in enumerate(_PII_NAMES):
+                placeholder = f"pii_{index}"
+                params[placeholder] = Jsonb({name: digest})
+                alternatives.append(sql.SQL("e.params @> {}").format(sql.Placeholder(placeholder)))
+            clauses.append(sql.SQL("AND ({})").format(sql.SQL(" OR ").join(alternatives)))
+        query = sql.SQL(QUERIES["history"]).format(filters=sql.SQL(" ").join(clauses))
+        return query, params
