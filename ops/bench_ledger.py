@@ -127,7 +127,8 @@ def load_rows(url: str, rows: int, jobs: int, chunk: int = 10_000) -> float:
     """
 
     def load(first: int) -> None:
-        with connect(url, Role.WRITER) as conn:
+        # As the owner: the writer appends only through the record_* functions (migration 0002).
+        with connect(url, Role.OWNER) as conn:
             conn.execute(
                 """
                 INSERT INTO ledger.events (

@@ -1,7 +1,8 @@
 """Fixtures shared by every test package: real PostgreSQL databases and a private RabbitMQ vhost.
 
 A template database is migrated once per session; each module gets a ``CREATE DATABASE ...
-TEMPLATE`` clone of it. Services that do not answer make their tests skip locally and fail
+TEMPLATE`` clone of it. The whole session runs next to a deliberately busy cluster
+(tests/support/busy.py). Services that do not answer make their tests skip locally and fail
 under ``CI=true``.
 """
 
@@ -11,6 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.support.busy import BusyCluster, busy_cluster
 from tests.support.services import (
     POSTGRES_ADMIN_URL,
     clone,
@@ -31,6 +33,17 @@ def admin_url() -> str:
     if problem is not None:
         unavailable(f"PostgreSQL is not reachable at {POSTGRES_ADMIN_URL}: {problem}")
     return POSTGRES_ADMIN_URL
+
+
+@pytest.fixture(scope="session", autouse=True)
+def busy() -> Iterator[BusyCluster | None]:
+    """The whole session runs next to a foreign idle transaction holding an xid and a foreign
+    writer (tests/support/busy.py): ledger readers must not wait for either."""
+    if postgres_problem(POSTGRES_ADMIN_URL) is not None:
+        yield None
+        return
+    with busy_cluster(POSTGRES_ADMIN_URL) as running:
+        yield running
 
 
 @pytest.fixture(scope="session")

@@ -43,6 +43,8 @@ class Settings:
     # The role that owns the ledger's tables runs migrations; defaults to DATABASE_URL.
     ledger_migration_url: str | None = field(default=None, repr=False)
     audit_api_token: str | None = field(default=None, repr=False)
+    # Ed25519 key that signs checkpoint digests (PEM or base64 raw); see workers/ledger/digests.py.
+    ledger_signing_key: str | None = field(default=None, repr=False)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     # AMQP heartbeat in seconds (0: none); None leaves Celery's default. Green pools (gevent,
     # eventlet) need 0: with heartbeats Celery 5.7's loop for them takes one task per 0.1 s.
@@ -72,6 +74,7 @@ class Settings:
             ledger_pii_key=env.get("LEDGER_PII_KEY") or None,
             ledger_migration_url=env.get("LEDGER_MIGRATION_URL") or None,
             audit_api_token=env.get("AUDIT_API_TOKEN") or None,
+            ledger_signing_key=env.get("LEDGER_SIGNING_KEY") or None,
             retry=_retry_policy(env),
             broker_heartbeat=_seconds(env, "BROKER_HEARTBEAT"),
             ledger_pool_max=_count(env, "LEDGER_POOL_MAX", 36),

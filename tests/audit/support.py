@@ -18,9 +18,8 @@ T = TypeVar("T")
 def eventually(probe: Callable[[], T], done: Callable[[T], bool], timeout: float = 15.0) -> T:
     """Call ``probe`` until ``done`` holds for its result.
 
-    Readers only see rows below the oldest transaction in flight anywhere in the cluster, so a
-    row committed a moment ago may take a few milliseconds (or, next to another test run's long
-    transaction, longer) to show up.
+    Readers only see rows below the oldest ledger writer in flight in their database, so a row
+    may show up only once a concurrent writer of the same ledger has committed.
     """
     deadline = time.monotonic() + timeout
     while True:

@@ -12,9 +12,10 @@ import pytest
 
 from workers.core.action import Action, ActionKind
 from workers.core.sids import new_sid
-from workers.ledger.connector import Connector
-from workers.ledger.models import Role
+from workers.ledger.connector import Connector, connect
+from workers.ledger.models import Checkpoint, Role
 from workers.ledger.reader import LedgerReader
+from workers.ledger.verify import seal_checkpoint
 from workers.ledger.writer import PostgresLedgerWriter
 
 PII_KEY = "test-pii-key"
@@ -74,3 +75,9 @@ def make_action(**overrides: Any) -> Action:
 def superuser(url: str) -> psycopg.Connection[Any]:
     """A superuser connection that bypasses the ledger's role (for tampering and inspection)."""
     return psycopg.connect(url, autocommit=True)
+
+
+def seal(url: str) -> Checkpoint:
+    """Seal a checkpoint as the writer role does (``reservations ledger checkpoint``)."""
+    with connect(url, Role.WRITER) as conn:
+        return seal_checkpoint(conn)

@@ -104,8 +104,10 @@ def test_the_reader_only_reads(db_url: str) -> None:
             refused.receive(make_action())
 
 
-def test_a_writer_cannot_forge_chain_fields(db_url: str) -> None:
-    with connect(db_url, Role.WRITER) as conn:
+def test_no_one_can_forge_chain_fields(db_url: str) -> None:
+    """The writer may not insert at all (tests/ledger/test_forging.py); the owner may, but the chain
+    trigger sets the chain's fields whatever it sends."""
+    with connect(db_url, Role.OWNER) as conn:
         row = conn.execute(
             "INSERT INTO ledger.events (position, tx_id, recorded_at, chain_key, chain_seq, prev_hash,"
             " row_hash, kind, reservation_sid) VALUES (-1, '1', '2000-01-01', 'forged', 99, '\\x01', '\\x02',"

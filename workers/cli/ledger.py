@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import NoReturn
 
 import click
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from workers.cli.options import database_url_option
+from workers.config import Settings
 from workers.errors import ReservationsError
-from workers.ledger import migrations
+from workers.ledger import digests, migrations
 from workers.ledger.connector import connect
-from workers.ledger.models import Role
+from workers.ledger.models import Checkpoint, Problem, Role
 from workers.ledger.verify import latest_checkpoint, seal_checkpoint, verify
 
 ROLES_HELP = """
@@ -77,20 +80,52 @@ def ledger() -> None:
     callback=lambda _ctx, _param, values: [_expected_checkpoint(v) for v in values],
     help="A checkpoint digest noted earlier outside the database; it must still match. Repeatable.",
 )
-def verify_command(database_url: str, checkpoint: bool, expected: list[tuple[int, bytes]]) -> None:
+@click.option(
+    "--digests",
+    "digests_file",
+    type=click.Path(dir_okay=False, path_type=Path, exists=True),
+    help="A digest file written by `ledger checkpoint --digests`: every checkpoint in it must still"
+    " have its digest, and every signature must hold.",
+)
+@click.option(
+    "--public-key",
+    metavar="KEY",
+    help="The Ed25519 public key of the digests' signatures (PEM, a PEM file, or base64 raw);"
+    " default: derived from LEDGER_SIGNING_KEY when that is set.",
+)
+def verify_command(
+    database_url: str,
+    checkpoint: bool,
+    expected: list[tuple[int, bytes]],
+    digests_file: Path | None,
+    public_key: str | None,
+) -> None:
     """Check every hash chain and checkpoint; print each problem with its ledger position.
 
-    Exit status 0 when the ledger is intact, 1 when anything was altered, removed or inserted,
-    2 when it could not be checked. Note the printed checkpoint digest somewhere outside the
-    database: it is what proves that whole chains were not rewritten since.
+    Exit status 0 when the ledger is intact, 1 when anything was altered, removed or inserted
+    (or does not match the digests noted outside), 2 when it could not be checked. Note the
+    printed checkpoint digest somewhere outside the database (`ledger checkpoint --digests`):
+    it is what proves that whole chains were not rewritten since.
     """
+    outside: list[str] = []
+    if digests_file is not None:
+        outside, noted = _read_digests(digests_file, public_key)
+        expected = [*expected, *noted]
     try:
         with connect(database_url, Role.READER) as conn:
             problems = verify(conn, expected)
+            for message in outside:
+                click.echo(f"digest: {message}")
             for problem in problems:
                 click.echo(str(problem))
-            if problems:
-                click.echo(f"ledger verification FAILED: {len(problems)} problem(s)", err=True)
+            if problems or outside:
+                if digests_file is not None and (outside or _outside_mismatch(problems)):
+                    click.echo(
+                        f"the ledger does not match the digests noted in {digests_file}: chains or"
+                        " checkpoints were rewritten or removed since (or the file was changed)",
+                        err=True,
+                    )
+                click.echo(f"ledger verification FAILED: {len(problems) + len(outside)} problem(s)", err=True)
                 sys.exit(1)
         if checkpoint:
             with connect(database_url, Role.WRITER) as conn:
@@ -100,6 +135,8 @@ def verify_command(database_url: str, checkpoint: bool, expected: list[tuple[int
     except ReservationsError as exc:
         _fail(str(exc))
     click.echo("ledger verified: every chain is intact")
+    if digests_file is not None:
+        click.echo(f"every digest noted in {digests_file} matches ({len(expected)} checkpoint(s))")
     if latest is not None:
         click.echo(
             f"latest checkpoint {latest.checkpoint_id}: {latest.chains} chain head(s) sealed,"
@@ -109,17 +146,71 @@ def verify_command(database_url: str, checkpoint: bool, expected: list[tuple[int
 
 @ledger.command("checkpoint")
 @_database_url
-def checkpoint_command(database_url: str) -> None:
-    """Seal the chain heads that moved since the last checkpoint, and print the digest."""
+@click.option(
+    "--digests",
+    "digests_file",
+    metavar="FILE",
+    help="Append the checkpoint's digest record (one JSON line, signed when LEDGER_SIGNING_KEY is"
+    " set) to FILE; '-' prints it. Without it, a signed record is printed when a key is set.",
+)
+def checkpoint_command(database_url: str, digests_file: str | None) -> None:
+    """Seal the chain heads that moved since the last checkpoint, and print the digest.
+
+    Keep the digests outside the database (ops/LEDGER.md, "Digests kept outside"): `ledger
+    verify --digests FILE` then catches a rewrite of whole chains, heads and checkpoints.
+    """
     try:
+        settings = Settings.from_env()
+        key = digests.load_private_key(settings.ledger_signing_key) if settings.ledger_signing_key else None
         with connect(database_url, Role.WRITER) as conn:
             sealed = seal_checkpoint(conn)
-    except ReservationsError as exc:
+    except (ReservationsError, ValueError) as exc:
         _fail(str(exc))
     click.echo(
         f"checkpoint {sealed.checkpoint_id}: {sealed.chains} chain head(s) sealed,"
         f" up to position {sealed.max_position}, digest {sealed.digest.hex()}"
     )
+    _note(sealed, key, digests_file)
+
+
+def _note(sealed: Checkpoint, key: Ed25519PrivateKey | None, digests_file: str | None) -> None:
+    if digests_file is None and key is None:
+        return
+    line = digests.record_for(sealed, key).to_json()
+    if digests_file is None or digests_file == "-":
+        click.echo(line)
+        return
+    with Path(digests_file).open("a", encoding="utf-8") as out:
+        out.write(line + "\n")
+    click.echo(f"digest record appended to {digests_file}" + (" (signed)" if key else " (unsigned)"))
+
+
+def _read_digests(path: Path, public_key: str | None) -> tuple[list[str], list[tuple[int, bytes]]]:
+    """Signature problems and the (checkpoint_id, digest) pairs noted in ``path``; exit 2 when the
+    file cannot be read or a signature cannot be checked."""
+    try:
+        records = digests.parse(path.read_text(encoding="utf-8").splitlines())
+        public = None
+        if public_key:
+            public = digests.load_public_key(public_key)
+        else:
+            configured = Settings.from_env().ledger_signing_key
+            if configured:
+                public = digests.load_private_key(configured).public_key()
+    except (ReservationsError, ValueError, OSError) as exc:
+        _fail(f"cannot read the digests: {exc}")
+    if not records:
+        _fail(f"{path} holds no digest")
+    if public is None and any(r.signature for r in records):
+        _fail("the digests are signed: give --public-key (or set LEDGER_SIGNING_KEY) to check them")
+    return digests.signature_problems(records, public), [
+        (r.checkpoint_id, bytes.fromhex(r.digest)) for r in records
+    ]
+
+
+def _outside_mismatch(problems: list[Problem]) -> bool:
+    """Whether a checkpoint noted outside is missing or has another digest now."""
+    return any(p.kind == "checkpoint" and ", expected " in p.message for p in problems)
 
 
 def _expected_checkpoint(value: str) -> tuple[int, bytes]:

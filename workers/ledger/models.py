@@ -43,7 +43,8 @@ class Cursor:
     """A reader's place in ledger order, which is ``(tx_id, position)``.
 
     A reader that resumes after a cursor never misses a row: only rows of transactions older
-    than every transaction still in flight are shown, and any row committed later sorts after.
+    than every ledger writer still in flight are shown (``ledger.visible_horizon``), and any row
+    committed later sorts after.
     """
 
     tx_id: int

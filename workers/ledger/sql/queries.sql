@@ -100,11 +100,12 @@ INSERT INTO ledger.reservations (
 );
 
 -- name: history
--- Ledger rows in ledger order, after a cursor, only below the horizon of the oldest
--- transaction still in flight. {filters} is composed with psycopg.sql from fixed columns.
+-- Ledger rows in ledger order, after a cursor, only below the horizon of the oldest ledger
+-- writer still in flight (ledger.visible_horizon: evaluated once, against this statement's
+-- snapshot). {filters} is composed with psycopg.sql from fixed columns.
 SELECT *
   FROM ledger.events e
- WHERE e.tx_id < pg_snapshot_xmin(pg_current_snapshot())
+ WHERE e.tx_id < (SELECT ledger.visible_horizon(pg_current_snapshot()))
    AND (e.tx_id, e.position) > (%(after_tx_id)s::text::xid8, %(after_position)s)
    {filters}
  ORDER BY e.tx_id, e.position
