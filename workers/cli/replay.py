@@ -11,6 +11,7 @@ from rich.table import Table
 
 from workers.audit.rows import plain
 from workers.audit.timeline import timeline as reservation_timeline
+from workers.broker.sealing import keyring
 from workers.cli.history import (
     SidType,
     TimeType,
@@ -203,7 +204,7 @@ def redrive(
         connector.open()
         with (
             Ledger(connector, resolve_pii_key(settings.ledger_pii_key)) as ledger,
-            redriving.dead_letters(broker_url, max_messages) as letters,
+            redriving.dead_letters(broker_url, max_messages, keyring(settings.dead_letter_key)) as letters,
         ):
             decisions = redriving.redrive(
                 ledger, letters, publish, filters, dry_run=dry_run, limit=max_messages
