@@ -13,7 +13,9 @@ not documented as thread-safe, so each thread (or greenlet) gets its own gateway
 
 from __future__ import annotations
 
+import logging
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +26,9 @@ from workers import metrics
 from workers.apply import task
 from workers.apply.applier import ActionApplier
 from workers.broker import intake
+from workers.broker.guard import BodyFilter
 from workers.broker.publishing import Publishers, hand_to_apply
+from workers.broker.sealing import keyring
 from workers.broker.topology import (
     APPLY_EXCHANGE,
     APPLY_QUEUE_NAME,
@@ -52,6 +56,8 @@ class Runtime:
         self.settings = settings
         self.policy = settings.retry
         self.publishers = Publishers(app, settings.publish_pool_limit)
+        # Seals the sensitive parameters of dead letters (None: they are left out).
+        self.dead_letter_keys = keyring(settings.dead_letter_key)
         self._lock = threading.Lock()
         self._ledger: PostgresLedgerWriter | None = None
         self._local = threading.local()
@@ -128,11 +134,24 @@ def create_app(settings: Settings) -> ReservationsApp:
     intake.install(app)
     # LOG_FORMAT=json (the default off a terminal): Celery's handlers, our JSON formatter. Signals
     # are global: one receiver per process, whichever app is built first.
-    on_logger_setup = logger_setup(settings.log_format)
+    on_logger_setup = _withholding_bodies(logger_setup(settings.log_format))
     after_setup_logger.connect(on_logger_setup, weak=False, dispatch_uid="reservations.logs")
     after_setup_task_logger.connect(on_logger_setup, weak=False, dispatch_uid="reservations.task-logs")
     worker_ready.connect(_announce_ready, weak=False, dispatch_uid="reservations.ready")
     return app
+
+
+def _withholding_bodies(receiver: Callable[..., None]) -> Callable[..., None]:
+    """``receiver``, then :class:`~workers.broker.guard.BodyFilter` on every handler of the logger:
+    Celery's lines that print message bodies keep their first words only."""
+
+    def on_logger_setup(logger: logging.Logger, **kwargs: Any) -> None:
+        receiver(logger=logger, **kwargs)
+        for handler in logger.handlers:
+            if not any(isinstance(f, BodyFilter) for f in handler.filters):
+                handler.addFilter(BodyFilter())
+
+    return on_logger_setup
 
 
 def _announce_ready(sender: Any = None, **_: Any) -> None:
@@ -199,5 +218,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_send_sent_event": False,
         "task_track_started": True,
         "worker_hijack_root_logger": False,
+        # Refuses, unprinted, any message of the apply queue but a JSON apply task (Celery's own
+        # consumer prints whole bodies, secrets included, and dead-letters them in clear).
+        "worker_consumer": "workers.broker.guard:GuardedConsumer",
         "enable_utc": True,
     }

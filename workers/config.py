@@ -7,6 +7,7 @@ Secrets are kept out of ``repr`` so that they never reach a log line by accident
 
 from __future__ import annotations
 
+import base64
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -45,6 +46,9 @@ class Settings:
     audit_api_token: str | None = field(default=None, repr=False)
     # Ed25519 key that signs checkpoint digests (PEM or base64 raw); see workers/ledger/digests.py.
     ledger_signing_key: str | None = field(default=None, repr=False)
+    # Fernet key(s) sealing the sensitive parameters of dead letters (workers.broker.sealing);
+    # unset: they are left out of dead letters, and such actions cannot be redriven.
+    dead_letter_key: str | None = field(default=None, repr=False)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     # AMQP heartbeat in seconds (0: none); None leaves Celery's default. Green pools (gevent,
     # eventlet) need 0: with heartbeats Celery 5.7's loop for them takes one task per 0.1 s.
@@ -75,6 +79,7 @@ class Settings:
             ledger_migration_url=env.get("LEDGER_MIGRATION_URL") or None,
             audit_api_token=env.get("AUDIT_API_TOKEN") or None,
             ledger_signing_key=env.get("LEDGER_SIGNING_KEY") or None,
+            dead_letter_key=_fernet_keys(env, "DEAD_LETTER_KEY"),
             retry=_retry_policy(env),
             broker_heartbeat=_seconds(env, "BROKER_HEARTBEAT"),
             ledger_pool_max=_count(env, "LEDGER_POOL_MAX", 36),
@@ -120,6 +125,26 @@ def _log_format(env: Mapping[str, str]) -> str:
     if chosen not in LOG_FORMATS:
         raise ConfigurationError(f"LOG_FORMAT must be one of {', '.join(LOG_FORMATS)}, not {chosen!r}")
     return chosen
+
+
+def _fernet_keys(env: Mapping[str, str], name: str) -> str | None:
+    """One or more comma-separated Fernet keys (url-safe base64 of 32 bytes), checked here so that
+    a bad key stops the worker at start rather than at its first dead letter."""
+    value = env.get(name, "").strip()
+    if not value:
+        return None
+    for part in value.split(","):
+        try:
+            raw = base64.urlsafe_b64decode(part.strip().encode("ascii"))
+        except (ValueError, UnicodeError):
+            raw = b""
+        if len(raw) != 32:
+            raise ConfigurationError(
+                f"{name} must be Fernet keys (url-safe base64 of 32 bytes, comma-separated); make one"
+                " with: python -c 'from cryptography.fernet import Fernet;"
+                " print(Fernet.generate_key().decode())'"
+            )
+    return value
 
 
 def _seconds(env: Mapping[str, str], name: str) -> float | None:

@@ -20,6 +20,7 @@ from tests.intake.messages import example, fresh, mutated_messages, valid_messag
 from workers.broker import intake as step
 from workers.broker.intake import Intake
 from workers.broker.publishing import Publishers, hand_to_apply
+from workers.broker.sealing import BODY_HEADER
 from workers.broker.topology import OUTCOME_HEADER, REJECT_CODE_HEADER
 from workers.composition import create_app
 from workers.config import Settings
@@ -83,7 +84,7 @@ class Harness:
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.ledger = FakeLedger()
         self.applied: list[dict[str, Any]] = []
-        self.dead: list[tuple[bytes, str, dict[str, Any]]] = []
+        self.dead: list[tuple[Any, str, dict[str, Any]]] = []
         self.publish_fails = False
         self.apply_threads: list[int] = []
         self.intake = Intake(_no_ledger, _NO_PUBLISHERS)  # the fakes below publish nothing
@@ -98,7 +99,7 @@ class Harness:
         self.applied.append(message)
         self.apply_threads.append(threading.get_ident())
 
-    def _dead(self, app: Any, body: bytes, reason: str, **options: Any) -> None:
+    def _dead(self, app: Any, body: Any, reason: str, **options: Any) -> None:
         if self.publish_fails:
             raise ConnectionError("broker gone")
         self.dead.append((body, reason, options))
@@ -130,17 +131,18 @@ def test_a_copy_of_a_settled_action_is_acked_without_a_second_hand_off(harness: 
     assert (raw.acks, harness.applied, harness.dead) == (1, [], [])
 
 
-def test_a_bad_message_is_recorded_and_dead_lettered_as_it_came_then_acked(harness: Harness) -> None:
+def test_a_bad_message_is_recorded_and_dead_lettered_masked_then_acked(harness: Harness) -> None:
     raw = FakeMessage(
         b'{"schema": "reservation-action/v1", "action": "transfer"}', content_type="application/json"
     )
     harness.intake.on_message(raw)  # type: ignore[arg-type]
     ((body, reason, options),) = harness.dead
-    assert body == raw.body
+    assert body == {"schema": "reservation-action/v1", "action": "transfer"}  # masked: nothing to mask here
     assert reason.startswith("unknown_action: ")
     assert options["extra_headers"] == {
         OUTCOME_HEADER: "rejected_input",
         REJECT_CODE_HEADER: "unknown_action",
+        BODY_HEADER: "masked",
     }
     assert harness.ledger.rejected == [({"schema": "reservation-action/v1", "action": "transfer"}, reason)]
     assert (raw.acks, raw.requeues, harness.applied) == (1, 0, [])

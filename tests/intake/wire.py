@@ -13,6 +13,10 @@ from urllib.parse import unquote, urlsplit
 
 import amqp
 
+from workers.broker.sealing import digest_only
+from workers.core.redaction import mask_rejected
+from workers.core.validation import Rejected, decide
+
 EXCHANGE = "reservations"
 DEAD_QUEUE = "reservations.dead"
 
@@ -70,6 +74,9 @@ class Letter:
     headers: dict[str, Any]
     content_type: str | None
 
+    def json(self) -> Any:
+        return json.loads(self.body)
+
 
 def take_dead_letters(broker_url: str) -> list[Letter]:
     taken: list[Letter] = []
@@ -96,3 +103,15 @@ def wait_for_dead_letters(broker_url: str, count: int, timeout: float = 30.0) ->
             return letters
         time.sleep(0.05)
     raise AssertionError(f"expected {count} dead letters, got {len(letters)} in {timeout} s")
+
+
+def kept_of(
+    raw: bytes, content_type: str | None = "application/json", content_encoding: str | None = None
+) -> Any:
+    """What ``reservations.dead`` keeps of a refused ``raw`` body (as JSON): the parsed object,
+    masked, or only the body's size and SHA-256 (workers.broker.sealing); never the bytes."""
+    fate = decide(raw, content_type, content_encoding)
+    assert isinstance(fate, Rejected), fate
+    if fate.message is not None:
+        return mask_rejected(fate.message)
+    return digest_only(raw, content_type)

@@ -22,7 +22,17 @@ ENV_EXAMPLE = ROOT / ".env.example"
 DOCKERFILE = ROOT / "ops" / "Dockerfile"
 # Read by the code, but not by any deployed service: WorkerProcess (tests, demo, benchmarks).
 NOT_DEPLOYED = {"KEEP_WORKER_LOGS"}
-SERVICES = {"postgres", "rabbitmq", "migrate", "worker", "flower", "audit-api", "emulator", "prometheus"}
+SERVICES = {
+    "postgres",
+    "rabbitmq",
+    "migrate",
+    "worker",
+    "flower",
+    "audit-api",
+    "emulator",
+    "prometheus",
+    "rabbitmq-producer-user",
+}
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +65,7 @@ def test_every_service_is_there(compose: dict[str, Any]) -> None:
 
 def test_every_long_running_service_has_a_health_check(compose: dict[str, Any]) -> None:
     for name, service in compose["services"].items():
-        if name == "migrate":
+        if name in ("migrate", "rabbitmq-producer-user"):  # one-shot
             assert service["restart"] == "no"
             continue
         check = service.get("healthcheck")

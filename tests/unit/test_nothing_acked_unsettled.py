@@ -87,6 +87,25 @@ def test_a_malformed_message_settles_as_rejected_input_with_a_ledger_row() -> No
     assert [type(event).__name__ for event in ledger.rows] == ["RejectedInput"]
 
 
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"SipAuthPassword": "pw"},  # an unknown field: Action.from_message alone would accept it
+        {"params": {"to": "+15550100001"}},  # a parameter that belongs to another action
+        {"schema": "reservation-action/v2"},
+        {"not_after": "tomorrow"},
+    ],
+)
+def test_a_message_that_skipped_the_intake_is_checked_against_the_schema(change: dict[str, Any]) -> None:
+    ledger, gateway = FakeLedgerWriter(), FakeGateway()
+    result = applier(gateway, ledger).apply_message({**message(), **change})
+    assert isinstance(result, Done)
+    assert result.outcome is Outcome.REJECTED_INPUT
+    assert result.keeps_message
+    assert [type(event).__name__ for event in ledger.rows] == ["RejectedInput"]
+    assert (gateway.fetches, gateway.updates) == (0, 0)
+
+
 class _Publishers:
     @contextmanager
     def confirmed(self) -> Iterator[object]:

@@ -23,7 +23,7 @@ def test_an_unconfirmed_dead_letter_hands_the_message_back_for_another_delivery(
 
     monkeypatch.setattr(task, "publish_dead_letter", unconfirmed)
     with pytest.raises(Reject) as rejected:
-        task._dead_letter(PUBLISHERS, {"action_id": "x"}, FAILED)
+        task._dead_letter(PUBLISHERS, {"action_id": "x"}, FAILED, None)
     assert rejected.value.requeue is True
     assert isinstance(rejected.value.reason, TimeoutError)
 
@@ -31,5 +31,5 @@ def test_an_unconfirmed_dead_letter_hands_the_message_back_for_another_delivery(
 def test_a_confirmed_dead_letter_is_published_once(monkeypatch: pytest.MonkeyPatch) -> None:
     published: list[tuple[Any, ...]] = []
     monkeypatch.setattr(task, "publish_dead_letter", lambda *args, **options: published.append(args))
-    task._dead_letter(PUBLISHERS, {"action_id": "x"}, FAILED)
+    task._dead_letter(PUBLISHERS, {"action_id": "x"}, FAILED, None)
     assert published == [(PUBLISHERS, {"action_id": "x"}, "failed")]

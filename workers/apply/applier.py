@@ -22,6 +22,7 @@ from workers.core.action import Action
 from workers.core.planner import Finish, Outcome, Send, Wait, plan, target_status
 from workers.core.retry import RetryPolicy
 from workers.core.state_machine import Status
+from workers.core.validation import Accepted, readable, validate_message
 from workers.errors import (
     LedgerError,
     LedgerPermissionDenied,
@@ -123,12 +124,16 @@ class ActionApplier:
         ``rejected_input``; a ledger that fails (down, or the reservation busy) means nothing was
         decided: try again later, within the retry policy's bound.
         """
-        try:
-            action = Action.from_message(message)
-        except (ValueError, KeyError, TypeError) as exc:
-            reason = f"malformed action message: {exc}"
-            self.ledger.append(RejectedInput(message, reason))
+        # The same schema as the intake's: a message published straight to the apply queue (by
+        # anyone with broker credentials) is refused like any bad input.
+        fate = validate_message(dict(message)) if isinstance(message, Mapping) else None
+        if not isinstance(fate, Accepted):
+            reason = fate.text if fate is not None else "not_an_object: the argument is not an object"
+            self.ledger.append(
+                RejectedInput(readable(message) if isinstance(message, Mapping) else None, reason)
+            )
             return Done(Outcome.REJECTED_INPUT, reason)
+        action = fate.action
         try:
             return self.apply(action, delivery)
         except LedgerPermissionDenied:

@@ -15,13 +15,16 @@ from typing import Any, NoReturn
 
 from celery import Celery, Task
 from celery.exceptions import Reject
+from cryptography.fernet import MultiFernet
 
 from workers import metrics
 from workers.apply.applier import Delivery, Done, Result
 from workers.broker.dead_letters import publish_dead_letter
 from workers.broker.publishing import CONFIRM_TIMEOUT, Publishers
+from workers.broker.sealing import BODY_HEADER, LEFT_OUT_HEADER, seal_message
 from workers.broker.topology import APPLY_QUEUE_NAME, APPLY_TASK_NAME, OUTCOME_HEADER, PUBLISHED_AT_HEADER
-from workers.core.redaction import display_args
+from workers.core.planner import Outcome
+from workers.core.redaction import display_args, mask_rejected
 from workers.errors import LedgerPermissionDenied
 
 logger = logging.getLogger("workers.apply")
@@ -61,7 +64,7 @@ def apply_action(self: Task, message: dict[str, Any]) -> str:
         metrics.RETRIES.inc()
         _retry(self, runtime.publishers, message, result.delay)
     if result.keeps_message:
-        _dead_letter(runtime.publishers, message, result)
+        _dead_letter(runtime.publishers, message, result, runtime.dead_letter_keys)
     _log(message, result.outcome.value, result.reason, run=run)
     metrics.outcome(result.outcome.value, run)
     return result.outcome.value
@@ -101,21 +104,36 @@ def _stop_taking_work(task: Task, exc: Exception) -> None:
             logger.exception("could not stop consuming %s", queue)
 
 
-def _dead_letter(publishers: Publishers, message: dict[str, Any], result: Done) -> None:
+def _dead_letter(
+    publishers: Publishers, message: dict[str, Any], result: Done, keys: MultiFernet | None
+) -> None:
     """``publish_dead_letter``, or hand the message back to the broker if RabbitMQ does not confirm.
+
+    Nothing sensitive goes in clear (``workers.broker.sealing``): a refused message is masked (it is
+    never redriven); any other keeps its sensitive parameters sealed with ``DEAD_LETTER_KEY``, or
+    leaves them out (named in a header) when no key is set.
 
     Acknowledging a message whose dead letter was not confirmed could lose it (the ledger keeps PII
     only as keyed hashes). Requeued, it is delivered again: its outcome is settled by then, so the
     next delivery publishes the dead letter again (at least once into ``reservations.dead``).
     """
     action_id = message.get("action_id")
+    headers: dict[str, Any] = {OUTCOME_HEADER: result.outcome.value}
+    kept: dict[str, Any]
+    if result.outcome is Outcome.REJECTED_INPUT:
+        kept, headers[BODY_HEADER] = mask_rejected(message), "masked"
+    else:
+        kept, left_out = seal_message(message, keys)
+        headers[BODY_HEADER] = "sealed"
+        if left_out:
+            headers[LEFT_OUT_HEADER] = ",".join(left_out)
     try:
         publish_dead_letter(
             publishers,
-            message,
+            kept,
             result.reason,
             action_id=action_id if isinstance(action_id, str) else None,
-            extra_headers={OUTCOME_HEADER: result.outcome.value},
+            extra_headers=headers,
         )
     except Exception as exc:
         raise Reject(exc, requeue=True) from exc

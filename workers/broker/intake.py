@@ -8,8 +8,9 @@ For each message, :func:`~workers.core.validation.decide` gives exactly one fate
 - **accepted**: the action is recorded as received (idempotent on its action_id), then the message
   is handed to the apply task (task id = action_id, confirmed publish), then acknowledged; a copy of
   an action that has already settled is acknowledged without a second hand-off;
-- **rejected**: a ``rejected_input`` ledger row (PII redacted), then the original bytes go to
-  ``reservations.dead`` with the reason in headers (confirmed publish), then acknowledged.
+- **rejected**: a ``rejected_input`` ledger row (PII redacted), then the message goes to
+  ``reservations.dead`` with the reason in headers (confirmed publish), masked if it is a JSON
+  object, else only its size and SHA-256 (it may hold secrets), then acknowledged.
 
 When the ledger or the broker fails on the way, the message is not acknowledged: it is requeued
 after a pause that grows with its delivery count (up to ``MAX_RETRY_PAUSE``) and tried again (a
@@ -44,8 +45,10 @@ from kombu.messaging import Consumer
 
 from workers.broker.dead_letters import publish_dead_letter
 from workers.broker.publishing import Publishers, hand_to_apply
+from workers.broker.sealing import BODY_HEADER, digest_only
 from workers.broker.topology import OUTCOME_HEADER, REJECT_CODE_HEADER, actions_queue, dead_letter_queue
 from workers.core.planner import Outcome
+from workers.core.redaction import mask_rejected
 from workers.core.validation import Accepted, Fate, RejectCode, Rejected, decide, readable
 from workers.ledger.events import RejectedInput
 from workers.ledger.models import Arrival
@@ -160,15 +163,21 @@ class Intake:
             )
         else:
             self.ledger.append(RejectedInput(readable(fate.message), fate.text))
+            # Never the bytes as they came: they may hold a secret. An object is masked; anything
+            # else is kept only as its size and digest (workers.broker.sealing).
+            if fate.message is not None:
+                kept, shape = mask_rejected(fate.message), "masked"
+            else:
+                kept, shape = digest_only(_body(message), message.content_type), "digest"
             publish_dead_letter(
                 self.publishers,
-                _body(message),
+                kept,
                 fate.text,
                 action_id=fate.action_id,
-                content_type=message.content_type or "application/octet-stream",
                 extra_headers={
                     OUTCOME_HEADER: Outcome.REJECTED_INPUT.value,
                     REJECT_CODE_HEADER: fate.code.value,
+                    BODY_HEADER: shape,
                 },
             )
             logger.warning(

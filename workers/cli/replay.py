@@ -11,6 +11,7 @@ from rich.table import Table
 
 from workers.audit.rows import plain
 from workers.audit.timeline import timeline as reservation_timeline
+from workers.broker.sealing import keyring
 from workers.cli.history import (
     SidType,
     TimeType,
@@ -205,7 +206,7 @@ def redrive(
         with (
             Connector(database_url, Role.READER, min_size=1, max_size=1) as reading,
             Connector(database_url, Role.WRITER, min_size=1, max_size=1) as writing,
-            redriving.dead_letters(broker_url, max_messages) as letters,
+            redriving.dead_letters(broker_url, max_messages, keyring(settings.dead_letter_key)) as letters,
         ):
             reader, writer = LedgerReader(reading, pii_key), PostgresLedgerWriter(writing, pii_key)
             decisions = redriving.redrive(

@@ -105,3 +105,45 @@ def mask_message(message: Mapping[str, Any]) -> dict[str, Any]:
 def display_args(message: Mapping[str, Any]) -> str:
     """What Flower and the logs show of the apply task's arguments: PII masked, secrets gone."""
     return repr((mask_message(message),))
+
+
+# The wire contract's top-level fields other than ``params``: their values are identifiers, names
+# and the producer's own labels, none of them PII or secret.
+ENVELOPE_FIELDS = frozenset(
+    {
+        "schema",
+        "action_id",
+        "action",
+        "workspace_sid",
+        "reservation_sid",
+        "task_sid",
+        "worker_sid",
+        "expected_status",
+        "not_after",
+        "correlation_id",
+        "producer",
+    }
+)
+
+
+def is_sensitive(name: str) -> bool:
+    """A parameter that must not be kept in clear: a secret, PII, or one the catalogue does not know."""
+    parameter = parameter_named(name)
+    return parameter is None or parameter.secret or parameter.pii
+
+
+def mask_rejected(message: Mapping[str, Any]) -> dict[str, Any]:
+    """What a refused message may show in the dead-letter queue: the envelope's plain values, its
+    ``params`` masked (:func:`mask_params`), and any other field masked (dropped if its name looks
+    like a secret's). A refused message is never redriven, so nothing of it needs keeping."""
+    shown: dict[str, Any] = {}
+    for name, value in message.items():
+        key = str(name)
+        if key == "params":
+            shown[key] = mask_params(value) if isinstance(value, Mapping) else MASK
+        elif key in ENVELOPE_FIELDS:
+            plain = value is None or isinstance(value, (str, int, float, bool))
+            shown[key] = value if plain else MASK
+        elif not _looks_secret(key):
+            shown[key] = MASK
+    return shown

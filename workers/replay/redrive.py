@@ -20,6 +20,11 @@ the copy would still be harmless: the protocol would end it ``already_applied``.
 The redriven action goes through the whole If-Match protocol again: a reservation that moved on
 meanwhile ends ``invalid_transition`` or ``already_applied``, never a blind overwrite.
 
+Dead letters keep their sensitive parameters sealed with ``DEAD_LETTER_KEY`` (workers.broker.sealing):
+redrive decrypts them with the same key. A dead letter it cannot read back (the key is not set,
+or is another one) or one that left them out (the workers had no key) is reported
+``not_redrivable`` with the reason, and stays in the queue.
+
 Messages whose action the ledger never settled (the ledger was down when it was dead-lettered)
 are redriven too when the outcome in their header is selected and no ledger-only filter (time,
 error code) was given; their redrive is linked only if the ledger received the original.
@@ -37,10 +42,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from cryptography.fernet import MultiFernet
 from kombu.connection import Connection
 from kombu.message import Message
 
 from workers.audit.queries import REDRIVEN_AS
+from workers.broker.sealing import LEFT_OUT_HEADER, Unsealable, unseal_message
 from workers.broker.topology import (
     ACTION_ID_HEADER,
     APPLY_TASK_NAME,
@@ -124,9 +131,21 @@ def parse_dead_letter(body: bytes, headers: Mapping[str, Any]) -> tuple[dict[str
     return payload, None
 
 
-def _dead_letter(message: Message) -> DeadLetter:
+def _dead_letter(message: Message, keys: MultiFernet | None = None) -> DeadLetter:
     headers: Mapping[str, Any] = message.headers or {}
     body, problem = parse_dead_letter(message.body, headers)
+    left_out = headers.get(LEFT_OUT_HEADER)
+    if body is not None and problem is None and left_out:
+        problem = (
+            f"the workers had no DEAD_LETTER_KEY when it was dead-lettered, so its sensitive"
+            f" parameters ({left_out}) were left out of it: it cannot be resent; publish a new"
+            " action with them"
+        )
+    elif body is not None and problem is None:
+        try:
+            body = unseal_message(body, keys)
+        except Unsealable as exc:
+            problem = str(exc)
     raw_id = headers.get(ACTION_ID_HEADER) or headers.get("id") or (body or {}).get("action_id")
     action_id = None
     try:
@@ -153,8 +172,11 @@ def _text(value: object) -> str | None:
 
 
 @contextmanager
-def dead_letters(broker_url: str, max_messages: int = DEFAULT_MAX_MESSAGES) -> Iterator[list[DeadLetter]]:
-    """Every message waiting in ``reservations.dead`` (up to ``max_messages``), held unacked.
+def dead_letters(
+    broker_url: str, max_messages: int = DEFAULT_MAX_MESSAGES, keys: MultiFernet | None = None
+) -> Iterator[list[DeadLetter]]:
+    """Every message waiting in ``reservations.dead`` (up to ``max_messages``), held unacked, their
+    sealed parameters decrypted with ``keys`` (``DEAD_LETTER_KEY``, see ``workers.broker.sealing``).
 
     Acknowledge one with ``letter.message.ack()``; the rest return to the queue, untouched, when
     the block ends (the channel closes; nothing is rejected).
@@ -169,7 +191,7 @@ def dead_letters(broker_url: str, max_messages: int = DEFAULT_MAX_MESSAGES) -> I
                 message = queue.get(no_ack=False)
                 if message is None:
                     break
-                held.append(_dead_letter(message))
+                held.append(_dead_letter(message, keys))
             yield held
         finally:
             channel.close()
