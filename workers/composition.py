@@ -109,10 +109,12 @@ class Runtime:
         )
 
     def close(self) -> None:
+        """Close what this process opened: the ledger's pool and the confirmed publishers."""
         with self._lock:
             if self._ledger is not None:
                 self._ledger.close()
                 self._ledger = None
+        self.publishers.close()
 
 
 class ReservationsApp(Celery):  # type: ignore[misc]  # celery ships no types
@@ -124,6 +126,11 @@ class ReservationsApp(Celery):  # type: ignore[misc]  # celery ships no types
         """Hand ``action`` straight to the apply task (persistent, confirmed), skipping the intake:
         for callers that already hold a valid action (replay, tests, benchmarks)."""
         hand_to_apply(self.runtime.publishers, action.to_message())
+
+    def close(self) -> None:
+        """Close the runtime's pools, then Celery's own connections."""
+        self.runtime.close()
+        super().close()
 
 
 def create_app(settings: Settings) -> ReservationsApp:

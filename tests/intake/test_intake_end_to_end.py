@@ -28,6 +28,7 @@ from tests.intake.wire import (
 )
 from tests.support.e2e import wait_for_outcome
 from workers.broker.intake import DEFAULT_PREFETCH
+from workers.broker.sealing import digest_only
 from workers.broker.topology import ACTION_ID_HEADER, OUTCOME_HEADER, REASON_HEADER, REJECT_CODE_HEADER
 from workers.core.validation import Accepted, decide
 from workers.emulator.admin import EmulatorAdmin, ReservationInfo
@@ -214,7 +215,7 @@ def test_kombus_compression_header_does_not_make_it_drop_the_message(
     raw = _call()
     publish_raw(broker_url, raw, headers={"compression": "application/x-gzip"})
     (letter,) = wait_for_dead_letters(broker_url, 1)
-    assert letter.json() == kept_of(raw, "application/json", None)
+    assert letter.json() == digest_only(raw, "application/json")  # kombu's failure leaves no object
     assert letter.json()["body_sha256"] == hashlib.sha256(raw).hexdigest()
     assert letter.headers[REJECT_CODE_HEADER] == "content_encoding"
 
@@ -345,7 +346,10 @@ def test_fifty_poison_messages_each_reach_the_dead_letter_queue_once_and_delay_n
     assert behind < normal + 2.0, (behind, normal)
 
     letters = wait_for_dead_letters(broker_url, 50)
-    assert sorted(letter.body for letter in letters) == sorted(poison)  # each once, as it came
+    # each once, kept as its digest (a body that does not parse may hold a secret)
+    assert sorted(letter.json()["body_sha256"] for letter in letters) == sorted(
+        hashlib.sha256(body).hexdigest() for body in poison
+    )
     assert {letter.headers[REJECT_CODE_HEADER] for letter in letters} == {"out_of_range"}
     rows = wait_rows(lambda: rejected_after(ledger, cursor), 50)
     assert len(rows) == 50

@@ -64,8 +64,10 @@ def settings(worker_env: dict[str, str]) -> Settings:
 
 
 @pytest.fixture(scope="module")
-def celery_app(settings: Settings) -> Any:
-    return create_app(settings)
+def celery_app(settings: Settings) -> Iterator[Any]:
+    app = create_app(settings)
+    yield app
+    app.close()
 
 
 @pytest.fixture(scope="module")

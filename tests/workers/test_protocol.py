@@ -144,16 +144,17 @@ def test_unknown_reservation_fails_without_retry(
     assert letters[0].json()["action_id"] == str(ghost.action_id)
 
 
-def test_bad_parameter_fails_with_400_and_no_retry(
+def test_a_parameter_the_schema_refuses_is_rejected_before_taskrouter_sees_it(
     celery_app: Any, worker: WorkerProcess, admin: EmulatorAdmin, ledger: LedgerReader
 ) -> None:
+    """Handed straight to the apply task (skipping the intake), a message is still held to the
+    schema: TaskRouter would answer 400; the task refuses it without a call."""
     reservation = admin.create_reservation()
     action = action_for(reservation, ActionKind.CONFERENCE, params={"max_participants": 900})
     celery_app.enqueue(action)
-    assert wait_for_outcome(ledger, action.action_id).outcome == "failed"
-    assert ledger.history(action_id=action.action_id)[-1].http_status == 400
+    assert wait_for_outcome(ledger, action.action_id).outcome == "rejected_input"
     counts = admin.reservation_counts(reservation.sid)
-    assert counts.update.total == 1
+    assert counts.update.total == 0
     assert admin.reservation(reservation.sid).status == "pending"
     drain_dead_letters(worker.env["CELERY_BROKER_URL"])
 

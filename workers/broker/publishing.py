@@ -55,6 +55,14 @@ class Publishers:
                 self._pools[pid] = pool
             return pool
 
+    def close(self) -> None:
+        """Close this process's producers and their connections."""
+        with self._lock:
+            pool = self._pools.pop(os.getpid(), None)
+        if pool is not None:
+            pool.connections.force_close_all()
+            pool.force_close_all()
+
     @contextmanager
     def confirmed(self) -> Iterator[Producer]:
         """A producer whose ``publish`` returns once RabbitMQ confirmed the message."""
