@@ -22,7 +22,7 @@ from workers.audit.rows import EVENT_FIELDS
 from workers.cli import main
 from workers.cli.audit_api import is_loopback
 from workers.cli.history import chosen_format
-from workers.emulator.process import free_port
+from workers.testing.emulator.process import free_port
 
 pytestmark = pytest.mark.integration
 

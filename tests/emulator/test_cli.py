@@ -8,8 +8,8 @@ import sys
 from click.testing import CliRunner
 
 from workers.cli import main
-from workers.emulator.admin import EmulatorAdmin
-from workers.emulator.process import EmulatorProcess
+from workers.testing.emulator.admin import EmulatorAdmin
+from workers.testing.emulator.process import EmulatorProcess
 
 
 def test_emulator_help_shows_every_environment_fallback() -> None:
@@ -46,7 +46,7 @@ def test_emulator_subprocess_serves_and_stops() -> None:
 
 def test_module_entry_point_is_the_same_command() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "workers.emulator", "--help"],
+        [sys.executable, "-m", "workers.testing.emulator", "--help"],
         capture_output=True,
         text=True,
         timeout=30,

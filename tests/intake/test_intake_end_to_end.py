@@ -19,12 +19,12 @@ from hypothesis import strategies as st
 from tests.intake.messages import example, fresh, mutated_messages, valid_messages
 from tests.intake.wire import Letter, publish_json, publish_raw, take_dead_letters, wait_for_dead_letters
 from tests.support.e2e import wait_for_outcome
-from workers.emulator.admin import EmulatorAdmin, ReservationInfo
 from workers.intake.step import DEFAULT_PREFETCH
 from workers.ledger import Ledger
 from workers.ledger.models import Cursor, LedgerEvent
+from workers.testing.emulator.admin import EmulatorAdmin, ReservationInfo
+from workers.testing.processes import WorkerProcess
 from workers.topology import ACTION_ID_HEADER, OUTCOME_HEADER, REASON_HEADER, REJECT_CODE_HEADER
-from workers.worker_process import WorkerProcess
 
 pytestmark = pytest.mark.integration
 PII = "+15550100003"

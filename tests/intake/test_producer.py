@@ -18,10 +18,10 @@ from tests.support.e2e import action_for, wait_for_outcome
 from tests.support.services import rabbitmq_vhost
 from workers.cli import main
 from workers.core.action import ActionKind
-from workers.emulator.admin import EmulatorAdmin
 from workers.ledger import Ledger
 from workers.producer import InvalidAction, Producer, PublishError, encode, publish
-from workers.worker_process import WorkerProcess
+from workers.testing.emulator.admin import EmulatorAdmin
+from workers.testing.processes import WorkerProcess
 
 pytestmark = pytest.mark.integration
 

@@ -22,11 +22,11 @@ import requests
 from tests.support.e2e import action_for, wait_for_outcome
 from workers.celery import APPLY_TASK_NAME
 from workers.core.action import ActionKind
-from workers.emulator.admin import EmulatorAdmin
-from workers.emulator.process import free_port
 from workers.ledger import Ledger
 from workers.producer import enqueue
-from workers.worker_process import WorkerProcess
+from workers.testing.emulator.admin import EmulatorAdmin
+from workers.testing.emulator.process import free_port
+from workers.testing.processes import WorkerProcess
 
 pytest.importorskip("flower", reason="flower is not installed (pip install flower, or the test extra)")
 

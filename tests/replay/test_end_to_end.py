@@ -18,13 +18,13 @@ from tests.replay.conftest import cli, json_lines
 from tests.support.e2e import action_for, wait_for_outcome
 from workers.audit.queries import story
 from workers.core.action import ActionKind
-from workers.emulator.admin import EmulatorAdmin
 from workers.ledger import Ledger
 from workers.ledger.connector import connect
 from workers.producer import enqueue
 from workers.replay.redrive import dead_letters
 from workers.replay.timeline import timeline
-from workers.worker_process import WorkerProcess
+from workers.testing.emulator.admin import EmulatorAdmin
+from workers.testing.processes import WorkerProcess
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -10,10 +10,10 @@ from typing import Any
 
 from tests.support.e2e import action_for, wait_for_outcome
 from workers.core.action import ActionKind
-from workers.emulator.admin import EmulatorAdmin
 from workers.ledger import Ledger
 from workers.producer import enqueue
-from workers.worker_process import WorkerProcess
+from workers.testing.emulator.admin import EmulatorAdmin
+from workers.testing.processes import WorkerProcess
 
 
 def emulator_transitions(admin: EmulatorAdmin, sid: str) -> list[tuple[str, str]]:

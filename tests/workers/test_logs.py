@@ -12,13 +12,13 @@ from typing import Any
 import pytest
 
 from tests.support.e2e import PII_KEY, action_for, wait_for_outcome
-from workers.config import EMULATOR_AUTH_TOKEN
 from workers.core.action import Action, ActionKind
-from workers.emulator.admin import EmulatorAdmin
 from workers.ledger import Ledger
 from workers.logs import FIELDS, JsonFormatter, wants_json
 from workers.producer import enqueue
-from workers.worker_process import WorkerProcess
+from workers.testing.emulator.admin import EmulatorAdmin
+from workers.testing.emulator.settings import EMULATOR_AUTH_TOKEN
+from workers.testing.processes import WorkerProcess
 
 CALL_FROM = "+15557770001"
 CALL_URL = "https://example.test/twiml/secret-path"

@@ -14,12 +14,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.e2e import action_for, wait_for_outcome
 from workers.core.action import Action, ActionKind
-from workers.emulator.admin import EmulatorAdmin
-from workers.emulator.process import free_port
 from workers.ledger import Ledger
 from workers.metrics import parse_address
 from workers.producer import enqueue
-from workers.worker_process import WorkerProcess
+from workers.testing.emulator.admin import EmulatorAdmin
+from workers.testing.emulator.process import free_port
+from workers.testing.processes import WorkerProcess
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 

@@ -11,21 +11,21 @@ from typing import Any
 import pytest
 
 from tests.support.broker import drain_dead_letters
-from tests.support.e2e import action_for, wait_for_outcome
+from tests.support.e2e import Events, action_for, wait_for_outcome
 from workers.core.action import ActionKind
-from workers.emulator.admin import EmulatorAdmin
 from workers.ledger import Ledger
 from workers.producer import enqueue
+from workers.testing.emulator.admin import EmulatorAdmin
+from workers.testing.processes import WorkerProcess
 from workers.topology import ACTION_ID_HEADER, OUTCOME_HEADER, REASON_HEADER
-from workers.worker_process import WorkerProcess
 
 
-def kinds(ledger: Ledger, action_id: uuid.UUID) -> list[str]:
-    return [event.kind for event in ledger.history(action_id=action_id)]
+def kinds(events: Events, action_id: uuid.UUID) -> list[str]:
+    return [event.kind for event in events(action_id)]
 
 
 def test_stale_cached_etag_costs_one_412_then_applies(
-    celery_app: Any, worker: WorkerProcess, admin: EmulatorAdmin, ledger: Ledger
+    celery_app: Any, worker: WorkerProcess, admin: EmulatorAdmin, ledger: Ledger, events: Events
 ) -> None:
     reservation = admin.create_reservation()
     accept = action_for(reservation)
@@ -37,8 +37,8 @@ def test_stale_cached_etag_costs_one_412_then_applies(
     complete = action_for(reservation, ActionKind.COMPLETE)
     enqueue(complete, celery_app)
     assert wait_for_outcome(ledger, complete.action_id).outcome == "applied"
-    assert kinds(ledger, complete.action_id) == ["received", "conflict", "transition", "outcome"]
-    conflict = ledger.history(action_id=complete.action_id)[1]
+    assert kinds(events, complete.action_id) == ["received", "conflict", "transition", "outcome"]
+    conflict = events(complete.action_id)[1]
     assert conflict.http_status == 412
     assert conflict.twilio_error_code == 20412
     touched = admin.transitions(reservation.sid)[-2]
@@ -49,7 +49,7 @@ def test_stale_cached_etag_costs_one_412_then_applies(
 
 
 def test_a_storm_of_412s_converges_and_every_conflict_is_in_the_ledger(
-    celery_app: Any, worker: WorkerProcess, admin: EmulatorAdmin, ledger: Ledger
+    celery_app: Any, worker: WorkerProcess, admin: EmulatorAdmin, ledger: Ledger, events: Events
 ) -> None:
     reservations = [admin.create_reservation() for _ in range(12)]
     admin.add_fault("conflict_storm", rate=0.5, seed=11)
@@ -60,7 +60,7 @@ def test_a_storm_of_412s_converges_and_every_conflict_is_in_the_ledger(
     assert outcomes == ["applied"] * len(actions)
     for reservation, action in zip(reservations, actions, strict=True):
         counts = admin.reservation_counts(reservation.sid)
-        conflicts = kinds(ledger, action.action_id).count("conflict")
+        conflicts = kinds(events, action.action_id).count("conflict")
         assert conflicts == counts.update.status(412)
         assert admin.reservation(reservation.sid).status == "accepted"
     assert sum(admin.reservation_counts(r.sid).update.status(412) for r in reservations) > 0
@@ -101,6 +101,7 @@ def test_transient_faults_are_retried_then_applied(
     worker: WorkerProcess,
     admin: EmulatorAdmin,
     ledger: Ledger,
+    events: Events,
     fault: str,
     options: dict[str, Any],
 ) -> None:
@@ -112,7 +113,7 @@ def test_transient_faults_are_retried_then_applied(
     _wait_until(lambda: admin.reservation_counts(reservation.sid).update.total >= 1)
     admin.remove_fault(fault_id)
     record = wait_for_outcome(ledger, action.action_id)
-    history = kinds(ledger, action.action_id)
+    history = kinds(events, action.action_id)
     assert history[:2] == ["received", "attempt"]
     assert admin.reservation(reservation.sid).status == "accepted"
     transitions = [t for t in admin.transitions(reservation.sid) if t.from_status != t.to_status]
@@ -126,7 +127,7 @@ def test_transient_faults_are_retried_then_applied(
 
 
 def test_unknown_reservation_fails_without_retry(
-    celery_app: Any, worker: WorkerProcess, admin: EmulatorAdmin, ledger: Ledger
+    celery_app: Any, worker: WorkerProcess, admin: EmulatorAdmin, ledger: Ledger, events: Events
 ) -> None:
     reservation = admin.create_reservation()
     drain_dead_letters(worker.env["CELERY_BROKER_URL"])
@@ -137,7 +138,7 @@ def test_unknown_reservation_fails_without_retry(
     enqueue(ghost, celery_app)
     record = wait_for_outcome(ledger, ghost.action_id)
     assert record.outcome == "failed"
-    outcome_row = ledger.history(action_id=ghost.action_id)[-1]
+    outcome_row = events(ghost.action_id)[-1]
     assert (outcome_row.http_status, outcome_row.twilio_error_code) == (404, 20404)
     assert admin.counters()["requests"] == 1  # one fetch, no retry
     letters = _wait_for_letters(worker, 1)
@@ -146,13 +147,13 @@ def test_unknown_reservation_fails_without_retry(
 
 
 def test_bad_parameter_fails_with_400_and_no_retry(
-    celery_app: Any, worker: WorkerProcess, admin: EmulatorAdmin, ledger: Ledger
+    celery_app: Any, worker: WorkerProcess, admin: EmulatorAdmin, ledger: Ledger, events: Events
 ) -> None:
     reservation = admin.create_reservation()
     action = action_for(reservation, ActionKind.CONFERENCE, params={"max_participants": 900})
     enqueue(action, celery_app)
     assert wait_for_outcome(ledger, action.action_id).outcome == "failed"
-    assert ledger.history(action_id=action.action_id)[-1].http_status == 400
+    assert events(action.action_id)[-1].http_status == 400
     counts = admin.reservation_counts(reservation.sid)
     assert counts.update.total == 1
     assert admin.reservation(reservation.sid).status == "pending"
@@ -160,7 +161,7 @@ def test_bad_parameter_fails_with_400_and_no_retry(
 
 
 def test_exhausted_retries_dead_letter_the_message_with_its_reason(
-    celery_app: Any, worker: WorkerProcess, admin: EmulatorAdmin, ledger: Ledger
+    celery_app: Any, worker: WorkerProcess, admin: EmulatorAdmin, ledger: Ledger, events: Events
 ) -> None:
     drain_dead_letters(worker.env["CELERY_BROKER_URL"])
     reservation = admin.create_reservation()
@@ -169,7 +170,7 @@ def test_exhausted_retries_dead_letter_the_message_with_its_reason(
     enqueue(action, celery_app)
     record = wait_for_outcome(ledger, action.action_id)
     assert record.outcome == "dead_lettered"
-    history = kinds(ledger, action.action_id)
+    history = kinds(events, action.action_id)
     retries = int(worker.env["RETRY_MAX_RETRIES"])
     assert history.count("attempt") == retries + 1
     assert admin.reservation_counts(reservation.sid).update.total == retries + 1
@@ -181,16 +182,16 @@ def test_exhausted_retries_dead_letter_the_message_with_its_reason(
 
 
 def test_the_same_action_id_twice_reaches_taskrouter_once(
-    celery_app: Any, worker: WorkerProcess, admin: EmulatorAdmin, ledger: Ledger
+    celery_app: Any, worker: WorkerProcess, admin: EmulatorAdmin, ledger: Ledger, events: Events
 ) -> None:
     reservation = admin.create_reservation()
     action = action_for(reservation)
     enqueue(action, celery_app)
     enqueue(action, celery_app)
     assert wait_for_outcome(ledger, action.action_id).outcome == "applied"
-    _wait_until(lambda: Counter(e.kind for e in ledger.history(action_id=action.action_id))["received"] == 1)
+    _wait_until(lambda: Counter(e.kind for e in events(action.action_id))["received"] == 1)
     assert admin.reservation_counts(reservation.sid).update.total == 1
-    assert Counter(kinds(ledger, action.action_id)) == {"received": 1, "transition": 1, "outcome": 1}
+    assert Counter(kinds(events, action.action_id)) == {"received": 1, "transition": 1, "outcome": 1}
 
 
 def _wait_until(condition: Any, timeout: float = 30.0) -> None:

@@ -11,10 +11,10 @@ from collections import Counter
 from typing import Any
 
 from tests.support.e2e import action_for, wait_for_outcome
-from workers.emulator.admin import EmulatorAdmin
 from workers.ledger import Ledger
 from workers.producer import Producer, enqueue
-from workers.worker_process import WorkerProcess
+from workers.testing.emulator.admin import EmulatorAdmin
+from workers.testing.processes import WorkerProcess
 
 ACTIONS = 60
 

@@ -6,12 +6,12 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from workers.emulator.admin_api import AdminApi
-from workers.emulator.api import TwilioApi
-from workers.emulator.counters import Counters
-from workers.emulator.faults import FaultInjector
-from workers.emulator.settings import EmulatorSettings
-from workers.emulator.store import Store
+from workers.testing.emulator.admin_api import AdminApi
+from workers.testing.emulator.api import TwilioApi
+from workers.testing.emulator.counters import Counters
+from workers.testing.emulator.faults import FaultInjector
+from workers.testing.emulator.settings import EmulatorSettings
+from workers.testing.emulator.store import Store
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,12 +15,13 @@ from urllib.parse import parse_qs
 from aiohttp import web
 
 from workers.core.parameters import RESERVATION_STATUSES, Scope, parse_update_form
-from workers.emulator.counters import DROPPED, Counters
-from workers.emulator.faults import FaultInjector, FaultKind, Plan
-from workers.emulator.model import Reservation
-from workers.emulator.settings import BasicAuth, EmulatorSettings
-from workers.emulator.store import Store
-from workers.emulator.wire import (
+from workers.errors import IfMatchMismatch, InvalidParameter, TransitionRefused, UnknownResource
+from workers.testing.emulator.counters import DROPPED, Counters
+from workers.testing.emulator.faults import FaultInjector, FaultKind, Plan
+from workers.testing.emulator.model import Reservation
+from workers.testing.emulator.settings import BasicAuth, EmulatorSettings
+from workers.testing.emulator.store import Store
+from workers.testing.emulator.wire import (
     JSON_CONTENT_TYPE,
     REQUEST_ID_HEADER,
     Operation,
@@ -33,7 +34,6 @@ from workers.emulator.wire import (
     parse_if_match,
     representation,
 )
-from workers.errors import IfMatchMismatch, InvalidParameter, TransitionRefused, UnknownResource
 
 logger = logging.getLogger(__name__)
 

@@ -6,10 +6,9 @@ import logging
 
 import click
 
-from workers.config import EMULATOR_ACCOUNT_SID, EMULATOR_AUTH_TOKEN
-from workers.emulator.settings import EmulatorSettings
-from workers.emulator.store import DEFAULT_LOG_SIZE
 from workers.errors import ConfigurationError
+from workers.testing.emulator.settings import EMULATOR_ACCOUNT_SID, EMULATOR_AUTH_TOKEN, EmulatorSettings
+from workers.testing.emulator.store import DEFAULT_LOG_SIZE
 
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
 
@@ -105,7 +104,7 @@ def emulator(
     behind the clients' backs, read the transition log and counters, inject faults) lives under
     /_emulator/ and is meant for loopback use only.
     """
-    from workers.emulator.server import serve
+    from workers.testing.emulator.server import serve
 
     try:
         settings = EmulatorSettings(

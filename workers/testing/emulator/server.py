@@ -16,9 +16,9 @@ from types import TracebackType
 
 from aiohttp import web
 
-from workers.emulator.app import STATE_KEY, EmulatorState, build_app
-from workers.emulator.settings import EmulatorSettings
 from workers.errors import ConfigurationError
+from workers.testing.emulator.app import STATE_KEY, EmulatorState, build_app
+from workers.testing.emulator.settings import EmulatorSettings
 
 # How long a stopping server waits for requests in flight.
 SHUTDOWN_TIMEOUT = 2.0

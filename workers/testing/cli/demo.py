@@ -92,8 +92,8 @@ def demo(
     summary_json: Path | None,
 ) -> None:
     """Run the whole system end to end on the local PostgreSQL and RabbitMQ, and check nothing was lost."""
-    from workers.demo import scenario as scenarios
-    from workers.demo.runner import Options, ServiceUnavailable, run
+    from workers.testing.demo import scenario as scenarios
+    from workers.testing.demo.runner import Options, ServiceUnavailable, run
 
     console = Console(highlight=False)
     count = reservations or (SHORT_RESERVATIONS if short else DEFAULT_RESERVATIONS)

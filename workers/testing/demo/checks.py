@@ -9,12 +9,12 @@ from typing import Any
 from kombu.connection import Connection
 
 from workers.core.planner import Outcome
-from workers.demo.lanes import Lane
-from workers.demo.results import Check, Result
-from workers.demo.scenario import Scenario
-from workers.emulator.admin import EmulatorAdmin, TransitionInfo
 from workers.ledger.models import EventKind, LedgerEvent
 from workers.ledger.store import Ledger
+from workers.testing.demo.lanes import Lane
+from workers.testing.demo.results import Check, Result
+from workers.testing.demo.scenario import Scenario
+from workers.testing.emulator.admin import EmulatorAdmin, TransitionInfo
 from workers.topology import (
     ACTION_ID_HEADER,
     DEAD_LETTER_QUEUE_NAME,

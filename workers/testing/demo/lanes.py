@@ -12,10 +12,10 @@ from typing import Any
 from kombu.connection import Connection
 from kombu.messaging import Producer as KombuProducer
 
-from workers.demo.results import Sent
-from workers.demo.scenario import InvalidMessage, Publish, Race, Scenario, Script
-from workers.emulator.admin import EmulatorAdmin
 from workers.producer import Producer
+from workers.testing.demo.results import Sent
+from workers.testing.demo.scenario import InvalidMessage, Publish, Race, Scenario, Script
+from workers.testing.emulator.admin import EmulatorAdmin
 from workers.topology import ACTIONS_EXCHANGE
 
 PRODUCER_NAME = "reservations-demo"

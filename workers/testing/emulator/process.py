@@ -33,11 +33,12 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def emulator_command() -> list[str]:
-    """``reservations emulator`` from this interpreter's environment, else ``python -m workers.emulator``."""
+    """``reservations emulator`` from this interpreter's environment, else
+    ``python -m workers.testing.emulator``."""
     script = Path(sys.executable).with_name("reservations")
     if script.exists():
         return [str(script), "emulator"]
-    return [sys.executable, "-m", "workers.emulator"]
+    return [sys.executable, "-m", "workers.testing.emulator"]
 
 
 class EmulatorProcess:

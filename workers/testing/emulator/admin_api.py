@@ -28,24 +28,24 @@ from aiohttp import web
 
 from workers.core.parameters import Scope
 from workers.core.state_machine import Status
-from workers.emulator.counters import Counters
-from workers.emulator.faults import FaultInjector
-from workers.emulator.model import Reservation, Task, Transition, Worker, Workspace
-from workers.emulator.settings import EmulatorSettings
-from workers.emulator.store import Store
-from workers.emulator.wire import (
-    JSON_CONTENT_TYPE,
-    REQUEST_ID_HEADER,
-    encode,
-    new_request_id,
-    reservation_path,
-)
 from workers.errors import (
     InvalidParameter,
     ReservationsError,
     ResourceConflict,
     TransitionRefused,
     UnknownResource,
+)
+from workers.testing.emulator.counters import Counters
+from workers.testing.emulator.faults import FaultInjector
+from workers.testing.emulator.model import Reservation, Task, Transition, Worker, Workspace
+from workers.testing.emulator.settings import EmulatorSettings
+from workers.testing.emulator.store import Store
+from workers.testing.emulator.wire import (
+    JSON_CONTENT_TYPE,
+    REQUEST_ID_HEADER,
+    encode,
+    new_request_id,
+    reservation_path,
 )
 
 PREFIX = "/_emulator"
