@@ -16,7 +16,6 @@ from tests.ledger.conftest import open_ledger, superuser
 from workers.ledger.models import Role
 from workers.ledger.store import Ledger
 
-pytestmark = pytest.mark.integration
 ROWS = 50_000
 
 

@@ -27,7 +27,7 @@ def run_demo(
     )
 
 
-@pytest.mark.integration
+@pytest.mark.acceptance
 @pytest.mark.slow
 def test_the_short_demo_loses_nothing(tmp_path: Path) -> None:
     for problem in (postgres_problem(POSTGRES_ADMIN_URL), rabbitmq_problem()):

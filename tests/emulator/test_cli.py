@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
 from click.testing import CliRunner
 
 from workers.cli import main
@@ -34,6 +35,7 @@ def test_emulator_refuses_a_bad_account_sid() -> None:
     assert "account SID" in result.output
 
 
+@pytest.mark.acceptance
 def test_emulator_subprocess_serves_and_stops() -> None:
     with (
         EmulatorProcess(extra_args=["--strict-headers"]) as emulator,

@@ -26,7 +26,6 @@ from workers.testing.emulator.admin import EmulatorAdmin, ReservationInfo
 from workers.testing.processes import WorkerProcess
 from workers.topology import ACTION_ID_HEADER, OUTCOME_HEADER, REASON_HEADER, REJECT_CODE_HEADER
 
-pytestmark = pytest.mark.integration
 PII = "+15550100003"
 
 

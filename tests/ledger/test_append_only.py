@@ -12,8 +12,6 @@ from workers.ledger.models import Outcome, Role
 from workers.ledger.store import Ledger
 from workers.ledger.verify import verify
 
-pytestmark = pytest.mark.integration
-
 CHANGES = {
     "UPDATE": "UPDATE ledger.events SET detail = 'changed'",
     "DELETE": "DELETE FROM ledger.events",

@@ -20,8 +20,6 @@ from workers.ledger.models import Outcome, Role
 from workers.ledger.store import Ledger
 from workers.ledger.verify import verify
 
-pytestmark = pytest.mark.integration
-
 PER_WRITER = 25
 
 

@@ -7,16 +7,12 @@ would skip it; the ledger's readers only see rows below the oldest transaction i
 
 from __future__ import annotations
 
-import pytest
-
 from tests.ledger.conftest import superuser
 from workers.core.sids import new_sid
 from workers.ledger.connector import connect
 from workers.ledger.models import Cursor, Role
 from workers.ledger.queries import QUERIES
 from workers.ledger.store import Ledger
-
-pytestmark = pytest.mark.integration
 
 
 def _transition(sid: str) -> dict[str, object]:

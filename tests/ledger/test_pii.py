@@ -13,8 +13,6 @@ from workers.core.redaction import pii_digest
 from workers.ledger.models import Outcome
 from workers.ledger.store import Ledger
 
-pytestmark = pytest.mark.integration
-
 CLEAR = {
     "to": "+15551110001",
     "from_": "+15551110002",

@@ -20,8 +20,6 @@ from workers.ledger.connector import connect
 from workers.ledger.models import Cursor, EventKind, Outcome, Role
 from workers.ledger.store import Ledger
 
-pytestmark = pytest.mark.integration
-
 
 def test_a_second_receipt_of_an_action_changes_nothing(ledger: Ledger, db_url: str) -> None:
     action = make_action()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 
-import pytest
 from click.testing import CliRunner
 
 from tests.ledger.conftest import make_action, superuser
@@ -17,8 +16,6 @@ from workers.ledger.connector import connect
 from workers.ledger.models import LedgerEvent, Outcome, Problem, Role
 from workers.ledger.store import Ledger
 from workers.ledger.verify import verify
-
-pytestmark = pytest.mark.integration
 
 
 def _fill(ledger: Ledger, reservations: int = 3) -> list[LedgerEvent]:

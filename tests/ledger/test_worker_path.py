@@ -13,8 +13,6 @@ from workers.ledger.connector import Connector
 from workers.ledger.models import Outcome
 from workers.ledger.store import Ledger
 
-pytestmark = pytest.mark.integration
-
 
 def test_receive_registers_once_and_reports_outcome_and_projection(ledger: Ledger) -> None:
     action = make_action()

@@ -30,7 +30,7 @@ from workers.testing.processes import WorkerProcess
 
 pytest.importorskip("flower", reason="flower is not installed (pip install flower, or the test extra)")
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
 FLOWER_CONFIG = ROOT / "ops" / "flower" / "flowerconfig.py"

@@ -26,7 +26,7 @@ from workers.replay.timeline import timeline
 from workers.testing.emulator.admin import EmulatorAdmin
 from workers.testing.processes import WorkerProcess
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = pytest.mark.slow
 
 
 def test_rebuild_equals_the_live_projection_after_a_mixed_run(

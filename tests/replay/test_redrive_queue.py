@@ -31,8 +31,6 @@ from workers.replay.redrive import (
 )
 from workers.topology import OUTCOME_HEADER, apply_queue
 
-pytestmark = pytest.mark.integration
-
 
 def an_action(**fields: Any) -> Action:
     return Action(

@@ -8,6 +8,8 @@ import time
 from collections import Counter
 from typing import Any
 
+import pytest
+
 from tests.support.e2e import action_for, wait_for_outcome
 from workers.core.action import ActionKind
 from workers.ledger import Ledger
@@ -29,6 +31,7 @@ def ledger_transitions(ledger: Ledger, sid: str) -> list[tuple[str | None, str |
     ]
 
 
+@pytest.mark.acceptance
 def test_worker_killed_mid_update_still_applies_exactly_once(
     celery_app: Any, worker_env: dict[str, str], admin: EmulatorAdmin, ledger: Ledger
 ) -> None:
@@ -61,6 +64,7 @@ def test_worker_killed_mid_update_still_applies_exactly_once(
     assert Counter(e.kind for e in ledger.history(action_id=action.action_id))["outcome"] == 1
 
 
+@pytest.mark.acceptance
 def test_many_workers_racing_on_the_same_reservations_lose_nothing(
     celery_app: Any, worker_env: dict[str, str], admin: EmulatorAdmin, ledger: Ledger
 ) -> None:

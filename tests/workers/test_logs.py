@@ -68,6 +68,7 @@ def test_log_format_chooses_json_off_a_terminal(value: str, tty: bool, expected:
     assert wants_json(env, _Stream(tty)) is expected
 
 
+@pytest.mark.acceptance
 def test_json_logs_of_a_real_worker_parse_and_hold_no_pii_or_secrets(
     celery_app: Any, worker_env: dict[str, str], admin: EmulatorAdmin, ledger: Ledger
 ) -> None:

@@ -43,6 +43,7 @@ def test_parse_address() -> None:
     assert parse_address("127.0.0.1:9900") == ("127.0.0.1", 9900)
 
 
+@pytest.mark.acceptance
 def test_the_worker_counts_outcomes_conflicts_calls_and_lag(
     celery_app: Any, worker_env: dict[str, str], admin: EmulatorAdmin, ledger: Ledger
 ) -> None:
@@ -97,6 +98,7 @@ def test_the_worker_counts_outcomes_conflicts_calls_and_lag(
     assert admin.reservation(reservation.sid).status == "wrapping"
 
 
+@pytest.mark.acceptance
 def test_a_prefork_worker_adds_up_its_children_in_multiprocess_mode(
     celery_app: Any, worker_env: dict[str, str], admin: EmulatorAdmin, ledger: Ledger, tmp_path: Path
 ) -> None:
@@ -121,6 +123,7 @@ def test_a_prefork_worker_adds_up_its_children_in_multiprocess_mode(
     assert value(samples, "reservations_conflicts_total") == 0
 
 
+@pytest.mark.acceptance
 def test_a_prefork_worker_without_multiprocess_mode_serves_nothing(worker_env: dict[str, str]) -> None:
     port = free_port()
     env = {**worker_env, "WORKER_METRICS_PORT": f"127.0.0.1:{port}"}

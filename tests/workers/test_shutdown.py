@@ -10,6 +10,8 @@ import time
 from collections import Counter
 from typing import Any
 
+import pytest
+
 from tests.support.e2e import action_for, wait_for_outcome
 from workers.ledger import Ledger
 from workers.producer import Producer, enqueue
@@ -23,6 +25,7 @@ def settled(ledger: Ledger, action_ids: list[Any]) -> int:
     return sum(1 for action_id in action_ids if (r := ledger.action(action_id)) and r.outcome is not None)
 
 
+@pytest.mark.acceptance
 def test_sigterm_under_load_finishes_or_hands_back_every_action(
     celery_app: Any, worker_env: dict[str, str], admin: EmulatorAdmin, ledger: Ledger
 ) -> None:
