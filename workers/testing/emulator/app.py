@@ -2,27 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from aiohttp import web
 
 from workers.testing.emulator.admin_api import AdminApi
 from workers.testing.emulator.api import TwilioApi
-from workers.testing.emulator.counters import Counters
-from workers.testing.emulator.faults import FaultInjector
 from workers.testing.emulator.settings import EmulatorSettings
-from workers.testing.emulator.store import Store
+from workers.testing.emulator.state import EmulatorState
 
-
-@dataclass(frozen=True, slots=True)
-class EmulatorState:
-    """Everything one emulator holds; in-process users (tests) may inspect it directly."""
-
-    settings: EmulatorSettings
-    store: Store
-    counters: Counters
-    faults: FaultInjector
-
+__all__ = ["STATE_KEY", "EmulatorState", "build_app"]
 
 STATE_KEY = web.AppKey("emulator_state", EmulatorState)
 
@@ -30,9 +17,8 @@ STATE_KEY = web.AppKey("emulator_state", EmulatorState)
 def build_app(settings: EmulatorSettings | None = None) -> web.Application:
     """The emulator's aiohttp application; its state is at ``app[STATE_KEY]``."""
     settings = settings or EmulatorSettings()
-    state = EmulatorState(settings, Store(settings.log_size), Counters(), FaultInjector())
-    twilio = TwilioApi(state.store, state.counters, state.faults, settings)
-    admin = AdminApi(state.store, state.counters, state.faults, settings)
+    state = EmulatorState.new(settings)
+    twilio, admin = TwilioApi(state), AdminApi(state)
     app = web.Application()
     app[STATE_KEY] = state
     # Twilio's routes first: they are the hot path. The catch-all answers everything else.
