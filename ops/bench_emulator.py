@@ -25,9 +25,9 @@ from pathlib import Path
 
 import aiohttp
 
-from workers.config import EMULATOR_ACCOUNT_SID, EMULATOR_AUTH_TOKEN
-from workers.emulator.admin import EmulatorAdmin
-from workers.emulator.process import EmulatorProcess
+from workers.testing.emulator.admin import EmulatorAdmin
+from workers.testing.emulator.process import EmulatorProcess
+from workers.testing.emulator.settings import EMULATOR_ACCOUNT_SID, EMULATOR_AUTH_TOKEN
 
 UPDATE_BODY = b"Instruction=call&CallFrom=%2B15550100&CallUrl=https%3A%2F%2Fexample.com%2Ftwiml"
 MAX_CONNECTIONS = 512

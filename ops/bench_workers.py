@@ -42,15 +42,16 @@ from psycopg import sql
 
 from workers.apply.applier import ActionApplier
 from workers.composition import create_app
-from workers.config import EMULATOR_ACCOUNT_SID, EMULATOR_AUTH_TOKEN, Settings
+from workers.config import Settings
 from workers.core.action import Action, ActionKind
-from workers.emulator.admin import EmulatorAdmin, ReservationInfo
-from workers.emulator.process import EmulatorProcess
 from workers.ledger.connector import database_name, drop_database, with_database
 from workers.ledger.migrations import migrate
 from workers.ledger.writer import PostgresLedgerWriter
 from workers.taskrouter.gateway import TaskRouterGateway
-from workers.worker_process import WorkerProcess
+from workers.testing.emulator.admin import EmulatorAdmin, ReservationInfo
+from workers.testing.emulator.process import EmulatorProcess
+from workers.testing.emulator.settings import emulator_env
+from workers.testing.processes import WorkerProcess
 
 ADMIN_URL = os.environ.get("BENCH_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 CALL = {"call_from": "+15550001111", "call_url": "https://example.test/twiml"}
@@ -346,9 +347,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         env = {
             "CELERY_BROKER_URL": broker_url,
             "DATABASE_URL": db_url,
-            "TASKROUTER_BASE_URL": emulator.base_url,
-            "TWILIO_ACCOUNT_SID": EMULATOR_ACCOUNT_SID,
-            "TWILIO_AUTH_TOKEN": EMULATOR_AUTH_TOKEN,
+            **emulator_env(emulator.base_url),
             "LEDGER_PII_KEY": "bench-pii-key",
             "LEDGER_POOL_MAX": str(args.concurrency + 4),
         }

@@ -1,9 +1,25 @@
-"""Fixtures shared by every test package: real PostgreSQL databases and a private RabbitMQ vhost.
+"""Fixtures shared by every test package: real PostgreSQL databases and a private RabbitMQ vhost,
+and the test tiers.
 
 A template database is migrated once per session; each module gets a ``CREATE DATABASE ...
 TEMPLATE`` clone of it. The whole session runs next to a deliberately busy cluster
 (tests/support/busy.py). Services that do not answer make their tests skip locally and fail
 under ``CI=true``.
+
+Every test is in exactly one tier, selectable with ``-m``; ``pytest_collection_modifyitems``
+below decides it from the fixtures the test requests (directly or through other fixtures), so a
+new test is tiered by what it uses, not by remembering a mark:
+
+- ``acceptance``: real worker processes or the real CLI as a subprocess against the services:
+  it requests ``worker`` or ``flower``, or says ``@pytest.mark.acceptance`` (the tests that start
+  a ``WorkerProcess`` or a command themselves; the only marks written by hand);
+- ``integration``: real PostgreSQL, RabbitMQ or the emulator over HTTP: it requests one of
+  ``SERVICE_FIXTURES``;
+- ``unit``: everything else: no services, seconds in all (``make test-unit``).
+
+Check that ``unit`` needs no service with ``make test-unit-offline``: it points the services at
+dead ports under ``CI=true``, where a service that does not answer fails its test instead of
+skipping it.
 """
 
 from __future__ import annotations
@@ -25,6 +41,31 @@ from tests.support.services import (
 )
 
 pytest_plugins = ["tests.support.e2e"]
+
+TIERS = ("acceptance", "integration", "unit")
+# Fixtures that start real worker processes (tests/support/e2e.py, tests/ops/test_flower.py).
+ACCEPTANCE_FIXTURES = frozenset({"worker", "flower"})
+# Fixtures that reach a real service: PostgreSQL, RabbitMQ, an emulator over HTTP.
+SERVICE_FIXTURES = frozenset(
+    {"admin_url", "template_url", "db_url", "fresh_db_url", "broker_url", "emulator", "strict_emulator"}
+)
+
+
+def tier(item: pytest.Item) -> str:
+    """The one tier of a test: the highest its fixtures or its own mark put it in."""
+    fixtures = set(getattr(item, "fixturenames", ()))
+    if item.get_closest_marker("acceptance") is not None or fixtures & ACCEPTANCE_FIXTURES:
+        return "acceptance"
+    if item.get_closest_marker("integration") is not None or fixtures & SERVICE_FIXTURES:
+        return "integration"
+    return "unit"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        name = tier(item)
+        if item.get_closest_marker(name) is None:
+            item.add_marker(name)
 
 
 @pytest.fixture(scope="session")

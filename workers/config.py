@@ -1,8 +1,9 @@
 """Twelve-factor configuration: everything comes from the environment, with local defaults.
 
 The defaults run against the services of a development machine (RabbitMQ and PostgreSQL on
-loopback) and the project's own TaskRouter emulator, so nothing needs setting to try it out.
-Secrets are kept out of ``repr`` so that they never reach a log line by accident.
+loopback). TaskRouter credentials have no default: whatever calls TaskRouter asks for them with
+``Settings.twilio_credentials()`` (the emulator's well-known ones live with the emulator, in
+``workers.testing``). Secrets are kept out of ``repr`` so that they never reach a log line by accident.
 """
 
 from __future__ import annotations
@@ -18,9 +19,6 @@ from workers.errors import ConfigurationError
 DEFAULT_BROKER_URL = "amqp://guest:guest@127.0.0.1:5672//"
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/reservations"
 DEFAULT_TASKROUTER_BASE_URL = "https://taskrouter.twilio.com"
-# The emulator's well-known local credentials; never valid against the real Twilio.
-EMULATOR_ACCOUNT_SID = "AC" + "0" * 32
-EMULATOR_AUTH_TOKEN = "emulator-auth-token"  # noqa: S105 - public, emulator only
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,9 +35,8 @@ class Settings:
     broker_url: str = DEFAULT_BROKER_URL
     database_url: str = field(default=DEFAULT_DATABASE_URL, repr=False)
     taskrouter_base_url: str = DEFAULT_TASKROUTER_BASE_URL
-    twilio: TwilioCredentials = field(
-        default=TwilioCredentials(EMULATOR_ACCOUNT_SID, EMULATOR_ACCOUNT_SID, EMULATOR_AUTH_TOKEN)
-    )
+    # None until TWILIO_* are set: there are no default credentials (see twilio_credentials()).
+    twilio: TwilioCredentials | None = None
     ledger_pii_key: str | None = field(default=None, repr=False)
     # The role that owns the ledger's tables runs migrations; defaults to DATABASE_URL.
     ledger_migration_url: str | None = field(default=None, repr=False)
@@ -91,6 +88,15 @@ class Settings:
             worker_ready_file=env.get("WORKER_READY_FILE") or None,
             log_format=_log_format(env),
         )
+
+    def twilio_credentials(self) -> TwilioCredentials:
+        """The credentials TaskRouter calls need; a ConfigurationError when none are set."""
+        if self.twilio is None:
+            raise ConfigurationError(
+                f"no TaskRouter credentials for {self.taskrouter_base_url}: set TWILIO_ACCOUNT_SID and"
+                " TWILIO_AUTH_TOKEN (or TWILIO_API_KEY and TWILIO_API_SECRET)"
+            )
+        return self.twilio
 
     @property
     def migration_url(self) -> str:
@@ -175,19 +181,22 @@ def _retry_policy(env: Mapping[str, str]) -> RetryPolicy:
         raise ConfigurationError(f"bad RETRY_* setting: {exc}") from exc
 
 
-def _twilio_credentials(env: Mapping[str, str]) -> TwilioCredentials:
-    account_sid = env.get("TWILIO_ACCOUNT_SID", EMULATOR_ACCOUNT_SID)
+def _twilio_credentials(env: Mapping[str, str]) -> TwilioCredentials | None:
+    """TWILIO_* as given, or None when none is set; never a default."""
+    account_sid = env.get("TWILIO_ACCOUNT_SID") or None
     api_key, api_secret = env.get("TWILIO_API_KEY"), env.get("TWILIO_API_SECRET")
+    token = env.get("TWILIO_AUTH_TOKEN")
+    if account_sid is None:
+        if api_key or api_secret or token:
+            raise ConfigurationError("TWILIO_ACCOUNT_SID must be set with the other TWILIO_* credentials")
+        return None
     if api_key or api_secret:
         if not (api_key and api_secret):
             raise ConfigurationError("TWILIO_API_KEY and TWILIO_API_SECRET must be set together")
         return TwilioCredentials(account_sid, api_key, api_secret)
-    token = env.get("TWILIO_AUTH_TOKEN")
     if token is None:
-        if "TWILIO_ACCOUNT_SID" in env:
-            raise ConfigurationError(
-                "TWILIO_ACCOUNT_SID is set, but neither TWILIO_AUTH_TOKEN"
-                " nor TWILIO_API_KEY and TWILIO_API_SECRET are"
-            )
-        token = EMULATOR_AUTH_TOKEN
+        raise ConfigurationError(
+            "TWILIO_ACCOUNT_SID is set, but neither TWILIO_AUTH_TOKEN"
+            " nor TWILIO_API_KEY and TWILIO_API_SECRET are"
+        )
     return TwilioCredentials(account_sid, account_sid, token)

@@ -18,8 +18,6 @@ from workers.ledger.models import Role
 from workers.ledger.queries import QUERIES
 from workers.ledger.writer import PostgresLedgerWriter
 
-pytestmark = pytest.mark.integration
-
 
 def ok(client: TestClient, path: str, **params: Any) -> Any:
     response = client.get(path, params=params)

@@ -22,9 +22,7 @@ from workers.audit.rows import EVENT_FIELDS
 from workers.cli import main
 from workers.cli.audit_api import is_loopback
 from workers.cli.history import chosen_format
-from workers.emulator.process import free_port
-
-pytestmark = pytest.mark.integration
+from workers.testing.emulator.process import free_port
 
 
 def run(db_url: str, *args: str, env: dict[str, str] | None = None) -> Result:
@@ -172,6 +170,7 @@ def test_the_default_format_is_a_table_only_in_a_terminal() -> None:
     assert chosen_format("csv", _Stream(tty=True)) == "csv"
 
 
+@pytest.mark.acceptance
 def test_audit_api_serves_over_http(db_url: str, seeded: Seeded) -> None:
     """The real command: uvicorn on a free port, the token from the environment."""
     port = free_port()

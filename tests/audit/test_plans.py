@@ -15,7 +15,6 @@ import pytest
 from tests.ledger.conftest import open_reader, superuser
 from workers.ledger.reader import LedgerReader
 
-pytestmark = pytest.mark.integration
 ROWS = 50_000
 
 

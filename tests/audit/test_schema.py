@@ -23,8 +23,6 @@ with warnings.catch_warnings():
         status_code_conformance,
     )
 
-pytestmark = pytest.mark.integration
-
 
 # The schema is read at collection time, before any database exists; the module fixture below
 # hands the app a reader over this module's database (no lifespan runs under schemathesis).

@@ -14,11 +14,11 @@ from workers.apply.applier import Gateway
 from workers.config import Settings
 from workers.core.sids import new_sid
 from workers.core.state_machine import Status
-from workers.emulator.admin import EmulatorAdmin
-from workers.emulator.server import EmulatorServer
-from workers.emulator.settings import EmulatorSettings
 from workers.errors import PermanentTaskRouterError, PreconditionFailed
 from workers.taskrouter.gateway import ReservationRef, TaskRouterGateway
+from workers.testing.emulator.admin import EmulatorAdmin
+from workers.testing.emulator.server import EmulatorServer
+from workers.testing.emulator.settings import EmulatorSettings
 
 ACCEPT = {"reservation_status": "accepted"}
 

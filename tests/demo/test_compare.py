@@ -6,9 +6,9 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from workers.demo.checks import compare_transitions
-from workers.emulator.admin import TransitionInfo
 from workers.ledger.models import LedgerRow
+from workers.testing.demo.checks import compare_transitions
+from workers.testing.emulator.admin import TransitionInfo
 
 SID = "WR" + "a" * 32
 

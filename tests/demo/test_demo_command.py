@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from tests.support.services import POSTGRES_ADMIN_URL, postgres_problem, rabbitmq_problem, unavailable
-from workers.emulator.process import free_port
 from workers.ledger.connector import drop_database, with_database
+from workers.testing.emulator.process import free_port
 
 COMMAND = [str(Path(sys.executable).with_name("reservations")), "demo"]
 
@@ -27,7 +27,7 @@ def run_demo(
     )
 
 
-@pytest.mark.integration
+@pytest.mark.acceptance
 @pytest.mark.slow
 def test_the_short_demo_loses_nothing(tmp_path: Path) -> None:
     for problem in (postgres_problem(POSTGRES_ADMIN_URL), rabbitmq_problem()):

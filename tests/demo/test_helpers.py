@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from workers.demo.services import shown_url, worker_env
+from workers.testing.demo.services import shown_url, worker_env
 
 
 def test_the_kept_database_is_shown_without_its_password() -> None:

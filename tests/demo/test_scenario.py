@@ -7,7 +7,7 @@ import random
 import pytest
 
 from workers.core.planner import Outcome
-from workers.demo.scenario import KINDS, Publish, Race, build, tame_fault_seed
+from workers.testing.demo.scenario import KINDS, Publish, Race, build, tame_fault_seed
 
 
 def test_same_seed_same_scenario_and_another_seed_another() -> None:

@@ -9,10 +9,9 @@ from typing import Any
 import pytest
 from twilio.rest import Client
 
-from workers.config import EMULATOR_ACCOUNT_SID, EMULATOR_AUTH_TOKEN
-from workers.emulator.admin import EmulatorAdmin, ReservationInfo
-from workers.emulator.server import EmulatorServer
-from workers.emulator.settings import EmulatorSettings
+from workers.testing.emulator.admin import EmulatorAdmin, ReservationInfo
+from workers.testing.emulator.server import EmulatorServer
+from workers.testing.emulator.settings import EMULATOR_ACCOUNT_SID, EMULATOR_AUTH_TOKEN, EmulatorSettings
 
 API_KEY = "SK" + "1" * 32
 API_SECRET = "emulator-api-secret"

@@ -5,11 +5,12 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
 from click.testing import CliRunner
 
 from workers.cli import main
-from workers.emulator.admin import EmulatorAdmin
-from workers.emulator.process import EmulatorProcess
+from workers.testing.emulator.admin import EmulatorAdmin
+from workers.testing.emulator.process import EmulatorProcess
 
 
 def test_emulator_help_shows_every_environment_fallback() -> None:
@@ -34,6 +35,7 @@ def test_emulator_refuses_a_bad_account_sid() -> None:
     assert "account SID" in result.output
 
 
+@pytest.mark.acceptance
 def test_emulator_subprocess_serves_and_stops() -> None:
     with (
         EmulatorProcess(extra_args=["--strict-headers"]) as emulator,
@@ -46,7 +48,7 @@ def test_emulator_subprocess_serves_and_stops() -> None:
 
 def test_module_entry_point_is_the_same_command() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "workers.emulator", "--help"],
+        [sys.executable, "-m", "workers.testing.emulator", "--help"],
         capture_output=True,
         text=True,
         timeout=30,

@@ -9,8 +9,8 @@ from typing import Any
 from twilio.base.exceptions import TwilioRestException
 
 from tests.emulator.conftest import close, reservation_context, twilio_client
-from workers.emulator.admin import EmulatorAdmin, ReservationInfo
-from workers.emulator.server import EmulatorServer
+from workers.testing.emulator.admin import EmulatorAdmin, ReservationInfo
+from workers.testing.emulator.server import EmulatorServer
 
 RACERS = 24
 

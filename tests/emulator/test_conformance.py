@@ -11,9 +11,9 @@ from twilio.base.exceptions import TwilioRestException
 
 from tests.emulator.conftest import API_KEY, API_SECRET, close, header, reservation_context, reservation_list
 from tests.emulator.conftest import twilio_client as make_client
-from workers.config import EMULATOR_ACCOUNT_SID
-from workers.emulator.admin import EmulatorAdmin, ReservationInfo
-from workers.emulator.server import EmulatorServer
+from workers.testing.emulator.admin import EmulatorAdmin, ReservationInfo
+from workers.testing.emulator.server import EmulatorServer
+from workers.testing.emulator.settings import EMULATOR_ACCOUNT_SID
 
 TWILIO_DATE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
 REQUEST_ID = re.compile(r"^RQ[0-9a-f]{32}$")

@@ -10,9 +10,9 @@ import requests
 from twilio.base.exceptions import TwilioException, TwilioRestException
 
 from tests.emulator.conftest import close, reservation_context, reservation_list, twilio_client
-from workers.config import EMULATOR_ACCOUNT_SID, EMULATOR_AUTH_TOKEN
-from workers.emulator.admin import EmulatorAdmin, ReservationInfo
-from workers.emulator.server import EmulatorServer
+from workers.testing.emulator.admin import EmulatorAdmin, ReservationInfo
+from workers.testing.emulator.server import EmulatorServer
+from workers.testing.emulator.settings import EMULATOR_ACCOUNT_SID, EMULATOR_AUTH_TOKEN
 
 OTHER = {"WS": "WS" + "e" * 32, "WT": "WT" + "e" * 32, "WK": "WK" + "e" * 32, "WR": "WR" + "e" * 32}
 

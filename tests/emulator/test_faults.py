@@ -9,8 +9,8 @@ import pytest
 from twilio.base.exceptions import TwilioRestException
 
 from tests.emulator.conftest import reservation_context
-from workers.emulator.admin import EmulatorAdmin, ReservationInfo
 from workers.errors import InvalidParameter
+from workers.testing.emulator.admin import EmulatorAdmin, ReservationInfo
 
 
 def outcomes(context: Any, count: int) -> list[int]:

@@ -10,8 +10,8 @@ from twilio.base.exceptions import TwilioRestException
 
 from tests.emulator.conftest import reservation_context
 from workers.core.state_machine import REJECTIONS_BEFORE_TASK_CANCELED
-from workers.emulator.admin import EmulatorAdmin, ReservationInfo
 from workers.errors import InvalidParameter, ResourceConflict, TransitionRefused, UnknownResource
+from workers.testing.emulator.admin import EmulatorAdmin, ReservationInfo
 
 
 def test_the_thousandth_rejection_cancels_the_task(client: Any, admin: EmulatorAdmin) -> None:

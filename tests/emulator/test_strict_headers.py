@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from tests.emulator.conftest import reservation_context, reservation_list
-from workers.emulator.admin import EmulatorAdmin
+from workers.testing.emulator.admin import EmulatorAdmin
 
 
 def etag_keys(headers: dict[str, str]) -> list[str]:

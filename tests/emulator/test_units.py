@@ -9,12 +9,12 @@ import pytest
 
 from workers.core.parameters import Scope
 from workers.core.state_machine import Status
-from workers.emulator.counters import DROPPED, Counters
-from workers.emulator.faults import FaultInjector, FaultKind
-from workers.emulator.settings import BasicAuth, EmulatorSettings
-from workers.emulator.store import Store
-from workers.emulator.wire import list_etag, new_request_id, parse_if_match, representation
 from workers.errors import ConfigurationError, IfMatchMismatch, ResourceConflict, UnknownResource
+from workers.testing.emulator.counters import DROPPED, Counters
+from workers.testing.emulator.faults import FaultInjector, FaultKind
+from workers.testing.emulator.settings import BasicAuth, EmulatorSettings
+from workers.testing.emulator.store import Store
+from workers.testing.emulator.wire import list_etag, new_request_id, parse_if_match, representation
 
 
 def test_store_check_and_set_from_many_threads() -> None:

@@ -31,12 +31,11 @@ from workers.broker.intake import DEFAULT_PREFETCH
 from workers.broker.sealing import digest_only
 from workers.broker.topology import ACTION_ID_HEADER, OUTCOME_HEADER, REASON_HEADER, REJECT_CODE_HEADER
 from workers.core.validation import Accepted, decide
-from workers.emulator.admin import EmulatorAdmin, ReservationInfo
 from workers.ledger.models import Cursor, LedgerRow
 from workers.ledger.reader import LedgerReader
-from workers.worker_process import WorkerProcess
+from workers.testing.emulator.admin import EmulatorAdmin, ReservationInfo
+from workers.testing.processes import WorkerProcess
 
-pytestmark = pytest.mark.integration
 PII = "+15550100003"
 
 

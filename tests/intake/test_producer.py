@@ -19,11 +19,9 @@ from tests.support.services import rabbitmq_vhost
 from workers.broker.producer import InvalidAction, Producer, PublishError, encode, publish
 from workers.cli import main
 from workers.core.action import ActionKind
-from workers.emulator.admin import EmulatorAdmin
 from workers.ledger.reader import LedgerReader
-from workers.worker_process import WorkerProcess
-
-pytestmark = pytest.mark.integration
+from workers.testing.emulator.admin import EmulatorAdmin
+from workers.testing.processes import WorkerProcess
 
 
 def test_an_action_object_and_a_wire_dict_are_both_published_and_applied(
@@ -58,7 +56,8 @@ def addressed_bad() -> dict[str, Any]:
     return message
 
 
-def test_no_exchange_raises_a_publish_error() -> None:
+def test_no_exchange_raises_a_publish_error(broker_url: str) -> None:
+    """On an empty vhost of its own; ``broker_url`` is requested for its check that RabbitMQ answers."""
     with (
         rabbitmq_vhost() as empty,
         pytest.raises(PublishError, match="did not confirm"),
@@ -69,8 +68,11 @@ def test_no_exchange_raises_a_publish_error() -> None:
         )
 
 
-def test_an_unroutable_message_raises_a_publish_error() -> None:
-    """The exchange exists but no queue is bound: without ``mandatory`` it would vanish, confirmed."""
+def test_an_unroutable_message_raises_a_publish_error(broker_url: str) -> None:
+    """The exchange exists but no queue is bound: without ``mandatory`` it would vanish, confirmed.
+
+    On a vhost of its own, empty; ``broker_url`` is requested for its check that RabbitMQ answers.
+    """
     with rabbitmq_vhost() as empty:
         with channel(empty) as ch:
             ch.exchange_declare("reservations", "topic", durable=True, auto_delete=False)

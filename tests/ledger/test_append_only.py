@@ -13,8 +13,6 @@ from workers.ledger.models import Outcome, Role
 from workers.ledger.verify import seal_checkpoint, verify
 from workers.ledger.writer import PostgresLedgerWriter
 
-pytestmark = pytest.mark.integration
-
 CHANGES = {
     "UPDATE": "UPDATE ledger.events SET detail = 'changed'",
     "DELETE": "DELETE FROM ledger.events",

@@ -22,8 +22,6 @@ from workers.ledger.reader import LedgerReader
 from workers.ledger.verify import verify
 from workers.ledger.writer import PostgresLedgerWriter
 
-pytestmark = pytest.mark.integration
-
 PER_WRITER = 25
 
 

@@ -19,8 +19,6 @@ from workers.ledger.connector import database_name, drop_database, ensure_databa
 from workers.ledger.migrations import AppliedMigration, Migration, known_migrations, migrate, pending
 from workers.ledger.models import EventKind, Outcome
 
-pytestmark = pytest.mark.integration
-
 
 @pytest.fixture
 def empty_url(admin_url: str) -> Iterator[str]:

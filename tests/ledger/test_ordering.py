@@ -14,7 +14,6 @@ import time
 from typing import Any
 
 import psycopg
-import pytest
 
 from tests.ledger.conftest import make_action, superuser
 from tests.support.services import scratch_name
@@ -25,8 +24,6 @@ from workers.ledger.models import Cursor, Outcome, Role
 from workers.ledger.queries import QUERIES
 from workers.ledger.reader import LedgerReader
 from workers.ledger.writer import PostgresLedgerWriter
-
-pytestmark = pytest.mark.integration
 
 
 def _transition(sid: str) -> dict[str, object]:

@@ -15,8 +15,6 @@ from workers.ledger.models import Outcome
 from workers.ledger.reader import LedgerReader
 from workers.ledger.writer import PostgresLedgerWriter
 
-pytestmark = pytest.mark.integration
-
 CLEAR = {
     "to": "+15551110001",
     "from_": "+15551110002",

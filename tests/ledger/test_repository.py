@@ -22,8 +22,6 @@ from workers.ledger.models import Cursor, EventKind, Outcome, Role
 from workers.ledger.reader import LedgerReader
 from workers.ledger.writer import PostgresLedgerWriter
 
-pytestmark = pytest.mark.integration
-
 
 def test_a_second_receipt_of_an_action_changes_nothing(
     writer: PostgresLedgerWriter, reader: LedgerReader, db_url: str

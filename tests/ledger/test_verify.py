@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 
-import pytest
 from click.testing import CliRunner
 
 from tests.ledger.conftest import make_action, superuser
@@ -19,8 +18,6 @@ from workers.ledger.models import Checkpoint, LedgerRow, Outcome, Problem, Role
 from workers.ledger.reader import LedgerReader
 from workers.ledger.verify import seal_checkpoint, verify
 from workers.ledger.writer import PostgresLedgerWriter
-
-pytestmark = pytest.mark.integration
 
 
 def _fill(writer: PostgresLedgerWriter, reader: LedgerReader, reservations: int = 3) -> list[LedgerRow]:

@@ -15,8 +15,6 @@ from workers.ledger.models import Outcome
 from workers.ledger.reader import LedgerReader
 from workers.ledger.writer import PostgresLedgerWriter
 
-pytestmark = pytest.mark.integration
-
 
 def test_receive_registers_once_and_reports_outcome_and_projection(
     writer: PostgresLedgerWriter, reader: LedgerReader

@@ -22,14 +22,14 @@ import requests
 from tests.support.e2e import action_for, wait_for_outcome
 from workers.broker.topology import APPLY_TASK_NAME
 from workers.core.action import ActionKind
-from workers.emulator.admin import EmulatorAdmin
-from workers.emulator.process import free_port
 from workers.ledger.reader import LedgerReader
-from workers.worker_process import WorkerProcess
+from workers.testing.emulator.admin import EmulatorAdmin
+from workers.testing.emulator.process import free_port
+from workers.testing.processes import WorkerProcess
 
 pytest.importorskip("flower", reason="flower is not installed (pip install flower, or the test extra)")
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
 FLOWER_CONFIG = ROOT / "ops" / "flower" / "flowerconfig.py"

@@ -19,13 +19,13 @@ from tests.support.e2e import action_for, wait_for_outcome
 from workers.audit.queries import story
 from workers.audit.timeline import timeline
 from workers.core.action import ActionKind
-from workers.emulator.admin import EmulatorAdmin
 from workers.ledger.connector import connect
 from workers.ledger.reader import LedgerReader
 from workers.replay.redrive import dead_letters
-from workers.worker_process import WorkerProcess
+from workers.testing.emulator.admin import EmulatorAdmin
+from workers.testing.processes import WorkerProcess
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = pytest.mark.slow
 
 
 def test_rebuild_equals_the_live_projection_after_a_mixed_run(

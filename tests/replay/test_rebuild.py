@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import pytest
-
 from tests.audit.conftest import seed
 from tests.ledger.conftest import open_writer, superuser
 from tests.replay.conftest import cli
-
-pytestmark = pytest.mark.integration
 
 
 def test_rebuild_verifies_the_chains_first(fresh_db_url: str) -> None:

@@ -33,8 +33,6 @@ from workers.replay.redrive import (
     redrive,
 )
 
-pytestmark = pytest.mark.integration
-
 
 def an_action(**fields: Any) -> Action:
     return Action(

@@ -10,18 +10,19 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from psycopg.rows import class_row
 
 from workers.composition import create_app
-from workers.config import EMULATOR_ACCOUNT_SID, EMULATOR_AUTH_TOKEN, Settings
+from workers.config import Settings
 from workers.core.action import Action, ActionKind
-from workers.emulator.admin import EmulatorAdmin, ReservationInfo
-from workers.emulator.server import EmulatorServer
-from workers.emulator.settings import EmulatorSettings
-from workers.ledger.connector import Connector
-from workers.ledger.models import ActionRecord, Role
+from workers.ledger.connector import Connector, connect
+from workers.ledger.models import ActionRecord, LedgerRow, Role
 from workers.ledger.reader import LedgerReader
 from workers.ledger.writer import PostgresLedgerWriter
-from workers.worker_process import WorkerProcess
+from workers.testing.emulator.admin import EmulatorAdmin, ReservationInfo
+from workers.testing.emulator.server import EmulatorServer
+from workers.testing.emulator.settings import EmulatorSettings, emulator_env
+from workers.testing.processes import WorkerProcess
 
 PII_KEY = "end-to-end-pii-key"
 SETTLE_TIMEOUT = 60.0
@@ -45,9 +46,7 @@ def worker_env(emulator: EmulatorServer, db_url: str, broker_url: str) -> dict[s
     return {
         "CELERY_BROKER_URL": broker_url,
         "DATABASE_URL": db_url,
-        "TASKROUTER_BASE_URL": emulator.base_url,
-        "TWILIO_ACCOUNT_SID": EMULATOR_ACCOUNT_SID,
-        "TWILIO_AUTH_TOKEN": EMULATOR_AUTH_TOKEN,
+        **emulator_env(emulator.base_url),
         "LEDGER_PII_KEY": PII_KEY,
         "LEDGER_POOL_MAX": "20",
         # Short waits: the tests exercise the retry paths, not the production delays.
@@ -116,5 +115,29 @@ def wait_for_outcome(
         time.sleep(0.05)
     raise AssertionError(f"action {action_id} did not settle in {timeout} s")
 
+
+Events = Callable[[uuid.UUID], list[LedgerRow]]
+
+
+@pytest.fixture(scope="module")
+def events(db_url: str) -> Events:
+    """Every ledger row of one action, in ledger order, read straight from ``ledger.events``.
+
+    ``Ledger.history`` shows rows only below the horizon of the oldest transaction still in flight
+    on the whole PostgreSQL server (stable paging for auditors, queries.sql ``history``), so any
+    transaction held open elsewhere (another test's, another test run's) hides an action's newest
+    rows for as long as it lasts, although its outcome is already in the registry. Once an action
+    is settled all its transactions have committed, and this read is exact at once.
+    """
+
+    def read(action_id: uuid.UUID) -> list[LedgerRow]:
+        with connect(db_url, None) as conn, conn.cursor(row_factory=class_row(LedgerRow)) as cur:
+            cur.execute(ACTION_EVENTS, {"action_id": action_id})
+            return cur.fetchall()
+
+    return read
+
+
+ACTION_EVENTS = "SELECT * FROM ledger.events WHERE action_id = %(action_id)s ORDER BY tx_id, position"
 
 Settle = Callable[[uuid.UUID], ActionRecord]

@@ -18,7 +18,7 @@ from workers.ledger.connector import drop_database, with_database
 from workers.ledger.migrations import migrate
 
 POSTGRES_ADMIN_URL = os.environ.get("LEDGER_TEST_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-RABBITMQ_HOST, RABBITMQ_PORT = "127.0.0.1", 5672
+RABBITMQ_HOST, RABBITMQ_PORT = "127.0.0.1", int(os.environ.get("RABBITMQ_TEST_PORT", "5672"))
 
 
 def unavailable(message: str) -> None:

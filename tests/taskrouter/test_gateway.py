@@ -9,10 +9,6 @@ import pytest
 import urllib3
 
 from workers.config import Settings
-from workers.emulator.admin import EmulatorAdmin, ReservationInfo
-from workers.emulator.process import free_port
-from workers.emulator.server import EmulatorServer
-from workers.emulator.settings import EmulatorSettings
 from workers.errors import (
     PermanentTaskRouterError,
     PreconditionFailed,
@@ -21,6 +17,10 @@ from workers.errors import (
 )
 from workers.taskrouter.gateway import ReservationRef, TaskRouterGateway, header
 from workers.taskrouter.http import Urllib3HttpClient
+from workers.testing.emulator.admin import EmulatorAdmin, ReservationInfo
+from workers.testing.emulator.process import free_port
+from workers.testing.emulator.server import EmulatorServer
+from workers.testing.emulator.settings import EMULATOR_CREDENTIALS, EmulatorSettings
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +38,9 @@ def admin(strict_emulator: EmulatorServer) -> Iterator[EmulatorAdmin]:
 
 @pytest.fixture
 def gateway(strict_emulator: EmulatorServer) -> TaskRouterGateway:
-    return TaskRouterGateway.from_settings(Settings(taskrouter_base_url=strict_emulator.base_url), timeout=5)
+    return TaskRouterGateway.from_settings(
+        Settings(taskrouter_base_url=strict_emulator.base_url, twilio=EMULATOR_CREDENTIALS), timeout=5
+    )
 
 
 @pytest.fixture
@@ -178,7 +180,7 @@ def test_no_answer_in_time_is_transient(strict_emulator: EmulatorServer, admin: 
     reservation = admin.create_reservation()
     admin.add_fault("latency", latency_ms=2000)
     impatient = TaskRouterGateway.from_settings(
-        Settings(taskrouter_base_url=strict_emulator.base_url), timeout=0.2
+        Settings(taskrouter_base_url=strict_emulator.base_url, twilio=EMULATOR_CREDENTIALS), timeout=0.2
     )
     started = time.monotonic()
     with pytest.raises(TransientTaskRouterError, match="did not answer in time") as caught:
@@ -190,7 +192,7 @@ def test_no_answer_in_time_is_transient(strict_emulator: EmulatorServer, admin: 
 def test_the_proxy_comes_from_the_environment_and_no_proxy_is_honoured(
     strict_emulator: EmulatorServer, reservation: ReservationInfo, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    settings = Settings(taskrouter_base_url=strict_emulator.base_url)
+    settings = Settings(taskrouter_base_url=strict_emulator.base_url, twilio=EMULATOR_CREDENTIALS)
     dead_proxy = f"http://127.0.0.1:{free_port()}"  # a proxy that is down
     for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"):
         monkeypatch.delenv(name, raising=False)
@@ -207,7 +209,9 @@ def test_the_proxy_comes_from_the_environment_and_no_proxy_is_honoured(
 
 def test_a_refused_connection_is_a_connection_failure_not_a_timeout(reservation: ReservationInfo) -> None:
     nobody = f"http://127.0.0.1:{free_port()}"
-    gateway = TaskRouterGateway.from_settings(Settings(taskrouter_base_url=nobody), timeout=2)
+    gateway = TaskRouterGateway.from_settings(
+        Settings(taskrouter_base_url=nobody, twilio=EMULATOR_CREDENTIALS), timeout=2
+    )
     with pytest.raises(TransientTaskRouterError, match="connection failed"):
         gateway.fetch(task_ref(reservation))
 

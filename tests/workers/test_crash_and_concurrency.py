@@ -8,11 +8,13 @@ import time
 from collections import Counter
 from typing import Any
 
+import pytest
+
 from tests.support.e2e import action_for, wait_for_outcome
 from workers.core.action import ActionKind
-from workers.emulator.admin import EmulatorAdmin
 from workers.ledger.reader import LedgerReader
-from workers.worker_process import WorkerProcess
+from workers.testing.emulator.admin import EmulatorAdmin
+from workers.testing.processes import WorkerProcess
 
 
 def emulator_transitions(admin: EmulatorAdmin, sid: str) -> list[tuple[str, str]]:
@@ -28,6 +30,7 @@ def ledger_transitions(ledger: LedgerReader, sid: str) -> list[tuple[str | None,
     ]
 
 
+@pytest.mark.acceptance
 def test_worker_killed_mid_update_still_applies_exactly_once(
     celery_app: Any, worker_env: dict[str, str], admin: EmulatorAdmin, ledger: LedgerReader
 ) -> None:
@@ -60,6 +63,7 @@ def test_worker_killed_mid_update_still_applies_exactly_once(
     assert Counter(e.kind for e in ledger.history(action_id=action.action_id))["outcome"] == 1
 
 
+@pytest.mark.acceptance
 def test_many_workers_racing_on_the_same_reservations_lose_nothing(
     celery_app: Any, worker_env: dict[str, str], admin: EmulatorAdmin, ledger: LedgerReader
 ) -> None:

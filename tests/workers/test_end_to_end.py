@@ -9,9 +9,9 @@ import pytest
 
 from tests.support.e2e import action_for, wait_for_outcome
 from workers.core.action import ActionKind
-from workers.emulator.admin import EmulatorAdmin
 from workers.ledger.reader import LedgerReader
-from workers.worker_process import WorkerProcess
+from workers.testing.emulator.admin import EmulatorAdmin
+from workers.testing.processes import WorkerProcess
 
 CALL = {"call_from": "+15550001111", "call_url": "https://example.test/twiml"}
 

@@ -12,13 +12,14 @@ from typing import Any
 import pytest
 
 from tests.support.e2e import PII_KEY, action_for, wait_for_outcome
-from workers.config import EMULATOR_AUTH_TOKEN, Settings
+from workers.config import Settings
 from workers.core.action import Action, ActionKind
-from workers.emulator.admin import EmulatorAdmin
 from workers.errors import ConfigurationError
 from workers.ledger.reader import LedgerReader
 from workers.logs import FIELDS, JsonFormatter, wants_json
-from workers.worker_process import WorkerProcess
+from workers.testing.emulator.admin import EmulatorAdmin
+from workers.testing.emulator.settings import EMULATOR_AUTH_TOKEN
+from workers.testing.processes import WorkerProcess
 
 CALL_FROM = "+15557770001"
 CALL_URL = "https://example.test/twiml/secret-path"
@@ -73,6 +74,7 @@ def test_an_unknown_log_format_is_a_clear_error() -> None:
         Settings.from_env({"LOG_FORMAT": "xml"})
 
 
+@pytest.mark.acceptance
 def test_json_logs_of_a_real_worker_parse_and_hold_no_pii_or_secrets(
     celery_app: Any, worker_env: dict[str, str], admin: EmulatorAdmin, ledger: LedgerReader
 ) -> None:

@@ -14,11 +14,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.e2e import action_for, wait_for_outcome
 from workers.core.action import Action, ActionKind
-from workers.emulator.admin import EmulatorAdmin
-from workers.emulator.process import free_port
 from workers.ledger.reader import LedgerReader
 from workers.metrics import parse_address
-from workers.worker_process import WorkerProcess
+from workers.testing.emulator.admin import EmulatorAdmin
+from workers.testing.emulator.process import free_port
+from workers.testing.processes import WorkerProcess
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -42,6 +42,7 @@ def test_parse_address() -> None:
     assert parse_address("127.0.0.1:9900") == ("127.0.0.1", 9900)
 
 
+@pytest.mark.acceptance
 def test_the_worker_counts_outcomes_conflicts_calls_and_lag(
     celery_app: Any, worker_env: dict[str, str], admin: EmulatorAdmin, ledger: LedgerReader
 ) -> None:
@@ -96,6 +97,7 @@ def test_the_worker_counts_outcomes_conflicts_calls_and_lag(
     assert admin.reservation(reservation.sid).status == "wrapping"
 
 
+@pytest.mark.acceptance
 def test_a_prefork_worker_adds_up_its_children_in_multiprocess_mode(
     celery_app: Any, worker_env: dict[str, str], admin: EmulatorAdmin, ledger: LedgerReader, tmp_path: Path
 ) -> None:
@@ -120,6 +122,7 @@ def test_a_prefork_worker_adds_up_its_children_in_multiprocess_mode(
     assert value(samples, "reservations_conflicts_total") == 0
 
 
+@pytest.mark.acceptance
 def test_a_prefork_worker_without_multiprocess_mode_serves_nothing(worker_env: dict[str, str]) -> None:
     port = free_port()
     env = {**worker_env, "WORKER_METRICS_PORT": f"127.0.0.1:{port}"}

@@ -11,20 +11,20 @@ from typing import Any
 import pytest
 
 from tests.support.broker import drain_dead_letters
-from tests.support.e2e import action_for, wait_for_outcome
+from tests.support.e2e import Events, action_for, wait_for_outcome
 from workers.broker.topology import ACTION_ID_HEADER, OUTCOME_HEADER, REASON_HEADER
 from workers.core.action import ActionKind
-from workers.emulator.admin import EmulatorAdmin
 from workers.ledger.reader import LedgerReader
-from workers.worker_process import WorkerProcess
+from workers.testing.emulator.admin import EmulatorAdmin
+from workers.testing.processes import WorkerProcess
 
 
-def kinds(ledger: LedgerReader, action_id: uuid.UUID) -> list[str]:
-    return [event.kind for event in ledger.history(action_id=action_id)]
+def kinds(events: Events, action_id: uuid.UUID) -> list[str]:
+    return [event.kind for event in events(action_id)]
 
 
 def test_stale_cached_etag_costs_one_412_then_applies(
-    celery_app: Any, worker: WorkerProcess, admin: EmulatorAdmin, ledger: LedgerReader
+    celery_app: Any, worker: WorkerProcess, admin: EmulatorAdmin, ledger: LedgerReader, events: Events
 ) -> None:
     reservation = admin.create_reservation()
     accept = action_for(reservation)
@@ -36,8 +36,8 @@ def test_stale_cached_etag_costs_one_412_then_applies(
     complete = action_for(reservation, ActionKind.COMPLETE)
     celery_app.enqueue(complete)
     assert wait_for_outcome(ledger, complete.action_id).outcome == "applied"
-    assert kinds(ledger, complete.action_id) == ["received", "conflict", "transition", "outcome"]
-    conflict = ledger.history(action_id=complete.action_id)[1]
+    assert kinds(events, complete.action_id) == ["received", "conflict", "transition", "outcome"]
+    conflict = events(complete.action_id)[1]
     assert conflict.http_status == 412
     assert conflict.twilio_error_code == 20412
     touched = admin.transitions(reservation.sid)[-2]
@@ -48,7 +48,7 @@ def test_stale_cached_etag_costs_one_412_then_applies(
 
 
 def test_a_storm_of_412s_converges_and_every_conflict_is_in_the_ledger(
-    celery_app: Any, worker: WorkerProcess, admin: EmulatorAdmin, ledger: LedgerReader
+    celery_app: Any, worker: WorkerProcess, admin: EmulatorAdmin, ledger: LedgerReader, events: Events
 ) -> None:
     reservations = [admin.create_reservation() for _ in range(12)]
     admin.add_fault("conflict_storm", rate=0.5, seed=11)
@@ -59,7 +59,7 @@ def test_a_storm_of_412s_converges_and_every_conflict_is_in_the_ledger(
     assert outcomes == ["applied"] * len(actions)
     for reservation, action in zip(reservations, actions, strict=True):
         counts = admin.reservation_counts(reservation.sid)
-        conflicts = kinds(ledger, action.action_id).count("conflict")
+        conflicts = kinds(events, action.action_id).count("conflict")
         assert conflicts == counts.update.status(412)
         assert admin.reservation(reservation.sid).status == "accepted"
     assert sum(admin.reservation_counts(r.sid).update.status(412) for r in reservations) > 0
@@ -100,6 +100,7 @@ def test_transient_faults_are_retried_then_applied(
     worker: WorkerProcess,
     admin: EmulatorAdmin,
     ledger: LedgerReader,
+    events: Events,
     fault: str,
     options: dict[str, Any],
 ) -> None:
@@ -111,7 +112,7 @@ def test_transient_faults_are_retried_then_applied(
     _wait_until(lambda: admin.reservation_counts(reservation.sid).update.total >= 1)
     admin.remove_fault(fault_id)
     record = wait_for_outcome(ledger, action.action_id)
-    history = kinds(ledger, action.action_id)
+    history = kinds(events, action.action_id)
     assert history[:2] == ["received", "attempt"]
     assert admin.reservation(reservation.sid).status == "accepted"
     transitions = [t for t in admin.transitions(reservation.sid) if t.from_status != t.to_status]
@@ -125,7 +126,7 @@ def test_transient_faults_are_retried_then_applied(
 
 
 def test_unknown_reservation_fails_without_retry(
-    celery_app: Any, worker: WorkerProcess, admin: EmulatorAdmin, ledger: LedgerReader
+    celery_app: Any, worker: WorkerProcess, admin: EmulatorAdmin, ledger: LedgerReader, events: Events
 ) -> None:
     reservation = admin.create_reservation()
     drain_dead_letters(worker.env["CELERY_BROKER_URL"])
@@ -136,7 +137,7 @@ def test_unknown_reservation_fails_without_retry(
     celery_app.enqueue(ghost)
     record = wait_for_outcome(ledger, ghost.action_id)
     assert record.outcome == "failed"
-    outcome_row = ledger.history(action_id=ghost.action_id)[-1]
+    outcome_row = events(ghost.action_id)[-1]
     assert (outcome_row.http_status, outcome_row.twilio_error_code) == (404, 20404)
     assert admin.counters()["requests"] == 1  # one fetch, no retry
     letters = _wait_for_letters(worker, 1)
@@ -144,15 +145,16 @@ def test_unknown_reservation_fails_without_retry(
     assert letters[0].json()["action_id"] == str(ghost.action_id)
 
 
-def test_a_parameter_the_schema_refuses_is_rejected_before_taskrouter_sees_it(
-    celery_app: Any, worker: WorkerProcess, admin: EmulatorAdmin, ledger: LedgerReader
+def test_bad_parameter_fails_with_400_and_no_retry(
+    celery_app: Any, worker: WorkerProcess, admin: EmulatorAdmin, ledger: LedgerReader, events: Events
 ) -> None:
     """Handed straight to the apply task (skipping the intake), a message is still held to the
     schema: TaskRouter would answer 400; the task refuses it without a call."""
     reservation = admin.create_reservation()
     action = action_for(reservation, ActionKind.CONFERENCE, params={"max_participants": 900})
     celery_app.enqueue(action)
-    assert wait_for_outcome(ledger, action.action_id).outcome == "rejected_input"
+    assert wait_for_outcome(ledger, action.action_id).outcome == "failed"
+    assert events(action.action_id)[-1].http_status == 400
     counts = admin.reservation_counts(reservation.sid)
     assert counts.update.total == 0
     assert admin.reservation(reservation.sid).status == "pending"
@@ -160,7 +162,7 @@ def test_a_parameter_the_schema_refuses_is_rejected_before_taskrouter_sees_it(
 
 
 def test_exhausted_retries_dead_letter_the_message_with_its_reason(
-    celery_app: Any, worker: WorkerProcess, admin: EmulatorAdmin, ledger: LedgerReader
+    celery_app: Any, worker: WorkerProcess, admin: EmulatorAdmin, ledger: LedgerReader, events: Events
 ) -> None:
     drain_dead_letters(worker.env["CELERY_BROKER_URL"])
     reservation = admin.create_reservation()
@@ -169,7 +171,7 @@ def test_exhausted_retries_dead_letter_the_message_with_its_reason(
     celery_app.enqueue(action)
     record = wait_for_outcome(ledger, action.action_id)
     assert record.outcome == "dead_lettered"
-    history = kinds(ledger, action.action_id)
+    history = kinds(events, action.action_id)
     retries = int(worker.env["RETRY_MAX_RETRIES"])
     assert history.count("attempt") == retries + 1
     assert admin.reservation_counts(reservation.sid).update.total == retries + 1
@@ -181,16 +183,16 @@ def test_exhausted_retries_dead_letter_the_message_with_its_reason(
 
 
 def test_the_same_action_id_twice_reaches_taskrouter_once(
-    celery_app: Any, worker: WorkerProcess, admin: EmulatorAdmin, ledger: LedgerReader
+    celery_app: Any, worker: WorkerProcess, admin: EmulatorAdmin, ledger: LedgerReader, events: Events
 ) -> None:
     reservation = admin.create_reservation()
     action = action_for(reservation)
     celery_app.enqueue(action)
     celery_app.enqueue(action)
     assert wait_for_outcome(ledger, action.action_id).outcome == "applied"
-    _wait_until(lambda: Counter(e.kind for e in ledger.history(action_id=action.action_id))["received"] == 1)
+    _wait_until(lambda: Counter(e.kind for e in events(action.action_id))["received"] == 1)
     assert admin.reservation_counts(reservation.sid).update.total == 1
-    assert Counter(kinds(ledger, action.action_id)) == {"received": 1, "transition": 1, "outcome": 1}
+    assert Counter(kinds(events, action.action_id)) == {"received": 1, "transition": 1, "outcome": 1}
 
 
 def _wait_until(condition: Any, timeout: float = 30.0) -> None:

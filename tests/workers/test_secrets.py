@@ -29,9 +29,9 @@ from workers.broker.topology import (
     REJECT_CODE_HEADER,
 )
 from workers.core.action import Action, ActionKind
-from workers.emulator.admin import EmulatorAdmin
 from workers.ledger.reader import LedgerReader
-from workers.worker_process import WorkerProcess
+from workers.testing.emulator.admin import EmulatorAdmin
+from workers.testing.processes import WorkerProcess
 
 pytestmark = pytest.mark.integration
 

@@ -10,11 +10,13 @@ import time
 from collections import Counter
 from typing import Any
 
+import pytest
+
 from tests.support.e2e import action_for, wait_for_outcome
 from workers.broker.producer import Producer
-from workers.emulator.admin import EmulatorAdmin
 from workers.ledger.reader import LedgerReader
-from workers.worker_process import WorkerProcess
+from workers.testing.emulator.admin import EmulatorAdmin
+from workers.testing.processes import WorkerProcess
 
 ACTIONS = 60
 
@@ -23,6 +25,7 @@ def settled(ledger: LedgerReader, action_ids: list[Any]) -> int:
     return sum(1 for action_id in action_ids if (r := ledger.action(action_id)) and r.outcome is not None)
 
 
+@pytest.mark.acceptance
 def test_sigterm_under_load_finishes_or_hands_back_every_action(
     celery_app: Any, worker_env: dict[str, str], admin: EmulatorAdmin, ledger: LedgerReader
 ) -> None:

@@ -15,8 +15,8 @@ from workers import __version__
 
 # name -> "module:attribute" of a click command or group.
 SUBCOMMANDS: dict[str, str] = {
-    "emulator": "workers.cli.emulator:emulator",
-    "demo": "workers.cli.demo:demo",
+    "emulator": "workers.testing.emulator.command:emulator",
+    "demo": "workers.testing.demo.command:demo",
     "migrate": "workers.cli.ledger:migrate",
     "ledger": "workers.cli.ledger:ledger",
     "history": "workers.cli.history:history",

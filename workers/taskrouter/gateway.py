@@ -69,8 +69,8 @@ class TaskRouterGateway:
 
     @classmethod
     def from_settings(cls, settings: Settings, timeout: float = DEFAULT_TIMEOUT_SECONDS) -> TaskRouterGateway:
+        credentials = settings.twilio_credentials()
         http_client = Urllib3HttpClient(timeout, proxy_for(settings.taskrouter_base_url))
-        credentials = settings.twilio
         client = Client(
             credentials.username,
             credentials.password,

@@ -21,6 +21,7 @@ benchmarks. Never expose an emulator's port beyond the machine it runs on.
 
 from __future__ import annotations
 
+import enum
 import json
 from collections.abc import Awaitable, Callable, Mapping
 
@@ -28,24 +29,21 @@ from aiohttp import web
 
 from workers.core.parameters import Scope
 from workers.core.state_machine import Status
-from workers.emulator.counters import Counters
-from workers.emulator.faults import FaultInjector
-from workers.emulator.model import Reservation, Task, Transition, Worker, Workspace
-from workers.emulator.settings import EmulatorSettings
-from workers.emulator.store import Store
-from workers.emulator.wire import (
-    JSON_CONTENT_TYPE,
-    REQUEST_ID_HEADER,
-    encode,
-    new_request_id,
-    reservation_path,
-)
 from workers.errors import (
     InvalidParameter,
     ReservationsError,
     ResourceConflict,
     TransitionRefused,
     UnknownResource,
+)
+from workers.testing.emulator.model import Reservation, Task, Transition, Worker, Workspace
+from workers.testing.emulator.state import EmulatorState
+from workers.testing.emulator.wire import (
+    JSON_CONTENT_TYPE,
+    REQUEST_ID_HEADER,
+    encode,
+    new_request_id,
+    reservation_path,
 )
 
 PREFIX = "/_emulator"
@@ -54,13 +52,9 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class AdminApi:
-    def __init__(
-        self, store: Store, counters: Counters, faults: FaultInjector, settings: EmulatorSettings
-    ) -> None:
-        self._store = store
-        self._counters = counters
-        self._faults = faults
-        self._settings = settings
+    def __init__(self, state: EmulatorState) -> None:
+        self._store, self._counters, self._faults = state.store, state.counters, state.faults
+        self._settings = state.settings
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -206,49 +200,30 @@ def task_view(task: Task, reservation_sids: list[str]) -> dict[str, object]:
 
 
 def worker_view(worker: Worker) -> dict[str, object]:
-    return {
-        "sid": worker.sid,
-        "workspace_sid": worker.workspace_sid,
-        "friendly_name": worker.friendly_name,
-        "activity_sid": worker.activity_sid,
-    }
+    return _pick(worker, "sid", "workspace_sid", "friendly_name", "activity_sid")
 
 
 def reservation_view(reservation: Reservation) -> dict[str, object]:
     return {
-        "sid": reservation.sid,
-        "workspace_sid": reservation.workspace_sid,
-        "task_sid": reservation.task_sid,
-        "worker_sid": reservation.worker_sid,
-        "worker_name": reservation.worker_name,
-        "status": reservation.status.value,
-        "version": reservation.version,
-        "etag": reservation.etag,
-        "date_created": reservation.date_created,
-        "date_updated": reservation.date_updated,
-        "worker_activity_sid": reservation.worker_activity_sid,
+        **_pick(reservation, "sid", "workspace_sid", "task_sid", "worker_sid", "worker_name", "status"),
+        **_pick(reservation, "version", "etag", "date_created", "date_updated", "worker_activity_sid"),
         "task_path": reservation_path(Scope.TASK, reservation),
         "worker_path": reservation_path(Scope.WORKER, reservation),
     }
 
 
 def transition_view(entry: Transition) -> dict[str, object]:
-    return {
-        "sequence": entry.sequence,
-        "reservation_sid": entry.reservation_sid,
-        "task_sid": entry.task_sid,
-        "worker_sid": entry.worker_sid,
-        "workspace_sid": entry.workspace_sid,
-        "from_status": entry.from_status.value,
-        "to_status": entry.to_status.value,
-        "version_before": entry.version_before,
-        "version_after": entry.version_after,
-        "source": entry.source,
-        "request_id": entry.request_id,
-        "requested": entry.requested,
-        "at": entry.at,
-        "note": entry.note,
-    }
+    return _pick(
+        entry,
+        *("sequence", "reservation_sid", "task_sid", "worker_sid", "workspace_sid", "from_status"),
+        *("to_status", "version_before", "version_after", "source", "request_id", "requested", "at", "note"),
+    )
+
+
+def _pick(record: object, *names: str) -> dict[str, object]:
+    """The named attributes of a record, as JSON values (an enum as its value)."""
+    picked = {name: getattr(record, name) for name in names}
+    return {name: value.value if isinstance(value, enum.Enum) else value for name, value in picked.items()}
 
 
 # -- plumbing -------------------------------------------------------------------------------------

@@ -15,12 +15,13 @@ from urllib.parse import parse_qs
 from aiohttp import web
 
 from workers.core.parameters import RESERVATION_STATUSES, Scope, parse_update_form
-from workers.emulator.counters import DROPPED, Counters
-from workers.emulator.faults import FaultInjector, FaultKind, Plan
-from workers.emulator.model import Reservation
-from workers.emulator.settings import BasicAuth, EmulatorSettings
-from workers.emulator.store import Store
-from workers.emulator.wire import (
+from workers.errors import IfMatchMismatch, InvalidParameter, TransitionRefused, UnknownResource
+from workers.testing.emulator.counters import DROPPED
+from workers.testing.emulator.faults import FaultKind, Plan
+from workers.testing.emulator.model import Reservation
+from workers.testing.emulator.settings import BasicAuth
+from workers.testing.emulator.state import EmulatorState
+from workers.testing.emulator.wire import (
     JSON_CONTENT_TYPE,
     REQUEST_ID_HEADER,
     Operation,
@@ -33,7 +34,6 @@ from workers.emulator.wire import (
     parse_if_match,
     representation,
 )
-from workers.errors import IfMatchMismatch, InvalidParameter, TransitionRefused, UnknownResource
 
 logger = logging.getLogger(__name__)
 
@@ -55,15 +55,11 @@ DEFAULT_PAGE_SIZE = 50
 class TwilioApi:
     """The six reservation operations (fetch, update, list; task- and worker-scoped)."""
 
-    def __init__(
-        self, store: Store, counters: Counters, faults: FaultInjector, settings: EmulatorSettings
-    ) -> None:
-        self._store = store
-        self._counters = counters
-        self._faults = faults
-        self._account_sid = settings.account_sid
-        self._auth = BasicAuth(settings.credentials())
-        self._etag_names = etag_headers(settings.strict_headers)
+    def __init__(self, state: EmulatorState) -> None:
+        self._store, self._counters, self._faults = state.store, state.counters, state.faults
+        self._account_sid = state.settings.account_sid
+        self._auth = BasicAuth(state.settings.credentials())
+        self._etag_names = etag_headers(state.settings.strict_headers)
 
     def routes(self) -> list[web.RouteDef]:
         item = "/{sid}"
@@ -88,28 +84,16 @@ class TwilioApi:
     # -- the six operations -------------------------------------------------------------------------
 
     async def fetch_task(self, request: web.Request) -> web.StreamResponse:
-        info = request.match_info
-        return await self._fetch(
-            request, Scope.TASK, info["workspace_sid"], info["sid"], info["task_sid"], None
-        )
+        return await self._fetch(request, Scope.TASK)
 
     async def fetch_worker(self, request: web.Request) -> web.StreamResponse:
-        info = request.match_info
-        return await self._fetch(
-            request, Scope.WORKER, info["workspace_sid"], info["sid"], None, info["worker_sid"]
-        )
+        return await self._fetch(request, Scope.WORKER)
 
     async def update_task(self, request: web.Request) -> web.StreamResponse:
-        info = request.match_info
-        return await self._update(
-            request, Scope.TASK, info["workspace_sid"], info["sid"], info["task_sid"], None
-        )
+        return await self._update(request, Scope.TASK)
 
     async def update_worker(self, request: web.Request) -> web.StreamResponse:
-        info = request.match_info
-        return await self._update(
-            request, Scope.WORKER, info["workspace_sid"], info["sid"], None, info["worker_sid"]
-        )
+        return await self._update(request, Scope.WORKER)
 
     async def list_task(self, request: web.Request) -> web.StreamResponse:
         info = request.match_info
@@ -121,50 +105,47 @@ class TwilioApi:
 
     # -- shared implementation ----------------------------------------------------------------------
 
-    async def _fetch(
-        self,
-        request: web.Request,
-        scope: Scope,
-        workspace_sid: str,
-        sid: str,
-        task_sid: str | None,
-        worker_sid: str | None,
-    ) -> web.StreamResponse:
-        request_id = new_request_id()
+    async def _admit(
+        self, request: web.Request, operation: Operation, sid: str | None, request_id: str
+    ) -> tuple[web.StreamResponse | None, Plan | None]:
+        """Basic auth, then the faults' plan: an early response (401, an injected failure) or None,
+        and the plan the rest of the request carries out."""
         if not self._auth.allows(request.headers.get("Authorization")):
-            self._counters.record(Operation.FETCH, sid, 401)
-            return _unauthorized(request_id)
-        plan = self._faults.plan(Operation.FETCH, sid)
-        if plan is not None:
-            early = await self._disturb(request, plan, Operation.FETCH, sid, request_id)
-            if early is not None:
-                return early
-        reservation = self._store.find(workspace_sid, sid, task_sid=task_sid, worker_sid=worker_sid)
+            self._counters.record(operation, sid, 401)
+            return _unauthorized(request_id), None
+        plan = self._faults.plan(operation, sid)
+        if plan is None:
+            return None, None
+        return await self._disturb(request, plan, operation, sid, request_id), plan
+
+    def _find(self, request: web.Request) -> Reservation | None:
+        """The reservation a fetch or update names, if it exists under that workspace and parent."""
+        info = request.match_info
+        return self._store.find(
+            info["workspace_sid"],
+            info["sid"],
+            task_sid=info.get("task_sid"),
+            worker_sid=info.get("worker_sid"),
+        )
+
+    async def _fetch(self, request: web.Request, scope: Scope) -> web.StreamResponse:
+        request_id, sid = new_request_id(), request.match_info["sid"]
+        early, plan = await self._admit(request, Operation.FETCH, sid, request_id)
+        if early is not None:
+            return early
+        reservation = self._find(request)
         if reservation is None:
             return self._not_found(request, Operation.FETCH, sid, request_id)
         return self._reservation_response(request, scope, Operation.FETCH, reservation, request_id, plan)
 
-    async def _update(
-        self,
-        request: web.Request,
-        scope: Scope,
-        workspace_sid: str,
-        sid: str,
-        task_sid: str | None,
-        worker_sid: str | None,
-    ) -> web.StreamResponse:
-        request_id = new_request_id()
-        if not self._auth.allows(request.headers.get("Authorization")):
-            self._counters.record(Operation.UPDATE, sid, 401)
-            return _unauthorized(request_id)
-        plan = self._faults.plan(Operation.UPDATE, sid)
-        if plan is not None:
-            early = await self._disturb(request, plan, Operation.UPDATE, sid, request_id)
-            if early is not None:
-                return early
+    async def _update(self, request: web.Request, scope: Scope) -> web.StreamResponse:
+        request_id, sid = new_request_id(), request.match_info["sid"]
+        early, plan = await self._admit(request, Operation.UPDATE, sid, request_id)
+        if early is not None:
+            return early
         body = await request.read()
         # From here on, no await: the lookup, the If-Match check and the change are one step.
-        if self._store.find(workspace_sid, sid, task_sid=task_sid, worker_sid=worker_sid) is None:
+        if self._find(request) is None:
             return self._not_found(request, Operation.UPDATE, sid, request_id)
         if_match = request.headers.get("If-Match")
         try:
@@ -196,14 +177,9 @@ class TwilioApi:
         self, request: web.Request, scope: Scope, workspace_sid: str, parent_sid: str
     ) -> web.StreamResponse:
         request_id = new_request_id()
-        if not self._auth.allows(request.headers.get("Authorization")):
-            self._counters.record(Operation.LIST, None, 401)
-            return _unauthorized(request_id)
-        plan = self._faults.plan(Operation.LIST, None)
-        if plan is not None:
-            early = await self._disturb(request, plan, Operation.LIST, None, request_id)
-            if early is not None:
-                return early
+        early, plan = await self._admit(request, Operation.LIST, None, request_id)
+        if early is not None:
+            return early
         if scope is Scope.TASK:
             reservations = self._store.task_reservations(workspace_sid, parent_sid)
         else:

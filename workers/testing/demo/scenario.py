@@ -126,7 +126,7 @@ def tame_fault_seed(rng: random.Random, rate: float, *, longest_run: int = 2, dr
     """A fault seed whose first update fails, and which never fails more than ``longest_run`` in a row.
 
     The emulator draws once from ``random.Random(seed)`` for every eligible request
-    (``workers.emulator.faults``), and one reservation's updates happen one at a time, so the
+    (``workers.testing.emulator.faults``), and one reservation's updates happen one at a time, so the
     seed decides exactly which updates fail: retries happen, and none runs out of them.
     """
     while True:

@@ -22,62 +22,54 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from workers.cli.options import broker_url_option, database_url_option
+from workers.cli.options import broker_url_option, database_url_option, env_option
 
 DEFAULT_RESERVATIONS = 40
 SHORT_RESERVATIONS = 8
 
 
 @click.command()
-@click.option(
+@env_option(
     "--reservations",
     type=click.IntRange(1, 2000),
     envvar="DEMO_RESERVATIONS",
-    show_envvar=True,
     default=None,
     help=f"How many reservations to seed and act on  [default: {DEFAULT_RESERVATIONS};"
     f" {SHORT_RESERVATIONS} with --short]",
 )
-@click.option(
+@env_option(
     "--short",
     is_flag=True,
     envvar="DEMO_SHORT",
-    show_envvar=True,
     help="A small, fast run (the test suite's): fewer reservations, a shorter settle time-out.",
 )
-@click.option(
+@env_option(
     "--seed",
     type=int,
     envvar="DEMO_SEED",
-    show_envvar=True,
     default=7,
-    show_default=True,
     help="Seeds the mix of scripts, their order and the injected faults: same seed, same run.",
 )
-@click.option(
+@env_option(
     "--keep-database",
     is_flag=True,
     envvar="DEMO_KEEP_DATABASE",
-    show_envvar=True,
     help="Keep the demo's ledger database afterwards (for `reservations history`); the next run"
     " starts it afresh.",
 )
-@click.option(
+@env_option(
     "--database",
     "database",
     envvar="DEMO_DATABASE",
-    show_envvar=True,
     default="reservations_demo",
-    show_default=True,
     help="Name of the demo's own ledger database, created (afresh) on DATABASE_URL's server.",
 )
 @database_url_option("The PostgreSQL server (and role) to use; its database name is replaced by --database.")
 @broker_url_option("RabbitMQ. A private vhost is made on it with rabbitmqctl when possible, and deleted.")
-@click.option(
+@env_option(
     "--summary-json",
     type=click.Path(dir_okay=False, path_type=Path),
     envvar="DEMO_SUMMARY_JSON",
-    show_envvar=True,
     default=None,
     help="Also write the summary (outcomes, checks, figures) to this file as JSON.",
 )
@@ -92,8 +84,8 @@ def demo(
     summary_json: Path | None,
 ) -> None:
     """Run the whole system end to end on the local PostgreSQL and RabbitMQ, and check nothing was lost."""
-    from workers.demo import scenario as scenarios
-    from workers.demo.runner import Options, ServiceUnavailable, run
+    from workers.testing.demo import scenario as scenarios
+    from workers.testing.demo.runner import Options, ServiceUnavailable, run
 
     console = Console(highlight=False)
     count = reservations or (SHORT_RESERVATIONS if short else DEFAULT_RESERVATIONS)

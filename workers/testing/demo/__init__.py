@@ -8,5 +8,5 @@
 * ``lanes`` plays each reservation's script through the real producer and the emulator's admin API;
 * ``checks`` reads the ledger, the emulator's log and counters and the dead-letter queue
   afterwards, and decides whether anything was lost (``results`` holds what it found);
-* ``runner`` starts and stops everything; ``workers.cli.demo`` is the command and its output.
+* ``runner`` starts and stops everything; ``command`` is the command and its output.
 """

@@ -1,4 +1,6 @@
-"""Run `celery -A workers worker` as a subprocess: for the tests, the demo and the benchmarks."""
+"""Real processes for the tests, the demo and the benchmarks: ``celery -A workers worker`` as a
+subprocess, and what every background service here shares (started and stopped as a context
+manager, a subprocess stopped politely and then for sure)."""
 
 from __future__ import annotations
 
@@ -17,7 +19,36 @@ from typing import IO, Self
 READY_TIMEOUT = 60.0
 
 
-class WorkerProcess:
+class Background:
+    """Something ``start()`` runs and ``stop()`` ends; ``with`` stops it even when the body fails."""
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> object:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+def terminate(process: subprocess.Popen[bytes], timeout: float) -> int:
+    """SIGTERM, then SIGKILL if ``process`` has not exited in ``timeout`` seconds; its exit status."""
+    process.send_signal(signal.SIGTERM)
+    try:
+        return process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        return process.wait(10)
+
+
+class WorkerProcess(Background):
     """``celery -A workers worker`` as a subprocess, with its log in a temporary file."""
 
     def __init__(
@@ -78,21 +109,12 @@ class WorkerProcess:
         """SIGTERM (Celery's warm shutdown: finish what is running), then SIGKILL if it hangs."""
         if self.process is None or self.process.poll() is not None:
             return None if self.process is None else self.process.returncode
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            return self.process.wait(10)
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
+        return terminate(self.process, timeout)
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self.stop()
+        super().__exit__(exc_type, exc, tb)
         self._ready_file.unlink(missing_ok=True)
         if self._log is not None:
             self._log.close()

@@ -6,10 +6,25 @@ import base64
 import binascii
 from dataclasses import dataclass, field
 
-from workers.config import EMULATOR_ACCOUNT_SID, EMULATOR_AUTH_TOKEN
+from workers.config import TwilioCredentials
 from workers.core.sids import is_sid
-from workers.emulator.store import DEFAULT_LOG_SIZE
 from workers.errors import ConfigurationError
+from workers.testing.emulator.store import DEFAULT_LOG_SIZE
+
+# The emulator's well-known local credentials; never valid against the real Twilio. The product has
+# no default credentials: the demo, the tests and the benchmarks pass these to it explicitly.
+EMULATOR_ACCOUNT_SID = "AC" + "0" * 32
+EMULATOR_AUTH_TOKEN = "emulator-auth-token"  # noqa: S105 - public, emulator only
+EMULATOR_CREDENTIALS = TwilioCredentials(EMULATOR_ACCOUNT_SID, EMULATOR_ACCOUNT_SID, EMULATOR_AUTH_TOKEN)
+
+
+def emulator_env(base_url: str) -> dict[str, str]:
+    """The environment that points the workers at an emulator, with its credentials."""
+    return {
+        "TASKROUTER_BASE_URL": base_url,
+        "TWILIO_ACCOUNT_SID": EMULATOR_ACCOUNT_SID,
+        "TWILIO_AUTH_TOKEN": EMULATOR_AUTH_TOKEN,
+    }
 
 
 @dataclass(frozen=True, slots=True)

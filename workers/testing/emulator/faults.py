@@ -15,8 +15,8 @@ import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from workers.emulator.counters import OPERATIONS
 from workers.errors import InvalidParameter
+from workers.testing.emulator.counters import OPERATIONS
 
 
 class FaultKind(enum.StrEnum):

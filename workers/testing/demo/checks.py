@@ -17,12 +17,12 @@ from workers.broker.topology import (
     dead_letter_queue,
 )
 from workers.core.planner import Outcome
-from workers.demo.lanes import Lane
-from workers.demo.results import Check, Result
-from workers.demo.scenario import Scenario
-from workers.emulator.admin import EmulatorAdmin, TransitionInfo
 from workers.ledger.models import EventKind, LedgerRow
 from workers.ledger.reader import LedgerReader
+from workers.testing.demo.lanes import Lane
+from workers.testing.demo.results import Check, Result
+from workers.testing.demo.scenario import Scenario
+from workers.testing.emulator.admin import EmulatorAdmin, TransitionInfo
 
 POLL_INTERVAL = 0.1
 DEAD_LETTER_WAIT = 10.0

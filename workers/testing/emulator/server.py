@@ -12,13 +12,13 @@ import logging
 import signal
 import threading
 from collections.abc import Callable
-from types import TracebackType
 
 from aiohttp import web
 
-from workers.emulator.app import STATE_KEY, EmulatorState, build_app
-from workers.emulator.settings import EmulatorSettings
 from workers.errors import ConfigurationError
+from workers.testing.emulator.app import STATE_KEY, EmulatorState, build_app
+from workers.testing.emulator.settings import EmulatorSettings
+from workers.testing.processes import Background
 
 # How long a stopping server waits for requests in flight.
 SHUTDOWN_TIMEOUT = 2.0
@@ -34,7 +34,7 @@ def _runner(app: web.Application, access_log: bool) -> web.AppRunner:
     )
 
 
-class EmulatorServer:
+class EmulatorServer(Background):
     """An emulator on a thread of its own: ``with EmulatorServer() as emulator: emulator.base_url``."""
 
     def __init__(
@@ -75,15 +75,6 @@ class EmulatorServer:
             thread.join(SHUTDOWN_TIMEOUT + 5)
         self._thread = None
         self._bound_port = None
-
-    def __enter__(self) -> EmulatorServer:
-        self.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
     def _run(self) -> None:
         loop = asyncio.new_event_loop()

@@ -1,4 +1,4 @@
-"""Play a :class:`~workers.demo.scenario.Scenario` on the real services, and check nothing was lost.
+"""Play a :class:`~workers.testing.demo.scenario.Scenario` on the real services, and check nothing was lost.
 
 It starts what the demo needs (a private RabbitMQ vhost, a ledger database of its own, the
 emulator and a real ``celery -A workers worker`` as subprocesses), publishes each reservation's
@@ -22,13 +22,17 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from workers.broker.producer import Producer
-from workers.config import EMULATOR_ACCOUNT_SID, EMULATOR_AUTH_TOKEN
 from workers.core.planner import Outcome
-from workers.demo.checks import inspect
-from workers.demo.lanes import publish_invalid, seed_lanes
-from workers.demo.results import Result, Sent
-from workers.demo.scenario import Scenario
-from workers.demo.services import (
+from workers.errors import ReservationsError
+from workers.ledger.connector import Connector, database_name, drop_database, with_database
+from workers.ledger.migrations import migrate
+from workers.ledger.models import Role
+from workers.ledger.reader import LedgerReader
+from workers.testing.demo.checks import inspect
+from workers.testing.demo.lanes import publish_invalid, seed_lanes
+from workers.testing.demo.results import Result, Sent
+from workers.testing.demo.scenario import Scenario
+from workers.testing.demo.services import (
     DEMO_PII_KEY,
     Say,
     ServiceUnavailable,
@@ -38,14 +42,10 @@ from workers.demo.services import (
     where,
     worker_env,
 )
-from workers.emulator.admin import EmulatorAdmin
-from workers.emulator.process import EmulatorProcess
-from workers.errors import ReservationsError
-from workers.ledger.connector import Connector, database_name, drop_database, with_database
-from workers.ledger.migrations import migrate
-from workers.ledger.models import Role
-from workers.ledger.reader import LedgerReader
-from workers.worker_process import WorkerProcess
+from workers.testing.emulator.admin import EmulatorAdmin
+from workers.testing.emulator.process import EmulatorProcess
+from workers.testing.emulator.settings import EMULATOR_ACCOUNT_SID, EMULATOR_AUTH_TOKEN
+from workers.testing.processes import WorkerProcess
 
 __all__ = ["Options", "Result", "ServiceUnavailable", "run"]
 

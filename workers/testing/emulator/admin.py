@@ -46,7 +46,7 @@ class ReservationInfo:
 
 @dataclass(frozen=True, slots=True)
 class TransitionInfo:
-    """One transition log entry (see ``workers.emulator.model.Transition``)."""
+    """One transition log entry (see ``workers.testing.emulator.model.Transition``)."""
 
     sequence: int
     reservation_sid: str

@@ -6,85 +6,69 @@ import logging
 
 import click
 
-from workers.config import EMULATOR_ACCOUNT_SID, EMULATOR_AUTH_TOKEN
-from workers.emulator.settings import EmulatorSettings
-from workers.emulator.store import DEFAULT_LOG_SIZE
+from workers.cli.options import env_option
 from workers.errors import ConfigurationError
+from workers.testing.emulator.settings import EMULATOR_ACCOUNT_SID, EMULATOR_AUTH_TOKEN, EmulatorSettings
+from workers.testing.emulator.store import DEFAULT_LOG_SIZE
 
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
 
 
 @click.command()
-@click.option(
+@env_option(
     "--host",
     envvar="EMULATOR_HOST",
-    show_envvar=True,
     default="127.0.0.1",
-    show_default=True,
     help="Address to listen on. The admin API has no auth: keep it on loopback.",
 )
-@click.option(
+@env_option(
     "--port",
     envvar="EMULATOR_PORT",
-    show_envvar=True,
     default=8099,
-    show_default=True,
     type=click.IntRange(0, 65535),
     help="Port to listen on (0: any free port).",
 )
-@click.option(
+@env_option(
     "--account-sid",
     envvar="TWILIO_ACCOUNT_SID",
-    show_envvar=True,
     default=EMULATOR_ACCOUNT_SID,
-    show_default=True,
     help="The account SID clients authenticate with (basic-auth username).",
 )
-@click.option(
+@env_option(
     "--auth-token",
     envvar="TWILIO_AUTH_TOKEN",
-    show_envvar=True,
     default=EMULATOR_AUTH_TOKEN,
-    show_default=True,
     help="The auth token clients authenticate with (basic-auth password).",
 )
-@click.option(
+@env_option(
     "--api-key",
     envvar="TWILIO_API_KEY",
-    show_envvar=True,
     default=None,
     help="Also accept this API key SID as the basic-auth username...",
 )
-@click.option(
+@env_option(
     "--api-secret",
     envvar="TWILIO_API_SECRET",
-    show_envvar=True,
     default=None,
     help="...with this API key secret as the password.",
 )
-@click.option(
+@env_option(
     "--strict-headers/--no-strict-headers",
     envvar="EMULATOR_STRICT_HEADERS",
-    show_envvar=True,
     default=False,
-    show_default=True,
     help="Send ETag headers exactly as Twilio's OpenAPI spec declares them (ETag, Etag, or none "
     "on worker-scoped fetch and update) instead of ETag on every reservation response.",
 )
-@click.option(
+@env_option(
     "--access-log/--no-access-log",
     envvar="EMULATOR_ACCESS_LOG",
-    show_envvar=True,
     default=False,
-    show_default=True,
     help="Log every request (slows the emulator down).",
 )
-@click.option(
+@env_option(
     "--log-size",
     envvar="EMULATOR_LOG_SIZE",
-    show_envvar=True,
     default=DEFAULT_LOG_SIZE,
-    show_default=True,
     type=click.IntRange(1),
     help="How many transitions the log keeps.",
 )
@@ -105,7 +89,7 @@ def emulator(
     behind the clients' backs, read the transition log and counters, inject faults) lives under
     /_emulator/ and is meant for loopback use only.
     """
-    from workers.emulator.server import serve
+    from workers.testing.emulator.server import serve
 
     try:
         settings = EmulatorSettings(

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from urllib.parse import urlencode
 
 from workers.core.parameters import Scope
-from workers.emulator.model import Reservation
+from workers.testing.emulator.model import Reservation
 
 JSON_CONTENT_TYPE = "application/json; charset=utf-8"
 REQUEST_ID_HEADER = "Twilio-Request-Id"

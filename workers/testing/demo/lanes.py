@@ -14,9 +14,9 @@ from kombu.messaging import Producer as KombuProducer
 
 from workers.broker.producer import Producer
 from workers.broker.topology import ACTIONS_EXCHANGE
-from workers.demo.results import Sent
-from workers.demo.scenario import InvalidMessage, Publish, Race, Scenario, Script
-from workers.emulator.admin import EmulatorAdmin
+from workers.testing.demo.results import Sent
+from workers.testing.demo.scenario import InvalidMessage, Publish, Race, Scenario, Script
+from workers.testing.emulator.admin import EmulatorAdmin
 
 PRODUCER_NAME = "reservations-demo"
 

@@ -10,9 +10,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
-from workers.config import EMULATOR_ACCOUNT_SID, EMULATOR_AUTH_TOKEN
 from workers.errors import ReservationsError
 from workers.ledger.connector import with_database
+from workers.testing.emulator.settings import emulator_env
 
 DEMO_PII_KEY = "reservations-demo-pii-key"
 # Short waits, so retries happen within seconds (Celery countdowns are whole seconds, at least 1).
@@ -109,9 +109,7 @@ def worker_env(broker_url: str, database_url: str, emulator_url: str) -> dict[st
         "CELERY_BROKER_URL": broker_url,
         "DATABASE_URL": database_url,
         "LEDGER_MIGRATION_URL": database_url,
-        "TASKROUTER_BASE_URL": emulator_url,
-        "TWILIO_ACCOUNT_SID": EMULATOR_ACCOUNT_SID,
-        "TWILIO_AUTH_TOKEN": EMULATOR_AUTH_TOKEN,
+        **emulator_env(emulator_url),
         "LEDGER_PII_KEY": DEMO_PII_KEY,
         "LEDGER_POOL_MAX": "16",
         **WORKER_RETRY_ENV,

@@ -21,8 +21,8 @@ from workers.core.state_machine import (
     status_after_instruction,
     status_after_system_event,
 )
-from workers.emulator.model import Reservation, Task, Transition, Worker, Workspace, twilio_time
 from workers.errors import IfMatchMismatch, InvalidParameter, ResourceConflict, UnknownResource
+from workers.testing.emulator.model import Reservation, Task, Transition, Worker, Workspace, twilio_time
 
 # Admin verbs: another agent acting through the API (client transitions), TaskRouter acting by
 # itself (system transitions), or a bare version bump ("touch").

@@ -14,12 +14,12 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import IO
 
 import requests
 
 from workers.errors import ConfigurationError
+from workers.testing.processes import Background, terminate
 
 STARTUP_TIMEOUT = 15.0
 STOP_TIMEOUT = 5.0
@@ -33,14 +33,15 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def emulator_command() -> list[str]:
-    """``reservations emulator`` from this interpreter's environment, else ``python -m workers.emulator``."""
+    """``reservations emulator`` from this interpreter's environment, else
+    ``python -m workers.testing.emulator``."""
     script = Path(sys.executable).with_name("reservations")
     if script.exists():
         return [str(script), "emulator"]
-    return [sys.executable, "-m", "workers.emulator"]
+    return [sys.executable, "-m", "workers.testing.emulator"]
 
 
-class EmulatorProcess:
+class EmulatorProcess(Background):
     """Start ``reservations emulator`` on a free loopback port and wait until it answers."""
 
     def __init__(
@@ -95,21 +96,7 @@ class EmulatorProcess:
     def stop(self) -> None:
         process, self._process = self._process, None
         if process is not None and process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(STOP_TIMEOUT)
+            terminate(process, STOP_TIMEOUT)
         if self._stderr is not None:
             self._stderr.close()
             self._stderr = None
-
-    def __enter__(self) -> EmulatorProcess:
-        self.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()

@@ -1,0 +1,24 @@
+"""Everything one emulator holds, handed as one to the route sets that serve it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from workers.testing.emulator.counters import Counters
+from workers.testing.emulator.faults import FaultInjector
+from workers.testing.emulator.settings import EmulatorSettings
+from workers.testing.emulator.store import Store
+
+
+@dataclass(frozen=True, slots=True)
+class EmulatorState:
+    """Everything one emulator holds; in-process users (tests) may inspect it directly."""
+
+    settings: EmulatorSettings
+    store: Store
+    counters: Counters
+    faults: FaultInjector
+
+    @classmethod
+    def new(cls, settings: EmulatorSettings) -> EmulatorState:
+        return cls(settings, Store(settings.log_size), Counters(), FaultInjector())
