@@ -1,5 +1,5 @@
 -- The ledger's schema as the migrations leave it: the reference that tests/ledger/test_migrations.py
--- compares with a database built from sql/migrations/. Keep it in step with every new migration.
+-- compares with a database built from workers/ledger/sql/migrations/. Keep it in step with every new migration.
 --
 -- Run by `reservations migrate` in one transaction, as a role that may create roles (or finds
 -- them already created by a DBA) and that is a member of reservations_owner (or a superuser).
