@@ -50,7 +50,10 @@ CREATE TABLE ledger.events (
     prev_hash bytea NOT NULL,
     row_hash bytea NOT NULL,
     kind text NOT NULL CHECK (
-        kind IN ('received', 'attempt', 'conflict', 'transition', 'outcome', 'rejected_input', 'redrive')
+        kind IN (
+            'received', 'attempt', 'conflict', 'transition', 'outcome', 'rejected_input', 'redrive',
+            'intent'
+        )
     ),
     action_id uuid,
     action text,
@@ -73,7 +76,7 @@ CREATE TABLE ledger.events (
     duration_ms integer,
     outcome text CHECK (outcome IN (
         'applied', 'already_applied', 'invalid_transition', 'expired', 'failed', 'rejected_input',
-        'dead_lettered'
+        'dead_lettered', 'indeterminate'
     )),
     worker_host text,
     worker_pid integer,
@@ -312,7 +315,7 @@ CREATE TABLE ledger.actions (
     attempts integer NOT NULL DEFAULT 0,
     outcome text CHECK (outcome IN (
         'applied', 'already_applied', 'invalid_transition', 'expired', 'failed', 'rejected_input',
-        'dead_lettered'
+        'dead_lettered', 'indeterminate'
     )),
     outcome_at timestamptz,
     redrives integer NOT NULL DEFAULT 0
@@ -492,7 +495,7 @@ BEGIN
 END
 $$;
 
--- An attempt, a 412 conflict, or an operator's redrive of an action.
+-- An attempt, a 412 conflict, an intent (ahead of an update), or an operator's redrive of an action.
 CREATE FUNCTION ledger.record_step(
     p_kind text, p_action_id uuid, p_attempt integer, p_http_status integer,
     p_twilio_error_code integer, p_twilio_request_id text, p_duration_ms integer,
@@ -505,8 +508,8 @@ DECLARE
     a ledger.actions := ledger.registered(p_action_id);
     pos bigint;
 BEGIN
-    IF p_kind NOT IN ('attempt', 'conflict', 'redrive') THEN
-        RAISE EXCEPTION 'record_step records attempts, conflicts and redrives, not %', p_kind
+    IF p_kind NOT IN ('attempt', 'conflict', 'redrive', 'intent') THEN
+        RAISE EXCEPTION 'record_step records attempts, conflicts, intents and redrives, not %', p_kind
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     PERFORM ledger.lock_chain(a.reservation_sid);
@@ -833,3 +836,23 @@ GRANT EXECUTE ON FUNCTION
 GRANT EXECUTE ON FUNCTION
     ledger.checkpoint_digest(bytea, bigint, bigint, text[], bigint[], text[]) TO reservations_reader, reservations_writer;
 GRANT EXECUTE ON FUNCTION ledger.visible_horizon(pg_snapshot) TO reservations_reader, reservations_writer;
+
+-- The action's intent that no definite answer followed, if any: what a run must resolve before it
+-- may send again. Reads the writer's own snapshot (it runs under the reservation's lock).
+CREATE FUNCTION ledger.pending_intent(p_action_id uuid)
+RETURNS TABLE (attempt integer, etag_before text, from_status text, to_status text, recorded_at timestamptz)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT i.attempt, i.etag_before, i.from_status, i.to_status, i.recorded_at
+      FROM (SELECT e.* FROM ledger.events e
+             WHERE e.action_id = p_action_id AND e.kind = 'intent'
+             ORDER BY e.position DESC LIMIT 1) AS i
+     WHERE NOT EXISTS (
+        SELECT FROM ledger.events r
+         WHERE r.action_id = p_action_id AND r.position > i.position
+           AND (r.kind IN ('transition', 'conflict', 'outcome', 'redrive')
+                OR (r.kind = 'attempt' AND r.http_status BETWEEN 400 AND 499))
+     )
+$$;
+REVOKE ALL ON FUNCTION ledger.pending_intent(uuid) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION ledger.pending_intent(uuid) TO reservations_writer;

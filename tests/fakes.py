@@ -22,19 +22,21 @@ from workers.errors import (
     PermanentTaskRouterError,
     PreconditionFailed,
     TaskRouterError,
+    TransientTaskRouterError,
     TransitionRefused,
     UnknownAction,
 )
 from workers.ledger.events import (
     Attempt,
     Conflict,
+    Intent,
     LedgerEvent,
     Redrive,
     RejectedInput,
     Settle,
     Transition,
 )
-from workers.ledger.models import Arrival, OutcomeResult, ReservationState, TransitionResult
+from workers.ledger.models import Arrival, OutcomeResult, PendingIntent, ReservationState, TransitionResult
 from workers.taskrouter.gateway import FetchedReservation, ReservationRef
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
@@ -48,6 +50,7 @@ class FakeLedgerWriter:
 
     rows: list[LedgerEvent] = field(default_factory=list)
     outcomes: dict[uuid.UUID, Outcome] = field(default_factory=dict)
+    intents: dict[uuid.UUID, PendingIntent] = field(default_factory=dict)
     projection: dict[str, ReservationState] = field(default_factory=dict)
     received: set[uuid.UUID] = field(default_factory=set)
     locked: list[str] = field(default_factory=list)
@@ -71,7 +74,8 @@ class FakeLedgerWriter:
                 self._next()
             outcome = self.outcomes.get(action.action_id)
             projected = self.projection.get(action.reservation_sid)
-        return Arrival(created, outcome.value if outcome else None, projected)
+            intent = self.intents.get(action.action_id)
+        return Arrival(created, outcome.value if outcome else None, projected, intent)
 
     def cache(self, reservation_sid: str, status: Status, etag: str) -> None:
         """Give the projection a reservation, as if an earlier run had recorded it."""
@@ -84,7 +88,7 @@ class FakeLedgerWriter:
     @overload
     def append(self, event: Settle) -> OutcomeResult: ...
     @overload
-    def append(self, event: Attempt | Conflict | RejectedInput | Redrive) -> int: ...
+    def append(self, event: Attempt | Conflict | RejectedInput | Redrive | Intent) -> int: ...
 
     def append(self, event: LedgerEvent) -> int | TransitionResult | OutcomeResult:
         with self._guard:
@@ -92,6 +96,7 @@ class FakeLedgerWriter:
             if action_id is not None and not isinstance(event, RejectedInput):
                 self._known(action_id)
             self.rows.append(event)
+            self._follow_intent(event)
             if isinstance(event, Transition):
                 position = self._next()
                 self.projection[event.reservation_sid] = ReservationState(
@@ -112,6 +117,24 @@ class FakeLedgerWriter:
             if isinstance(event, Redrive):
                 self.outcomes.pop(event.action_id, None)  # a redrive reopens the action
             return self._next()
+
+    def _follow_intent(self, event: LedgerEvent) -> None:
+        """An intent waits for a definite answer: a transition of the action, a 412, a 4xx, an
+        outcome or a redrive (as ``ledger.pending_intent`` reads it)."""
+        if isinstance(event, Intent):
+            self.intents[event.action_id] = PendingIntent(
+                event.attempt, event.etag_before, event.from_status, event.to_status, NOW
+            )
+        elif (
+            isinstance(event, Conflict | Settle | Redrive)
+            or (isinstance(event, Transition) and event.action_id is not None)
+            or (
+                isinstance(event, Attempt)
+                and event.http_status is not None
+                and 400 <= event.http_status < 500
+            )
+        ):
+            self.intents.pop(event.action_id, None)  # type: ignore[arg-type]
 
     def kinds(self) -> list[str]:
         """The ledger's words for the rows (a transition without an action: ``observed``)."""
@@ -142,6 +165,7 @@ def _kind(event: LedgerEvent) -> str:
         Settle: "outcome",
         RejectedInput: "rejected_input",
         Redrive: "redrive",
+        Intent: "intent",
     }[type(event)]
 
 
@@ -156,6 +180,8 @@ class FakeGateway:
     failures: list[TaskRouterError] = field(default_factory=list)
     # Changes "another agent" makes right before our next update lands (a 412 each).
     interference: int = 0
+    # Updates whose answer is lost after they landed (the connection drops on the way back).
+    lost_answers: int = 0
     fetches: int = 0
     updates: int = 0
     # The SID of the one reservation it holds (any other is a 404); None answers for any SID.
@@ -195,6 +221,9 @@ class FakeGateway:
         except TransitionRefused as exc:
             raise PermanentTaskRouterError(f"HTTP 400: {exc}", 400, 20001, "RQ400") from exc
         self.version += 1
+        if self.lost_answers:
+            self.lost_answers -= 1
+            raise TransientTaskRouterError("the connection dropped before TaskRouter answered")
         return self._state(ref.reservation_sid)
 
     def _find(self, ref: ReservationRef) -> None:

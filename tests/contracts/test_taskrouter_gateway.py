@@ -18,7 +18,7 @@ from workers.errors import PermanentTaskRouterError, PreconditionFailed
 from workers.taskrouter.gateway import ReservationRef, TaskRouterGateway
 from workers.testing.emulator.admin import EmulatorAdmin
 from workers.testing.emulator.server import EmulatorServer
-from workers.testing.emulator.settings import EmulatorSettings
+from workers.testing.emulator.settings import EmulatorSettings, emulator_env
 
 ACCEPT = {"reservation_status": "accepted"}
 
@@ -74,7 +74,8 @@ def side(request: pytest.FixtureRequest) -> Iterator[Side]:
         return
     server: EmulatorServer = request.getfixturevalue("emulator")
     with EmulatorAdmin(server.base_url) as admin:
-        gateway = TaskRouterGateway.from_settings(Settings(taskrouter_base_url=server.base_url), timeout=5)
+        settings = Settings.from_env(emulator_env(server.base_url))
+        gateway = TaskRouterGateway.from_settings(settings, timeout=5)
         yield EmulatorSide(gateway, admin)
 
 

@@ -50,8 +50,8 @@ def test_accept_is_applied_with_one_fetch_and_one_update() -> None:
     assert result == Done(Outcome.APPLIED, "applied")
     assert (gateway.fetches, gateway.updates) == (1, 1)
     assert gateway.status is Status.ACCEPTED
-    assert ledger.kinds() == ["observed", "transition"]
-    first_seen, transition = ledger.rows
+    assert ledger.kinds() == ["observed", "intent", "transition"]
+    first_seen, _intent, transition = ledger.rows
     assert moved(first_seen) == (None, "pending", None, "0", None)
     assert moved(transition) == ("pending", "accepted", "0", "1", ANY)
     assert ledger.locked == [WR]
@@ -68,7 +68,7 @@ def test_stale_cache_costs_a_412_then_a_fetch() -> None:
     ledger, gateway = FakeLedgerWriter(), FakeGateway(status=Status.ACCEPTED, version=6)
     ledger.cache(WR, Status.ACCEPTED, "4")
     assert applier(ledger, gateway).apply(make(ActionKind.COMPLETE)).outcome is Outcome.APPLIED  # type: ignore[union-attr]
-    assert ledger.kinds() == ["conflict", "transition"]
+    assert ledger.kinds() == ["intent", "conflict", "intent", "transition"]
     assert (gateway.fetches, gateway.updates) == (1, 2)
 
 
@@ -82,12 +82,12 @@ def test_cache_never_decides_that_nothing_is_to_be_sent() -> None:
 def test_412s_are_retried_immediately_then_fall_back_to_a_delayed_retry() -> None:
     ledger, gateway = FakeLedgerWriter(), FakeGateway(interference=2)
     assert applier(ledger, gateway).apply(make()).outcome is Outcome.APPLIED  # type: ignore[union-attr]
-    assert ledger.kinds() == ["observed", "conflict", "conflict", "transition"]
+    assert ledger.kinds() == ["observed", *["intent", "conflict"] * 2, "intent", "transition"]
 
     ledger, gateway = FakeLedgerWriter(), FakeGateway(interference=10)
     result = applier(ledger, gateway, immediate_conflict_tries=3).apply(make())
     assert isinstance(result, RetryLater)
-    assert ledger.kinds() == ["observed"] + ["conflict"] * 4
+    assert ledger.kinds() == ["observed"] + ["intent", "conflict"] * 4
     assert ledger.outcomes == {}
 
 
@@ -121,7 +121,7 @@ def test_throttling_retries_later_honouring_retry_after() -> None:
     result = applier(ledger, gateway, base_delay=0.5).apply(make())
     assert isinstance(result, RetryLater)
     assert result.delay == 9.0
-    assert ledger.kinds() == ["observed", "attempt"]
+    assert ledger.kinds() == ["observed", "intent", "attempt"]
     # The next run fetches first: the update may have landed.
     done = applier(ledger, gateway).apply(make(), Delivery(retries=1))
     assert isinstance(done, Done)

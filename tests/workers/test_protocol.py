@@ -113,16 +113,45 @@ def test_transient_faults_are_retried_then_applied(
     admin.remove_fault(fault_id)
     record = wait_for_outcome(ledger, action.action_id)
     history = kinds(events, action.action_id)
-    assert history[:2] == ["received", "attempt"]
+    assert history[:3] == ["received", "intent", "attempt"]
     assert admin.reservation(reservation.sid).status == "accepted"
     transitions = [t for t in admin.transitions(reservation.sid) if t.from_status != t.to_status]
     assert len(transitions) == 1  # applied exactly once
+    # Our update, even when its answer was lost after it landed: applied, the transition linked
+    # to the action (it used to say already_applied, "changed outside this run").
+    assert record.outcome == "applied"
+    assert history[-2:] == ["transition", "outcome"]
+    ours = [row for row in events(action.action_id) if row.kind == "transition"]
+    assert len(ours) == 1
     if options.get("after_apply"):
-        # The update landed but its answer was lost: the retry finds it done.
-        assert record.outcome == "already_applied"
-    else:
-        assert record.outcome == "applied"
-        assert history[-2:] == ["transition", "outcome"]
+        assert ours[0].detail is not None
+        assert ours[0].detail.startswith("confirmed after a lost answer")
+
+
+def test_a_call_whose_answer_is_lost_after_it_landed_is_indeterminate_and_never_sent_twice(
+    celery_app: Any, worker: WorkerProcess, admin: EmulatorAdmin, ledger: LedgerReader, events: Events
+) -> None:
+    """A call without call_accept changes no status: after a lost answer only the ETag says it
+    landed, and not whose change it was. It used to be sent again: a second call to the agent."""
+    drain_dead_letters(worker.env["CELERY_BROKER_URL"])
+    reservation = admin.create_reservation()
+    fault_id = admin.add_fault(
+        "drop", operations=["update"], reservation_sids=[reservation.sid], after_apply=True
+    )
+    params = {"call_from": "+15550100009", "call_url": "https://example.test/twiml"}
+    action = action_for(reservation, ActionKind.CALL, params=params)
+    celery_app.enqueue(action)
+    _wait_until(lambda: admin.reservation_counts(reservation.sid).update.total >= 1)
+    admin.remove_fault(fault_id)
+    record = wait_for_outcome(ledger, action.action_id)
+    assert record.outcome == "indeterminate"
+    assert admin.reservation_counts(reservation.sid).update.total == 1  # one call, not two
+    assert kinds(events, action.action_id)[:3] == ["received", "intent", "attempt"]
+    (letter,) = _wait_for_letters(worker, 1)
+    assert letter.headers[OUTCOME_HEADER] == "indeterminate"
+    reason = letter.headers[REASON_HEADER]
+    assert "If-Match" in reason
+    assert "now ETag" in reason
 
 
 def test_unknown_reservation_fails_without_retry(

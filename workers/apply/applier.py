@@ -19,7 +19,17 @@ from typing import Any, Protocol
 
 from workers import metrics
 from workers.core.action import Action
-from workers.core.planner import Finish, Outcome, Send, Wait, plan, target_status
+from workers.core.planner import (
+    Confirmed,
+    Finish,
+    Outcome,
+    Resend,
+    Send,
+    Wait,
+    plan,
+    resolve_lost_answer,
+    target_status,
+)
 from workers.core.retry import RetryPolicy
 from workers.core.state_machine import Status
 from workers.core.validation import Accepted, readable, validate_message
@@ -31,8 +41,8 @@ from workers.errors import (
     TaskRouterError,
     TransientTaskRouterError,
 )
-from workers.ledger.events import Attempt, Conflict, RejectedInput, Settle, Transition
-from workers.ledger.models import ReservationState
+from workers.ledger.events import Attempt, Conflict, Intent, RejectedInput, Settle, Transition
+from workers.ledger.models import PendingIntent, ReservationState
 from workers.ledger.ports import LedgerWriter
 from workers.taskrouter.gateway import FetchedReservation, ReservationRef
 
@@ -52,7 +62,9 @@ class Gateway(Protocol):
 
 # Outcomes whose message goes to reservations.dead: the ledger keeps PII only as keyed hashes,
 # so the dead-letter queue is where an operator finds the whole message to redrive.
-KEPT_FOR_REDRIVE = frozenset({Outcome.DEAD_LETTERED, Outcome.FAILED, Outcome.REJECTED_INPUT})
+KEPT_FOR_REDRIVE = frozenset(
+    {Outcome.DEAD_LETTERED, Outcome.FAILED, Outcome.REJECTED_INPUT, Outcome.INDETERMINATE}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,7 +175,7 @@ class ActionApplier:
             arrival = ledger.receive(action)
             if arrival.outcome is not None:
                 return Done(Outcome(arrival.outcome), "already settled: a redelivery or a duplicate")
-            return _Run(self, ledger, action, delivery, arrival.reservation).apply()
+            return _Run(self, ledger, action, delivery, arrival.reservation).apply(arrival.intent)
 
 
 class _Run:
@@ -189,10 +201,16 @@ class _Run:
         self.attempt = delivery.retries + 1
         self.projected = projected
 
-    def apply(self) -> Result:
+    def apply(self, intent: PendingIntent | None = None) -> Result:
         conflicts = 0
         try:
-            known = self._starting_point()
+            if intent is None:
+                known = self._starting_point()
+            else:  # an earlier update's answer was lost: never send blindly
+                resolved = self._resolve(intent)
+                if isinstance(resolved, Done):
+                    return resolved
+                known = resolved
             while True:
                 decision = plan(self.action, known.status, self.clock())
                 if not isinstance(decision, Send) and known.from_cache:
@@ -217,6 +235,46 @@ class _Run:
         except TransientTaskRouterError as exc:
             return self._later(str(exc), retry_after=exc.retry_after)
 
+    def _resolve(self, intent: PendingIntent) -> _Known | Done:
+        """Decide what the update behind ``intent`` did, from the reservation as it is now."""
+        fetched = self.gateway.fetch(self.ref)
+        resolution = resolve_lost_answer(
+            self.action,
+            sent_etag=intent.etag_before,
+            sent_from=Status(intent.from_status) if intent.from_status else None,
+            current_etag=fetched.etag,
+            current=fetched.status,
+        )
+        if isinstance(resolution, Resend):
+            self._observe(fetched)
+            return _Known(fetched.status, fetched.etag, from_cache=False)
+        if isinstance(resolution, Confirmed):
+            recorded = self.ledger.append(
+                Transition(
+                    self.action.reservation_sid,
+                    from_status=intent.from_status,
+                    to_status=fetched.status.value,
+                    etag_before=intent.etag_before,
+                    etag_after=fetched.etag,
+                    action_id=self.action.action_id,
+                    outcome=Outcome.APPLIED,
+                    workspace_sid=self.action.workspace_sid,
+                    task_sid=fetched.task_sid,
+                    worker_sid=fetched.worker_sid,
+                    attempt=intent.attempt,
+                    twilio_request_id=fetched.request_id,
+                    detail=resolution.reason,
+                )
+            )
+            if recorded.outcome is not None and recorded.outcome != Outcome.APPLIED.value:
+                return Done(Outcome(recorded.outcome), "already settled by an earlier run")
+            return Done(Outcome.APPLIED, resolution.reason)
+        self._observe(fetched, detail="observed on fetch after a lost answer: ours or someone else's")
+        sent_at = intent.recorded_at.isoformat(timespec="milliseconds")
+        return self._finish(
+            Outcome.INDETERMINATE, f"{resolution.reason}; intent of run {intent.attempt} at {sent_at}"
+        )
+
     def _starting_point(self) -> _Known:
         if not self.delivery.fetch_first and self.projected is not None and self.projected.etag is not None:
             return _Known(Status(self.projected.status), self.projected.etag, from_cache=True)
@@ -227,7 +285,7 @@ class _Run:
         self._observe(fetched)
         return _Known(fetched.status, fetched.etag, from_cache=False)
 
-    def _observe(self, fetched: FetchedReservation) -> None:
+    def _observe(self, fetched: FetchedReservation, detail: str | None = None) -> None:
         """Keep the ledger's picture of the reservation complete.
 
         A reservation seen for the first time is recorded as such (from no status), so that any
@@ -237,7 +295,10 @@ class _Run:
         projected = self.projected
         if projected is not None and projected.status == fetched.status.value:
             return
-        detail = "first seen on fetch" if projected is None else "observed on fetch: changed outside this run"
+        if projected is None:
+            detail = "first seen on fetch"
+        elif detail is None:
+            detail = "observed on fetch: changed outside this run"
         recorded = self.ledger.append(
             Transition(
                 self.action.reservation_sid,
@@ -264,6 +325,18 @@ class _Run:
         )
 
     def _send(self, decision: Send, known: _Known) -> None:
+        # Write-ahead: the ledger knows the update is on its way before TaskRouter does, so a run
+        # that finds no answer after it resolves it instead of sending blindly (``_resolve``).
+        self.ledger.append(
+            Intent(
+                self.action.action_id,
+                attempt=self.attempt,
+                etag_before=known.etag,
+                from_status=known.status.value,
+                to_status=decision.target.value if decision.target else None,
+                arguments=decision.arguments,
+            )
+        )
         started = time.perf_counter()
         try:
             updated = self.gateway.update(self.ref, decision.arguments, if_match=known.etag)

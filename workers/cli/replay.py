@@ -151,8 +151,9 @@ How a redrive works:
     "--outcome",
     "outcomes",
     multiple=True,
-    type=click.Choice(sorted(redriving.REDRIVABLE_OUTCOMES)),
-    help="Only actions that ended so (repeatable; default: both).",
+    type=click.Choice(sorted(redriving.REDRIVABLE_ON_REQUEST)),
+    help="Only actions that ended so (repeatable; default: dead_lettered and failed). indeterminate"
+    " only when named: check the evidence first, its update may have landed.",
 )
 @click.option("--reservation", "reservation_sid", type=SidType("WR"), help="Only this reservation (WR...).")
 @click.option("--since", type=TimeType(), help="Only outcomes recorded from this time (inclusive).")

@@ -27,6 +27,9 @@ class Outcome(enum.StrEnum):
     FAILED = "failed"
     REJECTED_INPUT = "rejected_input"
     DEAD_LETTERED = "dead_lettered"
+    # An answer was lost and the reservation cannot tell whether our update landed: nothing is
+    # sent again; an operator decides, with the evidence, through redrive.
+    INDETERMINATE = "indeterminate"
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +117,57 @@ def plan(action: Action, current: Status, now: datetime) -> Decision:
     if target is not None and current in _MAY_BECOME_SENDABLE.get(target, frozenset()):
         return Wait(f"cannot {action.action} a {current} reservation yet")
     return Finish(Outcome.INVALID_TRANSITION, f"cannot {_describe(action)} a {current} reservation")
+
+
+@dataclass(frozen=True, slots=True)
+class Resend:
+    """The lost update did not land: plan again from the reservation as it is now."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Confirmed:
+    """The lost update landed: the reservation moved to the action's target."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Undecidable:
+    """Whether the lost update landed cannot be known from the reservation: settle ``indeterminate``."""
+
+    reason: str
+
+
+Resolution = Resend | Confirmed | Undecidable
+
+
+def resolve_lost_answer(
+    action: Action,
+    *,
+    sent_etag: str | None,
+    sent_from: Status | None,
+    current_etag: str | None,
+    current: Status,
+) -> Resolution:
+    """What an earlier update of ``action``, whose answer was lost, did (ops/LEDGER.md, "Lost answers").
+
+    It was sent from ``sent_from`` with ``If-Match: sent_etag``; the reservation is now ``current``
+    with ``current_etag``. An unchanged ETag proves it did not land. A moved ETag with the action's
+    target status is taken as ours. A status-changing action whose status did not move did not
+    land either (no transition leads back to where it was sent from). Anything else, e.g. a call
+    without ``call_accept`` or a status that someone else could have set, cannot be told apart.
+    """
+    evidence = f"sent with If-Match {sent_etag} from {sent_from}; now ETag {current_etag}, {current}"
+    if sent_etag is not None and current_etag == sent_etag:
+        return Resend(f"the update did not land ({evidence})")
+    target = target_status(action)
+    if target is not None and current is target:
+        return Confirmed(f"confirmed after a lost answer ({evidence})")
+    if target is not None and sent_from is not None and current is sent_from:
+        return Resend(f"the update did not land: the status did not move ({evidence})")
+    return Undecidable(f"an answer was lost and the reservation cannot tell whether it landed ({evidence})")
 
 
 def _describe(action: Action) -> str:

@@ -31,6 +31,7 @@ EVENT_KINDS: tuple[str, ...] = (
     "outcome",
     "rejected_input",
     "redrive",
+    "intent",
 )
 
 # The ledger's columns that the outside world sees (ledger.events, ledger.actions and the

@@ -102,6 +102,22 @@ class Redrive:
     detail: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Intent:
+    """Written ahead of an update: the run (``attempt``) is about to send it with If-Match
+    ``etag_before`` from ``from_status`` (towards ``to_status``, if it changes one) with
+    ``arguments``, of which the ledger keeps only a keyed digest (they may hold PII). A lost
+    answer leaves it without a result after it, and the next run resolves it before it may send
+    again."""
+
+    action_id: uuid.UUID
+    attempt: int
+    etag_before: str | None
+    from_status: str | None
+    to_status: str | None
+    arguments: Mapping[str, Any]
+
+
 # Appended through the one ``record_step`` query; the others have a function each.
-Step = Attempt | Conflict | Redrive
-LedgerEvent = Attempt | Conflict | Transition | Settle | RejectedInput | Redrive
+Step = Attempt | Conflict | Redrive | Intent
+LedgerEvent = Attempt | Conflict | Transition | Settle | RejectedInput | Redrive | Intent

@@ -24,6 +24,7 @@ class EventKind(enum.StrEnum):
     OUTCOME = "outcome"
     REJECTED_INPUT = "rejected_input"
     REDRIVE = "redrive"
+    INTENT = "intent"
 
 
 class Role(enum.StrEnum):
@@ -126,12 +127,25 @@ class ActionRecord:
 
 @dataclass(frozen=True, slots=True)
 class Arrival:
-    """What ``LedgerWriter.receive`` found: whether the action is new, its outcome if it has one, and
-    the projection of its reservation (None when the ledger has never seen it)."""
+    """What ``LedgerWriter.receive`` found: whether the action is new, its outcome if it has one,
+    the projection of its reservation (None when the ledger has never seen it), and the intent of
+    an update whose answer was lost (None when every update sent got its answer recorded)."""
 
     created: bool
     outcome: str | None
     reservation: ReservationState | None
+    intent: PendingIntent | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PendingIntent:
+    """An update the ledger knows was about to be sent, with no definite answer recorded after it."""
+
+    attempt: int | None
+    etag_before: str | None
+    from_status: str | None
+    to_status: str | None
+    recorded_at: datetime
 
 
 @dataclass(frozen=True, slots=True)

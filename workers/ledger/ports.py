@@ -11,7 +11,7 @@ from contextlib import AbstractContextManager
 from typing import Protocol, overload
 
 from workers.core.action import Action
-from workers.ledger.events import Attempt, Conflict, Redrive, RejectedInput, Settle, Transition
+from workers.ledger.events import Attempt, Conflict, Intent, Redrive, RejectedInput, Settle, Transition
 from workers.ledger.models import Arrival, OutcomeResult, TransitionResult
 
 
@@ -28,4 +28,4 @@ class LedgerWriter(Protocol):
     @overload
     def append(self, event: Settle) -> OutcomeResult: ...
     @overload
-    def append(self, event: Attempt | Conflict | RejectedInput | Redrive) -> int: ...
+    def append(self, event: Attempt | Conflict | RejectedInput | Redrive | Intent) -> int: ...

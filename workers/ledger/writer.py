@@ -29,6 +29,7 @@ from workers.ledger.connector import BoundConnection, Connector
 from workers.ledger.events import (
     Attempt,
     Conflict,
+    Intent,
     LedgerEvent,
     Redrive,
     RejectedInput,
@@ -40,6 +41,7 @@ from workers.ledger.models import (
     Arrival,
     EventKind,
     OutcomeResult,
+    PendingIntent,
     ReservationState,
     Role,
     TransitionResult,
@@ -53,6 +55,7 @@ _STEP_KINDS: dict[type[Step], EventKind] = {
     Attempt: EventKind.ATTEMPT,
     Conflict: EventKind.CONFLICT,
     Redrive: EventKind.REDRIVE,
+    Intent: EventKind.INTENT,
 }
 # The columns of record_step; an event fills those it has, the rest stay NULL.
 _STEP_COLUMNS = (
@@ -137,14 +140,23 @@ class PostgresLedgerWriter:
         projected = None
         if row["reservation_sid"] is not None:
             projected = ReservationState(**{name: row[name] for name in _PROJECTION_FIELDS})
-        return Arrival(bool(row["created"]), row["outcome"], projected)
+        intent = None
+        if row["intent_at"] is not None:
+            intent = PendingIntent(
+                row["intent_attempt"],
+                row["intent_etag"],
+                row["intent_from_status"],
+                row["intent_to_status"],
+                row["intent_at"],
+            )
+        return Arrival(bool(row["created"]), row["outcome"], projected, intent)
 
     @overload
     def append(self, event: Transition) -> TransitionResult: ...
     @overload
     def append(self, event: Settle) -> OutcomeResult: ...
     @overload
-    def append(self, event: Attempt | Conflict | RejectedInput | Redrive) -> int: ...
+    def append(self, event: Attempt | Conflict | RejectedInput | Redrive | Intent) -> int: ...
 
     def append(self, event: LedgerEvent) -> int | TransitionResult | OutcomeResult:
         """Append ``event``: a step or a rejected input returns its row's position; a transition
@@ -162,6 +174,8 @@ class PostgresLedgerWriter:
         params.update(_columns(event), kind=_STEP_KINDS[type(event)].value, **self._who())
         if isinstance(event, Conflict):
             params["http_status"] = 412
+        if isinstance(event, Intent):  # the arguments may hold PII: only their keyed digest is kept
+            params["detail"] = f"arguments {pii_digest(dict(params.pop('arguments')), self._pii_key)}"
         return int(self._one("record_step", params)["position"])
 
     def _one(self, query: str, params: Mapping[str, Any]) -> dict[str, Any]:

@@ -63,7 +63,10 @@ from workers.ledger.ports import LedgerWriter
 from workers.ledger.reader import LedgerReader
 
 REDRIVE_PRODUCER = "redrive"
+# indeterminate: only an operator who has checked the evidence redrives it (it may send again
+# an update that did land), so it is redriven only when asked for by name (--outcome).
 REDRIVABLE_OUTCOMES = frozenset({Outcome.DEAD_LETTERED.value, Outcome.FAILED.value})
+REDRIVABLE_ON_REQUEST = REDRIVABLE_OUTCOMES | {Outcome.INDETERMINATE.value}
 DEFAULT_MAX_MESSAGES = 10_000
 
 

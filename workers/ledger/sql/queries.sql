@@ -11,9 +11,10 @@ SELECT ledger.record_received(
 ) AS created;
 
 -- name: receive
--- record_received, the action's outcome if it had one already, and the reservation's projection,
--- in one round trip (the hot path of every action). The reads see the statement's snapshot: a
--- newly registered action has no outcome yet anyway.
+-- record_received, the action's outcome if it had one already, the reservation's projection and
+-- the action's pending intent (an update whose answer was lost), in one round trip (the hot path
+-- of every action). The reads see the statement's snapshot: a newly registered action has no
+-- outcome and no intent yet anyway.
 WITH received AS (
     SELECT ledger.record_received(
         %(action_id)s, %(action)s, %(workspace_sid)s, %(reservation_sid)s, %(task_sid)s,
@@ -24,9 +25,12 @@ WITH received AS (
 SELECT received.created,
        (SELECT outcome FROM ledger.actions WHERE action_id = %(action_id)s) AS outcome,
        r.reservation_sid, r.workspace_sid, r.task_sid, r.worker_sid, r.status, r.etag,
-       r.last_position, r.updated_at
+       r.last_position, r.updated_at,
+       i.attempt AS intent_attempt, i.etag_before AS intent_etag, i.from_status AS intent_from_status,
+       i.to_status AS intent_to_status, i.recorded_at AS intent_at
   FROM received
-  LEFT JOIN ledger.reservations AS r ON r.reservation_sid = %(reservation_sid)s;
+  LEFT JOIN ledger.reservations AS r ON r.reservation_sid = %(reservation_sid)s
+  LEFT JOIN LATERAL ledger.pending_intent(%(action_id)s) AS i ON true;
 
 -- name: get_action
 -- One action's registry entry.
@@ -37,7 +41,7 @@ SELECT action_id, action, workspace_sid, reservation_sid, task_sid, worker_sid, 
  WHERE action_id = %(action_id)s;
 
 -- name: record_step
--- Append an attempt, a conflict or a redrive of a received action.
+-- Append an attempt, a conflict, an intent or a redrive of a received action.
 SELECT ledger.record_step(
     %(kind)s, %(action_id)s, %(attempt)s, %(http_status)s, %(twilio_error_code)s,
     %(twilio_request_id)s, %(duration_ms)s, %(from_status)s, %(to_status)s, %(etag_before)s,
