@@ -57,7 +57,12 @@ def test_worker_killed_mid_update_still_applies_exactly_once(
     admin.clear_faults()
     with WorkerProcess(worker_env, concurrency=2):
         record = wait_for_outcome(ledger, action.action_id)
-    assert record.outcome == "already_applied"
+    # The intent written before the update tells the next run it was ours: applied, linked to the
+    # action (it used to be already_applied, "changed outside this run"), and sent once.
+    assert record.outcome == "applied"
+    assert admin.reservation_counts(reservation.sid).update.total == 1
+    ours = [e for e in ledger.history(action_id=action.action_id) if e.kind == "transition"]
+    assert [(e.from_status, e.to_status) for e in ours] == [("pending", "accepted")]
     assert emulator_transitions(admin, reservation.sid) == [("pending", "accepted")]
     assert ledger_transitions(ledger, reservation.sid) == [("pending", "accepted")]
     assert Counter(e.kind for e in ledger.history(action_id=action.action_id))["outcome"] == 1
