@@ -527,8 +527,7 @@ BEGIN
         UPDATE ledger.actions SET attempts = greatest(attempts, coalesce(p_attempt, attempts + 1))
          WHERE action_id = a.action_id;
     ELSIF p_kind = 'redrive' THEN
-        UPDATE ledger.actions SET outcome = NULL, outcome_at = NULL, redrives = redrives + 1
-         WHERE action_id = a.action_id;
+        UPDATE ledger.actions SET redrives = redrives + 1 WHERE action_id = a.action_id;
     END IF;
     RETURN pos;
 END
@@ -654,13 +653,12 @@ BEGIN
 END
 $$;
 
--- The registry: what was received never changes; attempts and redrives only grow; an outcome is
--- set once, and only a redrive appended by the same transaction reopens it (SQLSTATE RL001).
+-- The registry: what was received never changes; attempts and redrives only grow; a redrive
+-- is counted only with its redrive row; an outcome is set once and never cleared or changed, a
+-- redrive included (the copy runs under a new action_id) (SQLSTATE RL001).
 CREATE FUNCTION ledger.actions_guard() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
 AS $$
-DECLARE
-    redriven boolean;
 BEGIN
     IF (NEW.action_id, NEW.action, NEW.workspace_sid, NEW.reservation_sid, NEW.task_sid, NEW.worker_sid,
         NEW.params, NEW.expected_status, NEW.not_after, NEW.correlation_id, NEW.producer, NEW.received_at)
@@ -675,17 +673,15 @@ BEGIN
         RAISE EXCEPTION 'ledger.actions: attempts and redrives of action % only grow', OLD.action_id
             USING ERRCODE = 'RL001';
     END IF;
-    redriven := NEW.redrives = OLD.redrives + 1;
-    IF redriven AND NOT EXISTS (
+    IF NEW.redrives = OLD.redrives + 1 AND NOT EXISTS (
         SELECT FROM ledger.events e
          WHERE e.action_id = OLD.action_id AND e.kind = 'redrive' AND e.tx_id = pg_current_xact_id()
     ) THEN
         RAISE EXCEPTION 'ledger.actions: action % is redriven only with a redrive row in the ledger',
             OLD.action_id USING ERRCODE = 'RL001';
     END IF;
-    IF OLD.outcome IS NOT NULL AND NEW.outcome IS DISTINCT FROM OLD.outcome
-       AND NOT (redriven AND NEW.outcome IS NULL AND NEW.outcome_at IS NULL) THEN
-        RAISE EXCEPTION 'ledger.actions: the outcome of action % is % and can only be reopened by a redrive',
+    IF OLD.outcome IS NOT NULL AND NEW.outcome IS DISTINCT FROM OLD.outcome THEN
+        RAISE EXCEPTION 'ledger.actions: the outcome of action % is % and never changes',
             OLD.action_id, OLD.outcome USING ERRCODE = 'RL001';
     END IF;
     IF NEW.outcome IS NOT DISTINCT FROM OLD.outcome AND NEW.outcome_at IS DISTINCT FROM OLD.outcome_at THEN

@@ -51,6 +51,7 @@ class FakeLedgerWriter:
     rows: list[LedgerEvent] = field(default_factory=list)
     outcomes: dict[uuid.UUID, Outcome] = field(default_factory=dict)
     intents: dict[uuid.UUID, PendingIntent] = field(default_factory=dict)
+    redrives: dict[uuid.UUID, int] = field(default_factory=dict)
     projection: dict[str, ReservationState] = field(default_factory=dict)
     received: set[uuid.UUID] = field(default_factory=set)
     locked: list[str] = field(default_factory=list)
@@ -115,7 +116,7 @@ class FakeLedgerWriter:
             if isinstance(event, Settle):
                 return OutcomeResult(*self._settle(event.action_id, event.outcome))
             if isinstance(event, Redrive):
-                self.outcomes.pop(event.action_id, None)  # a redrive reopens the action
+                self.redrives[event.action_id] = self.redrives.get(event.action_id, 0) + 1
             return self._next()
 
     def _follow_intent(self, event: LedgerEvent) -> None:

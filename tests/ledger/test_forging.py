@@ -110,7 +110,7 @@ def test_a_superuser_with_the_guards_on(db_url: str, settled: uuid.UUID, attempt
         assert verify(conn) == []
 
 
-def test_a_redrive_reopens_an_outcome_only_through_the_ledger(
+def test_an_outcome_is_never_cleared_not_even_by_a_redrive(
     fresh_db_url: str, fresh_writer: PostgresLedgerWriter, fresh_reader: LedgerReader
 ) -> None:
     action = make_action()
@@ -118,14 +118,17 @@ def test_a_redrive_reopens_an_outcome_only_through_the_ledger(
     fresh_writer.append(Settle(action.action_id, Outcome.DEAD_LETTERED))
     with superuser(fresh_db_url) as conn, pytest.raises(psycopg.Error, match="only with a redrive row"):
         conn.execute(
-            "UPDATE ledger.actions SET outcome = NULL, outcome_at = NULL, redrives = redrives + 1"
-            " WHERE action_id = %s",
+            "UPDATE ledger.actions SET redrives = redrives + 1 WHERE action_id = %s", [action.action_id]
+        )
+    with superuser(fresh_db_url) as conn, pytest.raises(psycopg.Error, match="never changes"):
+        conn.execute(
+            "UPDATE ledger.actions SET outcome = NULL, outcome_at = NULL WHERE action_id = %s",
             [action.action_id],
         )
     fresh_writer.append(Redrive(action.action_id, detail="operator"))
     record = fresh_reader.action(action.action_id)
     assert record is not None
-    assert (record.outcome, record.redrives) == (None, 1)
+    assert (record.outcome, record.redrives) == ("dead_lettered", 1)
 
 
 def test_what_an_action_received_never_changes(fresh_db_url: str, fresh_writer: PostgresLedgerWriter) -> None:

@@ -184,6 +184,7 @@ def test_vocabulary() -> None:
         "outcome",
         "rejected_input",
         "redrive",
+        "intent",
     ]
     assert [o.value for o in Outcome] == [
         "applied",
@@ -193,4 +194,5 @@ def test_vocabulary() -> None:
         "failed",
         "rejected_input",
         "dead_lettered",
+        "indeterminate",
     ]

@@ -264,8 +264,8 @@ def redrive(
         if letter.action_id is not None:
             handled.add(letter.action_id)
         known = ledger.action(letter.action_id) if letter.action_id is not None else None
-        # An original already redriven has no outcome again (a redrive reopens it); its dead
-        # letter can only be back because an acknowledgement was lost: never send it twice.
+        # An original already redriven keeps its outcome and counts the redrive; its dead letter
+        # can only be back because an acknowledgement was lost: never send it twice.
         unsettled = known is None or (known.outcome is None and known.redrives == 0)
         reservation = (letter.body or {}).get("reservation_sid")
         selected = (
@@ -298,7 +298,7 @@ def _left_because(letter: DeadLetter, record: ActionRecord | None, filters: Redr
         return letter.problem or "it names no action_id"
     if letter.problem is not None:
         return letter.problem
-    if record is not None and record.outcome is None and record.redrives:
+    if record is not None and record.redrives:
         return "it was already redriven (see `reservations show`); this copy of its dead letter is stale"
     if record is not None and record.outcome is not None:
         return f"its outcome {record.outcome} or another filter did not select it"

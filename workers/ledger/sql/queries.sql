@@ -224,12 +224,14 @@ SELECT pg_advisory_unlock(1381193299, hashtext(%(reservation_sid)s));
 SELECT FROM ledger.events LIMIT 0;
 
 -- name: settled_actions
--- Registry entries settled with one of the given outcomes (redrive's candidates), oldest first.
+-- Registry entries settled with one of the given outcomes and never redriven (redrive's
+-- candidates: an original is redriven at most once), oldest first.
 SELECT action_id, action, workspace_sid, reservation_sid, task_sid, worker_sid, params,
        expected_status, not_after, correlation_id, producer, received_at, attempts, outcome,
        outcome_at, redrives
   FROM ledger.actions
  WHERE outcome = ANY(%(outcomes)s::text[])
+   AND redrives = 0
    AND (%(reservation_sid)s::text IS NULL OR reservation_sid = %(reservation_sid)s::text)
    AND (%(since)s::timestamptz IS NULL OR outcome_at >= %(since)s::timestamptz)
    AND (%(until)s::timestamptz IS NULL OR outcome_at < %(until)s::timestamptz)

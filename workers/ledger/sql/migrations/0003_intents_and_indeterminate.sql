@@ -1,4 +1,5 @@
--- 0003: write-ahead intents and the `indeterminate` outcome.
+-- 0003: write-ahead intents, the `indeterminate` outcome, and outcomes that a redrive no longer
+-- clears (the original keeps its outcome; its redrive row links the copy).
 --
 -- Before an update is sent, the run appends an `intent` row: the action, the run (`attempt`), the
 -- If-Match ETag it carries (`etag_before`), the status it was sent from (`from_status`), the
@@ -58,10 +59,48 @@ BEGIN
         UPDATE ledger.actions SET attempts = greatest(attempts, coalesce(p_attempt, attempts + 1))
          WHERE action_id = a.action_id;
     ELSIF p_kind = 'redrive' THEN
-        UPDATE ledger.actions SET outcome = NULL, outcome_at = NULL, redrives = redrives + 1
-         WHERE action_id = a.action_id;
+        UPDATE ledger.actions SET redrives = redrives + 1 WHERE action_id = a.action_id;
     END IF;
     RETURN pos;
+END
+$$;
+
+-- The registry: what was received never changes; attempts and redrives only grow; a redrive
+-- is counted only with its redrive row; an outcome is set once and never cleared or changed, a
+-- redrive included (the copy runs under a new action_id) (SQLSTATE RL001).
+CREATE OR REPLACE FUNCTION ledger.actions_guard() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF (NEW.action_id, NEW.action, NEW.workspace_sid, NEW.reservation_sid, NEW.task_sid, NEW.worker_sid,
+        NEW.params, NEW.expected_status, NEW.not_after, NEW.correlation_id, NEW.producer, NEW.received_at)
+       IS DISTINCT FROM
+       (OLD.action_id, OLD.action, OLD.workspace_sid, OLD.reservation_sid, OLD.task_sid, OLD.worker_sid,
+        OLD.params, OLD.expected_status, OLD.not_after, OLD.correlation_id, OLD.producer, OLD.received_at)
+    THEN
+        RAISE EXCEPTION 'ledger.actions: what action % received cannot change', OLD.action_id
+            USING ERRCODE = 'RL001';
+    END IF;
+    IF NEW.attempts < OLD.attempts OR NEW.redrives NOT IN (OLD.redrives, OLD.redrives + 1) THEN
+        RAISE EXCEPTION 'ledger.actions: attempts and redrives of action % only grow', OLD.action_id
+            USING ERRCODE = 'RL001';
+    END IF;
+    IF NEW.redrives = OLD.redrives + 1 AND NOT EXISTS (
+        SELECT FROM ledger.events e
+         WHERE e.action_id = OLD.action_id AND e.kind = 'redrive' AND e.tx_id = pg_current_xact_id()
+    ) THEN
+        RAISE EXCEPTION 'ledger.actions: action % is redriven only with a redrive row in the ledger',
+            OLD.action_id USING ERRCODE = 'RL001';
+    END IF;
+    IF OLD.outcome IS NOT NULL AND NEW.outcome IS DISTINCT FROM OLD.outcome THEN
+        RAISE EXCEPTION 'ledger.actions: the outcome of action % is % and never changes',
+            OLD.action_id, OLD.outcome USING ERRCODE = 'RL001';
+    END IF;
+    IF NEW.outcome IS NOT DISTINCT FROM OLD.outcome AND NEW.outcome_at IS DISTINCT FROM OLD.outcome_at THEN
+        RAISE EXCEPTION 'ledger.actions: outcome_at of action % changes only with its outcome', OLD.action_id
+            USING ERRCODE = 'RL001';
+    END IF;
+    RETURN NEW;
 END
 $$;
 
