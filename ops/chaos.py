@@ -89,6 +89,7 @@ def parse(argv: Sequence[str] | None) -> ChaosConfig:
         cut_every=args.cut_every,
         faults=faults,
         seed=args.seed,
+        publish_seconds=args.publish_seconds,
         chaos_seconds=args.chaos_seconds,
         settle_seconds=args.settle_seconds,
         lost_answer_window=args.lost_answer_window,

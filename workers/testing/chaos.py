@@ -132,6 +132,7 @@ class ChaosConfig:
     cut_every: float = 4.0  # seconds between cuts of the workers' database connections (0: none)
     faults: FaultMix = field(default_factory=FaultMix)
     seed: int = 12
+    publish_seconds: float = 0.0  # spread the publishes over this long (0: as fast as confirms go)
     chaos_seconds: float = 180.0  # kills and cuts stop after this, settled or not
     settle_seconds: float = 60.0  # then the rest may settle, without kills or cuts, this long
     lost_answer_window: float = 1.0
@@ -436,7 +437,9 @@ def run(config: ChaosConfig, on_progress: Callable[[Progress], None] | None = No
         try:
             config.faults.install(admin, config.seed)
             publisher = ThreadPoolExecutor(1, thread_name_prefix="chaos-publish")
-            published = publisher.submit(_publish, broker_url, [p.action for p in planned])
+            published = publisher.submit(
+                _publish, broker_url, [p.action for p in planned], config.publish_seconds
+            )
             publisher.shutdown(wait=False)
             with psycopg.connect(db_url, autocommit=True, application_name=HARNESS_APPLICATION) as conn:
                 progress.phase = "chaos"
@@ -489,8 +492,11 @@ def run(config: ChaosConfig, on_progress: Callable[[Progress], None] | None = No
         )
 
 
-def _publish(broker_url: str, actions: Sequence[Action]) -> None:
+def _publish(broker_url: str, actions: Sequence[Action], seconds: float) -> None:
     with Producer(broker_url) as producer:
         producer.connect()
-        for action in actions:
+        start = time.monotonic()
+        for n, action in enumerate(actions):
+            if seconds > 0:
+                time.sleep(max(0.0, start + n * seconds / len(actions) - time.monotonic()))
             producer.publish(action)
