@@ -93,3 +93,36 @@ def test_bad_fault_specs_are_refused(admin: EmulatorAdmin, spec: dict[str, Any])
     kind = spec.pop("kind")
     with pytest.raises(InvalidParameter):
         admin.add_fault(kind, **spec)
+
+
+def test_a_status_race_changes_the_status_first_and_the_update_meets_a_412(
+    client: Any, admin: EmulatorAdmin, seeded: ReservationInfo
+) -> None:
+    admin.add_fault("status_race", seed=3)
+    context = reservation_context(client, seeded, "task")
+    with pytest.raises(TwilioRestException) as refused:
+        context.update(reservation_status="accepted", if_match=seeded.etag)
+    assert refused.value.status == 412
+    (race,) = admin.transitions(seeded.sid)
+    assert (race.source, race.from_status, race.note) == ("fault", "pending", "injected status race")
+    assert race.to_status in {"accepted", "rejected", "timeout", "canceled", "rescinded"}
+    (logged,) = admin.updates(seeded.sid)
+    assert (logged.answer, logged.landed, logged.faults) == (412, False, ["status_race"])
+    with pytest.raises(InvalidParameter):
+        admin.add_fault("status_race", operations=["fetch"])
+
+
+def test_the_update_log_says_what_landed_and_whose_answer_was_lost(
+    client: Any, admin: EmulatorAdmin, seeded: ReservationInfo
+) -> None:
+    admin.add_fault("drop", operations=["update"], after_apply=True)
+    context = reservation_context(client, seeded, "task")
+    with pytest.raises(Exception):  # noqa: B017, PT011 - the SDK's connection error, whatever its class
+        context.update(instruction="call", call_from="+15550001111", call_url="https://example.test/t")
+    (logged,) = admin.updates(seeded.sid)
+    assert (logged.landed, logged.answer, logged.answer_lost) == (True, "dropped", True)
+    assert (logged.from_status, logged.to_status, logged.landed_version) == ("pending", "pending", 2)
+    assert logged.params is not None
+    assert logged.params["Instruction"] == "call"
+    assert logged.faults == ["drop_after_apply"]
+    assert admin.reservation(seeded.sid).version == 2

@@ -65,6 +65,30 @@ class TransitionInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class UpdateInfo:
+    """One update log entry (see ``workers.testing.emulator.updates.UpdateEntry``)."""
+
+    sequence: int
+    at: float
+    reservation_sid: str
+    request_id: str
+    scope: str
+    params: Mapping[str, Any] | None
+    if_match: str | None
+    faults: list[str]
+    answer: int | str
+    landed: bool
+    landed_version: int | None
+    from_status: str | None
+    to_status: str | None
+
+    @property
+    def answer_lost(self) -> bool:
+        """It landed and its answer never left the emulator (a drop after apply)."""
+        return self.landed and self.answer == "dropped"
+
+
+@dataclass(frozen=True, slots=True)
 class OperationCounts:
     """Requests of one operation: the total, and by HTTP status (``"dropped"`` for drops)."""
 
@@ -195,6 +219,14 @@ class EmulatorAdmin:
         payload = self._call("GET", "/counters", params={"reservation_sid": sid})
         return ReservationCounts(fetch=_operation(payload["fetch"]), update=_operation(payload["update"]))
 
+    def updates(self, reservation_sid: str | None = None, since: int = 0) -> list[UpdateInfo]:
+        """The update log: every update request, its parameters, faults, answer, and whether it landed."""
+        params: dict[str, str] = {"since": str(since)}
+        if reservation_sid is not None:
+            params["reservation_sid"] = reservation_sid
+        payload = self._call("GET", "/updates", params=params)
+        return [_record(UpdateInfo, entry) for entry in payload["updates"]]
+
     def reset_counters(self) -> None:
         self._call("POST", "/counters/reset")
 
@@ -217,7 +249,8 @@ class EmulatorAdmin:
         retry_after: int = 1,
         after_apply: bool = False,
     ) -> str:
-        """Add a fault (latency, throttle, internal_error, unavailable, drop, conflict_storm); its id.
+        """Add a fault (latency, throttle, internal_error, unavailable, drop, conflict_storm,
+        status_race); its id.
 
         ``after_apply`` (drop and latency, on updates): the update is applied first, then the
         connection is dropped or the answer delayed, as when a client times out too early.

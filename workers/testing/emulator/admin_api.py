@@ -14,9 +14,11 @@ benchmarks. Never expose an emulator's port beyond the machine it runs on.
 - ``POST /_emulator/reservations/{sid}/change`` ``{"action": accept|reject|wrapup|complete|timeout|
   cancel|rescind|touch, "worker_activity_sid"?}``: another agent or TaskRouter itself acts
 - ``GET  /_emulator/transitions?reservation_sid=&since=``: the transition log
+- ``GET  /_emulator/updates?reservation_sid=&since=``: the update log (every update request, its
+  parameters, the faults that struck it, its answer and whether it landed)
 - ``GET  /_emulator/counters?reservation_sid=``; ``POST /_emulator/counters/reset``
 - ``GET|POST|DELETE /_emulator/faults``, ``DELETE /_emulator/faults/{id}``
-- ``POST /_emulator/reset``: forget everything (model, log, counters, faults)
+- ``POST /_emulator/reset``: forget everything (model, logs, counters, faults)
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from workers.errors import (
 )
 from workers.testing.emulator.model import Reservation, Task, Transition, Worker, Workspace
 from workers.testing.emulator.state import EmulatorState
+from workers.testing.emulator.updates import UpdateEntry
 from workers.testing.emulator.wire import (
     JSON_CONTENT_TYPE,
     REQUEST_ID_HEADER,
@@ -54,6 +57,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 class AdminApi:
     def __init__(self, state: EmulatorState) -> None:
         self._store, self._counters, self._faults = state.store, state.counters, state.faults
+        self._updates = state.updates
         self._settings = state.settings
 
     def routes(self) -> list[web.RouteDef]:
@@ -68,6 +72,7 @@ class AdminApi:
             web.get(f"{PREFIX}/reservations/{{sid}}", _json(self.get_reservation)),
             web.post(f"{PREFIX}/reservations/{{sid}}/change", _json(self.change_reservation)),
             web.get(f"{PREFIX}/transitions", _json(self.transitions)),
+            web.get(f"{PREFIX}/updates", _json(self.updates)),
             web.get(f"{PREFIX}/counters", _json(self.counters)),
             web.post(f"{PREFIX}/counters/reset", _json(self.reset_counters)),
             web.get(f"{PREFIX}/faults", _json(self.list_faults)),
@@ -149,6 +154,13 @@ class AdminApi:
         entries = self._store.transitions(request.query.get("reservation_sid"), int(since))
         return 200, {"transitions": [transition_view(entry) for entry in entries]}
 
+    async def updates(self, request: web.Request) -> tuple[int, object]:
+        since = request.query.get("since", "0")
+        if not since.isdigit():
+            raise InvalidParameter("since", "Query parameter 'since' must be a sequence number")
+        entries = self._updates.entries(request.query.get("reservation_sid"), int(since))
+        return 200, {"updates": [update_view(entry) for entry in entries]}
+
     async def counters(self, request: web.Request) -> tuple[int, object]:
         sid = request.query.get("reservation_sid")
         if sid is not None:
@@ -179,6 +191,7 @@ class AdminApi:
         self._faults.clear()
         self._store.reset()
         self._counters.reset()
+        self._updates.reset()
         return 200, {"reset": True}
 
 
@@ -218,6 +231,15 @@ def transition_view(entry: Transition) -> dict[str, object]:
         *("sequence", "reservation_sid", "task_sid", "worker_sid", "workspace_sid", "from_status"),
         *("to_status", "version_before", "version_after", "source", "request_id", "requested", "at", "note"),
     )
+
+
+def update_view(entry: UpdateEntry) -> dict[str, object]:
+    return {
+        **_pick(entry, "sequence", "at", "reservation_sid", "request_id", "scope", "params", "if_match"),
+        **_pick(entry, "answer", "landed_version", "from_status", "to_status"),
+        "faults": list(entry.faults),
+        "landed": entry.landed,
+    }
 
 
 def _pick(record: object, *names: str) -> dict[str, object]:

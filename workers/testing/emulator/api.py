@@ -21,6 +21,7 @@ from workers.testing.emulator.faults import FaultKind, Plan
 from workers.testing.emulator.model import Reservation
 from workers.testing.emulator.settings import BasicAuth
 from workers.testing.emulator.state import EmulatorState
+from workers.testing.emulator.updates import DROPPED as DROPPED_ANSWER
 from workers.testing.emulator.wire import (
     JSON_CONTENT_TYPE,
     REQUEST_ID_HEADER,
@@ -57,6 +58,7 @@ class TwilioApi:
 
     def __init__(self, state: EmulatorState) -> None:
         self._store, self._counters, self._faults = state.store, state.counters, state.faults
+        self._updates = state.updates
         self._account_sid = state.settings.account_sid
         self._auth = BasicAuth(state.settings.credentials())
         self._etag_names = etag_headers(state.settings.strict_headers)
@@ -141,37 +143,65 @@ class TwilioApi:
     async def _update(self, request: web.Request, scope: Scope) -> web.StreamResponse:
         request_id, sid = new_request_id(), request.match_info["sid"]
         early, plan = await self._admit(request, Operation.UPDATE, sid, request_id)
+        log = _UpdateNote(sid, request_id, str(scope), request.headers.get("If-Match"), plan)
         if early is not None:
-            return early
+            dropped = plan is not None and plan.failure is FaultKind.DROP
+            return self._noted(log, early, DROPPED_ANSWER if dropped else early.status)
         body = await request.read()
         # From here on, no await: the lookup, the If-Match check and the change are one step.
         if self._find(request) is None:
-            return self._not_found(request, Operation.UPDATE, sid, request_id)
-        if_match = request.headers.get("If-Match")
+            return self._noted(log, self._not_found(request, Operation.UPDATE, sid, request_id), 404)
+        if_match = log.if_match
         try:
             form = parse_qs(body.decode(), keep_blank_values=True, strict_parsing=False)
             params = parse_update_form(form, scope)
-            reservation = self._store.update(
+            log.params = params
+            found, reservation = self._store.landed_update(
                 sid,
                 params,
                 None if if_match is None else parse_if_match(if_match),
                 request_id,
                 concurrent_change=plan is not None and plan.concurrent_change,
+                status_race=None if plan is None else plan.status_race,
             )
         except (InvalidParameter, TransitionRefused) as refused:
             self._counters.record(Operation.UPDATE, sid, 400)
-            return _error(400, 20001, refused.message, request_id)
+            return self._noted(log, _error(400, 20001, refused.message, request_id), 400)
         except UnicodeDecodeError:
             self._counters.record(Operation.UPDATE, sid, 400)
-            return _error(400, 20001, "The request body is not valid UTF-8", request_id)
+            return self._noted(
+                log, _error(400, 20001, "The request body is not valid UTF-8", request_id), 400
+            )
         except IfMatchMismatch:
             self._counters.record(Operation.UPDATE, sid, 412)
-            return _error(412, 20412, "Precondition Failed", request_id)
+            return self._noted(log, _error(412, 20412, "Precondition Failed", request_id), 412)
         except UnknownResource:
-            return self._not_found(request, Operation.UPDATE, sid, request_id)
+            return self._noted(log, self._not_found(request, Operation.UPDATE, sid, request_id), 404)
+        log.landed, log.from_status = (reservation.version, str(reservation.status)), str(found)
         if plan is not None and plan.delay_after_apply:
             await asyncio.sleep(plan.delay_after_apply)
-        return self._reservation_response(request, scope, Operation.UPDATE, reservation, request_id, plan)
+        response = self._reservation_response(request, scope, Operation.UPDATE, reservation, request_id, plan)
+        dropped = plan is not None and plan.failure is FaultKind.DROP
+        return self._noted(log, response, DROPPED_ANSWER if dropped else response.status)
+
+    def _noted(
+        self, note: _UpdateNote, response: web.StreamResponse, answer: int | str
+    ) -> web.StreamResponse:
+        """Log one update request's fate in the update log, and hand its response on."""
+        landed = note.landed
+        self._updates.record(
+            reservation_sid=note.sid,
+            request_id=note.request_id,
+            scope=note.scope,
+            params=note.params,
+            if_match=note.if_match,
+            faults=() if note.plan is None else note.plan.fired,
+            answer=answer,
+            landed_version=None if landed is None else landed[0],
+            from_status=note.from_status if landed is not None else None,
+            to_status=None if landed is None else landed[1],
+        )
+        return response
 
     async def _list(
         self, request: web.Request, scope: Scope, workspace_sid: str, parent_sid: str
@@ -272,6 +302,26 @@ class TwilioApi:
     ) -> web.StreamResponse:
         self._counters.record(operation, sid, 404)
         return _error(404, 20404, f"The requested resource {request.path} was not found", request_id)
+
+
+class _UpdateNote:
+    """What the update log will say about one update request, filled in as it goes."""
+
+    __slots__ = ("from_status", "if_match", "landed", "params", "plan", "request_id", "scope", "sid")
+
+    def __init__(
+        self, sid: str, request_id: str, scope: str, if_match: str | None, plan: Plan | None
+    ) -> None:
+        self.sid, self.request_id, self.scope, self.if_match, self.plan = (
+            sid,
+            request_id,
+            scope,
+            if_match,
+            plan,
+        )
+        self.params: dict[str, object] | None = None
+        self.landed: tuple[int, str] | None = None
+        self.from_status: str | None = None
 
 
 def _base_url(request: web.Request) -> str:

@@ -1,4 +1,4 @@
-"""Deterministic fault injection: latency, throttling, server errors, drops and 412 storms.
+"""Deterministic fault injection: latency, throttling, server errors, drops, 412 storms and status races.
 
 Each fault has its own ``random.Random(seed)`` and draws from it once for every request it is
 eligible for (its operations and reservation SIDs), whatever the other faults do, so the same
@@ -26,6 +26,9 @@ class FaultKind(enum.StrEnum):
     UNAVAILABLE = "unavailable"  # 503
     DROP = "drop"  # close the connection without a response
     CONFLICT_STORM = "conflict_storm"  # on update: another actor bumps the version first (412)
+    # On update: someone else changes the status first (another agent accepts, rejects, wraps up
+    # or completes it; TaskRouter times it out, cancels or rescinds it), so the update meets a 412.
+    STATUS_RACE = "status_race"
 
 
 # Faults that end the request instead of delaying or disturbing it.
@@ -80,6 +83,11 @@ class Plan:
     # Latency added after an update is applied, before it is answered: a client that gives up
     # (or dies) meanwhile never learns that its update landed.
     delay_after_apply: float = 0.0
+    # A status race's draw in [0, 1): which of the changes possible from the current status
+    # someone else makes (the store picks it, under its lock); None when no race fired.
+    status_race: float | None = None
+    # The kinds of the faults that fired, in the order they were added (for the update log).
+    fired: tuple[str, ...] = ()
 
 
 class FaultInjector:
@@ -120,6 +128,8 @@ class FaultInjector:
         delay = delay_after_apply = 0.0
         failure: Fault | None = None
         concurrent_change = False
+        status_race: float | None = None
+        fired: list[str] = []
         for fault in faults:
             if operation not in fault.operations:
                 continue
@@ -129,6 +139,7 @@ class FaultInjector:
             if fault.rng.random() >= fault.rate:
                 continue
             fault.fired += 1
+            fired.append(f"{fault.kind}_after_apply" if fault.after_apply else str(fault.kind))
             if fault.kind is FaultKind.LATENCY:
                 added = (fault.latency_ms + fault.rng.uniform(0.0, fault.jitter_ms)) / 1000.0
                 if fault.after_apply:
@@ -137,9 +148,12 @@ class FaultInjector:
                     delay += added
             elif fault.kind is FaultKind.CONFLICT_STORM:
                 concurrent_change = True
+            elif fault.kind is FaultKind.STATUS_RACE:
+                draw = fault.rng.random()
+                status_race = draw if status_race is None else status_race
             elif failure is None:
                 failure = fault
-        if not delay and not delay_after_apply and failure is None and not concurrent_change:
+        if not fired:
             return None
         return Plan(
             delay=delay,
@@ -148,11 +162,15 @@ class FaultInjector:
             after_apply=failure is not None and failure.after_apply,
             concurrent_change=concurrent_change,
             delay_after_apply=delay_after_apply,
+            status_race=status_race,
+            fired=tuple(fired),
         )
 
 
 # Faults that may strike after an update was applied (the update lands, its answer does not).
 _AFTER_APPLY_KINDS = frozenset({FaultKind.DROP, FaultKind.LATENCY})
+# Faults that change the reservation under an update, so they make sense on updates only.
+_UPDATE_ONLY_KINDS = frozenset({FaultKind.CONFLICT_STORM, FaultKind.STATUS_RACE})
 
 
 def _fault_from_spec(fault_id: str, spec: Mapping[str, object]) -> Fault:
@@ -178,12 +196,12 @@ def _fault_from_spec(fault_id: str, spec: Mapping[str, object]) -> Fault:
     rate = _number(spec, "rate", 1.0)
     if not 0.0 <= rate <= 1.0:
         raise InvalidParameter("rate", "Fault rate must be between 0 and 1")
-    default_operations = ("update",) if kind is FaultKind.CONFLICT_STORM else OPERATIONS
+    default_operations = ("update",) if kind in _UPDATE_ONLY_KINDS else OPERATIONS
     operations = frozenset(_strings(spec, "operations") or default_operations)
     if not operations <= set(OPERATIONS):
         raise InvalidParameter("operations", f"Fault operations must be among {', '.join(OPERATIONS)}")
-    if kind is FaultKind.CONFLICT_STORM and operations != {"update"}:
-        raise InvalidParameter("operations", "A conflict_storm fault applies to updates only")
+    if kind in _UPDATE_ONLY_KINDS and operations != {"update"}:
+        raise InvalidParameter("operations", f"A {kind} fault applies to updates only")
     sids = _strings(spec, "reservation_sids")
     seed = spec.get("seed", 0)
     if not isinstance(seed, int) or isinstance(seed, bool):

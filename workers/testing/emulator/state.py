@@ -8,6 +8,7 @@ from workers.testing.emulator.counters import Counters
 from workers.testing.emulator.faults import FaultInjector
 from workers.testing.emulator.settings import EmulatorSettings
 from workers.testing.emulator.store import Store
+from workers.testing.emulator.updates import UpdateLog
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,7 +19,10 @@ class EmulatorState:
     store: Store
     counters: Counters
     faults: FaultInjector
+    updates: UpdateLog
 
     @classmethod
     def new(cls, settings: EmulatorSettings) -> EmulatorState:
-        return cls(settings, Store(settings.log_size), Counters(), FaultInjector())
+        return cls(
+            settings, Store(settings.log_size), Counters(), FaultInjector(), UpdateLog(settings.log_size)
+        )

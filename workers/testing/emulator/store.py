@@ -15,7 +15,9 @@ from collections.abc import Collection, Mapping
 
 from workers.core.sids import is_sid, new_sid
 from workers.core.state_machine import (
+    CLIENT_TRANSITIONS,
     REJECTIONS_BEFORE_TASK_CANCELED,
+    SYSTEM_TRANSITIONS,
     Status,
     status_after_client_update,
     status_after_instruction,
@@ -40,6 +42,15 @@ SYSTEM_VERBS: Mapping[str, Status] = {
 ADMIN_VERBS = (*CLIENT_VERBS, *SYSTEM_VERBS, "touch")
 
 DEFAULT_LOG_SIZE = 100_000
+RACE_NOTE = "injected status race"
+
+
+def race_verbs(status: Status) -> list[str]:
+    """What someone else may do to a reservation in ``status``: another agent's client transitions
+    (accept, reject, wrapup, complete) and TaskRouter's own (timeout, cancel, rescind)."""
+    verbs = [verb for verb, target in CLIENT_VERBS.items() if target in CLIENT_TRANSITIONS.get(status, ())]
+    verbs += [verb for verb, target in SYSTEM_VERBS.items() if target in SYSTEM_TRANSITIONS.get(status, ())]
+    return verbs
 
 
 class Store:
@@ -233,18 +244,39 @@ class Store:
         request_id: str,
         *,
         concurrent_change: bool = False,
+        status_race: float | None = None,
     ) -> Reservation:
-        """Apply a validated API update (``parse_update_form``'s output) with optimistic concurrency.
+        """:meth:`landed_update`'s reservation."""
+        return self.landed_update(
+            sid, params, if_match, request_id, concurrent_change=concurrent_change, status_race=status_race
+        )[1]
+
+    def landed_update(
+        self,
+        sid: str,
+        params: Mapping[str, object],
+        if_match: Collection[str] | None,
+        request_id: str,
+        *,
+        concurrent_change: bool = False,
+        status_race: float | None = None,
+    ) -> tuple[Status, Reservation]:
+        """Apply a validated API update (``parse_update_form``'s output) with optimistic concurrency;
+        the status it found (after any injected change) and the reservation it left.
 
         ``if_match`` holds the acceptable ETags (``*`` matches any), or is None for an
         unconditional update. ``concurrent_change`` first bumps the version as another actor
-        would (a ``conflict_storm`` fault). Raises :class:`IfMatchMismatch` or
-        :class:`TransitionRefused`, having changed nothing but that injected bump.
+        would (a ``conflict_storm`` fault); ``status_race`` (a draw in [0, 1)) first changes the
+        status as someone else would (a ``status_race`` fault: see :func:`race_verbs`). Raises
+        :class:`IfMatchMismatch` or :class:`TransitionRefused`, having changed nothing but those
+        injected changes.
         """
         with self._lock:
             current = self._reservations.get(sid)
             if current is None:
                 raise UnknownResource(f"Reservation {sid} does not exist")
+            if status_race is not None:
+                current = self._race(current, status_race, request_id)
             if concurrent_change:
                 current = self._commit(
                     current, current.status, "fault", request_id, "touch", note="injected concurrent change"
@@ -262,9 +294,21 @@ class Store:
                 new_status = status_after_instruction(sid, current.status, instruction, accept)
                 requested = f"Instruction={instruction}"
             activity = params.get("WorkerActivitySid") if new_status is Status.REJECTED else None
-            return self._change(
+            return current.status, self._change(
                 current, new_status, "api", request_id, requested, None if activity is None else str(activity)
             )
+
+    def _race(self, current: Reservation, draw: float, request_id: str) -> Reservation:
+        """Someone else changes the status first; with nothing possible, a bare version bump."""
+        verbs = race_verbs(current.status)
+        if not verbs:
+            return self._commit(current, current.status, "fault", request_id, "touch", note=RACE_NOTE)
+        verb = verbs[min(len(verbs) - 1, int(draw * len(verbs)))]
+        new_status = CLIENT_VERBS.get(verb) or SYSTEM_VERBS[verb]
+        updated = self._commit(current, new_status, "fault", request_id, verb, note=RACE_NOTE)
+        if new_status is Status.REJECTED:
+            self._count_rejection(updated, None, "fault", request_id)
+        return updated
 
     def change(
         self, sid: str, verb: str, *, worker_activity_sid: str | None = None, request_id: str | None = None
