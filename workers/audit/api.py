@@ -199,6 +199,8 @@ def get_ledger(request: Request) -> LedgerReader:
 
 
 LedgerDep = Annotated[LedgerReader, Depends(get_ledger)]
+Endpoint = Callable[..., dict[str, Any]]
+ReservationSid = Annotated[str, Path(pattern=_SID["WR"])]
 _bearer = HTTPBearer(auto_error=False, description="AUDIT_API_TOKEN")
 
 
@@ -269,7 +271,14 @@ def create_app(config: AuditApiConfig, *, ledger: LedgerReader | None = None) ->
         responses=_ERRORS,
     )
     app.state.audit_token = token
-    v1 = [Depends(authenticated)]
+
+    def v1_get(
+        path: str, model: type[BaseModel], tag: str, missing: str | None = None, **more: Any
+    ) -> Callable[[Endpoint], Endpoint]:
+        """The route of a ``/v1`` resource (a bearer token needed); ``missing`` documents its 404."""
+        if missing is not None:
+            more["responses"] = {404: {"model": Problem, "description": missing}}
+        return app.get(path, response_model=model, dependencies=[Depends(authenticated)], tags=[tag], **more)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -314,7 +323,7 @@ def create_app(config: AuditApiConfig, *, ledger: LedgerReader | None = None) ->
             return _problem(503, "unavailable", "the ledger does not answer (database down, or not migrated)")
         return JSONResponse({"status": "ready"})
 
-    @app.get("/v1/events", response_model=EventPage, dependencies=v1, tags=["history"])
+    @v1_get("/v1/events", EventPage, "history")
     def events(
         reader: LedgerDep,
         common: Common,
@@ -334,50 +343,35 @@ def create_app(config: AuditApiConfig, *, ledger: LedgerReader | None = None) ->
         )
 
     for collection, parameter, prefix, description in _RESOURCE_HISTORIES:
-        app.get(
+        v1_get(
             f"/v1/{collection}/{{{parameter}}}/history",
-            response_model=EventPage,
-            dependencies=v1,
-            tags=["history"],
+            EventPage,
+            "history",
             name=f"{parameter.removesuffix('_sid')}_history",
             description=description,
         )(_resource_history(parameter, prefix))
 
-    @app.get(
+    @v1_get(
         "/v1/reservations/{reservation_sid}",
-        response_model=ReservationEntry,
-        dependencies=v1,
-        tags=["reservations"],
-        responses={404: {"model": Problem, "description": "The ledger never saw a transition of it."}},
+        ReservationEntry,
+        "reservations",
+        missing="The ledger never saw a transition of it.",
     )
-    def reservation(
-        reader: LedgerDep, reservation_sid: Annotated[str, Path(pattern=_SID["WR"])]
-    ) -> dict[str, Any]:
+    def reservation(reader: LedgerDep, reservation_sid: ReservationSid) -> dict[str, Any]:
         """The reservation's last recorded status and ETag (the projection)."""
         found = reader.reservation(reservation_sid)
         if found is None:
             raise HTTPException(404, f"the ledger has no transition of reservation {reservation_sid}")
         return reservation_row(found)
 
-    @app.get(
-        "/v1/reservations/{reservation_sid}/timeline",
-        response_model=Timeline,
-        dependencies=v1,
-        tags=["reservations"],
-    )
-    def reservation_timeline(
-        reader: LedgerDep, reservation_sid: Annotated[str, Path(pattern=_SID["WR"])]
-    ) -> dict[str, Any]:
+    @v1_get("/v1/reservations/{reservation_sid}/timeline", Timeline, "reservations")
+    def reservation_timeline(reader: LedgerDep, reservation_sid: ReservationSid) -> dict[str, Any]:
         """The reservation's status over time, reconstructed from the ledger alone."""
         steps = timeline(reader, reservation_sid)
         return {"reservation_sid": reservation_sid, "steps": [_step(s) for s in steps]}
 
-    @app.get(
-        "/v1/actions/{action_id}",
-        response_model=ActionStory,
-        dependencies=v1,
-        tags=["actions"],
-        responses={404: {"model": Problem, "description": "The ledger never received this action."}},
+    @v1_get(
+        "/v1/actions/{action_id}", ActionStory, "actions", missing="The ledger never received this action."
     )
     def action(reader: LedgerDep, action_id: uuid.UUID) -> dict[str, Any]:
         """One action's whole story: its registry entry, every row, and its redrive links."""
