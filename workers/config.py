@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import base64
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from workers.core.retry import RetryPolicy
 from workers.errors import ConfigurationError
+
+T = TypeVar("T")
 
 DEFAULT_BROKER_URL = "amqp://guest:guest@127.0.0.1:5672//"
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/reservations"
@@ -111,16 +114,23 @@ def broker_url_from_env(environ: Mapping[str, str] | None = None) -> str:
 
 
 def _count(env: Mapping[str, str], name: str, default: int, *, minimum: int = 1) -> int:
-    value = env.get(name, "").strip()
-    if not value:
+    count = _parsed(env, name, int, "a whole number")
+    if count is None:
         return default
-    try:
-        count = int(value)
-    except ValueError:
-        raise ConfigurationError(f"{name} must be a whole number, not {value!r}") from None
     if count < minimum:
         raise ConfigurationError(f"{name} must be at least {minimum}, not {count}")
     return count
+
+
+def _parsed(env: Mapping[str, str], name: str, parse: Callable[[str], T], what: str) -> T | None:
+    """``name``'s value read by ``parse`` (None when unset or blank); ``what`` it must be, if not."""
+    value = env.get(name, "").strip()
+    if not value:
+        return None
+    try:
+        return parse(value)
+    except ValueError:
+        raise ConfigurationError(f"{name} must be {what}, not {value!r}") from None
 
 
 LOG_FORMATS = ("auto", "json", "text")
@@ -154,14 +164,8 @@ def _fernet_keys(env: Mapping[str, str], name: str) -> str | None:
 
 
 def _seconds(env: Mapping[str, str], name: str) -> float | None:
-    value = env.get(name, "").strip()
-    if not value:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        raise ConfigurationError(f"{name} must be a number of seconds, not {value!r}") from None
-    if seconds < 0:
+    seconds = _parsed(env, name, float, "a number of seconds")
+    if seconds is not None and seconds < 0:
         raise ConfigurationError(f"{name} must not be negative")
     return seconds
 

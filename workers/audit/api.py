@@ -12,11 +12,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hmac
+import inspect
 import logging
 import re
+import typing
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -27,16 +30,16 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel
+from pydantic import BaseModel, create_model
 
 from workers import __version__
 from workers.audit import queries
 from workers.audit.params import parse_rfc3339
-from workers.audit.rows import action_row, event_row, reservation_row
-from workers.audit.timeline import timeline
+from workers.audit.rows import EVENT_FIELDS, action_row, event_row, reservation_row
+from workers.audit.timeline import Step, timeline
 from workers.errors import ConfigurationError, LedgerError, LedgerUnavailable
 from workers.ledger.connector import Connector
-from workers.ledger.models import Cursor, EventKind, Outcome, Role
+from workers.ledger.models import ActionRecord, Cursor, EventKind, LedgerRow, Outcome, ReservationState, Role
 from workers.ledger.reader import LedgerReader
 
 logger = logging.getLogger(__name__)
@@ -68,36 +71,26 @@ class Problem(BaseModel):
     detail: list[dict[str, Any]] | None = None
 
 
-class Event(BaseModel):
-    position: int
-    cursor: str
-    recorded_at: datetime
-    action_id: uuid.UUID | None
-    kind: str
-    action: str | None
-    workspace_sid: str | None
-    task_sid: str | None
-    worker_sid: str | None
-    reservation_sid: str | None
-    from_status: str | None
-    to_status: str | None
-    etag_before: str | None
-    etag_after: str | None
-    attempt: int | None
-    http_status: int | None
-    twilio_error_code: int | None
-    twilio_request_id: str | None
-    duration_ms: int | None
-    outcome: str | None
-    correlation_id: str | None
-    producer: str | None
-    worker_host: str | None
-    worker_pid: int | None
-    params: dict[str, Any] | None
-    detail: str | None
-    chain_key: str
-    chain_seq: int
-    row_hash: str
+def _model_of(name: str, source: type, names: Iterable[str] | None = None, **types: Any) -> type[BaseModel]:
+    """A response model with the fields of the dataclass ``source`` (or those of ``names``, in
+    that order), typed as ``source`` types them unless ``types`` says otherwise."""
+    types = typing.get_type_hints(source) | types
+    chosen = [field.name for field in dataclasses.fields(source)] if names is None else names
+    fields: dict[str, Any] = {field: (types[field], ...) for field in chosen}
+    return create_model(name, **fields)
+
+
+# The API's objects are the ledger's rows under the audit names (``workers.audit.rows``).
+if typing.TYPE_CHECKING:  # built at run time; to mypy, models
+    Event = BaseModel
+    ActionEntry = BaseModel
+    ReservationEntry = BaseModel
+    TimelineStep = BaseModel
+else:
+    Event = _model_of("Event", LedgerRow, EVENT_FIELDS, cursor=str, row_hash=str)
+    ActionEntry = _model_of("ActionEntry", ActionRecord)
+    ReservationEntry = _model_of("ReservationEntry", ReservationState)
+    TimelineStep = _model_of("TimelineStep", Step)
 
 
 class EventPage(BaseModel):
@@ -110,52 +103,11 @@ class EventPage(BaseModel):
     limit: int
 
 
-class ActionEntry(BaseModel):
-    action_id: uuid.UUID
-    action: str | None
-    workspace_sid: str | None
-    reservation_sid: str | None
-    task_sid: str | None
-    worker_sid: str | None
-    params: dict[str, Any] | None
-    expected_status: str | None
-    not_after: datetime | None
-    correlation_id: str | None
-    producer: str | None
-    received_at: datetime
-    attempts: int
-    outcome: str | None
-    outcome_at: datetime | None
-    redrives: int
-
-
 class ActionStory(BaseModel):
     action: ActionEntry
     events: list[Event]
     redriven_as: list[uuid.UUID]
     redrive_of: uuid.UUID | None
-
-
-class ReservationEntry(BaseModel):
-    reservation_sid: str
-    workspace_sid: str | None
-    task_sid: str | None
-    worker_sid: str | None
-    status: str
-    etag: str | None
-    last_position: int
-    updated_at: datetime
-
-
-class TimelineStep(BaseModel):
-    position: int
-    recorded_at: datetime
-    from_status: str | None
-    to_status: str
-    etag: str | None
-    action_id: uuid.UUID | None
-    action: str | None
-    outcome: str | None
 
 
 class Timeline(BaseModel):
@@ -247,6 +199,8 @@ def get_ledger(request: Request) -> LedgerReader:
 
 
 LedgerDep = Annotated[LedgerReader, Depends(get_ledger)]
+Endpoint = Callable[..., dict[str, Any]]
+ReservationSid = Annotated[str, Path(pattern=_SID["WR"])]
 _bearer = HTTPBearer(auto_error=False, description="AUDIT_API_TOKEN")
 
 
@@ -317,7 +271,14 @@ def create_app(config: AuditApiConfig, *, ledger: LedgerReader | None = None) ->
         responses=_ERRORS,
     )
     app.state.audit_token = token
-    v1 = [Depends(authenticated)]
+
+    def v1_get(
+        path: str, model: type[BaseModel], tag: str, missing: str | None = None, **more: Any
+    ) -> Callable[[Endpoint], Endpoint]:
+        """The route of a ``/v1`` resource (a bearer token needed); ``missing`` documents its 404."""
+        if missing is not None:
+            more["responses"] = {404: {"model": Problem, "description": missing}}
+        return app.get(path, response_model=model, dependencies=[Depends(authenticated)], tags=[tag], **more)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -362,17 +323,7 @@ def create_app(config: AuditApiConfig, *, ledger: LedgerReader | None = None) ->
             return _problem(503, "unavailable", "the ledger does not answer (database down, or not migrated)")
         return JSONResponse({"status": "ready"})
 
-    def history_page(reader: LedgerReader, common: CommonQuery, **resource: Any) -> dict[str, Any]:
-        filters = queries.Filters(**{**_fields(common.filters), **resource})
-        found = queries.page(reader, filters, after=common.after, limit=common.limit)
-        return {
-            "items": [event_row(e) for e in found.events],
-            "next_cursor": str(found.next_cursor) if found.next_cursor is not None else None,
-            "has_more": found.has_more,
-            "limit": common.limit,
-        }
-
-    @app.get("/v1/events", response_model=EventPage, dependencies=v1, tags=["history"])
+    @v1_get("/v1/events", EventPage, "history")
     def events(
         reader: LedgerDep,
         common: Common,
@@ -391,79 +342,36 @@ def create_app(config: AuditApiConfig, *, ledger: LedgerReader | None = None) ->
             workspace_sid=workspace_sid,
         )
 
-    @app.get(
-        "/v1/reservations/{reservation_sid}/history",
-        response_model=EventPage,
-        dependencies=v1,
-        tags=["history"],
-    )
-    def reservation_history(
-        reader: LedgerDep, common: Common, reservation_sid: Annotated[str, Path(pattern=_SID["WR"])]
-    ) -> dict[str, Any]:
-        """One reservation's rows, in ledger order (which is its chain's order)."""
-        return history_page(reader, common, reservation_sid=reservation_sid)
+    for collection, parameter, prefix, description in _RESOURCE_HISTORIES:
+        v1_get(
+            f"/v1/{collection}/{{{parameter}}}/history",
+            EventPage,
+            "history",
+            name=f"{parameter.removesuffix('_sid')}_history",
+            description=description,
+        )(_resource_history(parameter, prefix))
 
-    @app.get("/v1/tasks/{task_sid}/history", response_model=EventPage, dependencies=v1, tags=["history"])
-    def task_history(
-        reader: LedgerDep, common: Common, task_sid: Annotated[str, Path(pattern=_SID["WT"])]
-    ) -> dict[str, Any]:
-        """The rows of one task's reservations."""
-        return history_page(reader, common, task_sid=task_sid)
-
-    @app.get("/v1/workers/{worker_sid}/history", response_model=EventPage, dependencies=v1, tags=["history"])
-    def worker_history(
-        reader: LedgerDep, common: Common, worker_sid: Annotated[str, Path(pattern=_SID["WK"])]
-    ) -> dict[str, Any]:
-        """The rows of one worker's reservations."""
-        return history_page(reader, common, worker_sid=worker_sid)
-
-    @app.get(
-        "/v1/workspaces/{workspace_sid}/history",
-        response_model=EventPage,
-        dependencies=v1,
-        tags=["history"],
-    )
-    def workspace_history(
-        reader: LedgerDep, common: Common, workspace_sid: Annotated[str, Path(pattern=_SID["WS"])]
-    ) -> dict[str, Any]:
-        """The rows of one workspace."""
-        return history_page(reader, common, workspace_sid=workspace_sid)
-
-    @app.get(
+    @v1_get(
         "/v1/reservations/{reservation_sid}",
-        response_model=ReservationEntry,
-        dependencies=v1,
-        tags=["reservations"],
-        responses={404: {"model": Problem, "description": "The ledger never saw a transition of it."}},
+        ReservationEntry,
+        "reservations",
+        missing="The ledger never saw a transition of it.",
     )
-    def reservation(
-        reader: LedgerDep, reservation_sid: Annotated[str, Path(pattern=_SID["WR"])]
-    ) -> dict[str, Any]:
+    def reservation(reader: LedgerDep, reservation_sid: ReservationSid) -> dict[str, Any]:
         """The reservation's last recorded status and ETag (the projection)."""
         found = reader.reservation(reservation_sid)
         if found is None:
             raise HTTPException(404, f"the ledger has no transition of reservation {reservation_sid}")
         return reservation_row(found)
 
-    @app.get(
-        "/v1/reservations/{reservation_sid}/timeline",
-        response_model=Timeline,
-        dependencies=v1,
-        tags=["reservations"],
-    )
-    def reservation_timeline(
-        reader: LedgerDep, reservation_sid: Annotated[str, Path(pattern=_SID["WR"])]
-    ) -> dict[str, Any]:
+    @v1_get("/v1/reservations/{reservation_sid}/timeline", Timeline, "reservations")
+    def reservation_timeline(reader: LedgerDep, reservation_sid: ReservationSid) -> dict[str, Any]:
         """The reservation's status over time, reconstructed from the ledger alone."""
         steps = timeline(reader, reservation_sid)
         return {"reservation_sid": reservation_sid, "steps": [_step(s) for s in steps]}
 
-    @app.get(
-        "/v1/actions/{action_id}",
-        response_model=ActionStory,
-        dependencies=v1,
-        tags=["actions"],
-        responses={404: {"model": Problem, "description": "The ledger never received this action."}},
+    @v1_get(
+        "/v1/actions/{action_id}", ActionStory, "actions", missing="The ledger never received this action."
     )
     def action(reader: LedgerDep, action_id: uuid.UUID) -> dict[str, Any]:
         """One action's whole story: its registry entry, every row, and its redrive links."""
@@ -480,12 +388,55 @@ def create_app(config: AuditApiConfig, *, ledger: LedgerReader | None = None) ->
     return app
 
 
+def history_page(reader: LedgerReader, common: CommonQuery, **resource: Any) -> dict[str, Any]:
+    filters = queries.Filters(**{**_fields(common.filters), **resource})
+    found = queries.page(reader, filters, after=common.after, limit=common.limit)
+    return {
+        "items": [event_row(e) for e in found.events],
+        "next_cursor": str(found.next_cursor) if found.next_cursor is not None else None,
+        "has_more": found.has_more,
+        "limit": common.limit,
+    }
+
+
+# The resources with a history of their own: (collection, path parameter, SID prefix, description).
+_RESOURCE_HISTORIES = (
+    (
+        "reservations",
+        "reservation_sid",
+        "WR",
+        "One reservation's rows, in ledger order (which is its chain's order).",
+    ),
+    ("tasks", "task_sid", "WT", "The rows of one task's reservations."),
+    ("workers", "worker_sid", "WK", "The rows of one worker's reservations."),
+    ("workspaces", "workspace_sid", "WS", "The rows of one workspace."),
+)
+
+
+def _resource_history(parameter: str, prefix: str) -> Callable[..., dict[str, Any]]:
+    """The endpoint of one resource's history: its rows, the SID in the path as ``parameter``."""
+
+    def history(reader: LedgerReader, common: CommonQuery, **resource: str) -> dict[str, Any]:
+        return history_page(reader, common, **resource)
+
+    keyword = inspect.Parameter.KEYWORD_ONLY
+    signature = inspect.Signature(
+        [
+            inspect.Parameter("reader", keyword, annotation=LedgerDep),
+            inspect.Parameter("common", keyword, annotation=Common),
+            inspect.Parameter(parameter, keyword, annotation=Annotated[str, Path(pattern=_SID[prefix])]),
+        ]
+    )
+    history.__signature__ = signature  # type: ignore[attr-defined]  # FastAPI reads the parameter names here
+    return history
+
+
 def _fields(filters: queries.Filters) -> dict[str, Any]:
     return {name: getattr(filters, name) for name in filters.__dataclass_fields__}
 
 
-def _step(step: Any) -> dict[str, Any]:
-    return {name: getattr(step, name) for name in TimelineStep.model_fields}
+def _step(step: Step) -> dict[str, Any]:
+    return {field.name: getattr(step, field.name) for field in dataclasses.fields(step)}
 
 
 def _problem(

@@ -13,42 +13,19 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
+from workers.core.vocabulary import EVENT_COLUMNS
 from workers.ledger.models import ActionRecord, LedgerRow, ReservationState
 
-# The order of the fields in JSON lines, CSV columns and API objects.
+# Ledger columns the audit output does not show: the transaction id is inside ``cursor``.
+_HIDDEN = frozenset({"tx_id", "prev_hash"})
+
+# The order of the fields in JSON lines, CSV columns and API objects: the ledger's column order,
+# with ``cursor`` after ``position``.
 EVENT_FIELDS: tuple[str, ...] = (
     "position",
     "cursor",
-    "recorded_at",
-    "action_id",
-    "kind",
-    "action",
-    "workspace_sid",
-    "task_sid",
-    "worker_sid",
-    "reservation_sid",
-    "from_status",
-    "to_status",
-    "etag_before",
-    "etag_after",
-    "attempt",
-    "http_status",
-    "twilio_error_code",
-    "twilio_request_id",
-    "duration_ms",
-    "outcome",
-    "correlation_id",
-    "producer",
-    "worker_host",
-    "worker_pid",
-    "params",
-    "detail",
-    "chain_key",
-    "chain_seq",
-    "row_hash",
+    *(name for name in EVENT_COLUMNS[1:] if name not in _HIDDEN),
 )
-
-_HIDDEN = frozenset({"tx_id", "prev_hash"})
 
 
 def plain(value: object) -> Any:
@@ -75,18 +52,13 @@ def event_row(event: LedgerRow) -> dict[str, Any]:
 
 def action_row(record: ActionRecord) -> dict[str, Any]:
     """A registry entry, JSON-ready (PII parameters are keyed hashes already)."""
-    return {field.name: plain(getattr(record, field.name)) for field in dataclasses.fields(record)}
+    return _fields_row(record)
 
 
 def reservation_row(state: ReservationState) -> dict[str, Any]:
     """A projection row, JSON-ready; ``last_position`` is the position of its last transition."""
-    return {
-        "reservation_sid": state.reservation_sid,
-        "workspace_sid": state.workspace_sid,
-        "task_sid": state.task_sid,
-        "worker_sid": state.worker_sid,
-        "status": state.status,
-        "etag": state.etag,
-        "last_position": state.last_position,
-        "updated_at": plain(state.updated_at),
-    }
+    return _fields_row(state)
+
+
+def _fields_row(record: ActionRecord | ReservationState) -> dict[str, Any]:
+    return {field.name: plain(getattr(record, field.name)) for field in dataclasses.fields(record)}

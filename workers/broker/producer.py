@@ -15,8 +15,7 @@ import contextlib
 import json
 import threading
 from collections.abc import Mapping
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 from kombu.connection import Connection
 from kombu.messaging import Producer as KombuProducer
@@ -25,6 +24,7 @@ from workers.broker.publishing import CONFIRM_TIMEOUT
 from workers.broker.topology import ACTIONS_EXCHANGE, routing_key_for
 from workers.config import broker_url_from_env
 from workers.core.action import Action
+from workers.core.closing import Closing
 from workers.core.validation import JSON_CONTENT_TYPE, Rejected, decide
 from workers.errors import ReservationsError
 
@@ -67,7 +67,7 @@ def encode(action: Action | Mapping[str, Any]) -> bytes:
     return body
 
 
-class Producer:
+class Producer(Closing):
     """A connection to RabbitMQ that publishes validated actions with publisher confirms.
 
     Thread-safe (publishes are serialised); reuse one per process. ``broker_url`` defaults to
@@ -138,14 +138,6 @@ class Producer:
     def close(self) -> None:
         with self._lock:
             self._reset()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
 
 def publish(action: Action | Mapping[str, Any], broker_url: str | None = None) -> None:

@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from workers.cli.options import database_url_option
+from workers.cli.options import database_url_option, env_option
 from workers.config import Settings
 
 LOOPBACK_NAMES = ("localhost",)
@@ -23,30 +23,25 @@ def is_loopback(host: str) -> bool:
 
 
 @click.command("audit-api")
-@click.option("--host", envvar="AUDIT_API_HOST", show_envvar=True, default="127.0.0.1", show_default=True)
-@click.option(
+@env_option("--host", envvar="AUDIT_API_HOST", default="127.0.0.1")
+@env_option(
     "--port",
     envvar="AUDIT_API_PORT",
-    show_envvar=True,
     type=click.IntRange(0, 65535),
     default=8080,
-    show_default=True,
 )
 @database_url_option("The ledger; every connection runs as reservations_reader (SELECT only).")
-@click.option(
+@env_option(
     "--insecure-local",
     is_flag=True,
     envvar="AUDIT_API_INSECURE_LOCAL",
-    show_envvar=True,
     help="Serve without a token (loopback addresses only). Never in production.",
 )
-@click.option(
+@env_option(
     "--pool-max",
     type=click.IntRange(1),
     envvar="AUDIT_API_POOL_MAX",
-    show_envvar=True,
     default=10,
-    show_default=True,
     help="Database connections at most.",
 )
 def audit_api(host: str, port: int, database_url: str, insecure_local: bool, pool_max: int) -> None:

@@ -17,7 +17,7 @@ from rich.table import Table
 from workers.audit import queries
 from workers.audit.params import parse_time
 from workers.audit.rows import EVENT_FIELDS, action_row, event_row
-from workers.cli.options import database_url_option
+from workers.cli.options import database_url_option, env_option
 from workers.config import Settings
 from workers.core.sids import is_sid
 from workers.errors import ReservationsError
@@ -173,13 +173,11 @@ def _text(value: object) -> str:
     "--twilio-error-code", type=click.IntRange(0, 2**31 - 1), help="Only rows with this Twilio error code."
 )
 @click.option("--after", help="Resume after this cursor (<tx_id>:<position>, the `cursor` field of a row).")
-@click.option(
+@env_option(
     "--limit",
     type=click.IntRange(0),
     envvar="RESERVATIONS_HISTORY_LIMIT",
-    show_envvar=True,
     default=1000,
-    show_default=True,
     help="At most this many rows; 0 for all.",
 )
 @click.option(

@@ -107,9 +107,9 @@ def display_args(message: Mapping[str, Any]) -> str:
     return repr((mask_message(message),))
 
 
-# The wire contract's top-level fields other than ``params``: their values are identifiers, names
-# and the producer's own labels, none of them PII or secret.
-ENVELOPE_FIELDS = frozenset(
+# The wire contract's fields that name an action and where it comes from: identifiers, names and
+# the producer's own labels, none of them PII or secret (a rejected input keeps them in clear).
+IDENTITY_FIELDS = frozenset(
     {
         "schema",
         "action_id",
@@ -118,12 +118,13 @@ ENVELOPE_FIELDS = frozenset(
         "reservation_sid",
         "task_sid",
         "worker_sid",
-        "expected_status",
-        "not_after",
         "correlation_id",
         "producer",
     }
 )
+
+# The wire contract's top-level fields other than ``params``: none of them PII or secret.
+ENVELOPE_FIELDS = IDENTITY_FIELDS | {"expected_status", "not_after"}
 
 
 def is_sensitive(name: str) -> bool:

@@ -18,11 +18,11 @@ import base64
 import binascii
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -30,6 +30,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from workers.errors import ConfigurationError
 from workers.ledger.models import Checkpoint
+
+K = TypeVar("K", Ed25519PrivateKey, Ed25519PublicKey)
 
 FORMAT_VERSION = 1
 _PREFIX = b"reservations-ledger-digest\n"
@@ -69,15 +71,15 @@ def _decode_b64(text: str, what: str) -> bytes:
 
 def load_private_key(text: str) -> Ed25519PrivateKey:
     """LEDGER_SIGNING_KEY: a PEM (PKCS#8) Ed25519 private key, or its 32 raw bytes in base64."""
-    if "-----BEGIN" in text:
-        key = serialization.load_pem_private_key(text.encode(), password=None)
-        if not isinstance(key, Ed25519PrivateKey):
-            raise ConfigurationError("LEDGER_SIGNING_KEY is not an Ed25519 private key")
-        return key
-    raw = _decode_b64(text, "LEDGER_SIGNING_KEY")
-    if len(raw) != 32:
-        raise ConfigurationError("LEDGER_SIGNING_KEY in base64 must be 32 raw bytes")
-    return Ed25519PrivateKey.from_private_bytes(raw)
+    return _load_key(
+        text,
+        lambda pem: serialization.load_pem_private_key(pem, password=None),
+        Ed25519PrivateKey,
+        Ed25519PrivateKey.from_private_bytes,
+        not_ed25519="LEDGER_SIGNING_KEY is not an Ed25519 private key",
+        what="LEDGER_SIGNING_KEY",
+        not_32_bytes="LEDGER_SIGNING_KEY in base64 must be 32 raw bytes",
+    )
 
 
 def load_public_key(text: str) -> Ed25519PublicKey:
@@ -85,15 +87,37 @@ def load_public_key(text: str) -> Ed25519PublicKey:
     holding either."""
     if "-----BEGIN" not in text and Path(text).is_file():
         text = Path(text).read_text(encoding="utf-8")
+    return _load_key(
+        text,
+        serialization.load_pem_public_key,
+        Ed25519PublicKey,
+        Ed25519PublicKey.from_public_bytes,
+        not_ed25519="the public key is not an Ed25519 key",
+        what="the public key",
+        not_32_bytes="an Ed25519 public key in base64 must be 32 raw bytes",
+    )
+
+
+def _load_key(
+    text: str,
+    from_pem: Callable[[bytes], object],
+    kind: type,
+    from_raw: Callable[[bytes], K],
+    *,
+    not_ed25519: str,
+    what: str,
+    not_32_bytes: str,
+) -> K:
+    """An Ed25519 key of ``kind`` from PEM, or from its 32 raw bytes in base64."""
     if "-----BEGIN" in text:
-        key = serialization.load_pem_public_key(text.encode())
-        if not isinstance(key, Ed25519PublicKey):
-            raise ConfigurationError("the public key is not an Ed25519 key")
-        return key
-    raw = _decode_b64(text, "the public key")
+        key = from_pem(text.encode())
+        if not isinstance(key, kind):
+            raise ConfigurationError(not_ed25519)
+        return cast(K, key)
+    raw = _decode_b64(text, what)
     if len(raw) != 32:
-        raise ConfigurationError("an Ed25519 public key in base64 must be 32 raw bytes")
-    return Ed25519PublicKey.from_public_bytes(raw)
+        raise ConfigurationError(not_32_bytes)
+    return from_raw(raw)
 
 
 def key_id(public: Ed25519PublicKey) -> str:

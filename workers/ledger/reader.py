@@ -16,13 +16,11 @@ from psycopg import sql
 from psycopg.rows import class_row
 from psycopg.types.json import Jsonb
 
-from workers.config import Settings
 from workers.core.parameters import PARAMETERS
 from workers.core.redaction import pii_digest
 from workers.errors import LedgerError
-from workers.ledger.connector import Connector
 from workers.ledger.models import ActionRecord, Cursor, LedgerRow, ReservationState, Role
-from workers.ledger.pii import resolve_pii_key
+from workers.ledger.pooled import Pooled
 from workers.ledger.queries import QUERIES
 
 # Columns a history query may filter on by equality.
@@ -59,28 +57,11 @@ class HistoryFilters(TypedDict, total=False):
     pii_value: str | None
 
 
-class LedgerReader:
+class LedgerReader(Pooled):
     """Select-only queries over one connection pool; thread-safe. The PII key serves only to
     hash a value an auditor searches for."""
 
-    def __init__(self, connector: Connector, pii_key: str | bytes) -> None:
-        self._connector = connector
-        self._pii_key = pii_key
-
-    @classmethod
-    def from_settings(cls, settings: Settings, **pool: Any) -> LedgerReader:
-        connector = Connector(settings.database_url, Role.READER, **pool)
-        connector.open()
-        return cls(connector, resolve_pii_key(settings.ledger_pii_key))
-
-    def close(self) -> None:
-        self._connector.close()
-
-    def __enter__(self) -> LedgerReader:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
+    ROLE = Role.READER
 
     def ping(self) -> None:
         """Raise LedgerError unless the database answers and this role can read the ledger."""

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
-from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, TypeVar
 
 import requests
 
+from workers.core.closing import Closing
 from workers.errors import (
     InvalidParameter,
     ReservationsError,
@@ -124,7 +124,7 @@ def _operation(payload: Mapping[str, int]) -> OperationCounts:
     )
 
 
-class EmulatorAdmin:
+class EmulatorAdmin(Closing):
     """``EmulatorAdmin("http://127.0.0.1:8099")``; use as a context manager to close its session."""
 
     def __init__(self, base_url: str, timeout: float = DEFAULT_TIMEOUT) -> None:
@@ -134,14 +134,6 @@ class EmulatorAdmin:
 
     def close(self) -> None:
         self._session.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
     # -- seeding --------------------------------------------------------------------------------
 
