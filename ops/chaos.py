@@ -58,6 +58,12 @@ def parse(argv: Sequence[str] | None) -> ChaosConfig:
     add("--drop-after", type=float, default=0.03, help="share of updates dropped after apply (0.03)")
     add("--seed", type=int, default=12, help="seed of the mix, the faults and the victims (12)")
     add(
+        "--publish-seconds",
+        type=float,
+        default=45.0,
+        help="spread the publishes over this many seconds, so kills and cuts meet actions in flight (45)",
+    )
+    add(
         "--chaos-seconds", type=float, default=180.0, help="kills and cuts stop after this many seconds (180)"
     )
     add("--settle-seconds", type=float, default=60.0, help="then wait this long for the rest to settle (60)")

@@ -653,9 +653,9 @@ BEGIN
 END
 $$;
 
--- The registry: what was received never changes; attempts and redrives only grow; a redrive
--- is counted only with its redrive row; an outcome is set once and never cleared or changed, a
--- redrive included (the copy runs under a new action_id) (SQLSTATE RL001).
+-- The registry: what was received never changes; attempts and redrives only grow; a redrive is
+-- counted only with its redrive row; an outcome is set once and never cleared or changed, a
+-- redrive included: the copy runs under a new action_id (SQLSTATE RL001).
 CREATE FUNCTION ledger.actions_guard() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
 AS $$
@@ -696,6 +696,7 @@ CREATE TRIGGER actions_guard BEFORE UPDATE ON ledger.actions
     FOR EACH ROW EXECUTE FUNCTION ledger.actions_guard();
 CREATE TRIGGER actions_append_only BEFORE DELETE OR TRUNCATE ON ledger.actions
     FOR EACH STATEMENT EXECUTE FUNCTION ledger.refuse_change();
+
 
 -- ledger.chain_heads changes only through the chain trigger (a row trigger fired from it runs at
 -- trigger depth 2): a head written by hand would raise false alarms or hide a cut tail.

@@ -48,7 +48,8 @@ class TaskRouterError(ReservationsError):
     """TaskRouter answered with an error, or could not be reached.
 
     Raised only by the gateway, which is the one place that inspects twilio's exceptions and HTTP.
-    ``status`` is the HTTP status (None when no response came back), ``code`` Twilio's error code.
+    ``status`` is the HTTP status (None when no response came back), ``code`` Twilio's error code,
+    ``retry_after`` the server's ``Retry-After`` in seconds, when it sent one.
     """
 
     def __init__(
@@ -57,11 +58,13 @@ class TaskRouterError(ReservationsError):
         status: int | None = None,
         code: int | None = None,
         request_id: str | None = None,
+        retry_after: float | None = None,
     ) -> None:
-        super().__init__(message, status, code, request_id)
+        super().__init__(message, status, code, request_id, retry_after)
         self.status = status
         self.code = code
         self.request_id = request_id
+        self.retry_after = retry_after
 
 
 class PreconditionFailed(TaskRouterError):
@@ -73,23 +76,9 @@ class PermanentTaskRouterError(TaskRouterError):
 
 
 class TransientTaskRouterError(TaskRouterError):
-    """HTTP 5xx, a time-out or a dropped connection: retry later with backoff.
-
-    ``retry_after`` is the server's ``Retry-After`` in seconds, when it sent one. After a time-out
-    or a dropped connection the update may have been applied, so the next attempt fetches first.
-    """
-
-    def __init__(
-        self,
-        message: str,
-        status: int | None = None,
-        code: int | None = None,
-        request_id: str | None = None,
-        retry_after: float | None = None,
-    ) -> None:
-        super().__init__(message, status, code, request_id)
-        self.args = (message, status, code, request_id, retry_after)
-        self.retry_after = retry_after
+    """HTTP 5xx, a time-out or a dropped connection: retry later with backoff (honouring
+    ``retry_after``). After a time-out or a dropped connection the update may have been applied:
+    the ledger's intent tells the next run to find out before it sends again."""
 
 
 class Throttled(TransientTaskRouterError):

@@ -87,13 +87,6 @@ def test_the_checker_finds_each_broken_invariant() -> None:
 @pytest.mark.slow
 @pytest.mark.acceptance
 @pytest.mark.timeout(150)
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="issue 12: after a lost answer a redelivered run sends non-status-changing instructions "
-    "again (applied twice) and records its own landed updates as already_applied or "
-    "invalid_transition; remove when the write-ahead intent lands",
-)
 def test_chaos_loses_nothing_and_applies_nothing_twice(admin_url: str) -> None:
     problem = rabbitmq_problem()
     if problem is not None:

@@ -42,7 +42,7 @@ from workers.errors import (
     TransientTaskRouterError,
 )
 from workers.ledger.events import Attempt, Conflict, Intent, RejectedInput, Settle, Transition
-from workers.ledger.models import PendingIntent, ReservationState
+from workers.ledger.models import PendingIntent, ReservationState, TransitionResult
 from workers.ledger.ports import LedgerWriter
 from workers.taskrouter.gateway import FetchedReservation, ReservationRef
 
@@ -249,22 +249,8 @@ class _Run:
             self._observe(fetched)
             return _Known(fetched.status, fetched.etag, from_cache=False)
         if isinstance(resolution, Confirmed):
-            recorded = self.ledger.append(
-                Transition(
-                    self.action.reservation_sid,
-                    from_status=intent.from_status,
-                    to_status=fetched.status.value,
-                    etag_before=intent.etag_before,
-                    etag_after=fetched.etag,
-                    action_id=self.action.action_id,
-                    outcome=Outcome.APPLIED,
-                    workspace_sid=self.action.workspace_sid,
-                    task_sid=fetched.task_sid,
-                    worker_sid=fetched.worker_sid,
-                    attempt=intent.attempt,
-                    twilio_request_id=fetched.request_id,
-                    detail=resolution.reason,
-                )
+            recorded = self._applied(
+                intent.from_status, intent.etag_before, fetched, intent.attempt, detail=resolution.reason
             )
             if recorded.outcome is not None and recorded.outcome != Outcome.APPLIED.value:
                 return Done(Outcome(recorded.outcome), "already settled by an earlier run")
@@ -356,22 +342,44 @@ class _Run:
                 )
             )
             raise
-        self.ledger.append(
+        self._applied(
+            known.status.value,
+            known.etag,
+            updated,
+            self.attempt,
+            http_status=updated.http_status,
+            duration_ms=_elapsed_ms(started),
+        )
+
+    def _applied(
+        self,
+        from_status: str | None,
+        etag_before: str | None,
+        now: FetchedReservation,
+        attempt: int | None,
+        *,
+        http_status: int | None = None,
+        duration_ms: int | None = None,
+        detail: str | None = None,
+    ) -> TransitionResult:
+        """Our update's transition, linked to the action, which it settles as ``applied``."""
+        return self.ledger.append(
             Transition(
                 self.action.reservation_sid,
-                from_status=known.status.value,
-                to_status=updated.status.value,
-                etag_before=known.etag,
-                etag_after=updated.etag,
+                from_status=from_status,
+                to_status=now.status.value,
+                etag_before=etag_before,
+                etag_after=now.etag,
                 action_id=self.action.action_id,
                 outcome=Outcome.APPLIED,
                 workspace_sid=self.action.workspace_sid,
-                task_sid=updated.task_sid,
-                worker_sid=updated.worker_sid,
-                attempt=self.attempt,
-                http_status=updated.http_status,
-                twilio_request_id=updated.request_id,
-                duration_ms=_elapsed_ms(started),
+                task_sid=now.task_sid,
+                worker_sid=now.worker_sid,
+                attempt=attempt,
+                http_status=http_status,
+                twilio_request_id=now.request_id,
+                duration_ms=duration_ms,
+                detail=detail,
             )
         )
 

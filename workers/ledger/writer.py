@@ -20,9 +20,8 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from workers import metrics
-from workers.config import Settings
 from workers.core.action import Action
-from workers.core.redaction import pii_digest, redact_params
+from workers.core.redaction import IDENTITY_FIELDS, pii_digest, redact_params
 from workers.core.sids import is_sid
 from workers.errors import LedgerError
 from workers.ledger.connector import BoundConnection, Connector
@@ -46,7 +45,7 @@ from workers.ledger.models import (
     Role,
     TransitionResult,
 )
-from workers.ledger.pii import resolve_pii_key
+from workers.ledger.pooled import Pooled
 from workers.ledger.queries import QUERIES
 
 # How long an action waits for another worker to finish with its reservation (then ReservationBusy).
@@ -72,46 +71,19 @@ _STEP_COLUMNS = (
 )
 _PROJECTION_FIELDS = tuple(field.name for field in fields(ReservationState))
 # The fields of the wire message a rejected input keeps (when well-formed); others are hashed.
-_KNOWN_FIELDS = frozenset(
-    {
-        "schema",
-        "action_id",
-        "action",
-        "workspace_sid",
-        "reservation_sid",
-        "task_sid",
-        "worker_sid",
-        "params",
-        "correlation_id",
-        "producer",
-    }
-)
+_KNOWN_FIELDS = IDENTITY_FIELDS | {"params"}
 
 
-class PostgresLedgerWriter:
+class PostgresLedgerWriter(Pooled):
     """The :class:`workers.ledger.ports.LedgerWriter` over one connection pool; thread-safe."""
+
+    ROLE = Role.WRITER
 
     def __init__(
         self, connector: Connector | BoundConnection, pii_key: str | bytes, *, worker_host: str | None = None
     ) -> None:
-        self._connector = connector
-        self._pii_key = pii_key
+        super().__init__(connector, pii_key)
         self._host = worker_host or socket.gethostname()
-
-    @classmethod
-    def from_settings(cls, settings: Settings, **pool: Any) -> PostgresLedgerWriter:
-        connector = Connector(settings.database_url, Role.WRITER, **pool)
-        connector.open()
-        return cls(connector, resolve_pii_key(settings.ledger_pii_key))
-
-    def close(self) -> None:
-        self._connector.close()
-
-    def __enter__(self) -> PostgresLedgerWriter:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
 
     @contextmanager
     def lock(self, reservation_sid: str, timeout: float = LOCK_TIMEOUT) -> Iterator[PostgresLedgerWriter]:

@@ -7,7 +7,9 @@ can hold and render one without taking the store's lock.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Protocol, TypeVar
 
 from workers.core.state_machine import Status
 
@@ -87,3 +89,23 @@ class Transition:
     requested: str
     at: float
     note: str | None = None
+
+
+class _Logged(Protocol):
+    @property
+    def sequence(self) -> int: ...
+
+    @property
+    def reservation_sid(self) -> str: ...
+
+
+L = TypeVar("L", bound=_Logged)
+
+
+def logged_after(entries: Iterable[L], reservation_sid: str | None, since: int) -> list[L]:
+    """A log's entries after sequence number ``since``, optionally of one reservation only."""
+    return [
+        entry
+        for entry in entries
+        if entry.sequence > since and (reservation_sid is None or entry.reservation_sid == reservation_sid)
+    ]

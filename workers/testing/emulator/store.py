@@ -24,7 +24,15 @@ from workers.core.state_machine import (
     status_after_system_event,
 )
 from workers.errors import IfMatchMismatch, InvalidParameter, ResourceConflict, UnknownResource
-from workers.testing.emulator.model import Reservation, Task, Transition, Worker, Workspace, twilio_time
+from workers.testing.emulator.model import (
+    Reservation,
+    Task,
+    Transition,
+    Worker,
+    Workspace,
+    logged_after,
+    twilio_time,
+)
 
 # Admin verbs: another agent acting through the API (client transitions), TaskRouter acting by
 # itself (system transitions), or a bare version bump ("touch").
@@ -130,12 +138,7 @@ class Store:
         """The log (oldest first), optionally for one reservation and after a sequence number."""
         with self._lock:
             entries = list(self._log)
-        return [
-            entry
-            for entry in entries
-            if entry.sequence > since
-            and (reservation_sid is None or entry.reservation_sid == reservation_sid)
-        ]
+        return logged_after(entries, reservation_sid, since)
 
     # -- creation (admin) -------------------------------------------------------------------------
 

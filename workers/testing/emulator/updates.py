@@ -16,6 +16,8 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
+from workers.testing.emulator.model import logged_after
+
 DROPPED = "dropped"
 
 
@@ -86,9 +88,4 @@ class UpdateLog:
     def entries(self, reservation_sid: str | None = None, since: int = 0) -> list[UpdateEntry]:
         with self._lock:
             entries = list(self._entries)
-        return [
-            entry
-            for entry in entries
-            if entry.sequence > since
-            and (reservation_sid is None or entry.reservation_sid == reservation_sid)
-        ]
+        return logged_after(entries, reservation_sid, since)
