@@ -18,6 +18,7 @@ from workers.core.action import Action, ActionKind
 from workers.core.planner import Confirmed, Outcome, Resend, Undecidable, resolve_lost_answer
 from workers.core.retry import RetryPolicy
 from workers.core.state_machine import Status
+from workers.errors import LedgerUnavailable
 from workers.ledger.events import Intent, Transition
 
 WS, WT, WR = "WS" + "1" * 32, "WT" + "2" * 32, "WR" + "3" * 32
@@ -148,3 +149,24 @@ def _dropped() -> Any:
     from workers.errors import TransientTaskRouterError
 
     return TransientTaskRouterError("the connection dropped before the request was sent")
+
+
+def test_an_answer_whose_ledger_connection_died_is_recorded_on_a_fresh_one() -> None:
+    """A cut database connection after TaskRouter answered: the answer is in hand, so it is
+    recorded through the pool instead of leaving the intent to be resolved blind."""
+
+    class CutOnce(FakeLedgerWriter):
+        cut = True
+
+        def append(self, event: Any) -> Any:
+            if isinstance(event, Transition) and event.action_id is not None and self.cut:
+                self.cut = False
+                raise LedgerUnavailable("server closed the connection unexpectedly")
+            return super().append(event)
+
+    ledger, gateway = CutOnce(), FakeGateway()
+    action = make(ActionKind.CALL, params=CALL)
+    assert applier(ledger, gateway).apply(action) == Done(Outcome.APPLIED, "applied")
+    assert gateway.updates == 1
+    assert not ledger.intents
+    assert ledger.outcomes[action.action_id] is Outcome.APPLIED

@@ -36,6 +36,7 @@ from workers.core.validation import Accepted, readable, validate_message
 from workers.errors import (
     LedgerError,
     LedgerPermissionDenied,
+    LedgerUnavailable,
     PermanentTaskRouterError,
     PreconditionFailed,
     TaskRouterError,
@@ -175,7 +176,8 @@ class ActionApplier:
             arrival = ledger.receive(action)
             if arrival.outcome is not None:
                 return Done(Outcome(arrival.outcome), "already settled: a redelivery or a duplicate")
-            return _Run(self, ledger, action, delivery, arrival.reservation).apply(arrival.intent)
+            run = _Run(self, ledger, action, delivery, arrival.reservation)
+            return run.apply(arrival.intent)
 
 
 class _Run:
@@ -190,6 +192,7 @@ class _Run:
         projected: ReservationState | None,
     ) -> None:
         self.ledger = ledger  # the locked one: every write of the run goes through its connection
+        self.unlocked = applier.ledger  # the pool, for an answer whose locked connection died
         self.gateway = applier.gateway
         self.policy = applier.policy
         self.rng = applier.rng
@@ -342,14 +345,26 @@ class _Run:
                 )
             )
             raise
-        self._applied(
-            known.status.value,
-            known.etag,
-            updated,
-            self.attempt,
-            http_status=updated.http_status,
-            duration_ms=_elapsed_ms(started),
-        )
+        # TaskRouter has answered. Should our connection die now (and the reservation's lock with
+        # it), the answer is recorded on a fresh one (the chain's own lock orders it) rather than
+        # left to the next run to resolve blind; after two more tries, it will be.
+        duration_ms = _elapsed_ms(started)
+        writers = (self.ledger, self.unlocked, self.unlocked)
+        for tried, writer in enumerate(writers, 1):
+            try:
+                self._applied(
+                    known.status.value,
+                    known.etag,
+                    updated,
+                    self.attempt,
+                    http_status=updated.http_status,
+                    duration_ms=duration_ms,
+                    via=writer,
+                )
+                return
+            except LedgerUnavailable:
+                if tried == len(writers):
+                    raise
 
     def _applied(
         self,
@@ -361,9 +376,10 @@ class _Run:
         http_status: int | None = None,
         duration_ms: int | None = None,
         detail: str | None = None,
+        via: LedgerWriter | None = None,
     ) -> TransitionResult:
         """Our update's transition, linked to the action, which it settles as ``applied``."""
-        return self.ledger.append(
+        return (via or self.ledger).append(
             Transition(
                 self.action.reservation_sid,
                 from_status=from_status,

@@ -102,7 +102,8 @@ class PostgresLedgerWriter(Pooled):
             try:
                 yield PostgresLedgerWriter(BoundConnection(conn), self._pii_key, worker_host=self._host)
             finally:
-                conn.execute(QUERIES["unlock_reservation"], params)
+                if not conn.broken:  # a lost session has released its lock already
+                    conn.execute(QUERIES["unlock_reservation"], params)
 
     def receive(self, action: Action) -> Arrival:
         """Register ``action`` (idempotent on ``action_id``) in one round trip that also returns
