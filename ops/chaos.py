@@ -58,6 +58,13 @@ def parse(argv: Sequence[str] | None) -> ChaosConfig:
     add("--drop-after", type=float, default=0.03, help="share of updates dropped after apply (0.03)")
     add("--seed", type=int, default=12, help="seed of the mix, the faults and the victims (12)")
     add(
+        "--no-status-share",
+        type=float,
+        default=None,
+        help="share of actions that change no status (call or redirect without accept, supervise,"
+        " a status-less update); default: every recipe equally often, 4 of 12",
+    )
+    add(
         "--publish-seconds",
         type=float,
         default=45.0,
@@ -96,6 +103,7 @@ def parse(argv: Sequence[str] | None) -> ChaosConfig:
         faults=faults,
         seed=args.seed,
         publish_seconds=args.publish_seconds,
+        no_status_share=args.no_status_share,
         chaos_seconds=args.chaos_seconds,
         settle_seconds=args.settle_seconds,
         lost_answer_window=args.lost_answer_window,

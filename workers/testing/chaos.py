@@ -136,6 +136,7 @@ class ChaosConfig:
     chaos_seconds: float = 180.0  # kills and cuts stop after this, settled or not
     settle_seconds: float = 60.0  # then the rest may settle, without kills or cuts, this long
     lost_answer_window: float = 1.0
+    no_status_share: float | None = None  # share of actions that change no status (None: 4 in 12)
     admin_url: str = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
@@ -225,10 +226,23 @@ class Findings:
         ]
 
 
-def plan_actions(count: int, seed: int, mix: Sequence[Recipe] = MIX) -> list[tuple[Recipe, int]]:
-    """Which recipe each action follows (round robin over a seeded shuffle: every kind is present)."""
+def plan_actions(
+    count: int, seed: int, mix: Sequence[Recipe] = MIX, no_status_share: float | None = None
+) -> list[tuple[Recipe, int]]:
+    """Which recipe each action follows (round robin over a seeded shuffle: every kind is present).
+
+    ``no_status_share``: the share of actions that change no status (the others change one);
+    None: every recipe of ``mix`` equally often.
+    """
     rng = random.Random(seed)
-    order = [mix[i % len(mix)] for i in range(count)]
+    if no_status_share is None:
+        order = [mix[i % len(mix)] for i in range(count)]
+    else:
+        quiet = [recipe for recipe in mix if not recipe.changes_status]
+        loud = [recipe for recipe in mix if recipe.changes_status]
+        n_quiet = round(count * no_status_share)
+        order = [quiet[i % len(quiet)] for i in range(n_quiet)]
+        order += [loud[i % len(loud)] for i in range(count - n_quiet)]
     rng.shuffle(order)
     return [(recipe, n) for n, recipe in enumerate(order)]
 
@@ -418,7 +432,7 @@ def run(config: ChaosConfig, on_progress: Callable[[Progress], None] | None = No
         }
         workspace = str(admin.create_workspace()["sid"])
         planned: list[Planned] = []
-        for recipe, _ in plan_actions(config.actions, config.seed):
+        for recipe, _ in plan_actions(config.actions, config.seed, no_status_share=config.no_status_share):
             reservation = admin.create_reservation(workspace_sid=workspace, status=recipe.seed_status)
             action = Action(
                 uuid.uuid4(),
