@@ -58,8 +58,16 @@ def test_each_action_is_applied_with_its_ledger_rows(
     record = wait_for_outcome(ledger, action.action_id)
     assert record.outcome == "applied"
     assert admin.reservation(reservation.sid).status == end
-    received, transition, outcome = ledger.history(action_id=action.action_id)
-    assert (received.kind, transition.kind, outcome.kind) == ("received", "transition", "outcome")
+    received, intent, transition, outcome = ledger.history(action_id=action.action_id)
+    assert [row.kind for row in (received, intent, transition, outcome)] == [
+        "received",
+        "intent",
+        "transition",
+        "outcome",
+    ]
+    # Written ahead of the update: the ETag it carried, where it was sent from and towards.
+    assert (intent.etag_before, intent.from_status) == (transition.etag_before, start)
+    assert intent.to_status == (end if end != start else None)
     assert (transition.from_status, transition.to_status) == (start, end)
     assert transition.etag_before == reservation.etag
     assert transition.etag_after is not None

@@ -93,7 +93,7 @@ def test_the_worker_counts_outcomes_conflicts_calls_and_lag(
     writes = "reservations_ledger_write_duration_seconds_count"
     assert value(samples, writes, query="receive") == 3
     assert value(samples, writes, query="record_outcome") == 1  # failed; applied is in the transition
-    assert value(samples, writes, query="record_step") == 1  # the conflict
+    assert value(samples, writes, query="record_step") == 4  # three intents and the conflict
     assert admin.reservation(reservation.sid).status == "wrapping"
 
 

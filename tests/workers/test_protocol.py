@@ -36,8 +36,15 @@ def test_stale_cached_etag_costs_one_412_then_applies(
     complete = action_for(reservation, ActionKind.COMPLETE)
     celery_app.enqueue(complete)
     assert wait_for_outcome(ledger, complete.action_id).outcome == "applied"
-    assert kinds(events, complete.action_id) == ["received", "conflict", "transition", "outcome"]
-    conflict = events(complete.action_id)[1]
+    assert kinds(events, complete.action_id) == [
+        "received",
+        "intent",
+        "conflict",
+        "intent",
+        "transition",
+        "outcome",
+    ]
+    conflict = events(complete.action_id)[2]
     assert conflict.http_status == 412
     assert conflict.twilio_error_code == 20412
     touched = admin.transitions(reservation.sid)[-2]
@@ -174,7 +181,7 @@ def test_unknown_reservation_fails_without_retry(
     assert letters[0].json()["action_id"] == str(ghost.action_id)
 
 
-def test_bad_parameter_fails_with_400_and_no_retry(
+def test_a_parameter_the_schema_refuses_is_rejected_before_taskrouter_sees_it(
     celery_app: Any, worker: WorkerProcess, admin: EmulatorAdmin, ledger: LedgerReader, events: Events
 ) -> None:
     """Handed straight to the apply task (skipping the intake), a message is still held to the
@@ -182,8 +189,7 @@ def test_bad_parameter_fails_with_400_and_no_retry(
     reservation = admin.create_reservation()
     action = action_for(reservation, ActionKind.CONFERENCE, params={"max_participants": 900})
     celery_app.enqueue(action)
-    assert wait_for_outcome(ledger, action.action_id).outcome == "failed"
-    assert events(action.action_id)[-1].http_status == 400
+    assert wait_for_outcome(ledger, action.action_id).outcome == "rejected_input"
     counts = admin.reservation_counts(reservation.sid)
     assert counts.update.total == 0
     assert admin.reservation(reservation.sid).status == "pending"
@@ -221,7 +227,12 @@ def test_the_same_action_id_twice_reaches_taskrouter_once(
     assert wait_for_outcome(ledger, action.action_id).outcome == "applied"
     _wait_until(lambda: Counter(e.kind for e in events(action.action_id))["received"] == 1)
     assert admin.reservation_counts(reservation.sid).update.total == 1
-    assert Counter(kinds(events, action.action_id)) == {"received": 1, "transition": 1, "outcome": 1}
+    assert Counter(kinds(events, action.action_id)) == {
+        "received": 1,
+        "intent": 1,
+        "transition": 1,
+        "outcome": 1,
+    }
 
 
 def _wait_until(condition: Any, timeout: float = 30.0) -> None:
