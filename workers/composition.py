@@ -105,6 +105,7 @@ class Runtime:
             self.publishers,
             threads=threads,
             on_loop=on_loop,
+            dead_letter_keys=self.dead_letter_keys,
             prefetch=self.settings.intake_prefetch,
         )
 

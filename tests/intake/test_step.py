@@ -21,11 +21,11 @@ from workers.broker import intake as step
 from workers.broker.intake import Intake
 from workers.broker.publishing import Publishers, hand_to_apply
 from workers.broker.sealing import BODY_HEADER
-from workers.broker.topology import OUTCOME_HEADER, REJECT_CODE_HEADER
+from workers.broker.topology import DELIVERY_LIMIT, OUTCOME_HEADER, REJECT_CODE_HEADER
 from workers.composition import create_app
 from workers.config import Settings
 from workers.core.action import Action
-from workers.errors import LedgerUnavailable
+from workers.errors import LedgerPermissionDenied, LedgerUnavailable
 from workers.ledger.events import RejectedInput
 from workers.ledger.models import Arrival
 
@@ -191,7 +191,7 @@ def test_the_pause_before_a_requeue_grows_with_the_delivery_count_and_is_capped(
     pauses: list[float] = []
     monkeypatch.setattr(step.Intake, "_pause", lambda self, seconds: pauses.append(seconds))
     harness.ledger.fail = True
-    for count in (0, 3, 50):
+    for count in (0, 3, 10):
         harness.intake.on_message(FakeMessage(b"[]", headers={"x-delivery-count": count}))  # type: ignore[arg-type]
     assert pauses == [step.RETRY_PAUSE, step.RETRY_PAUSE * 8, step.MAX_RETRY_PAUSE]
 
@@ -365,3 +365,33 @@ def test_a_consumer_with_an_event_loop_gets_intake_threads_and_one_without_handl
     finally:
         threaded.close()
         inline.close()
+
+
+def test_a_revoked_privilege_stops_the_intake_and_hands_the_message_back(harness: Harness) -> None:
+    """It used to requeue each message about twenty times, then RabbitMQ dead-lettered it raw."""
+    stops: list[int] = []
+    harness.intake.stop_consuming = lambda: stops.append(1)
+
+    def refused(action: Action) -> Arrival:
+        raise LedgerPermissionDenied("permission denied for function record_received")
+
+    harness.ledger.receive = refused  # type: ignore[method-assign]
+    messages = [FakeMessage(json.dumps(fresh(example("accept"))).encode()) for _ in range(3)]
+    for message in messages:
+        harness.intake.on_message(message)  # type: ignore[arg-type]
+    assert stops == [1]  # once, however many messages fail
+    assert [(m.acks, m.requeues) for m in messages] == [(0, 1)] * 3
+    assert harness.dead == []
+
+
+def test_at_the_delivery_limit_the_intake_dead_letters_it_itself_sealed_not_raw(harness: Harness) -> None:
+    harness.ledger.fail = True
+    message = fresh(example("call"))
+    raw = FakeMessage(json.dumps(message).encode(), headers={"x-delivery-count": DELIVERY_LIMIT - 1})
+    harness.intake.on_message(raw)  # type: ignore[arg-type]
+    assert (raw.acks, raw.requeues) == (1, 0)
+    ((body, reason, options),) = harness.dead
+    assert "gave up after 20 deliveries" in reason
+    assert options["extra_headers"][OUTCOME_HEADER] == "dead_lettered"
+    assert message["params"]["call_from"] not in json.dumps(body)  # no key: left out, and said so
+    assert options["extra_headers"]["x-reservations-left-out"]

@@ -98,15 +98,27 @@ def test_an_answer_lost_before_the_update_landed_is_sent_again_with_the_same_if_
     assert [i.etag_before for i in intents] == ["0", "0"]
 
 
-def test_a_status_race_after_a_lost_answer_is_indeterminate() -> None:
+def test_a_status_race_after_a_lost_answer_is_indeterminate_when_either_could_have_moved_it() -> None:
     gateway = FakeGateway(lost_answers=1)
     ledger = FakeLedgerWriter()
-    action = make(ActionKind.REJECT)
+    action = make(ActionKind.ACCEPT)
     assert isinstance(applier(ledger, gateway).apply(action), RetryLater)
-    gateway.status, gateway.version = Status.TIMEOUT, gateway.version + 1  # can't tell whose
+    gateway.status, gateway.version = Status.WRAPPING, gateway.version + 1  # our accept, then on?
     result = applier(ledger, gateway).apply(action, Delivery(retries=1))
     assert isinstance(result, Done)
     assert result.outcome is Outcome.INDETERMINATE
+    assert gateway.updates == 1
+
+
+def test_a_status_our_action_cannot_lead_to_proves_it_did_not_land() -> None:
+    gateway = FakeGateway(failures=[_dropped()])
+    ledger = FakeLedgerWriter()
+    action = make(ActionKind.ACCEPT)
+    assert isinstance(applier(ledger, gateway).apply(action), RetryLater)
+    gateway.status, gateway.version = Status.TIMEOUT, gateway.version + 1  # no path from accepted
+    result = applier(ledger, gateway).apply(action, Delivery(retries=1))
+    assert isinstance(result, Done)
+    assert result.outcome is Outcome.INVALID_TRANSITION  # planned again: a timed-out reservation
     assert gateway.updates == 1
 
 
@@ -123,11 +135,12 @@ def test_a_412_or_a_4xx_answers_the_intent() -> None:
         (ActionKind.ACCEPT, None, Status.PENDING, Status.PENDING, False, Resend),
         (ActionKind.ACCEPT, None, Status.PENDING, Status.ACCEPTED, True, Confirmed),
         (ActionKind.ACCEPT, None, Status.PENDING, Status.PENDING, True, Resend),  # someone else's edit
-        (ActionKind.ACCEPT, None, Status.PENDING, Status.TIMEOUT, True, Undecidable),
+        (ActionKind.ACCEPT, None, Status.PENDING, Status.TIMEOUT, True, Resend),  # unreachable from accepted
+        (ActionKind.ACCEPT, None, Status.PENDING, Status.WRAPPING, True, Undecidable),  # ours, then on?
         (ActionKind.CALL, CALL, Status.PENDING, Status.PENDING, True, Undecidable),
         (ActionKind.CALL, CALL, Status.PENDING, Status.PENDING, False, Resend),
         (ActionKind.CALL, {**CALL, "call_accept": True}, Status.PENDING, Status.ACCEPTED, True, Confirmed),
-        (ActionKind.COMPLETE, None, Status.ACCEPTED, Status.WRAPPING, True, Undecidable),
+        (ActionKind.COMPLETE, None, Status.ACCEPTED, Status.WRAPPING, True, Resend),
     ],
 )
 def test_the_decision_table(
@@ -170,3 +183,18 @@ def test_an_answer_whose_ledger_connection_died_is_recorded_on_a_fresh_one() -> 
     assert gateway.updates == 1
     assert not ledger.intents
     assert ledger.outcomes[action.action_id] is Outcome.APPLIED
+
+
+def test_an_earlier_update_landing_late_after_a_resend_is_not_sent_again() -> None:
+    """Run A's connection (and lock) died while its call was in flight; run B found A's intent,
+    saw the ETag unchanged and sent again with it; A's call lands first, so B's gets a 412. B must
+    not re-plan and call a second time: the ETag moved, and a call changes no status."""
+    ledger = FakeLedgerWriter()
+    action = make(ActionKind.CALL, params=CALL)
+    ledger.receive(action)
+    ledger.append(Intent(action.action_id, 1, "0", "pending", None, action.update_arguments()))
+    gateway = FakeGateway(interference=1)  # A's call lands right before B's update
+    result = applier(ledger, gateway).apply(action, Delivery(retries=1))
+    assert isinstance(result, Done)
+    assert result.outcome is Outcome.INDETERMINATE
+    assert gateway.version == 1  # only A's call landed

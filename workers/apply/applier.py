@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -140,36 +141,46 @@ class ActionApplier:
         # The same schema as the intake's: a message published straight to the apply queue (by
         # anyone with broker credentials) is refused like any bad input.
         fate = validate_message(dict(message)) if isinstance(message, Mapping) else None
-        if not isinstance(fate, Accepted):
-            reason = fate.text if fate is not None else "not_an_object: the argument is not an object"
-            self.ledger.append(
-                RejectedInput(readable(message) if isinstance(message, Mapping) else None, reason)
-            )
-            return Done(Outcome.REJECTED_INPUT, reason)
-        action = fate.action
         try:
+            if not isinstance(fate, Accepted):
+                reason = fate.text if fate is not None else "not_an_object: the argument is not an object"
+                self.ledger.append(
+                    RejectedInput(readable(message) if isinstance(message, Mapping) else None, reason)
+                )
+                return Done(Outcome.REJECTED_INPUT, reason)
+            action = fate.action
             return self.apply(action, delivery)
         except LedgerPermissionDenied:
             metrics.LEDGER_ERRORS.inc()
             raise  # a deployment error: the task stops this worker, never loops on it
         except LedgerError as exc:
             metrics.LEDGER_ERRORS.inc()
-            return self._unsettled(delivery, f"the ledger failed: {exc}")
+            return self._unsettled(delivery, f"the ledger failed: {exc}", _action_id(message))
         except Exception as exc:
             # Anything else a run can raise (a time limit, an answer TaskRouter should not give,
             # a bug): the action has no outcome yet, so it is tried again within the policy's
             # bound, never acknowledged away.
-            logger.exception("action %s: the run failed unexpectedly", action.action_id)
-            return self._unsettled(delivery, f"the run failed: {type(exc).__name__}: {exc}")
+            logger.exception("action %s: the run failed unexpectedly", _action_id(message))
+            reason = f"the run failed: {type(exc).__name__}: {exc}"
+            return self._unsettled(delivery, reason, _action_id(message))
 
-    def _unsettled(self, delivery: Delivery, reason: str) -> Result:
-        """Nothing was decided: try again later, or give up as ``dead_lettered`` past the bound."""
+    def _unsettled(self, delivery: Delivery, reason: str, action_id: uuid.UUID | None) -> Result:
+        """Nothing was decided: try again later, or give up as ``dead_lettered`` past the bound,
+        recording that outcome if the ledger takes it now (else the dead letter carries it, and a
+        pending intent in the ledger still tells redrive an update may have landed)."""
         delay = self.policy.delay(delivery.retries, self.rng)
-        if delay is None:
-            return Done(
-                Outcome.DEAD_LETTERED, f"retries exhausted after {delivery.retries + 1} runs: {reason}"
-            )
-        return RetryLater(delay, reason)
+        if delay is not None:
+            return RetryLater(delay, reason)
+        reason = f"retries exhausted after {delivery.retries + 1} runs: {reason}"
+        if action_id is not None:
+            try:
+                settled = self.ledger.append(Settle(action_id, Outcome.DEAD_LETTERED, detail=reason))
+            except LedgerError:  # down still, or it never received the action (UnknownAction)
+                logger.warning("action %s: its dead_lettered outcome could not be recorded", action_id)
+            else:
+                if settled.outcome is not None and settled.outcome != Outcome.DEAD_LETTERED.value:
+                    return Done(Outcome(settled.outcome), "already settled by an earlier run")
+        return Done(Outcome.DEAD_LETTERED, reason)
 
     def apply(self, action: Action, delivery: Delivery = Delivery()) -> Result:
         with self.ledger.lock(action.reservation_sid) as ledger:
@@ -225,9 +236,24 @@ class _Run:
                 if isinstance(decision, Wait):
                     return self._later(decision.reason)
                 try:
-                    self._send(decision, known)
+                    recorded = self._send(decision, known)
+                    if recorded.outcome is not None and recorded.outcome != Outcome.APPLIED.value:
+                        return Done(Outcome(recorded.outcome), "already settled by an earlier run")
                     return Done(Outcome.APPLIED, "applied")
                 except PreconditionFailed as conflict:
+                    if intent is not None:
+                        # We resolved a lost answer as "did not land", and the reservation moved
+                        # since: that update may have landed late (its run lost the lock with its
+                        # connection while it was in flight). Decide again; never just resend.
+                        self._record_conflict(conflict, known, None)
+                        conflicts += 1
+                        if conflicts > self.policy.immediate_conflict_tries:
+                            return self._later("412 conflicts kept coming")
+                        resolved = self._resolve(intent)
+                        if isinstance(resolved, Done):
+                            return resolved
+                        known = resolved
+                        continue
                     fresh = self._after_conflict(conflict, known, conflicts)
                     conflicts += 1
                     if fresh is None:
@@ -313,7 +339,7 @@ class _Run:
             self.clock(),
         )
 
-    def _send(self, decision: Send, known: _Known) -> None:
+    def _send(self, decision: Send, known: _Known) -> TransitionResult:
         # Write-ahead: the ledger knows the update is on its way before TaskRouter does, so a run
         # that finds no answer after it resolves it instead of sending blindly (``_resolve``).
         self.ledger.append(
@@ -352,7 +378,7 @@ class _Run:
         writers = (self.ledger, self.unlocked, self.unlocked)
         for tried, writer in enumerate(writers, 1):
             try:
-                self._applied(
+                return self._applied(
                     known.status.value,
                     known.etag,
                     updated,
@@ -361,10 +387,10 @@ class _Run:
                     duration_ms=duration_ms,
                     via=writer,
                 )
-                return
             except LedgerUnavailable:
                 if tried == len(writers):
                     raise
+        raise AssertionError("unreachable: the last try returns or raises")  # pragma: no cover
 
     def _applied(
         self,
@@ -460,6 +486,15 @@ class _Run:
                 Outcome.DEAD_LETTERED, f"retries exhausted after {self.delivery.retries + 1} runs: {reason}"
             )
         return RetryLater(delay, reason)
+
+
+def _action_id(message: object) -> uuid.UUID | None:
+    """The action_id of a message that passed the schema (so it is a UUID), if it has one."""
+    value = message.get("action_id") if isinstance(message, Mapping) else None
+    try:
+        return uuid.UUID(value) if isinstance(value, str) else None
+    except ValueError:
+        return None
 
 
 def _elapsed_ms(started: float) -> int:

@@ -15,8 +15,10 @@ For each message, :func:`~workers.core.validation.decide` gives exactly one fate
 When the ledger or the broker fails on the way, the message is not acknowledged: it is requeued
 after a pause that grows with its delivery count (up to ``MAX_RETRY_PAUSE``) and tried again (a
 retry may repeat the rejected_input row or the dead letter; an accepted action is idempotent on its
-action_id). After ``DELIVERY_LIMIT`` deliveries, about four minutes of failures, RabbitMQ itself
-moves it to ``reservations.dead``. Nothing escapes the handler: the consumer never crashes.
+action_id). On its last delivery (``DELIVERY_LIMIT``, about four minutes of failures) the intake
+dead-letters it itself, sealed or masked like any dead letter, before RabbitMQ would move it there
+raw. A refused privilege (a deployment error) stops the intake consuming and hands the message
+back. Nothing escapes the handler: the consumer never crashes.
 
 The step declares everything it uses: the ``reservations`` exchange, the queue and its binding,
 and the dead-letter exchange and queue. It consumes with a prefetch of ``INTAKE_PREFETCH`` messages
@@ -40,16 +42,24 @@ from functools import partial
 from typing import Any
 
 from celery import Celery, bootsteps
+from cryptography.fernet import MultiFernet
 from kombu.message import Message
 from kombu.messaging import Consumer
 
 from workers.broker.dead_letters import publish_dead_letter
 from workers.broker.publishing import Publishers, hand_to_apply
-from workers.broker.sealing import BODY_HEADER, digest_only
-from workers.broker.topology import OUTCOME_HEADER, REJECT_CODE_HEADER, actions_queue, dead_letter_queue
+from workers.broker.sealing import BODY_HEADER, LEFT_OUT_HEADER, digest_only, seal_message
+from workers.broker.topology import (
+    DELIVERY_LIMIT,
+    OUTCOME_HEADER,
+    REJECT_CODE_HEADER,
+    actions_queue,
+    dead_letter_queue,
+)
 from workers.core.planner import Outcome
 from workers.core.redaction import mask_rejected
 from workers.core.validation import Accepted, Fate, RejectCode, Rejected, decide, readable
+from workers.errors import LedgerPermissionDenied
 from workers.ledger.events import RejectedInput
 from workers.ledger.models import Arrival
 from workers.ledger.writer import PostgresLedgerWriter
@@ -86,9 +96,14 @@ class Intake:
         threads: int = 0,
         on_loop: OnLoop = at_once,
         prefetch: int = DEFAULT_PREFETCH,
+        dead_letter_keys: MultiFernet | None = None,
     ) -> None:
         self.publishers = publishers
         self.prefetch = prefetch
+        self.dead_letter_keys = dead_letter_keys
+        # Set by the consumer step: stops taking messages (a deployment error makes them all fail).
+        self.stop_consuming: Callable[[], None] | None = None
+        self._stopped = threading.Event()
         self._open_ledger = open_ledger
         self._ledger: PostgresLedgerWriter | None = None
         self._lock = threading.Lock()
@@ -145,9 +160,54 @@ class Intake:
             if fate is None:
                 fate = decide(_body(message), message.content_type, message.content_encoding)
             self.settle(message, fate)
+        except LedgerPermissionDenied as exc:
+            self._deployment_error(exc)
+            self._on_loop(partial(_requeue, message))
+        except Exception as exc:
+            if _delivery_count(message) < DELIVERY_LIMIT - 1:
+                logger.exception("intake: could not settle a message; it will be redelivered")
+                self._retry_later(message)
+                return
+            # RabbitMQ would dead-letter it itself after this delivery, with its body in clear
+            # and no reason: we do it first, sealed or masked like any of our dead letters.
+            logger.exception("intake: giving up on a message after %d deliveries", _delivery_count(message))
+            self._give_up(message, fate, f"the intake gave up after {DELIVERY_LIMIT} deliveries: {exc}")
+
+    def _deployment_error(self, exc: LedgerPermissionDenied) -> None:
+        """Every message would fail the same way: stop consuming (once), say so, hand back."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        logger.critical(
+            "the ledger refuses this worker's role (%s): fix the grants (`reservations migrate` as"
+            " the owner); the intake stops taking messages and hands them back",
+            exc,
+        )
+        if self.stop_consuming is not None:
+            self._on_loop(self.stop_consuming)
+
+    def _give_up(self, message: Message, fate: Fate | None, reason: str) -> None:
+        try:
+            if isinstance(fate, Accepted):
+                kept, left_out = seal_message(fate.message, self.dead_letter_keys)
+                headers = {OUTCOME_HEADER: Outcome.DEAD_LETTERED.value, BODY_HEADER: "sealed"}
+                if left_out:
+                    headers[LEFT_OUT_HEADER] = ",".join(left_out)
+                action_id: str | None = str(fate.action.action_id)
+            else:
+                parsed = fate.message if isinstance(fate, Rejected) else None
+                if parsed is not None:
+                    kept, shape = mask_rejected(parsed), "masked"
+                else:
+                    kept, shape = digest_only(_body(message), message.content_type), "digest"
+                headers = {OUTCOME_HEADER: Outcome.REJECTED_INPUT.value, BODY_HEADER: shape}
+                action_id = fate.action_id if isinstance(fate, Rejected) else None
+            publish_dead_letter(self.publishers, kept, reason, action_id=action_id, extra_headers=headers)
         except Exception:
-            logger.exception("intake: could not settle a message; it will be redelivered")
-            self._retry_later(message)
+            logger.exception("intake: could not dead-letter a message; it goes back to the queue")
+            self._on_loop(partial(_requeue, message))
+            return
+        self._on_loop(partial(_acknowledge, message))
 
     def settle(self, message: Message, fate: Fate) -> None:
         """Record and forward ``fate``, then acknowledge; raises if any step fails (nothing acked)."""
@@ -219,6 +279,7 @@ class IntakeStep(bootsteps.ConsumerStep):  # type: ignore[misc]  # celery ships 
             prefetch_count=self.intake.prefetch,
             auto_declare=True,
         )
+        self.intake.stop_consuming = consumer.cancel
         return [consumer]
 
     def shutdown(self, c: Any) -> None:

@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from workers.core.action import STATUS_ACTIONS, Action, ActionKind
-from workers.core.state_machine import ACCEPTING_INSTRUCTIONS, Status
+from workers.core.state_machine import ACCEPTING_INSTRUCTIONS, CLIENT_TRANSITIONS, SYSTEM_TRANSITIONS, Status
 
 
 class Outcome(enum.StrEnum):
@@ -143,6 +143,20 @@ class Undecidable:
 Resolution = Resend | Confirmed | Undecidable
 
 
+def reachable_from(status: Status) -> frozenset[Status]:
+    """Every status a reservation can reach from ``status`` (itself included), by anyone."""
+    seen, frontier = {status}, [status]
+    while frontier:
+        current = frontier.pop()
+        for following in CLIENT_TRANSITIONS.get(current, frozenset()) | SYSTEM_TRANSITIONS.get(
+            current, frozenset()
+        ):
+            if following not in seen:
+                seen.add(following)
+                frontier.append(following)
+    return frozenset(seen)
+
+
 def resolve_lost_answer(
     action: Action,
     *,
@@ -167,6 +181,10 @@ def resolve_lost_answer(
         return Confirmed(f"confirmed after a lost answer ({evidence})")
     if target is not None and sent_from is not None and current is sent_from:
         return Resend(f"the update did not land: the status did not move ({evidence})")
+    if target is not None and current not in reachable_from(target):
+        # e.g. an accept, and the reservation is now rejected or timed out: no path leads there
+        # from accepted, so someone else moved it from where we sent ours, which did not land.
+        return Resend(f"the update did not land: {current} cannot follow {target} ({evidence})")
     return Undecidable(f"an answer was lost and the reservation cannot tell whether it landed ({evidence})")
 
 

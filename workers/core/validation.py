@@ -190,6 +190,19 @@ def _bad_text(value: object) -> bool:
     return False
 
 
+def _leaves(document: object) -> Iterable[object]:
+    """Every value of a parsed document that is not an object or an array (iteratively)."""
+    stack = [document]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        else:
+            yield item
+
+
 def _strings(document: object) -> Iterable[str]:
     """Every string of a parsed document, keys included (iteratively: documents may be deep)."""
     stack = [document]
@@ -283,6 +296,9 @@ def validate_message(message: dict[str, Any]) -> Fate:
         return Rejected(RejectCode.INVALID_JSON, "nested too deeply", None)
     if errors:
         return _rejection(errors, message)
+    if any(isinstance(v, float) and not math.isfinite(v) for v in _leaves(message)):
+        # Only a decoder other than ours (Celery's, on the apply queue) produces these.
+        return Rejected(RejectCode.OUT_OF_RANGE, "a number is not finite", message)
     normalised = _normalise(message)
     try:
         action = Action.from_message(normalised)
@@ -403,12 +419,19 @@ def readable(message: Mapping[str, Any] | None) -> dict[str, Any] | None:
 
 
 def _scrub(value: Any, depth: int = 0) -> Any:
+    """JSON that PostgreSQL takes, whatever a decoder made of the message (Celery's turns 1e400
+    into inf and ``{"__type__": "bytes"}`` into bytes): no U+0000, no lone surrogates, no
+    non-finite numbers, nothing but JSON's own types."""
     if depth > 50:
         return "[nested too deeply]"
     if isinstance(value, str):
         return value.replace("\x00", "\ufffd").encode("utf-8", "replace").decode("utf-8")
     if isinstance(value, dict):
         return {_scrub(str(k), depth + 1): _scrub(v, depth + 1) for k, v in value.items()}
-    if isinstance(value, list):
+    if isinstance(value, list | tuple):
         return [_scrub(item, depth + 1) for item in value]
-    return value
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    return f"[{type(value).__name__}]"
