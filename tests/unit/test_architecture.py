@@ -1,5 +1,7 @@
 """The rules the layout promises that no linter checks for us: only ``workers/config.py`` reads the
-environment (the developer tools under ``workers/testing/`` keep settings of their own). Import
+environment with ``os.environ``/``os.getenv`` (the developer tools under ``workers/testing/`` keep
+settings of their own; click's ``envvar`` options and urllib3's proxy lookup are the libraries'
+own reading, declared where they are used). Import
 cycles, the pure core and the import bans are checked by ``lint-imports`` and ruff (``make lint``)."""
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, overload
 
 from workers import metrics
 from workers.core.action import Action
@@ -278,8 +278,10 @@ class _Run:
             self._observe(fetched)
             return _Known(fetched.status, fetched.etag, from_cache=False)
         if isinstance(resolution, Confirmed):
-            recorded = self._applied(
-                intent.from_status, intent.etag_before, fetched, intent.attempt, detail=resolution.reason
+            recorded = self.ledger.append(
+                self._transition(
+                    intent.from_status, intent.etag_before, fetched, intent.attempt, detail=resolution.reason
+                )
             )
             if recorded.outcome is not None and recorded.outcome != Outcome.APPLIED.value:
                 return Done(Outcome(recorded.outcome), "already settled by an earlier run")
@@ -358,7 +360,7 @@ class _Run:
         except PreconditionFailed:
             raise  # recorded with what the re-fetch finds, in _after_conflict
         except TaskRouterError as exc:
-            self.ledger.append(
+            self._answer(
                 Attempt(
                     self.action.action_id,
                     attempt=self.attempt,
@@ -371,28 +373,18 @@ class _Run:
                 )
             )
             raise
-        # TaskRouter has answered. Should our connection die now (and the reservation's lock with
-        # it), the answer is recorded on a fresh one (the chain's own lock orders it) rather than
-        # left to the next run to resolve blind; after two more tries, it will be.
-        duration_ms = _elapsed_ms(started)
-        writers = (self.ledger, self.unlocked, self.unlocked)
-        for tried, writer in enumerate(writers, 1):
-            try:
-                return self._applied(
-                    known.status.value,
-                    known.etag,
-                    updated,
-                    self.attempt,
-                    http_status=updated.http_status,
-                    duration_ms=duration_ms,
-                    via=writer,
-                )
-            except LedgerUnavailable:
-                if tried == len(writers):
-                    raise
-        raise AssertionError("unreachable: the last try returns or raises")  # pragma: no cover
+        return self._answer(
+            self._transition(
+                known.status.value,
+                known.etag,
+                updated,
+                self.attempt,
+                http_status=updated.http_status,
+                duration_ms=_elapsed_ms(started),
+            )
+        )
 
-    def _applied(
+    def _transition(
         self,
         from_status: str | None,
         etag_before: str | None,
@@ -402,28 +394,44 @@ class _Run:
         http_status: int | None = None,
         duration_ms: int | None = None,
         detail: str | None = None,
-        via: LedgerWriter | None = None,
-    ) -> TransitionResult:
+    ) -> Transition:
         """Our update's transition, linked to the action, which it settles as ``applied``."""
-        return (via or self.ledger).append(
-            Transition(
-                self.action.reservation_sid,
-                from_status=from_status,
-                to_status=now.status.value,
-                etag_before=etag_before,
-                etag_after=now.etag,
-                action_id=self.action.action_id,
-                outcome=Outcome.APPLIED,
-                workspace_sid=self.action.workspace_sid,
-                task_sid=now.task_sid,
-                worker_sid=now.worker_sid,
-                attempt=attempt,
-                http_status=http_status,
-                twilio_request_id=now.request_id,
-                duration_ms=duration_ms,
-                detail=detail,
-            )
+        return Transition(
+            self.action.reservation_sid,
+            from_status=from_status,
+            to_status=now.status.value,
+            etag_before=etag_before,
+            etag_after=now.etag,
+            action_id=self.action.action_id,
+            outcome=Outcome.APPLIED,
+            workspace_sid=self.action.workspace_sid,
+            task_sid=now.task_sid,
+            worker_sid=now.worker_sid,
+            attempt=attempt,
+            http_status=http_status,
+            twilio_request_id=now.request_id,
+            duration_ms=duration_ms,
+            detail=detail,
         )
+
+    @overload
+    def _answer(self, event: Transition) -> TransitionResult: ...
+    @overload
+    def _answer(self, event: Attempt | Conflict) -> int: ...
+
+    def _answer(self, event: Transition | Attempt | Conflict) -> TransitionResult | int:
+        """Record TaskRouter's answer to an update. Should our connection die now (and the
+        reservation's lock with it), the answer is recorded on a fresh one (the chain's own lock
+        orders it) rather than leave its intent to the next run to resolve blind; after two more
+        tries, it will be."""
+        writers = (self.ledger, self.unlocked, self.unlocked)
+        for tried, writer in enumerate(writers, 1):
+            try:
+                return writer.append(event)
+            except LedgerUnavailable:
+                if tried == len(writers):
+                    raise
+        raise AssertionError("unreachable: the last try returns or raises")  # pragma: no cover
 
     def _after_conflict(self, conflict: PreconditionFailed, stale: _Known, conflicts: int) -> _Known | None:
         """Record the 412 with what a fresh fetch shows; None once immediate tries are used up."""
@@ -438,7 +446,7 @@ class _Run:
         return fresh
 
     def _record_conflict(self, conflict: PreconditionFailed, stale: _Known, fresh: _Known | None) -> None:
-        self.ledger.append(
+        self._answer(
             Conflict(
                 self.action.action_id,
                 attempt=self.attempt,
