@@ -13,7 +13,8 @@ import pytest
 from workers.core.action import Action, ActionKind
 from workers.core.sids import new_sid
 from workers.ledger.connector import Connector, connect
-from workers.ledger.models import Checkpoint, Role
+from workers.ledger.events import Attempt, Transition
+from workers.ledger.models import Checkpoint, Outcome, Role
 from workers.ledger.reader import LedgerReader
 from workers.ledger.verify import seal_checkpoint
 from workers.ledger.writer import PostgresLedgerWriter
@@ -81,3 +82,26 @@ def seal(url: str) -> Checkpoint:
     """Seal a checkpoint as the writer role does (``reservations ledger checkpoint``)."""
     with connect(url, Role.WRITER) as conn:
         return seal_checkpoint(conn)
+
+
+def accept_applied(
+    writer: PostgresLedgerWriter, action: Action | None = None, *, with_attempt: bool = False
+) -> Action:
+    """Receive an accept and record it applied (pending -> accepted, ETag 1 -> 2), after an attempt
+    row if asked; the action."""
+    action = action or make_action()
+    writer.receive(action)
+    if with_attempt:
+        writer.append(Attempt(action.action_id, attempt=1, etag_before="1", http_status=200))
+    writer.append(
+        Transition(
+            action.reservation_sid,
+            action_id=action.action_id,
+            from_status="pending",
+            to_status="accepted",
+            etag_before="1",
+            etag_after="2",
+            outcome=Outcome.APPLIED,
+        )
+    )
+    return action

@@ -5,11 +5,10 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from tests.ledger.conftest import make_action, open_reader, open_writer, superuser
+from tests.ledger.conftest import accept_applied, make_action, open_reader, open_writer, superuser
 from workers.errors import AppendOnlyViolation, LedgerPermissionDenied
 from workers.ledger.connector import Connector, connect
-from workers.ledger.events import Transition
-from workers.ledger.models import Outcome, Role
+from workers.ledger.models import Role
 from workers.ledger.verify import seal_checkpoint, verify
 from workers.ledger.writer import PostgresLedgerWriter
 
@@ -26,18 +25,7 @@ CHANGES = {
 @pytest.fixture(scope="module", autouse=True)
 def some_rows(writer: PostgresLedgerWriter) -> None:
     action = make_action()
-    writer.receive(action)
-    writer.append(
-        Transition(
-            action.reservation_sid,
-            action_id=action.action_id,
-            from_status="pending",
-            to_status="accepted",
-            etag_before="1",
-            etag_after="2",
-            outcome=Outcome.APPLIED,
-        )
-    )
+    accept_applied(writer, action)
 
 
 @pytest.mark.parametrize("statement", list(CHANGES.values()), ids=list(CHANGES))

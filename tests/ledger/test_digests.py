@@ -13,11 +13,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from psycopg import sql
 
-from tests.ledger.conftest import make_action, seal, superuser
+from tests.ledger.conftest import accept_applied, make_action, seal, superuser
 from workers.cli import main
 from workers.ledger import digests
-from workers.ledger.events import Attempt, Transition
-from workers.ledger.models import Checkpoint, Outcome
+from workers.ledger.models import Checkpoint
 from workers.ledger.writer import PostgresLedgerWriter
 
 pytestmark = pytest.mark.integration
@@ -58,19 +57,7 @@ $$
 
 def _fill(ledger: PostgresLedgerWriter) -> str:
     action = make_action()
-    ledger.receive(action)
-    ledger.append(Attempt(action.action_id, attempt=1, etag_before="1", http_status=200))
-    ledger.append(
-        Transition(
-            action.reservation_sid,
-            action_id=action.action_id,
-            from_status="pending",
-            to_status="accepted",
-            etag_before="1",
-            etag_after="2",
-            outcome=Outcome.APPLIED,
-        )
-    )
+    accept_applied(ledger, action, with_attempt=True)
     return action.reservation_sid
 
 

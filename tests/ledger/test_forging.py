@@ -13,10 +13,10 @@ import uuid
 import psycopg
 import pytest
 
-from tests.ledger.conftest import make_action, seal, superuser
+from tests.ledger.conftest import accept_applied, make_action, seal, superuser
 from workers.errors import LedgerError, LedgerPermissionDenied
 from workers.ledger.connector import Connector, connect, translated
-from workers.ledger.events import Redrive, Settle, Transition
+from workers.ledger.events import Redrive, Settle
 from workers.ledger.models import Outcome, Role
 from workers.ledger.queries import QUERIES
 from workers.ledger.reader import LedgerReader
@@ -31,18 +31,7 @@ ZERO = "\\x" + "00" * 32
 @pytest.fixture(scope="module")
 def settled(writer: PostgresLedgerWriter, db_url: str) -> uuid.UUID:
     action = make_action()
-    writer.receive(action)
-    writer.append(
-        Transition(
-            action.reservation_sid,
-            action_id=action.action_id,
-            from_status="pending",
-            to_status="accepted",
-            etag_before="1",
-            etag_after="2",
-            outcome=Outcome.APPLIED,
-        )
-    )
+    accept_applied(writer, action)
     seal(db_url)
     return action.action_id
 

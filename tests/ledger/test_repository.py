@@ -9,7 +9,7 @@ from datetime import timedelta
 
 import pytest
 
-from tests.ledger.conftest import PII_KEY, make_action, superuser
+from tests.ledger.conftest import PII_KEY, accept_applied, make_action, superuser
 from workers.config import Settings
 from workers.core.action import ActionKind
 from workers.core.redaction import DEVELOPMENT_PII_KEY, pii_digest
@@ -271,18 +271,7 @@ def test_rebuilding_the_projection_from_the_ledger_gives_the_same_projection(
 ) -> None:
     for _ in range(5):
         action = make_action()
-        writer.receive(action)
-        writer.append(
-            Transition(
-                action.reservation_sid,
-                action_id=action.action_id,
-                from_status="pending",
-                to_status="accepted",
-                etag_before="1",
-                etag_after="2",
-                outcome=Outcome.APPLIED,
-            )
-        )
+        accept_applied(writer, action)
         writer.append(
             Transition(
                 action.reservation_sid,

@@ -10,11 +10,10 @@ import hashlib
 
 from click.testing import CliRunner
 
-from tests.ledger.conftest import make_action, superuser
+from tests.ledger.conftest import accept_applied, make_action, superuser
 from workers.cli import main
 from workers.ledger.connector import connect
-from workers.ledger.events import Attempt, Transition
-from workers.ledger.models import Checkpoint, LedgerRow, Outcome, Problem, Role
+from workers.ledger.models import Checkpoint, LedgerRow, Problem, Role
 from workers.ledger.reader import LedgerReader
 from workers.ledger.verify import seal_checkpoint, verify
 from workers.ledger.writer import PostgresLedgerWriter
@@ -23,19 +22,7 @@ from workers.ledger.writer import PostgresLedgerWriter
 def _fill(writer: PostgresLedgerWriter, reader: LedgerReader, reservations: int = 3) -> list[LedgerRow]:
     for _ in range(reservations):
         action = make_action()
-        writer.receive(action)
-        writer.append(Attempt(action.action_id, attempt=1, etag_before="1", http_status=200))
-        writer.append(
-            Transition(
-                action.reservation_sid,
-                action_id=action.action_id,
-                from_status="pending",
-                to_status="accepted",
-                etag_before="1",
-                etag_after="2",
-                outcome=Outcome.APPLIED,
-            )
-        )
+        accept_applied(writer, action, with_attempt=True)
     return reader.history()
 
 
