@@ -180,6 +180,7 @@ def _retry_policy(env: Mapping[str, str]) -> RetryPolicy:
             max_delayed_retries=int(env.get("RETRY_MAX_RETRIES", d.max_delayed_retries)),
             base_delay=float(env.get("RETRY_BASE_DELAY", d.base_delay)),
             max_delay=float(env.get("RETRY_MAX_DELAY", d.max_delay)),
+            in_flight=float(env.get("RETRY_IN_FLIGHT", d.in_flight)),
         )
     except ValueError as exc:
         raise ConfigurationError(f"bad RETRY_* setting: {exc}") from exc

@@ -54,6 +54,8 @@ def worker_env(emulator: EmulatorServer, db_url: str, broker_url: str) -> dict[s
         "RETRY_MAX_DELAY": "1",
         "RETRY_MAX_RETRIES": "3",
         "RETRY_CONFLICT_PAUSE": "0.001",
+        # The emulator answers at once (its slowest fault here is 2 s): no update outlives 3 s.
+        "RETRY_IN_FLIGHT": "3",
     }
 
 

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import random
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
+from tests.fakes import NOW as FAKE_NOW
 from tests.fakes import FakeGateway, FakeLedgerWriter
 from workers.apply.applier import ActionApplier, Delivery, Done, RetryLater
 from workers.core.action import Action, ActionKind
@@ -185,16 +186,27 @@ def test_an_answer_whose_ledger_connection_died_is_recorded_on_a_fresh_one() -> 
     assert ledger.outcomes[action.action_id] is Outcome.APPLIED
 
 
-def test_an_earlier_update_landing_late_after_a_resend_is_not_sent_again() -> None:
-    """Run A's connection (and lock) died while its call was in flight; run B found A's intent,
-    saw the ETag unchanged and sent again with it; A's call lands first, so B's gets a 412. B must
-    not re-plan and call a second time: the ETag moved, and a call changes no status."""
+def test_a_lost_answer_younger_than_an_update_can_take_is_not_resolved_yet() -> None:
+    """Run A's connection (and its lock) died while its call was in flight; run B finds A's intent
+    at once. Resending with that ETag would race A's call: if A's lands first, B's 412 looks like
+    anyone's change and B would call again. So B waits until A's update cannot land any more."""
     ledger = FakeLedgerWriter()
     action = make(ActionKind.CALL, params=CALL)
     ledger.receive(action)
     ledger.append(Intent(action.action_id, 1, "0", "pending", None, action.update_arguments()))
-    gateway = FakeGateway(interference=1)  # A's call lands right before B's update
-    result = applier(ledger, gateway).apply(action, Delivery(retries=1))
-    assert isinstance(result, Done)
-    assert result.outcome is Outcome.INDETERMINATE
-    assert gateway.version == 1  # only A's call landed
+    gateway = FakeGateway()
+
+    def at(seconds: float) -> ActionApplier:
+        return ActionApplier(
+            ledger, gateway, RetryPolicy(), clock=lambda: FAKE_NOW + timedelta(seconds=seconds)
+        )
+
+    early = at(1).apply(action, Delivery(retries=1))
+    assert isinstance(early, RetryLater)
+    assert early.delay == pytest.approx(24)
+    assert (gateway.fetches, gateway.updates) == (0, 0)
+    gateway.version += 1  # A's call lands meanwhile
+    later = at(30).apply(action, Delivery(retries=2))
+    assert isinstance(later, Done)
+    assert later.outcome is Outcome.INDETERMINATE
+    assert gateway.updates == 0  # B never called

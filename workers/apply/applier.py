@@ -222,7 +222,7 @@ class _Run:
                 known = self._starting_point()
             else:  # an earlier update's answer was lost: never send blindly
                 resolved = self._resolve(intent)
-                if isinstance(resolved, Done):
+                if not isinstance(resolved, _Known):
                     return resolved
                 known = resolved
             while True:
@@ -241,19 +241,6 @@ class _Run:
                         return Done(Outcome(recorded.outcome), "already settled by an earlier run")
                     return Done(Outcome.APPLIED, "applied")
                 except PreconditionFailed as conflict:
-                    if intent is not None:
-                        # We resolved a lost answer as "did not land", and the reservation moved
-                        # since: that update may have landed late (its run lost the lock with its
-                        # connection while it was in flight). Decide again; never just resend.
-                        self._record_conflict(conflict, known, None)
-                        conflicts += 1
-                        if conflicts > self.policy.immediate_conflict_tries:
-                            return self._later("412 conflicts kept coming")
-                        resolved = self._resolve(intent)
-                        if isinstance(resolved, Done):
-                            return resolved
-                        known = resolved
-                        continue
                     fresh = self._after_conflict(conflict, known, conflicts)
                     conflicts += 1
                     if fresh is None:
@@ -264,8 +251,15 @@ class _Run:
         except TransientTaskRouterError as exc:
             return self._later(str(exc), retry_after=exc.retry_after)
 
-    def _resolve(self, intent: PendingIntent) -> _Known | Done:
-        """Decide what the update behind ``intent`` did, from the reservation as it is now."""
+    def _resolve(self, intent: PendingIntent) -> _Known | Result:
+        """Decide what the update behind ``intent`` did, from the reservation as it is now.
+
+        Not before it can no longer land: a run whose connection (and lock) died may still have
+        it on the wire, and a resend with its ETag would then meet a 412 that looks like anyone's.
+        """
+        in_flight = self.policy.in_flight - (self.clock() - intent.recorded_at).total_seconds()
+        if in_flight > 0:
+            return RetryLater(in_flight, "an update of an earlier run may still be on its way")
         fetched = self.gateway.fetch(self.ref)
         resolution = resolve_lost_answer(
             self.action,

@@ -30,6 +30,10 @@ class RetryPolicy:
     max_delayed_retries: int = 8
     base_delay: float = 0.5
     max_delay: float = 120.0
+    # How long an update may still be on its way to TaskRouter (the gateway's connect and read
+    # time-outs, 10 s each, and a margin): a lost answer younger than this is not resolved yet,
+    # since the update may still land (its run may have lost its lock with its connection).
+    in_flight: float = 25.0
 
     def __post_init__(self) -> None:
         if self.max_delay >= RABBITMQ_CONSUMER_TIMEOUT_SECONDS / 2:

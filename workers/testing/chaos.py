@@ -429,6 +429,7 @@ def run(config: ChaosConfig, on_progress: Callable[[Progress], None] | None = No
             "RETRY_MAX_DELAY": "1",
             "RETRY_MAX_RETRIES": "12",
             "RETRY_CONFLICT_PAUSE": "0.001",
+            "RETRY_IN_FLIGHT": "2",  # the emulator answers at once (no latency faults in the mix)
         }
         workspace = str(admin.create_workspace()["sid"])
         planned: list[Planned] = []

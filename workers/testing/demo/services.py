@@ -21,6 +21,7 @@ WORKER_RETRY_ENV = {
     "RETRY_MAX_DELAY": "2",
     "RETRY_MAX_RETRIES": "4",
     "RETRY_CONFLICT_PAUSE": "0.005",
+    "RETRY_IN_FLIGHT": "3",
 }
 START_POSTGRES = (
     "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start"
