@@ -848,7 +848,7 @@ AS $$
         SELECT FROM ledger.events r
          WHERE r.action_id = p_action_id AND r.position > i.position
            AND (r.kind IN ('transition', 'conflict', 'outcome', 'redrive')
-                OR (r.kind = 'attempt' AND r.http_status BETWEEN 400 AND 499))
+                OR (r.kind = 'attempt' AND (r.http_status BETWEEN 400 AND 499 OR r.http_status = 503)))
      )
 $$;
 REVOKE ALL ON FUNCTION ledger.pending_intent(uuid) FROM PUBLIC;

@@ -132,7 +132,7 @@ class FakeLedgerWriter:
             or (
                 isinstance(event, Attempt)
                 and event.http_status is not None
-                and 400 <= event.http_status < 500
+                and (400 <= event.http_status < 500 or event.http_status == 503)
             )
         ):
             self.intents.pop(event.action_id, None)  # type: ignore[arg-type]

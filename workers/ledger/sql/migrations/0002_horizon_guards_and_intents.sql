@@ -324,7 +324,7 @@ REVOKE ALL ON FUNCTION ledger.actions_guard(), ledger.chain_heads_guard(), ledge
 -- If-Match ETag it carries (`etag_before`), the status it was sent from (`from_status`), the
 -- status it should lead to (`to_status`, when it changes one) and a keyed digest of its arguments
 -- (`detail`). A later row of the same action that carries TaskRouter's definite answer (a
--- transition, a 412 conflict, a 4xx attempt, an outcome) resolves it; an intent without one is an
+-- transition, a 412 conflict, a 4xx or 503 attempt, an outcome) resolves it; an intent without one is an
 -- answer that was lost, and the next run resolves it from the reservation's ETag before it may
 -- send again (ops/LEDGER.md, "Lost answers"). A redrive no longer clears the original's outcome.
 
@@ -397,7 +397,7 @@ AS $$
         SELECT FROM ledger.events r
          WHERE r.action_id = p_action_id AND r.position > i.position
            AND (r.kind IN ('transition', 'conflict', 'outcome', 'redrive')
-                OR (r.kind = 'attempt' AND r.http_status BETWEEN 400 AND 499))
+                OR (r.kind = 'attempt' AND (r.http_status BETWEEN 400 AND 499 OR r.http_status = 503)))
      )
 $$;
 REVOKE ALL ON FUNCTION ledger.pending_intent(uuid) FROM PUBLIC;
