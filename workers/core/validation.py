@@ -190,12 +190,15 @@ def _bad_text(value: object) -> bool:
     return False
 
 
-def _leaves(document: object) -> Iterable[object]:
-    """Every value of a parsed document that is not an object or an array (iteratively)."""
+def _leaves(document: object, *, keys: bool = False) -> Iterable[object]:
+    """Every value of a parsed document that is not an object or an array, and the objects' keys
+    too if asked (iteratively: documents may be deep)."""
     stack = [document]
     while stack:
         item = stack.pop()
         if isinstance(item, dict):
+            if keys:
+                stack.extend(item.keys())
             stack.extend(item.values())
         elif isinstance(item, list):
             stack.extend(item)
@@ -204,17 +207,8 @@ def _leaves(document: object) -> Iterable[object]:
 
 
 def _strings(document: object) -> Iterable[str]:
-    """Every string of a parsed document, keys included (iteratively: documents may be deep)."""
-    stack = [document]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, str):
-            yield item
-        elif isinstance(item, dict):
-            stack.extend(item.keys())
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
+    """Every string of a parsed document, keys included."""
+    return (item for item in _leaves(document, keys=True) if isinstance(item, str))
 
 
 def _content_problem(content_type: str | None, content_encoding: str | None) -> Rejected | None:
