@@ -51,8 +51,8 @@ def addressed(name: str, reservation: ReservationInfo, **changes: Any) -> dict[s
     return message
 
 
-# LedgerReader.history shows a row only once every older transaction of the cluster has ended (stable
-# paging), so the tests read it with a cursor and wait for what they expect.
+# LedgerReader.history shows a row only once every older ledger writer has ended (stable paging),
+# so the tests read it with a cursor and wait for what they expect.
 VISIBLE_TIMEOUT = 15.0
 
 

@@ -125,11 +125,11 @@ Events = Callable[[uuid.UUID], list[LedgerRow]]
 def events(db_url: str) -> Events:
     """Every ledger row of one action, in ledger order, read straight from ``ledger.events``.
 
-    ``Ledger.history`` shows rows only below the horizon of the oldest transaction still in flight
-    on the whole PostgreSQL server (stable paging for auditors, queries.sql ``history``), so any
-    transaction held open elsewhere (another test's, another test run's) hides an action's newest
-    rows for as long as it lasts, although its outcome is already in the registry. Once an action
-    is settled all its transactions have committed, and this read is exact at once.
+    ``LedgerReader.history`` shows rows only below the horizon of the oldest ledger writer still in
+    flight (stable paging for auditors, queries.sql ``history``), so a run still writing to the
+    same ledger (another test's) holds an action's newest rows back for as long as it lasts,
+    although its outcome is already in the registry. Once an action is settled all its
+    transactions have committed, and this read is exact at once.
     """
 
     def read(action_id: uuid.UUID) -> list[LedgerRow]:

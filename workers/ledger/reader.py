@@ -1,8 +1,8 @@
 """The ledger's reader: what auditors, operators and the tests read (the reader role).
 
-Reads only ever show rows below the horizon of the oldest transaction still in flight, in
-ledger order ``(tx_id, position)``, so a reader that pages with a :class:`Cursor` misses
-nothing (see ops/LEDGER.md).
+Reads only ever show rows below the horizon of the oldest ledger writer still in flight (not of
+any transaction on the cluster: ``ledger.visible_horizon``), in ledger order ``(tx_id, position)``,
+so a reader that pages with a :class:`Cursor` misses nothing (see ops/LEDGER.md).
 """
 
 from __future__ import annotations
