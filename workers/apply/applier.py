@@ -165,13 +165,22 @@ class ActionApplier:
             return self._unsettled(delivery, reason, _action_id(message))
 
     def _unsettled(self, delivery: Delivery, reason: str, action_id: uuid.UUID | None) -> Result:
-        """Nothing was decided: try again later, or give up as ``dead_lettered`` past the bound,
-        recording that outcome if the ledger takes it now (else the dead letter carries it, and a
-        pending intent in the ledger still tells redrive an update may have landed)."""
+        """Nothing was decided: try again later, or give up as ``dead_lettered`` past the bound."""
         delay = self.policy.delay(delivery.retries, self.rng)
         if delay is not None:
             return RetryLater(delay, reason)
-        reason = f"retries exhausted after {delivery.retries + 1} runs: {reason}"
+        return self._dead_lettered(
+            action_id, f"retries exhausted after {delivery.retries + 1} runs: {reason}"
+        )
+
+    def give_up(self, message: Mapping[str, Any], reason: str) -> Done:
+        """End an action whose message keeps coming back without an outcome (its runs die with
+        their worker): ``dead_lettered`` now, before RabbitMQ would dead-letter it raw."""
+        return self._dead_lettered(_action_id(message), reason)
+
+    def _dead_lettered(self, action_id: uuid.UUID | None, reason: str) -> Done:
+        """``dead_lettered``, recorded if the ledger takes it now (else the dead letter carries it,
+        and a pending intent in the ledger still tells redrive an update may have landed)."""
         if action_id is not None:
             try:
                 settled = self.ledger.append(Settle(action_id, Outcome.DEAD_LETTERED, detail=reason))

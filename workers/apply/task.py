@@ -22,7 +22,15 @@ from workers.apply.applier import Delivery, Done, Result
 from workers.broker.dead_letters import publish_dead_letter
 from workers.broker.publishing import CONFIRM_TIMEOUT, Publishers
 from workers.broker.sealing import BODY_HEADER, LEFT_OUT_HEADER, seal_message
-from workers.broker.topology import APPLY_QUEUE_NAME, APPLY_TASK_NAME, OUTCOME_HEADER, PUBLISHED_AT_HEADER
+from workers.broker.topology import (
+    APPLY_QUEUE_NAME,
+    APPLY_TASK_NAME,
+    DELIVERY_COUNT_HEADER,
+    DELIVERY_LIMIT,
+    OUTCOME_HEADER,
+    PUBLISHED_AT_HEADER,
+    delivery_count,
+)
 from workers.core.planner import Outcome
 from workers.core.redaction import display_args, mask_rejected
 from workers.errors import LedgerPermissionDenied
@@ -48,8 +56,15 @@ def apply_action(self: Task, message: dict[str, Any]) -> str:
     run = self.request.retries + 1
     if run == 1 and not redelivered:
         metrics.queue_lag(getattr(self.request, PUBLISHED_AT_HEADER, None))
+    deliveries = delivery_count(getattr(self.request, DELIVERY_COUNT_HEADER, None))
     try:
-        result: Result = runtime.applier().apply_message(message, Delivery(self.request.retries, redelivered))
+        if deliveries >= DELIVERY_LIMIT - 1:
+            # Its runs keep dying with their worker. RabbitMQ would dead-letter it itself after
+            # this delivery, raw and without a reason: we do it now, sealed, with one.
+            reason = f"delivered {deliveries + 1} times without an outcome: its runs die with their worker"
+            result: Result = runtime.applier().give_up(message, reason)
+        else:
+            result = runtime.applier().apply_message(message, Delivery(self.request.retries, redelivered))
     except LedgerPermissionDenied as exc:
         _stop_taking_work(self, exc)
         raise Reject(exc, requeue=True) from exc

@@ -50,11 +50,13 @@ from workers.broker.dead_letters import publish_dead_letter
 from workers.broker.publishing import Publishers, hand_to_apply
 from workers.broker.sealing import BODY_HEADER, LEFT_OUT_HEADER, digest_only, seal_message
 from workers.broker.topology import (
+    DELIVERY_COUNT_HEADER,
     DELIVERY_LIMIT,
     OUTCOME_HEADER,
     REJECT_CODE_HEADER,
     actions_queue,
     dead_letter_queue,
+    delivery_count,
 )
 from workers.core.planner import Outcome
 from workers.core.redaction import mask_rejected
@@ -330,6 +332,4 @@ def _body(message: Message) -> bytes:
 
 
 def _delivery_count(message: Message) -> int:
-    headers = message.headers or {}
-    count = headers.get("x-delivery-count", 0)
-    return count if isinstance(count, int) and count >= 0 else 0
+    return delivery_count((message.headers or {}).get(DELIVERY_COUNT_HEADER))

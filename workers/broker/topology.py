@@ -34,12 +34,19 @@ APPLY_ROUTING_KEY = "reservations.apply"
 # After this many deliveries (a worker dying on the same message again and again), RabbitMQ
 # dead-letters the message instead of redelivering it forever.
 DELIVERY_LIMIT = 20
+# Set by RabbitMQ on every redelivery from a quorum queue: how many deliveries came before.
+DELIVERY_COUNT_HEADER = "x-delivery-count"
 
 # A header of the apply message: when it was published (seconds since the epoch, the publisher's
 # clock), for the workers' queue-lag metric. Celery's messages carry no publish time of their own.
 PUBLISHED_AT_HEADER = "published_at"
 
 _QUORUM = {"x-queue-type": "quorum"}
+
+
+def delivery_count(value: object) -> int:
+    """The ``x-delivery-count`` header's value as a count (0 when absent or malformed)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
 
 
 def routing_key_for(action: str) -> str:
