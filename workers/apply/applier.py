@@ -187,8 +187,7 @@ class ActionApplier:
             except LedgerError:  # down still, or it never received the action (UnknownAction)
                 logger.warning("action %s: its dead_lettered outcome could not be recorded", action_id)
             else:
-                if settled.outcome is not None and settled.outcome != Outcome.DEAD_LETTERED.value:
-                    return Done(Outcome(settled.outcome), "already settled by an earlier run")
+                return _kept(Outcome.DEAD_LETTERED, reason, settled.outcome)
         return Done(Outcome.DEAD_LETTERED, reason)
 
     def apply(self, action: Action, delivery: Delivery = Delivery()) -> Result:
@@ -245,10 +244,7 @@ class _Run:
                 if isinstance(decision, Wait):
                     return self._later(decision.reason)
                 try:
-                    recorded = self._send(decision, known)
-                    if recorded.outcome is not None and recorded.outcome != Outcome.APPLIED.value:
-                        return Done(Outcome(recorded.outcome), "already settled by an earlier run")
-                    return Done(Outcome.APPLIED, "applied")
+                    return _kept(Outcome.APPLIED, "applied", self._send(decision, known).outcome)
                 except PreconditionFailed as conflict:
                     fresh = self._after_conflict(conflict, known, conflicts)
                     conflicts += 1
@@ -286,9 +282,7 @@ class _Run:
                     intent.from_status, intent.etag_before, fetched, intent.attempt, detail=resolution.reason
                 )
             )
-            if recorded.outcome is not None and recorded.outcome != Outcome.APPLIED.value:
-                return Done(Outcome(recorded.outcome), "already settled by an earlier run")
-            return Done(Outcome.APPLIED, resolution.reason)
+            return _kept(Outcome.APPLIED, resolution.reason, recorded.outcome)
         self._observe(fetched, detail="observed on fetch after a lost answer: ours or someone else's")
         sent_at = intent.recorded_at.isoformat(timespec="milliseconds")
         return self._finish(
@@ -427,14 +421,12 @@ class _Run:
         reservation's lock with it), the answer is recorded on a fresh one (the chain's own lock
         orders it) rather than leave its intent to the next run to resolve blind; after two more
         tries, it will be."""
-        writers = (self.ledger, self.unlocked, self.unlocked)
-        for tried, writer in enumerate(writers, 1):
+        for writer in (self.ledger, self.unlocked):
             try:
                 return writer.append(event)
             except LedgerUnavailable:
-                if tried == len(writers):
-                    raise
-        raise AssertionError("unreachable: the last try returns or raises")  # pragma: no cover
+                continue
+        return self.unlocked.append(event)
 
     def _after_conflict(self, conflict: PreconditionFailed, stale: _Known, conflicts: int) -> _Known | None:
         """Record the 412 with what a fresh fetch shows; None once immediate tries are used up."""
@@ -486,9 +478,7 @@ class _Run:
                 detail=reason,
             )
         )
-        if settled.outcome is not None and settled.outcome != outcome.value:
-            return Done(Outcome(settled.outcome), "already settled by an earlier run")
-        return Done(outcome, reason)
+        return _kept(outcome, reason, settled.outcome)
 
     def _later(self, reason: str, retry_after: float | None = None) -> Result:
         delay = self.policy.delay(self.delivery.retries, self.rng, retry_after)
@@ -497,6 +487,13 @@ class _Run:
                 Outcome.DEAD_LETTERED, f"retries exhausted after {self.delivery.retries + 1} runs: {reason}"
             )
         return RetryLater(delay, reason)
+
+
+def _kept(outcome: Outcome, reason: str, recorded: str | None) -> Done:
+    """The outcome the ledger kept: ours, or the one an earlier run had settled first."""
+    if recorded is not None and recorded != outcome.value:
+        return Done(Outcome(recorded), "already settled by an earlier run")
+    return Done(outcome, reason)
 
 
 def _action_id(message: object) -> uuid.UUID | None:
