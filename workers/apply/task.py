@@ -21,7 +21,7 @@ from workers import metrics
 from workers.apply.applier import Delivery, Done, Result
 from workers.broker.dead_letters import publish_dead_letter
 from workers.broker.publishing import CONFIRM_TIMEOUT, Publishers
-from workers.broker.sealing import BODY_HEADER, LEFT_OUT_HEADER, seal_message
+from workers.broker.sealing import kept_of_action, kept_of_refused
 from workers.broker.topology import (
     APPLY_QUEUE_NAME,
     APPLY_TASK_NAME,
@@ -32,7 +32,7 @@ from workers.broker.topology import (
     delivery_count,
 )
 from workers.core.planner import Outcome
-from workers.core.redaction import display_args, mask_rejected
+from workers.core.redaction import display_args
 from workers.errors import LedgerPermissionDenied
 
 logger = logging.getLogger("workers.apply")
@@ -133,22 +133,17 @@ def _dead_letter(
     next delivery publishes the dead letter again (at least once into ``reservations.dead``).
     """
     action_id = message.get("action_id")
-    headers: dict[str, Any] = {OUTCOME_HEADER: result.outcome.value}
-    kept: dict[str, Any]
     if result.outcome is Outcome.REJECTED_INPUT:
-        kept, headers[BODY_HEADER] = mask_rejected(message), "masked"
+        kept, headers = kept_of_refused(message)
     else:
-        kept, left_out = seal_message(message, keys)
-        headers[BODY_HEADER] = "sealed"
-        if left_out:
-            headers[LEFT_OUT_HEADER] = ",".join(left_out)
+        kept, headers = kept_of_action(message, keys)
     try:
         publish_dead_letter(
             publishers,
             kept,
             result.reason,
             action_id=action_id if isinstance(action_id, str) else None,
-            extra_headers=headers,
+            extra_headers={OUTCOME_HEADER: result.outcome.value, **headers},
         )
     except Exception as exc:
         raise Reject(exc, requeue=True) from exc

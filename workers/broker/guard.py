@@ -36,7 +36,7 @@ from celery.worker.consumer.consumer import (
 from kombu.message import Message
 
 from workers.broker.dead_letters import publish_dead_letter
-from workers.broker.sealing import BODY_HEADER, digest_only
+from workers.broker.sealing import kept_of_refused
 from workers.broker.topology import APPLY_TASK_NAME, OUTCOME_HEADER, REJECT_CODE_HEADER
 from workers.core.planner import Outcome
 
@@ -114,15 +114,16 @@ class GuardedConsumer(Consumer):  # type: ignore[misc]  # celery ships no types
             digest,
             extra={"outcome": Outcome.REJECTED_INPUT.value},
         )
+        kept, headers = kept_of_refused(None, raw, message.content_type)
         try:
             publish_dead_letter(
                 self.app.runtime.publishers,
-                digest_only(raw, message.content_type),
+                kept,
                 text,
                 extra_headers={
                     OUTCOME_HEADER: Outcome.REJECTED_INPUT.value,
                     REJECT_CODE_HEADER: code,
-                    BODY_HEADER: "digest",
+                    **headers,
                 },
             )
         except Exception:

@@ -48,7 +48,7 @@ from kombu.messaging import Consumer
 
 from workers.broker.dead_letters import publish_dead_letter
 from workers.broker.publishing import Publishers, hand_to_apply
-from workers.broker.sealing import BODY_HEADER, LEFT_OUT_HEADER, digest_only, seal_message
+from workers.broker.sealing import kept_of_action, kept_of_refused
 from workers.broker.topology import (
     DELIVERY_COUNT_HEADER,
     DELIVERY_LIMIT,
@@ -59,7 +59,6 @@ from workers.broker.topology import (
     delivery_count,
 )
 from workers.core.planner import Outcome
-from workers.core.redaction import mask_rejected
 from workers.core.validation import Accepted, Fate, RejectCode, Rejected, decide, readable
 from workers.errors import LedgerPermissionDenied
 from workers.ledger.events import RejectedInput
@@ -190,21 +189,21 @@ class Intake:
 
     def _give_up(self, message: Message, fate: Fate | None, reason: str) -> None:
         try:
+            action_id: str | None
             if isinstance(fate, Accepted):
-                kept, left_out = seal_message(fate.message, self.dead_letter_keys)
-                headers = {OUTCOME_HEADER: Outcome.DEAD_LETTERED.value, BODY_HEADER: "sealed"}
-                if left_out:
-                    headers[LEFT_OUT_HEADER] = ",".join(left_out)
-                action_id: str | None = str(fate.action.action_id)
+                kept, headers = kept_of_action(fate.message, self.dead_letter_keys)
+                outcome, action_id = Outcome.DEAD_LETTERED, str(fate.action.action_id)
             else:
                 parsed = fate.message if isinstance(fate, Rejected) else None
-                if parsed is not None:
-                    kept, shape = mask_rejected(parsed), "masked"
-                else:
-                    kept, shape = digest_only(_body(message), message.content_type), "digest"
-                headers = {OUTCOME_HEADER: Outcome.REJECTED_INPUT.value, BODY_HEADER: shape}
-                action_id = fate.action_id if isinstance(fate, Rejected) else None
-            publish_dead_letter(self.publishers, kept, reason, action_id=action_id, extra_headers=headers)
+                kept, headers = kept_of_refused(parsed, _body(message), message.content_type)
+                outcome, action_id = Outcome.REJECTED_INPUT, fate.action_id if fate is not None else None
+            publish_dead_letter(
+                self.publishers,
+                kept,
+                reason,
+                action_id=action_id,
+                extra_headers={OUTCOME_HEADER: outcome.value, **headers},
+            )
         except Exception:
             logger.exception("intake: could not dead-letter a message; it goes back to the queue")
             self._on_loop(partial(_requeue, message))
@@ -225,12 +224,8 @@ class Intake:
             )
         else:
             self.ledger.append(RejectedInput(readable(fate.message), fate.text))
-            # Never the bytes as they came: they may hold a secret. An object is masked; anything
-            # else is kept only as its size and digest (workers.broker.sealing).
-            if fate.message is not None:
-                kept, shape = mask_rejected(fate.message), "masked"
-            else:
-                kept, shape = digest_only(_body(message), message.content_type), "digest"
+            # Never the bytes as they came: they may hold a secret (workers.broker.sealing).
+            kept, headers = kept_of_refused(fate.message, _body(message), message.content_type)
             publish_dead_letter(
                 self.publishers,
                 kept,
@@ -239,7 +234,7 @@ class Intake:
                 extra_headers={
                     OUTCOME_HEADER: Outcome.REJECTED_INPUT.value,
                     REJECT_CODE_HEADER: fate.code.value,
-                    BODY_HEADER: shape,
+                    **headers,
                 },
             )
             logger.warning(

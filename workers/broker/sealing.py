@@ -25,7 +25,7 @@ from typing import Any
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
-from workers.core.redaction import is_sensitive
+from workers.core.redaction import is_sensitive, mask_rejected
 
 SEALED_PREFIX = "fernet:"
 # Names of the sensitive parameters a dead letter left out (no DEAD_LETTER_KEY), comma-separated.
@@ -107,3 +107,27 @@ def digest_only(body: bytes, content_type: str | None) -> dict[str, Any]:
         "body_bytes": len(body),
         "content_type": (content_type or "")[:100],
     }
+
+
+# What a dead letter keeps of a message: its body, and the headers that say how it relates.
+Kept = tuple[dict[str, Any], dict[str, str]]
+
+
+def kept_of_action(message: Mapping[str, Any], keys: MultiFernet | None) -> Kept:
+    """What a dead letter keeps of an action's message, to redrive it: its sensitive parameters
+    sealed (or left out, and named), with the headers that say so."""
+    kept, left_out = seal_message(message, keys)
+    headers = {BODY_HEADER: "sealed"}
+    if left_out:
+        headers[LEFT_OUT_HEADER] = ",".join(left_out)
+    return kept, headers
+
+
+def kept_of_refused(
+    parsed: Mapping[str, Any] | None, body: bytes = b"", content_type: str | None = None
+) -> Kept:
+    """What a dead letter keeps of a refused message (never redriven): the object masked, or,
+    when it was no JSON object, only the body's size and digest."""
+    if parsed is not None:
+        return mask_rejected(parsed), {BODY_HEADER: "masked"}
+    return digest_only(body, content_type), {BODY_HEADER: "digest"}
