@@ -36,7 +36,7 @@ from celery.worker.consumer.consumer import (
 from kombu.message import Message
 
 from workers.broker.dead_letters import publish_dead_letter
-from workers.broker.sealing import kept_of_refused
+from workers.broker.sealing import kept_of_refused, raw_body
 from workers.broker.topology import APPLY_TASK_NAME, OUTCOME_HEADER, REJECT_CODE_HEADER
 from workers.core.planner import Outcome
 
@@ -60,7 +60,7 @@ def refusal(message: Message) -> tuple[str, str] | None:
     if headers.get("task") != APPLY_TASK_NAME:
         return "unregistered_task", f"task {_short(headers.get('task'))} is not {APPLY_TASK_NAME}"
     try:
-        body = json.loads(_raw(message))
+        body = json.loads(raw_body(message))
     except (ValueError, UnicodeDecodeError):
         return "invalid_json", "the body is not JSON"
     shaped = (
@@ -104,7 +104,7 @@ class GuardedConsumer(Consumer):  # type: ignore[misc]  # celery ships no types
         self._refuse(message, "content_encoding", f"cannot be decoded ({type(exc).__name__})")
 
     def _refuse(self, message: Message, code: str, reason: str) -> None:
-        raw = _raw(message)
+        raw = raw_body(message)
         digest = hashlib.sha256(raw).hexdigest()
         text = f"{code}: {reason}"
         logger.warning(
@@ -159,13 +159,6 @@ class BodyFilter(logging.Filter):
             record.exc_info = None
             record.exc_text = None
         return True
-
-
-def _raw(message: Message) -> bytes:
-    body = message.body
-    if isinstance(body, str):
-        return body.encode("utf-8", "surrogateescape")
-    return bytes(body or b"")
 
 
 def _short(value: object, limit: int = 60) -> str:

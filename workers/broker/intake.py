@@ -48,7 +48,7 @@ from kombu.messaging import Consumer
 
 from workers.broker.dead_letters import publish_dead_letter
 from workers.broker.publishing import Publishers, hand_to_apply
-from workers.broker.sealing import kept_of_action, kept_of_refused
+from workers.broker.sealing import kept_of_action, kept_of_refused, raw_body
 from workers.broker.topology import (
     DELIVERY_COUNT_HEADER,
     DELIVERY_LIMIT,
@@ -159,7 +159,7 @@ class Intake:
         neither acknowledged nor requeued."""
         try:
             if fate is None:
-                fate = decide(_body(message), message.content_type, message.content_encoding)
+                fate = decide(raw_body(message), message.content_type, message.content_encoding)
             self.settle(message, fate)
         except LedgerPermissionDenied as exc:
             self._deployment_error(exc)
@@ -195,7 +195,7 @@ class Intake:
                 outcome, action_id = Outcome.DEAD_LETTERED, str(fate.action.action_id)
             else:
                 parsed = fate.message if isinstance(fate, Rejected) else None
-                kept, headers = kept_of_refused(parsed, _body(message), message.content_type)
+                kept, headers = kept_of_refused(parsed, raw_body(message), message.content_type)
                 outcome, action_id = Outcome.REJECTED_INPUT, fate.action_id if fate is not None else None
             publish_dead_letter(
                 self.publishers,
@@ -225,7 +225,7 @@ class Intake:
         else:
             self.ledger.append(RejectedInput(readable(fate.message), fate.text))
             # Never the bytes as they came: they may hold a secret (workers.broker.sealing).
-            kept, headers = kept_of_refused(fate.message, _body(message), message.content_type)
+            kept, headers = kept_of_refused(fate.message, raw_body(message), message.content_type)
             publish_dead_letter(
                 self.publishers,
                 kept,
@@ -317,13 +317,6 @@ def _requeue(message: Message) -> None:
         message.requeue()
     except Exception:  # the channel is gone: the broker redelivers unacknowledged messages
         logger.exception("intake: could not requeue a message")
-
-
-def _body(message: Message) -> bytes:
-    body = message.body
-    if isinstance(body, str):  # transports other than py-amqp may hand text
-        return body.encode("utf-8", "surrogateescape")
-    return bytes(body)
 
 
 def _delivery_count(message: Message) -> int:

@@ -131,3 +131,11 @@ def kept_of_refused(
     if parsed is not None:
         return mask_rejected(parsed), {BODY_HEADER: "masked"}
     return digest_only(body, content_type), {BODY_HEADER: "digest"}
+
+
+def raw_body(message: Any) -> bytes:
+    """A kombu message's body as it came, in bytes (transports other than py-amqp may hand text)."""
+    body = message.body
+    if isinstance(body, str):
+        return body.encode("utf-8", "surrogateescape")
+    return bytes(body or b"")
