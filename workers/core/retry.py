@@ -38,7 +38,12 @@ class RetryPolicy:
     def __post_init__(self) -> None:
         if self.max_delay >= RABBITMQ_CONSUMER_TIMEOUT_SECONDS / 2:
             raise ValueError("max_delay must stay well below RabbitMQ's consumer_timeout")
-        if self.base_delay <= 0 or self.immediate_conflict_tries < 0 or self.max_delayed_retries < 0:
+        if (
+            self.base_delay <= 0
+            or self.immediate_conflict_tries < 0
+            or self.max_delayed_retries < 0
+            or self.in_flight < 0
+        ):
             raise ValueError("retry policy values must be positive")
 
     def conflict_pause(self, conflicts_so_far: int, rng: random.Random) -> float | None:
