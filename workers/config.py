@@ -71,12 +71,14 @@ class Settings:
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if environ is None else environ
         return cls(
-            broker_url=env.get("CELERY_BROKER_URL", DEFAULT_BROKER_URL),
-            database_url=env.get("DATABASE_URL", DEFAULT_DATABASE_URL),
-            taskrouter_base_url=env.get("TASKROUTER_BASE_URL", DEFAULT_TASKROUTER_BASE_URL).rstrip("/"),
+            broker_url=_url(env, "CELERY_BROKER_URL", DEFAULT_BROKER_URL, BROKER_SCHEMES),
+            database_url=_url(env, "DATABASE_URL", DEFAULT_DATABASE_URL, DATABASE_SCHEMES),
+            taskrouter_base_url=_url(
+                env, "TASKROUTER_BASE_URL", DEFAULT_TASKROUTER_BASE_URL, HTTP_SCHEMES
+            ).rstrip("/"),
             twilio=_twilio_credentials(env),
             ledger_pii_key=env.get("LEDGER_PII_KEY") or None,
-            ledger_migration_url=env.get("LEDGER_MIGRATION_URL") or None,
+            ledger_migration_url=_url(env, "LEDGER_MIGRATION_URL", None, DATABASE_SCHEMES),
             audit_api_token=env.get("AUDIT_API_TOKEN") or None,
             ledger_signing_key=env.get("LEDGER_SIGNING_KEY") or None,
             dead_letter_key=_fernet_keys(env, "DEAD_LETTER_KEY"),
@@ -86,7 +88,7 @@ class Settings:
             publish_pool_limit=_count(env, "PUBLISH_POOL_LIMIT", 32),
             intake_prefetch=_count(env, "INTAKE_PREFETCH", 32),
             intake_threads=_count(env, "INTAKE_THREADS", 8, minimum=0),
-            worker_metrics_port=env.get("WORKER_METRICS_PORT", "").strip() or None,
+            worker_metrics_port=_address(env, "WORKER_METRICS_PORT"),
             prometheus_multiproc_dir=env.get("PROMETHEUS_MULTIPROC_DIR") or None,
             worker_ready_file=env.get("WORKER_READY_FILE") or None,
             log_format=_log_format(env),
@@ -173,17 +175,59 @@ def _seconds(env: Mapping[str, str], name: str) -> float | None:
 def _retry_policy(env: Mapping[str, str]) -> RetryPolicy:
     """RETRY_* variables override the policy's defaults (tests shorten the waits with them)."""
     d = RetryPolicy()
+
+    def whole(name: str, default: int) -> int:
+        value = _parsed(env, name, int, "a whole number")
+        return default if value is None else value
+
+    def seconds(name: str, default: float) -> float:
+        value = _seconds(env, name)
+        return default if value is None else value
+
     try:
         return RetryPolicy(
-            immediate_conflict_tries=int(env.get("RETRY_CONFLICT_TRIES", d.immediate_conflict_tries)),
-            immediate_conflict_pause=float(env.get("RETRY_CONFLICT_PAUSE", d.immediate_conflict_pause)),
-            max_delayed_retries=int(env.get("RETRY_MAX_RETRIES", d.max_delayed_retries)),
-            base_delay=float(env.get("RETRY_BASE_DELAY", d.base_delay)),
-            max_delay=float(env.get("RETRY_MAX_DELAY", d.max_delay)),
-            in_flight=float(env.get("RETRY_IN_FLIGHT", d.in_flight)),
+            immediate_conflict_tries=whole("RETRY_CONFLICT_TRIES", d.immediate_conflict_tries),
+            immediate_conflict_pause=seconds("RETRY_CONFLICT_PAUSE", d.immediate_conflict_pause),
+            max_delayed_retries=whole("RETRY_MAX_RETRIES", d.max_delayed_retries),
+            base_delay=seconds("RETRY_BASE_DELAY", d.base_delay),
+            max_delay=seconds("RETRY_MAX_DELAY", d.max_delay),
+            in_flight=seconds("RETRY_IN_FLIGHT", d.in_flight),
         )
     except ValueError as exc:
-        raise ConfigurationError(f"bad RETRY_* setting: {exc}") from exc
+        raise ConfigurationError(f"RETRY_* settings do not make a retry policy: {exc}") from exc
+
+
+BROKER_SCHEMES = ("amqp", "amqps", "pyamqp")
+DATABASE_SCHEMES = ("postgresql", "postgres")
+HTTP_SCHEMES = ("https", "http")
+
+
+def _url(env: Mapping[str, str], name: str, default: T, schemes: tuple[str, ...]) -> str | T:
+    """``name``'s URL, refused unless its scheme is one of ``schemes`` (a typo fails at start, in
+    one line, instead of deep inside a driver); ``default`` when unset or blank."""
+    value = env.get(name, "").strip()
+    if not value:
+        return default
+    scheme, separator, rest = value.partition("://")
+    if not separator and "postgresql" in schemes and "=" in value:
+        return value  # libpq's key=value form ("host=db dbname=reservations")
+    if not separator or scheme.lower() not in schemes or not rest:
+        expected = " or ".join(f"{s}://..." for s in schemes[:2])
+        # The value may hold a password: only its scheme is shown.
+        shown = f"{scheme}://..." if separator else "a value without a scheme"
+        raise ConfigurationError(f"{name} must be a URL like {expected}, not {shown}")
+    return value
+
+
+def _address(env: Mapping[str, str], name: str) -> str | None:
+    """``[host:]port`` (port 0 to 65535), or None when unset or blank."""
+    value = env.get(name, "").strip()
+    if not value:
+        return None
+    _, _, port = value.rpartition(":")
+    if not port.isdigit() or int(port) > 65535:
+        raise ConfigurationError(f"{name} must be [host:]port, e.g. 9808 or 127.0.0.1:9808, not {value!r}")
+    return value
 
 
 def _twilio_credentials(env: Mapping[str, str]) -> TwilioCredentials | None:

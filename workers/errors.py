@@ -9,6 +9,12 @@ Every class is picklable, because Celery serialises exceptions across processes.
 from __future__ import annotations
 
 
+def unreachable(service: str, where: str, reason: str) -> str:
+    """The one wording of every service out of reach (the ledger, RabbitMQ, TaskRouter), so that
+    operators and their alerts recognise it whatever the command."""
+    return f"cannot reach {service} at {where}: {reason}"
+
+
 class ReservationsError(Exception):
     """Base class of every error this project raises on purpose."""
 
@@ -117,6 +123,10 @@ class LedgerError(ReservationsError):
 
 class LedgerUnavailable(LedgerError):
     """The ledger's database cannot be reached, or refused the connection."""
+
+
+class BrokerUnavailable(ReservationsError):
+    """RabbitMQ cannot be reached, refused our credentials or virtual host, or lacks our topology."""
 
 
 class ReservationBusy(LedgerError):
