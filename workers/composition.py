@@ -40,6 +40,7 @@ from workers.config import Settings
 from workers.core.action import Action
 from workers.ledger.writer import LOCK_TIMEOUT, PostgresLedgerWriter
 from workers.logs import logger_setup
+from workers.readiness import Readiness
 from workers.taskrouter.gateway import TaskRouterGateway
 
 # No ledger statement of a run waits longer (Celery enforces no time limit on the threads pool);
@@ -163,17 +164,30 @@ def _withholding_bodies(receiver: Callable[..., None]) -> Callable[..., None]:
 
 
 def _announce_ready(sender: Any = None, **_: Any) -> None:
-    """Serve /metrics (WORKER_METRICS_PORT), then touch WORKER_READY_FILE: the worker consumes."""
+    """Serve /metrics, /healthz and /readyz (WORKER_METRICS_PORT), then run the start-up checks
+    (workers.readiness) in a thread: WORKER_READY_FILE is touched only once they pass."""
     app = getattr(sender, "app", None)
     runtime: Runtime | None = getattr(app, "runtime", None)
     if runtime is None:
         return
     settings = runtime.settings
+
+    def consuming() -> bool:
+        connection = getattr(sender, "connection", None)
+        return bool(getattr(connection, "connected", False))
+
+    def on_ready() -> None:
+        if settings.worker_ready_file:
+            Path(settings.worker_ready_file).touch()
+
+    readiness = Readiness(settings, consuming, on_ready)
     metrics.serve(
-        settings.worker_metrics_port, getattr(sender, "pool", None), settings.prometheus_multiproc_dir
+        settings.worker_metrics_port,
+        getattr(sender, "pool", None),
+        settings.prometheus_multiproc_dir,
+        ready=readiness.probe,
     )
-    if settings.worker_ready_file:
-        Path(settings.worker_ready_file).touch()
+    readiness.start()
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:

@@ -66,6 +66,9 @@ class Settings:
     prometheus_multiproc_dir: str | None = None
     worker_ready_file: str | None = None
     log_format: str = "auto"
+    # Where Flower listens ("host:port", from FLOWER_ADDRESS and FLOWER_PORT, which Flower reads
+    # itself): `reservations doctor` checks the port. Loopback unless told (workers/flower.py).
+    flower_address: str = "127.0.0.1:5555"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -92,6 +95,7 @@ class Settings:
             prometheus_multiproc_dir=env.get("PROMETHEUS_MULTIPROC_DIR") or None,
             worker_ready_file=env.get("WORKER_READY_FILE") or None,
             log_format=_log_format(env),
+            flower_address=_flower_address(env),
         )
 
     def twilio_credentials(self) -> TwilioCredentials:
@@ -217,6 +221,12 @@ def _url(env: Mapping[str, str], name: str, default: T, schemes: tuple[str, ...]
         shown = f"{scheme}://..." if separator else "a value without a scheme"
         raise ConfigurationError(f"{name} must be a URL like {expected}, not {shown}")
     return value
+
+
+def _flower_address(env: Mapping[str, str]) -> str:
+    host = env.get("FLOWER_ADDRESS", "").strip() or "127.0.0.1"
+    port = _parsed(env, "FLOWER_PORT", int, "a port number")
+    return f"{host}:{5555 if port is None else port}"
 
 
 def _address(env: Mapping[str, str], name: str) -> str | None:

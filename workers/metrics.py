@@ -20,10 +20,16 @@ children), no allocation of our own.
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from collections.abc import Callable
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, multiprocess, start_http_server
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, make_wsgi_app, multiprocess
+from prometheus_client.exposition import ThreadingWSGIServer
+
+from workers.health import Check, wsgi_routes
 
 logger = logging.getLogger(__name__)
 
@@ -140,9 +146,13 @@ def registry(multiprocess_dir: str | None) -> CollectorRegistry:
 
 
 def serve(
-    address: str | None, pool: object = None, multiprocess_dir: str | None = None
+    address: str | None,
+    pool: object = None,
+    multiprocess_dir: str | None = None,
+    ready: Callable[[], list[Check]] | None = None,
 ) -> tuple[str, int] | None:
-    """Start the ``/metrics`` server at ``address`` (``WORKER_METRICS_PORT``), if any; its address."""
+    """Serve ``/metrics``, ``/healthz`` and ``/readyz`` (``ready``'s checks) at ``address``
+    (``WORKER_METRICS_PORT``), if any, in a daemon thread; the address served. Other paths: 404."""
     if not address:
         return None
     if _is_prefork(pool) and not multiprocess_dir:
@@ -154,9 +164,18 @@ def serve(
         )
         return None
     host, port = parse_address(address)
-    start_http_server(port, addr=host, registry=registry(multiprocess_dir))
-    logger.info("serving Prometheus metrics on http://%s:%d/metrics", host, port)
-    return host, port
+    routes = wsgi_routes(make_wsgi_app(registry(multiprocess_dir)), ready or (lambda: []))
+    server = make_server(host, port, routes, ThreadingWSGIServer, handler_class=_QuietHandler)
+    threading.Thread(target=server.serve_forever, name="metrics-server", daemon=True).start()
+    logger.info("serving /metrics, /healthz and /readyz on http://%s:%d", host, port)
+    return host, server.server_port
+
+
+class _QuietHandler(WSGIRequestHandler):
+    """No access log line per scrape or probe."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
 
 
 def _is_prefork(pool: object) -> bool:

@@ -27,6 +27,7 @@ SUBCOMMANDS: dict[str, str] = {
     "replay": "workers.cli.replay:replay",
     "audit-api": "workers.cli.audit_api:audit_api",
     "enqueue": "workers.cli.enqueue:enqueue",
+    "doctor": "workers.cli.doctor:doctor",
 }
 
 

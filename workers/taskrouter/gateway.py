@@ -32,6 +32,9 @@ from workers.errors import (
 from workers.taskrouter.http import Urllib3HttpClient, proxy_for
 
 DEFAULT_TIMEOUT_SECONDS = 10.0
+# What `doctor` reads to prove the credentials: a reservation that exists nowhere. TaskRouter checks
+# the credentials first (401) and only then finds nothing (404), so a 404 proves them.
+_NOWHERE = ("WS" + "0" * 32, "WR" + "0" * 32, "WT" + "0" * 32)
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +105,21 @@ class TaskRouterGateway:
             kwargs["if_match"] = if_match
         response = self._call("update", lambda: self._context(ref).update_with_http_info(**kwargs))
         return self._state(response)
+
+    def authenticate(self) -> None:
+        """One authenticated read (a reservation that exists nowhere); a :class:`TaskRouterError`
+        unless TaskRouter accepted the credentials. Not counted in the metrics: no action made it."""
+        workspace, reservation, task_sid = _NOWHERE
+        context = self._context(ReservationRef(workspace, reservation, task_sid))
+        try:
+            context.fetch_with_http_info()
+        except (TwilioRestException, TwilioServiceException) as exc:
+            error = self._translate(exc)
+            if error.status == 404:
+                return
+            raise error from exc
+        except urllib3.exceptions.HTTPError as exc:
+            raise TransientTaskRouterError(f"connection failed: {exc}") from exc
 
     def _context(self, ref: ReservationRef) -> Any:
         workspace = self._v1.workspaces(ref.workspace_sid)
