@@ -4,9 +4,9 @@ exit status 1 on any failure; and every command's errors in one line, whatever t
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -33,8 +33,8 @@ def declared(broker_url: str) -> str:
 
 
 @pytest.fixture
-def env(worker_env: dict[str, str], declared: str) -> Iterator[dict[str, str]]:
-    yield {**worker_env, "CELERY_BROKER_URL": declared, "FLOWER_PORT": str(free_port())}
+def env(worker_env: dict[str, str], declared: str) -> dict[str, str]:
+    return {**worker_env, "CELERY_BROKER_URL": declared, "FLOWER_PORT": str(free_port())}
 
 
 def doctor(env: dict[str, str]) -> tuple[int, dict[str, dict[str, str]], str]:
@@ -113,8 +113,6 @@ def test_doctor_stops_at_a_bad_setting_with_one_line(env: dict[str, str]) -> Non
 
 
 def test_a_port_taken_by_something_else_fails(env: dict[str, str]) -> None:
-    import socket
-
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -136,7 +134,7 @@ def test_a_port_taken_by_something_else_fails(env: dict[str, str]) -> None:
     ids=["worker", "flower", "history"],
 )
 def test_a_bad_setting_stops_every_process_with_one_line(command: list[str]) -> None:
-    result = subprocess.run(  # noqa: S603 - our own command lines
+    result = subprocess.run(
         command, env={"RETRY_MAX_RETRIES": "abc", "PATH": ""}, capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 2, result.stderr
@@ -151,7 +149,7 @@ def test_every_command_fails_at_once_with_one_wording_when_the_ledger_is_out_of_
     command: list[str],
 ) -> None:
     closed = free_port()
-    result = subprocess.run(  # noqa: S603 - our own command lines
+    result = subprocess.run(
         [RESERVATIONS, *command],
         env={
             "DATABASE_URL": f"postgresql://postgres@127.0.0.1:{closed}/reservations",

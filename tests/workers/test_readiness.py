@@ -47,7 +47,8 @@ def test_a_worker_with_a_wrong_database_url_never_reports_ready_and_says_why(
         deadline = time.monotonic() + WAIT
         # Said at once, then again at the next try: never silent.
         while len(log_lines(worker, "not ready: ledger")) < 2:
-            assert worker.process is not None and worker.process.poll() is None, worker.log()
+            assert worker.process is not None
+            assert worker.process.poll() is None, worker.log()
             assert time.monotonic() < deadline, f"no second 'not ready' line in {WAIT} s:\n{worker.log()}"
             time.sleep(0.1)
         first = json.loads(log_lines(worker, "not ready: ledger")[0])
