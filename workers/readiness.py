@@ -35,6 +35,7 @@ class Readiness:
         consuming: Callable[[], bool],
         on_ready: Callable[[], None],
         checks: list[tuple[str, Callable[[Settings], Check]]] | None = None,
+        first_pause: float = FIRST_PAUSE,
     ) -> None:
         self._settings = settings
         self._consuming = consuming
@@ -44,6 +45,7 @@ class Readiness:
             ("broker", doctor.broker),
             ("taskrouter", doctor.taskrouter),
         ]
+        self._first_pause = first_pause
         self._ready = threading.Event()
         self._stopping = threading.Event()
         self._last: list[Check] = [Check("startup", FAIL, "the start-up checks have not finished yet")]
@@ -53,14 +55,15 @@ class Readiness:
         return self._ready.is_set()
 
     def start(self) -> None:
-        threading.Thread(target=self._run, name="readiness", daemon=True).start()
+        threading.Thread(target=self.run, name="readiness", daemon=True).start()
 
     def stop(self) -> None:
         self._stopping.set()
 
-    def _run(self) -> None:
-        pause = FIRST_PAUSE
-        while not self._stopping.is_set():
+    def run(self) -> None:
+        """Check until every check passes (or :meth:`stop`); ``start`` runs it in a thread."""
+        pause = self._first_pause
+        while True:
             found = []
             for name, check in self._checks:
                 result = doctor.guarded(name, check, self._settings)
@@ -73,7 +76,8 @@ class Readiness:
                 logger.info("ready: %s", "; ".join(f"{c.name}: {c.detail}" for c in found))
                 self._on_ready()
                 return
-            self._stopping.wait(pause)
+            if self._stopping.wait(pause):
+                return
             pause = min(pause * 2, LONGEST_PAUSE)
 
     def probe(self) -> list[Check]:
