@@ -8,12 +8,15 @@ otherwise, with every check in the body, so an operator reading the probe sees w
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # the workers serve health without FastAPI; only the APIs import it
     from fastapi import FastAPI
+
+logger = logging.getLogger(__name__)
 
 OK, WARN, FAIL = "ok", "warn", "fail"
 
@@ -38,12 +41,13 @@ class Check:
         return asdict(self)
 
 
-def ready_answer(checks: Iterable[Check]) -> tuple[int, dict[str, Any]]:
-    """The HTTP status and JSON body of ``/readyz`` for ``checks``."""
+def ready_answer(checks: Iterable[Check], *, detailed: bool = True) -> tuple[int, dict[str, Any]]:
+    """The HTTP status and JSON body of ``/readyz`` for ``checks``; without ``detailed``, only
+    their names and verdicts (for a port that faces the public: hosts and ports stay in the log)."""
     found = list(checks)
     ready = not any(c.failed for c in found)
-    body = {"status": "ready" if ready else "not_ready", "checks": [c.as_dict() for c in found]}
-    return (200 if ready else 503), body
+    shown = [c.as_dict() if detailed else {"name": c.name, "status": c.status} for c in found]
+    return (200 if ready else 503), {"status": "ready" if ready else "not_ready", "checks": shown}
 
 
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
@@ -74,7 +78,8 @@ def wsgi_routes(metrics_app: WsgiApp, ready: Callable[[], list[Check]]) -> WsgiA
 
 
 def add_health_routes(app: FastAPI, ready: Callable[[], list[Check]]) -> None:
-    """``GET /healthz`` and ``GET /readyz`` on a FastAPI ``app`` (unauthenticated, like a probe)."""
+    """``GET /healthz`` and ``GET /readyz`` on a FastAPI ``app``, unauthenticated like any probe;
+    ``/readyz`` shows each check's name and verdict, and logs what a failing one found."""
     from fastapi.responses import JSONResponse
 
     @app.get("/healthz", tags=["health"], responses={200: {"description": "The process is alive."}})
@@ -84,8 +89,12 @@ def add_health_routes(app: FastAPI, ready: Callable[[], list[Check]]) -> None:
     @app.get(
         "/readyz",
         tags=["health"],
-        responses={503: {"description": "A check failed: the body names it."}},
+        responses={503: {"description": "A check failed: the body names it, the log says why."}},
     )
     def readyz() -> JSONResponse:
-        status, body = ready_answer(ready())
+        checks = ready()
+        for check in checks:
+            if check.failed:
+                logger.warning("not ready: %s: %s", check.name, check.detail)
+        status, body = ready_answer(checks, detailed=False)
         return JSONResponse(body, status_code=status)
