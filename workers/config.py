@@ -179,26 +179,24 @@ def _seconds(env: Mapping[str, str], name: str) -> float | None:
 def _retry_policy(env: Mapping[str, str]) -> RetryPolicy:
     """RETRY_* variables override the policy's defaults (tests shorten the waits with them)."""
     d = RetryPolicy()
-
-    def whole(name: str, default: int) -> int:
-        value = _parsed(env, name, int, "a whole number")
-        return default if value is None else value
-
-    def seconds(name: str, default: float) -> float:
-        value = _seconds(env, name)
-        return default if value is None else value
-
+    whole = "a whole number"
     try:
         return RetryPolicy(
-            immediate_conflict_tries=whole("RETRY_CONFLICT_TRIES", d.immediate_conflict_tries),
-            immediate_conflict_pause=seconds("RETRY_CONFLICT_PAUSE", d.immediate_conflict_pause),
-            max_delayed_retries=whole("RETRY_MAX_RETRIES", d.max_delayed_retries),
-            base_delay=seconds("RETRY_BASE_DELAY", d.base_delay),
-            max_delay=seconds("RETRY_MAX_DELAY", d.max_delay),
-            in_flight=seconds("RETRY_IN_FLIGHT", d.in_flight),
+            immediate_conflict_tries=_or(
+                _parsed(env, "RETRY_CONFLICT_TRIES", int, whole), d.immediate_conflict_tries
+            ),
+            immediate_conflict_pause=_or(_seconds(env, "RETRY_CONFLICT_PAUSE"), d.immediate_conflict_pause),
+            max_delayed_retries=_or(_parsed(env, "RETRY_MAX_RETRIES", int, whole), d.max_delayed_retries),
+            base_delay=_or(_seconds(env, "RETRY_BASE_DELAY"), d.base_delay),
+            max_delay=_or(_seconds(env, "RETRY_MAX_DELAY"), d.max_delay),
+            in_flight=_or(_seconds(env, "RETRY_IN_FLIGHT"), d.in_flight),
         )
     except ValueError as exc:
         raise ConfigurationError(f"RETRY_* settings do not make a retry policy: {exc}") from exc
+
+
+def _or(value: T | None, default: T) -> T:
+    return default if value is None else value
 
 
 BROKER_SCHEMES = ("amqp", "amqps", "pyamqp")

@@ -56,11 +56,11 @@ WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 def wsgi_routes(metrics_app: WsgiApp, ready: Callable[[], list[Check]]) -> WsgiApp:
     """``/metrics`` (``metrics_app``), ``/healthz``, ``/readyz``; every other path is 404."""
 
-    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterator[bytes]:
-        path = environ.get("PATH_INFO", "")
+    def app(request: dict[str, Any], start_response: Callable[..., Any]) -> Iterator[bytes]:
+        path = request.get("PATH_INFO", "")
         body: dict[str, Any]
         if path == "/metrics":
-            yield from metrics_app(environ, start_response)
+            yield from metrics_app(request, start_response)
             return
         if path == "/healthz":
             status, body = 200, {"status": "ok"}
