@@ -99,6 +99,10 @@ class ResourceConflict(ReservationsError):
     """The emulator's admin API was asked to create something that already exists differently."""
 
 
+class UnsupportedMediaType(ReservationsError):
+    """The emulator's admin API was sent a POST or DELETE that is not ``application/json``."""
+
+
 class IfMatchMismatch(ReservationsError):
     """The emulator's store: an update's ``If-Match`` did not name the current version (HTTP 412).
 

@@ -283,6 +283,8 @@ class EmulatorAdmin(Closing):
         json_body: dict[str, Any] | None = None
         if body is not None:
             json_body = {key: value for key, value in body.items() if value is not None}
+        elif method != "GET":
+            json_body = {}  # the admin API refuses a POST or DELETE that is not application/json
         response = self._session.request(
             method,
             f"{self.base_url}/_emulator{path}",

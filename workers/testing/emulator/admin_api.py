@@ -1,7 +1,10 @@
 """The admin API under ``/_emulator/``: seed, change behind the clients' backs, inspect, break.
 
 JSON in and out, and no authentication: it is meant for loopback use by tests, the demo and the
-benchmarks. Never expose an emulator's port beyond the machine it runs on.
+benchmarks. Never expose an emulator's port beyond the machine it runs on. Every POST and DELETE
+must say ``Content-Type: application/json`` (415 otherwise, even without a body): a web page in a
+developer's browser can send text/plain or a form across origins without asking, but not JSON, so
+it cannot seed, change, break or reset the emulator. ops/EMULATOR.md documents every endpoint.
 
 - ``GET  /_emulator/health``
 - ``POST /_emulator/workspaces`` ``{"sid"?, "friendly_name"?}``
@@ -37,6 +40,7 @@ from workers.errors import (
     ResourceConflict,
     TransitionRefused,
     UnknownResource,
+    UnsupportedMediaType,
 )
 from workers.testing.emulator.model import Reservation, Task, Transition, Worker, Workspace
 from workers.testing.emulator.state import EmulatorState
@@ -257,6 +261,12 @@ def _json(handler: Callable[[web.Request], Awaitable[tuple[int, object]]]) -> Ha
     async def wrapped(request: web.Request) -> web.StreamResponse:
         request_id = new_request_id()
         try:
+            if request.method not in ("GET", "HEAD") and request.content_type != "application/json":
+                raise UnsupportedMediaType(
+                    f"{request.method} {request.path} needs Content-Type: application/json,"
+                    f" not {request.content_type or 'none'} (a browser cannot send that across origins"
+                    " unasked)"
+                )
             status, payload = await handler(request)
             body = encode(payload)
         except InvalidParameter as invalid:
@@ -267,6 +277,8 @@ def _json(handler: Callable[[web.Request], Awaitable[tuple[int, object]]]) -> Ha
             status, body = 404, _error(404, 20404, missing)
         except ResourceConflict as conflict:
             status, body = 409, _error(409, 20409, conflict)
+        except UnsupportedMediaType as unsupported:
+            status, body = 415, _error(415, 20415, unsupported)
         return web.Response(
             status=status,
             body=body,
