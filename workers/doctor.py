@@ -23,8 +23,9 @@ from workers.ledger.models import Role
 from workers.metrics import parse_address
 from workers.taskrouter.gateway import TaskRouterGateway
 
-# The longest any one check waits for a service.
+# The longest any one check waits for a service; for a local port's answer.
 TIMEOUT = 5.0
+PORT_TIMEOUT = 2.0
 
 
 def guarded(name: str, check: Callable[[Settings], Check], settings: Settings) -> Check:
@@ -113,7 +114,7 @@ def port(name: str, address: str, probe_path: str) -> Check:
             return Check(name, OK, f"{host}:{number} is free")
     url = f"http://{'127.0.0.1' if host in ('', '0.0.0.0') else host}:{number}{probe_path}"  # noqa: S104
     try:
-        with urllib.request.urlopen(url, timeout=TIMEOUT):
+        with urllib.request.urlopen(url, timeout=PORT_TIMEOUT):
             return Check(name, OK, f"{host}:{number} is served already ({probe_path} answers)")
     except OSError:
         return Check(name, FAIL, f"{host}:{number} is taken by something that does not answer {probe_path}")

@@ -1,5 +1,6 @@
 """A worker reports ready (its ready file, ``/readyz``) only once its start-up checks pass, and
-says why it is not, at once and at every retry: real worker processes, real services."""
+says why it is not, at once and at every retry: a real worker process, real services. (A healthy
+worker's /healthz and /readyz: tests/workers/test_metrics.py.)"""
 
 from __future__ import annotations
 
@@ -68,22 +69,3 @@ def test_a_worker_with_a_wrong_database_url_never_reports_ready_and_says_why(
         assert not worker.ready_file.exists()
     finally:
         worker.__exit__(None, None, None)
-
-
-def test_a_healthy_worker_reports_ready_and_serves_health_beside_its_metrics(
-    worker_env: dict[str, str],
-) -> None:
-    port = free_port()
-    with WorkerProcess({**worker_env, "WORKER_METRICS_PORT": f"127.0.0.1:{port}"}, concurrency=2) as worker:
-        assert worker.ready_file.exists()
-        status, body = get(port, "/readyz")
-        assert status == 200, body
-        assert {c["name"]: c["status"] for c in body["checks"]} == {
-            "ledger": "ok",
-            "broker": "ok",
-            "consuming": "ok",
-        }
-        assert get(port, "/healthz") == (200, {"status": "ok"})
-        status, body = get(port, "/healthz/metrics")
-        assert status == 404  # only /metrics serves metrics
-        assert "ready: ledger:" in worker.log()
