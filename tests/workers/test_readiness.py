@@ -6,26 +6,16 @@ from __future__ import annotations
 
 import json
 import time
-import urllib.error
-import urllib.request
-from typing import Any
 
 import pytest
 
+from tests.workers.test_metrics import answer
 from workers.testing.emulator.process import free_port
 from workers.testing.processes import WorkerProcess
 
 pytestmark = pytest.mark.acceptance
 
 WAIT = 60.0  # generous: the cluster is shared and busy; the figures are in the report, not here
-
-
-def get(port: int, path: str) -> tuple[int, Any]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
 
 
 def log_lines(worker: WorkerProcess, needle: str) -> list[str]:
@@ -59,13 +49,13 @@ def test_a_worker_with_a_wrong_database_url_never_reports_ready_and_says_why(
             " Connection refused" in first["message"]
         )
         assert not worker.ready_file.exists()
-        status, body = get(port, "/readyz")
+        status, body = answer(port, "/readyz")
         assert status == 503
         assert body["status"] == "not_ready"
         checks = {c["name"]: c for c in body["checks"]}
         assert checks["ledger"]["status"] == "fail"
         assert checks["broker"]["status"] == checks["taskrouter"]["status"] == "ok"
-        assert get(port, "/healthz") == (200, {"status": "ok"})  # alive, though not ready
+        assert answer(port, "/healthz") == (200, {"status": "ok"})  # alive, though not ready
         assert not worker.ready_file.exists()
     finally:
         worker.__exit__(None, None, None)
