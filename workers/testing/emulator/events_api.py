@@ -84,7 +84,8 @@ class EventsApi:
         if workspace is None:
             return _not_found(request, request_id)
         try:
-            form = {key: values[-1] for key, values in parse_qs((await request.read()).decode()).items()}
+            body = (await request.read()).decode()
+            form = {key: values[-1] for key, values in parse_qs(body, keep_blank_values=True).items()}
             changes = workspace_changes(form)
         except (InvalidParameter, UnicodeDecodeError) as invalid:
             message = invalid.message if isinstance(invalid, InvalidParameter) else "The body is not UTF-8"

@@ -106,12 +106,13 @@ class Delivery:
     faults: tuple[str, ...]
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class _Item:
     event: Event
     channel: str
     url: str
     plan: DeliveryPlan = field(default_factory=DeliveryPlan)
+    generation: int = 0  # a reset forgets the deliveries of earlier generations
     decided: bool = False  # its faults are drawn once, when it first leaves the queue
     waiting_for: int = 0  # a reordered delivery: how many later ones it still lets pass
 
@@ -179,12 +180,13 @@ class Sender:
         self._session: aiohttp.ClientSession | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._early: list[Callable[[], object]] = []
+        self._generation = 0
 
     # -- from any thread ------------------------------------------------------------------------
 
     def submit(self, event: Event, channel: str, url: str) -> None:
         """Queue one delivery; a full queue logs it ``overflow`` instead of waiting."""
-        item = _Item(event, channel, url)
+        item = _Item(event, channel, url, generation=self._generation)
         with self._lock:
             if len(self._queue) >= self._queue_size:
                 full = True
@@ -230,7 +232,9 @@ class Sender:
     def clear(self) -> None:
         """Forget what is queued or held (a reset); deliveries in flight finish."""
         with self._lock:
+            self._generation += 1
             self._queue.clear()
+            self._busy -= len(self._held)
             self._held.clear()
 
     def start(self) -> None:
@@ -325,6 +329,10 @@ class Sender:
 
     def _requeue(self, item: _Item) -> None:
         with self._lock:
+            if item.generation != self._generation:
+                if not item.plan.hold:
+                    self._busy -= 1  # a delayed delivery from before a reset: forgotten
+                return
             if item.plan.hold:
                 if item not in self._held:
                     return  # released already by later deliveries
