@@ -174,7 +174,8 @@ class Sender:
         self._lock = threading.Lock()
         self._queue: deque[_Item] = deque()
         self._held: list[_Item] = []
-        self._busy = 0  # deliveries in flight or delayed, on the loop
+        self._in_flight = 0  # deliveries being sent (at most ``concurrency``)
+        self._delayed = 0  # deliveries a delay fault set aside (held ones are in ``_held``)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._session: aiohttp.ClientSession | None = None
@@ -215,7 +216,7 @@ class Sender:
     def idle(self) -> bool:
         """Nothing queued, held back, delayed or in flight."""
         with self._lock:
-            return not self._queue and not self._held and self._busy == 0
+            return not self._queue and not self._held and self._in_flight == 0 and self._delayed == 0
 
     def wait_idle(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
@@ -227,14 +228,18 @@ class Sender:
 
     def stats(self) -> dict[str, int]:
         with self._lock:
-            return {"queued": len(self._queue), "held": len(self._held), "in_flight": self._busy}
+            return {
+                "queued": len(self._queue),
+                "held": len(self._held),
+                "delayed": self._delayed,
+                "in_flight": self._in_flight,
+            }
 
     def clear(self) -> None:
         """Forget what is queued or held (a reset); deliveries in flight finish."""
         with self._lock:
             self._generation += 1
             self._queue.clear()
-            self._busy -= len(self._held)
             self._held.clear()
 
     def start(self) -> None:
@@ -285,10 +290,10 @@ class Sender:
         """Start deliveries while there is room (``concurrency`` in flight)."""
         while True:
             with self._lock:
-                if self._busy >= self._concurrency or not self._queue:
+                if self._in_flight >= self._concurrency or not self._queue:
                     return
                 item = self._queue.popleft()
-                self._busy += 1
+                self._in_flight += 1
             self._start(self._deliver(item))
 
     def _start(self, coroutine: Coroutine[Any, Any, None]) -> None:
@@ -313,51 +318,42 @@ class Sender:
             logger.exception("emulator: delivering %s failed", item.event.sid)
         finally:
             with self._lock:
-                self._busy -= 1
+                self._in_flight -= 1
             self._pump()
 
     def _set_aside(self, item: _Item) -> None:
         """Delay or hold a delivery without holding up those behind it."""
         loop = asyncio.get_running_loop()
         with self._lock:
-            self._busy += 1  # counted until it is queued again
             if item.plan.hold:
                 item.waiting_for = item.plan.hold
                 self._held.append(item)
-        delay = item.plan.delay if not item.plan.hold else item.plan.hold_max
-        loop.call_later(delay, self._requeue, item)
+            else:
+                self._delayed += 1
+        loop.call_later(item.plan.hold_max if item.plan.hold else item.plan.delay, self._requeue, item)
 
     def _requeue(self, item: _Item) -> None:
+        """A delay is over, or a held delivery waited as long as it may."""
         with self._lock:
+            if not item.plan.hold:
+                self._delayed -= 1
+            elif any(held is item for held in self._held):
+                self._held = [held for held in self._held if held is not item]
+            else:
+                return  # released already by later deliveries, or forgotten by a reset
             if item.generation != self._generation:
-                if not item.plan.hold:
-                    self._busy -= 1  # a delayed delivery from before a reset: forgotten
-                return
-            if item.plan.hold:
-                if item not in self._held:
-                    return  # released already by later deliveries
-                self._held.remove(item)
-            item.waiting_for = 0
+                return  # from before a reset: forgotten
             self._queue.appendleft(item)
-            self._busy -= 1
         self._pump()
 
     def _release_held(self) -> None:
-        """A delivery finished: held ones waiting for it count down, and go when they reach 0."""
-        released: list[_Item] = []
+        """A delivery was sent: held ones waiting for it count down, and go when they reach 0."""
         with self._lock:
-            for item in list(self._held):
+            for item in self._held:
                 item.waiting_for -= 1
-                if item.waiting_for <= 0:
-                    self._held.remove(item)
-                    released.append(item)
-        for item in released:
-            self._requeue_released(item)
-
-    def _requeue_released(self, item: _Item) -> None:
-        with self._lock:
-            self._queue.appendleft(item)
-            self._busy -= 1
+            released = [item for item in self._held if item.waiting_for <= 0]
+            self._held = [item for item in self._held if item.waiting_for > 0]
+            self._queue.extendleft(reversed(released))
 
     async def _send(self, item: _Item) -> None:
         """Sign and POST every copy the plan asks for, each with Twilio's retry rules."""
