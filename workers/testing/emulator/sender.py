@@ -154,8 +154,8 @@ class Sender:
 
     def submit(self, event: Event, channel: str, url: str) -> None:
         """Queue one delivery; a full queue logs it ``overflow`` instead of waiting."""
-        item = _Item(event, channel, url, generation=self._generation)
         with self._lock:
+            item = _Item(event, channel, url, generation=self._generation)
             if len(self._queue) >= self._queue_size:
                 full = True
             else:
