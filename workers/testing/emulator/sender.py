@@ -369,7 +369,7 @@ class Sender:
                     failure = None if response.status < 400 else ("4xx" if response.status < 500 else "5xx")
             except (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError) as error:
                 outcome, failure = "connect_error", "ct"
-                logger.debug("emulator: callback to %s: %s", url, error)
+                logger.debug("emulator: callback to %s: %r", url, error)
             except (TimeoutError, aiohttp.ClientError) as error:
                 connect = isinstance(error, aiohttp.ConnectionTimeoutError)
                 outcome, failure = ("connect_error", "ct") if connect else ("timeout", "rt")
