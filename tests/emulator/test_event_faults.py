@@ -218,7 +218,9 @@ def test_connection_overrides(url: str, expected: ConnectionOverrides) -> None:
     assert ConnectionOverrides.of(url) == expected
 
 
-@pytest.mark.parametrize("fragment", ["rc=6", "rc=x", "rp=sometimes", "ct=0"])
+@pytest.mark.parametrize(
+    "fragment", ["rc=6", "rc=x", "rp=sometimes", "ct=0", "ct=10001", "rt=15001", "tt=99"]
+)
 def test_wrong_connection_overrides_are_refused(fragment: str) -> None:
     with pytest.raises(InvalidParameter):
         ConnectionOverrides.of(f"https://example.com/e#{fragment}")
