@@ -10,10 +10,24 @@ from workers.audit.queries import Filters, iterate
 from workers.ledger.models import EventKind, LedgerRow
 from workers.ledger.reader import LedgerReader
 
+# Where the ledger learnt of a transition: our update's answer, a TaskRouter event callback, or a
+# fetch that found the status moved.
+SOURCES = ("action", "event", "fetch")
+
+
+def source_of(row: LedgerRow) -> str:
+    """Where the ledger learnt of the transition ``row``: the one place that decides it.
+
+    Until the ledger records it (a ``source`` column), a transition that carries our action_id is
+    our update's answer, and any other was noticed on a fetch.
+    """
+    return "action" if row.action_id is not None else "fetch"
+
 
 @dataclass(frozen=True, slots=True)
 class Step:
-    """One status the reservation entered. ``action_id`` is None for a change we only observed."""
+    """One status the reservation entered. ``action_id`` is None for a change we only observed;
+    ``source`` says where the ledger learnt of it (:data:`SOURCES`)."""
 
     position: int
     recorded_at: datetime
@@ -23,6 +37,7 @@ class Step:
     action_id: uuid.UUID | None
     action: str | None
     outcome: str | None
+    source: str
 
 
 def steps(events: list[LedgerRow]) -> list[Step]:
@@ -43,6 +58,7 @@ def steps(events: list[LedgerRow]) -> list[Step]:
             action_id=e.action_id,
             action=e.action,
             outcome=outcomes.get(e.action_id) if e.action_id is not None else None,
+            source=source_of(e),
         )
         for e in events
         if e.kind == EventKind.TRANSITION and e.to_status is not None
@@ -52,3 +68,43 @@ def steps(events: list[LedgerRow]) -> list[Step]:
 def timeline(ledger: LedgerReader, reservation_sid: str) -> list[Step]:
     """Every status ``reservation_sid`` went through, oldest first, from the ledger alone."""
     return steps(list(iterate(ledger, Filters(reservation_sid=reservation_sid))))
+
+
+@dataclass(frozen=True, slots=True)
+class ActionSummary:
+    """One action that targeted a reservation, from its rows: ``attempts`` update calls,
+    ``conflicts`` 412s, ``runs`` the highest run number (2 and more: retried later), the outcome
+    and its reason."""
+
+    action_id: uuid.UUID
+    action: str | None
+    received_at: datetime
+    attempts: int
+    conflicts: int
+    runs: int
+    outcome: str | None
+    detail: str | None
+
+
+def action_summaries(events: list[LedgerRow]) -> list[ActionSummary]:
+    """The actions among one reservation's rows (in ledger order), in the order they arrived. Pure."""
+    grouped: dict[uuid.UUID, list[LedgerRow]] = {}
+    for event in events:
+        if event.action_id is not None:
+            grouped.setdefault(event.action_id, []).append(event)
+    summaries = []
+    for action_id, rows in grouped.items():
+        settled = next((r for r in rows if r.kind == EventKind.OUTCOME), None)
+        summaries.append(
+            ActionSummary(
+                action_id=action_id,
+                action=next((r.action for r in rows if r.action), None),
+                received_at=rows[0].recorded_at,
+                attempts=sum(r.kind == EventKind.ATTEMPT for r in rows),
+                conflicts=sum(r.kind == EventKind.CONFLICT for r in rows),
+                runs=max((r.attempt or 0 for r in rows), default=0),
+                outcome=settled.outcome if settled else None,
+                detail=settled.detail if settled else None,
+            )
+        )
+    return summaries
