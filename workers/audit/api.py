@@ -242,7 +242,7 @@ def create_app(config: AuditApiConfig, *, ledger: LedgerReader | None = None) ->
     known = auth.auditors(token=config.token, named=config.auditors)
     if not known and not config.insecure_local:
         raise ConfigurationError(
-            "neither AUDIT_API_TOKEN nor AUDIT_API_TOKENS is set: refusing to serve the ledger without"
+            "AUDIT_API_TOKEN is not set (nor AUDIT_API_TOKENS): refusing to serve the ledger without"
             " authentication (use --insecure-local only on a developer machine)"
         )
 

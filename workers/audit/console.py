@@ -156,7 +156,7 @@ def install(app: FastAPI, reader_of: Callable[[Request], LedgerReader], secure_c
     ) -> Response:
         origin = request.headers.get("origin")
         if origin is not None and origin != f"{request.url.scheme}://{request.url.netloc}":
-            return render("login.html", 403, message="sign in from this console's own page", next="/ui/")  # fmt: skip
+            return render("login.html", 403, message="sign in from this console's own page", next="/ui/")
         auditor = auth.identify(token.strip(), request.app.state.auditors) if token.strip() else None
         if auditor is None:
             return render("login.html", 401, message="that token is not valid", next=safe_next(next))
