@@ -218,7 +218,7 @@ def authenticated(
     """The bearer token must be an auditor's (constant-time comparisons), or the console's cookie."""
     auditor = console.auditor_of(request)
     if auditor is not None:
-        request.state.auditor = auditor.name
+        guard.note_auditor(request, auditor.name)
     else:
         raise HTTPException(
             401,

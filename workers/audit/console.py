@@ -28,10 +28,11 @@ from urllib.parse import urlencode
 import fastapi_offline
 import jinja2
 from fastapi import APIRouter, FastAPI, Form, Request
+from fastapi.encoders import jsonable_encoder
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
-from workers.audit import auth, queries
+from workers.audit import auth, guard, queries
 from workers.audit.charts import outcome_chart, timeline_picture
 from workers.audit.integrity import chain_state
 from workers.audit.params import parse_time
@@ -126,7 +127,7 @@ def signed_in(request: Request) -> auth.Auditor:
     auditor = auditor_of(request)
     if auditor is None:
         raise LoginRequired
-    request.state.auditor = auditor.name
+    guard.note_auditor(request, auditor.name)
     return auditor
 
 
@@ -160,7 +161,7 @@ def install(app: FastAPI, reader_of: Callable[[Request], LedgerReader], secure_c
         auditor = auth.identify(token.strip(), request.app.state.auditors) if token.strip() else None
         if auditor is None:
             return render("login.html", 401, message="that token is not valid", next=safe_next(next))
-        request.state.auditor = auditor.name
+        guard.note_auditor(request, auditor.name)
         response = RedirectResponse(safe_next(next), status_code=303)
         response.set_cookie(
             auth.SESSION_COOKIE,
@@ -188,7 +189,7 @@ def install(app: FastAPI, reader_of: Callable[[Request], LedgerReader], secure_c
                 shown = build(reader_of(request), request, **kwargs)
                 wanted = request.query_params.get("export")
                 if wanted == "json":
-                    return JSONResponse(plain(shown.document), headers=_attachment(path, "json"))
+                    return JSONResponse(jsonable_encoder(shown.document), headers=_attachment(path, "json"))
                 if wanted == "csv":
                     return Response(_csv(shown.columns, shown.rows), media_type="text/csv; charset=utf-8",
                                     headers=_attachment(path, "csv"))  # fmt: skip

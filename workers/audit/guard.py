@@ -35,6 +35,14 @@ URL_REFUSED = (
 )
 
 
+def note_auditor(request: Request, name: str) -> None:
+    """Tell the access log whose token this request carries (the endpoint sees a copy of the
+    request's state, so the name goes into the holder the middleware put there)."""
+    holder = getattr(request.state, "audit_log", None)
+    if isinstance(holder, dict):
+        holder["auditor"] = name
+
+
 def install(app: FastAPI) -> None:
     """Wrap every request of ``app`` in the refusal, the headers and the access log."""
 
@@ -42,20 +50,24 @@ def install(app: FastAPI) -> None:
     async def guard(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         began = time.perf_counter()
         known: tuple[auth.Auditor, ...] = request.app.state.auditors
-        if auth.credentials_in_url(request.url.path, request.query_params.multi_items(), known):
+        noted: dict[str, str] = {}
+        request.state.audit_log = noted
+        # The path only: a query string may hold what an auditor searched for.
+        path = request.url.path
+        if auth.credentials_in_url(path, request.query_params.multi_items(), known):
+            path = "(a URL with credentials, not logged)"
             response: Response = JSONResponse({"error": "credentials_in_url", "message": URL_REFUSED}, 400)
         else:
             response = await call_next(request)
         response.headers.update(HEADERS)
         if request.url.path.startswith(("/ui/", "/v1/")):
             response.headers["Cache-Control"] = "no-store"
-        # The path only: a query string may hold what an auditor searched for.
         logger.info(
             "%s %s %d %.1f ms",
             request.method,
-            request.url.path,
+            path,
             response.status_code,
             (time.perf_counter() - began) * 1000,
-            extra={"auditor": getattr(request.state, "auditor", None)},
+            extra={"auditor": noted.get("auditor")},
         )
         return response
