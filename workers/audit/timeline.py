@@ -72,8 +72,9 @@ def timeline(ledger: LedgerReader, reservation_sid: str) -> list[Step]:
 
 @dataclass(frozen=True, slots=True)
 class ActionSummary:
-    """One action that targeted a reservation, from its rows: ``attempts`` update calls,
-    ``conflicts`` 412s, ``runs`` the highest run number (2 and more: retried later), the outcome
+    """One action that targeted a reservation, from its rows: ``attempts`` updates sent (its
+    write-ahead intents; rows from before intents: its attempt, conflict and answered transition
+    rows), ``conflicts`` 412s, ``runs`` the highest run number (2 and more: retried later), the outcome
     and its reason."""
 
     action_id: uuid.UUID
@@ -100,7 +101,7 @@ def action_summaries(events: list[LedgerRow]) -> list[ActionSummary]:
                 action_id=action_id,
                 action=next((r.action for r in rows if r.action), None),
                 received_at=rows[0].recorded_at,
-                attempts=sum(r.kind == EventKind.ATTEMPT for r in rows),
+                attempts=_updates_sent(rows),
                 conflicts=sum(r.kind == EventKind.CONFLICT for r in rows),
                 runs=max((r.attempt or 0 for r in rows), default=0),
                 outcome=settled.outcome if settled else None,
@@ -108,3 +109,11 @@ def action_summaries(events: list[LedgerRow]) -> list[ActionSummary]:
             )
         )
     return summaries
+
+
+def _updates_sent(rows: list[LedgerRow]) -> int:
+    intents = sum(r.kind == EventKind.INTENT for r in rows)
+    if intents:
+        return intents
+    answered = (EventKind.ATTEMPT, EventKind.CONFLICT, EventKind.TRANSITION)
+    return sum(r.kind in answered and r.http_status is not None for r in rows)
