@@ -121,6 +121,11 @@ class OutcomeChart:
     peak: int
 
 
+def coarser(counts: Iterable[OutcomeCount], factor: int) -> list[OutcomeCount]:
+    """The same counts in buckets ``factor`` times as long (outcome_chart adds up duplicates)."""
+    return [OutcomeCount(c.outcome, c.bucket // factor, c.n) for c in counts]
+
+
 def outcome_chart(
     title: str, counts: Iterable[OutcomeCount], buckets: int, bucket_seconds: int, bar_width: int = 22
 ) -> OutcomeChart:

@@ -33,7 +33,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from fastapi.staticfiles import StaticFiles
 
 from workers.audit import auth, guard, queries
-from workers.audit.charts import outcome_chart, timeline_picture
+from workers.audit.charts import coarser, outcome_chart, timeline_picture
 from workers.audit.integrity import chain_state
 from workers.audit.params import parse_time
 from workers.audit.rows import EVENT_FIELDS, action_row, event_row, plain
@@ -204,8 +204,10 @@ def install(app: FastAPI, reader_of: Callable[[Request], LedgerReader], secure_c
     @page("/")
     def overview(reader: LedgerReader, request: Request) -> Shown:
         watch: VerifyWatch | None = getattr(request.app.state, "verify_watch", None)
-        hour = outcome_chart("last hour (5-minute bars)", reader.outcome_counts(3600, 300), 12, 300)
-        day = outcome_chart("last day (1-hour bars)", reader.outcome_counts(86400, 3600), 24, 3600)
+        # One scan of the registry for both charts: the last day in 5-minute buckets.
+        counts = reader.outcome_counts(86400, 300)
+        hour = outcome_chart("last hour (5-minute bars)", counts, 12, 300)
+        day = outcome_chart("last day (1-hour bars)", coarser(counts, 12), 24, 3600)
         attention = reader.attention(ATTENTION, 20)
         checkpoint = reader.last_checkpoint()
         rows = [action_row(a) for a in attention]
