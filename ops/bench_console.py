@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import statistics
 import subprocess
 import sys
@@ -38,14 +39,16 @@ from workers.ledger.verify import seal_checkpoint
 from workers.ledger.writer import PostgresLedgerWriter
 
 TARGET_MS = 200.0
-TOKEN = "bench-console-token-0123456789"
+# A fresh token each run: the benchmark's own API is reachable by anyone on this machine meanwhile.
+TOKEN = secrets.token_urlsafe(24)
 ROWS_PER_ACTION = 4
 
 # Four rows per action g // 4; an outcome row carries the action's outcome.
 LOAD_EVENTS = """
 INSERT INTO ledger.events (
     kind, action_id, action, reservation_sid, workspace_sid, task_sid, worker_sid, from_status, to_status,
-    etag_before, etag_after, attempt, http_status, duration_ms, outcome, correlation_id, worker_host, worker_pid
+    etag_before, etag_after, attempt, http_status, duration_ms, outcome, correlation_id, worker_host,
+    worker_pid
 )
 SELECT (ARRAY['received', 'intent', 'transition', 'outcome'])[1 + g %% 4],
        md5((g / 4)::text)::uuid, 'accept',
@@ -105,7 +108,8 @@ def write_story(url: str) -> tuple[str, uuid.UUID, uuid.UUID]:
         workspace, sid, task = new_sid("WS"), new_sid("WR"), new_sid("WT")
         etag = 1
         applied = uuid.uuid4()
-        for kind, before, after in ((ActionKind.ACCEPT, "pending", "accepted"), (ActionKind.COMPLETE, "accepted", "completed")):  # fmt: skip
+        walk = ((ActionKind.ACCEPT, "pending", "accepted"), (ActionKind.COMPLETE, "accepted", "completed"))
+        for kind, before, after in walk:
             action = Action(
                 applied if kind == ActionKind.ACCEPT else uuid.uuid4(), kind, workspace, sid, task_sid=task
             )
@@ -113,11 +117,19 @@ def write_story(url: str) -> tuple[str, uuid.UUID, uuid.UUID]:
             ledger.append(Attempt(action.action_id, attempt=1, etag_before=str(etag), http_status=200))
             ledger.append(
                 Transition(
-                    sid, from_status=before, to_status=after, etag_before=str(etag), etag_after=str(etag + 1),
-                    action_id=action.action_id, outcome=Outcome.APPLIED, workspace_sid=workspace, task_sid=task,
-                    attempt=1, http_status=200,
+                    sid,
+                    from_status=before,
+                    to_status=after,
+                    etag_before=str(etag),
+                    etag_after=str(etag + 1),
+                    action_id=action.action_id,
+                    outcome=Outcome.APPLIED,
+                    workspace_sid=workspace,
+                    task_sid=task,
+                    attempt=1,
+                    http_status=200,
                 )
-            )  # fmt: skip
+            )
             etag += 1
         broken = Action(uuid.uuid4(), ActionKind.ACCEPT, workspace, new_sid("WR"), task_sid=task)
         ledger.receive(broken)
@@ -165,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--database-url",
         default=os.environ.get("DATABASE_URL", DEFAULT_DATABASE_URL),
-        help="a superuser connection; the benchmark creates and drops its own database next to it (env DATABASE_URL)",
+        help="a superuser connection; the benchmark creates and drops its own database next to it"
+        " (env DATABASE_URL)",
     )
     parser.add_argument("--rows", type=int, default=1_000_000, help="ledger rows (default 1,000,000)")
     parser.add_argument("--requests", type=int, default=30, help="requests per page (default 30)")
@@ -198,12 +211,13 @@ def main(argv: list[str] | None = None) -> int:
             f" {checkpoint.chains} chains"
         )
         process = serve(url, args.port)
+        hour_ago = time.strftime("%Y-%m-%d %H:%M", time.gmtime(time.time() - 3600))
         pages = {
             "overview": "/ui/",
             "search by reservation": f"/ui/search?reservation_sid={sid}",
             "search by outcome": "/ui/search?outcome=failed",
             "search by correlation id": "/ui/search?correlation_id=corr-12345",
-            "search by time (last hour)": "/ui/search?since=" + time.strftime("%Y-%m-%d %H:%M", time.gmtime(time.time() - 3600)),
+            "search by time (last hour)": f"/ui/search?since={hour_ago}",
             "search, page 2": "/ui/search?outcome=indeterminate&after=0:0",
             "reservation story": f"/ui/reservations/{sid}",
             "story of a loaded reservation": f"/ui/reservations/WR{format(4242, '032x')}",
