@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     migrate(url)
     process = None
     try:
-        print(f"database: {database_name(url)} (fresh, dropped afterwards)")
+        print(f"database: {database_name(url)} (fresh, {'kept' if args.keep else 'dropped afterwards'})")
         # The story first and sealed (sealing every loaded chain would take longer than the rest).
         sid, applied, failed = write_story(url)
         with connect(url, Role.WRITER) as conn:
