@@ -15,6 +15,7 @@ Run from the repository root: ``.venv/bin/python ops/bench_console.py``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import secrets
 import statistics
@@ -22,6 +23,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -31,7 +33,15 @@ from workers.config import DEFAULT_DATABASE_URL
 from workers.core.action import Action, ActionKind
 from workers.core.planner import Outcome
 from workers.core.sids import new_sid
-from workers.ledger.connector import Connector, connect, database_name, drop_database, with_database
+from workers.errors import LedgerUnavailable
+from workers.ledger.connector import (
+    Connection,
+    Connector,
+    connect,
+    database_name,
+    drop_database,
+    with_database,
+)
 from workers.ledger.events import Attempt, Settle, Transition
 from workers.ledger.migrations import migrate
 from workers.ledger.models import Role
@@ -80,24 +90,39 @@ SELECT md5(a::text)::uuid, 'accept', 'WS' || repeat('0', 32), 'WR' || lpad(to_he
 
 
 def load(url: str, rows: int, jobs: int, chunk: int = 12_000) -> float:
-    """Append ``rows`` ledger rows and register their actions, ``chunk`` rows per transaction."""
+    """Append ``rows`` ledger rows and register their actions, ``chunk`` rows per transaction,
+    ``jobs`` connections each loading its share (one connection each: the cluster is shared)."""
 
-    def events(first: int) -> None:
-        with connect(url, Role.OWNER) as conn:
-            conn.execute(LOAD_EVENTS, {"first": first, "last": min(first + chunk - 1, rows - 1)})
-
-    def actions(first: int) -> None:
-        with connect(url, Role.OWNER) as conn:
-            conn.execute(LOAD_ACTIONS, {"first": first, "last": min(first + chunk - 1, rows // 4 - 1)})
+    def share(statement: str, total: int, job: int) -> None:
+        starts = range(job * chunk, total, jobs * chunk)
+        with patient_connection(url) as conn:
+            for first in starts:
+                conn.execute(statement, {"first": first, "last": min(first + chunk - 1, total - 1)})
 
     began = time.perf_counter()
     with ThreadPoolExecutor(jobs) as pool:
-        list(pool.map(events, range(0, rows, chunk)))
-        list(pool.map(actions, range(0, rows // ROWS_PER_ACTION, chunk)))
-    with connect(url, None) as conn:
+        list(pool.map(lambda job: share(LOAD_EVENTS, rows, job), range(jobs)))
+        list(pool.map(lambda job: share(LOAD_ACTIONS, rows // ROWS_PER_ACTION, job), range(jobs)))
+    with patient_connection(url) as conn:
         conn.execute("ANALYZE ledger.events")
         conn.execute("ANALYZE ledger.actions")
     return time.perf_counter() - began
+
+
+@contextlib.contextmanager
+def patient_connection(url: str, wait: float = 120.0) -> Iterator[Connection]:
+    """A connection as the owner, waiting while the shared cluster has no free slot."""
+    deadline = time.monotonic() + wait
+    with contextlib.ExitStack() as stack:
+        while True:
+            try:
+                conn = stack.enter_context(connect(url, Role.OWNER))
+                break
+            except LedgerUnavailable:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(1)
+        yield conn
 
 
 def write_story(url: str) -> tuple[str, uuid.UUID, uuid.UUID]:
