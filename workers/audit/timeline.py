@@ -7,37 +7,33 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from workers.audit.queries import Filters, iterate
-from workers.ledger.models import EventKind, LedgerRow
+from workers.ledger.models import EventKind, LedgerRow, Source
 from workers.ledger.reader import LedgerReader
-
-# Where the ledger learnt of a transition: our update's answer, a TaskRouter event callback, or a
-# fetch that found the status moved.
-SOURCES = ("action", "event", "fetch")
-
 
 def source_of(row: LedgerRow) -> str:
     """Where the ledger learnt of the transition ``row``: the one place that decides it.
 
-    Until the ledger records it (a ``source`` column), a transition that carries our action_id is
-    our update's answer, and any other was noticed on a fetch.
+    The ledger records it (``source``, migration 0003); rows written before have none, and then a
+    transition that carries our action_id was our update's answer, and any other was noticed on a
+    fetch (there were no event callbacks then).
     """
-    return "action" if row.action_id is not None else "fetch"
+    return row.source or (Source.ACTION if row.action_id is not None else Source.FETCH)
 
 
 @dataclass(frozen=True, slots=True)
 class Step:
     """One status the reservation entered. ``action_id`` is None for a change we only observed;
-    ``source`` says where the ledger learnt of it (:data:`SOURCES`)."""
+    ``source`` says how the ledger learnt it (our answer, TaskRouter's event, a fetch)."""
 
     position: int
     recorded_at: datetime
     from_status: str | None
     to_status: str
+    source: str
     etag: str | None
     action_id: uuid.UUID | None
     action: str | None
     outcome: str | None
-    source: str
 
 
 def steps(events: list[LedgerRow]) -> list[Step]:
@@ -54,11 +50,11 @@ def steps(events: list[LedgerRow]) -> list[Step]:
             recorded_at=e.recorded_at,
             from_status=e.from_status,
             to_status=e.to_status,
+            source=source_of(e),
             etag=e.etag_after,
             action_id=e.action_id,
             action=e.action,
             outcome=outcomes.get(e.action_id) if e.action_id is not None else None,
-            source=source_of(e),
         )
         for e in events
         if e.kind == EventKind.TRANSITION and e.to_status is not None
