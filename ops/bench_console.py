@@ -58,7 +58,7 @@ LOAD_EVENTS = """
 INSERT INTO ledger.events (
     kind, action_id, action, reservation_sid, workspace_sid, task_sid, worker_sid, from_status, to_status,
     etag_before, etag_after, attempt, http_status, duration_ms, outcome, correlation_id, worker_host,
-    worker_pid
+    worker_pid, source
 )
 SELECT (ARRAY['received', 'intent', 'transition', 'outcome'])[1 + g %% 4],
        md5((g / 4)::text)::uuid, 'accept',
@@ -71,7 +71,7 @@ SELECT (ARRAY['received', 'intent', 'transition', 'outcome'])[1 + g %% 4],
               WHEN (g / 4) %% 200 = 2 THEN 'dead_lettered'
               ELSE 'applied' END
        END,
-       'corr-' || (g / 40), 'bench', 1
+       'corr-' || (g / 40), 'bench', 1, CASE WHEN g %% 4 = 2 THEN 'action' END
   FROM generate_series(%(first)s::bigint, %(last)s) AS g
 """
 

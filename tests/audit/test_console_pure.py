@@ -123,7 +123,17 @@ def test_the_chain_verdict() -> None:
 
 def step(to: str, before: str | None, action: uuid.UUID | None) -> Step:
     source = "action" if action else "fetch"
-    return Step(1, datetime(2026, 1, 1, tzinfo=UTC), before, to, None, action, None, None, source)
+    return Step(
+        position=1,
+        recorded_at=datetime(2026, 1, 1, tzinfo=UTC),
+        from_status=before,
+        to_status=to,
+        source=source,
+        etag=None,
+        action_id=action,
+        action=None,
+        outcome=None,
+    )
 
 
 def test_the_timeline_picture_puts_steps_left_to_right_on_their_status_lanes() -> None:

@@ -10,6 +10,7 @@ from workers.audit.queries import Filters, iterate
 from workers.ledger.models import EventKind, LedgerRow, Source
 from workers.ledger.reader import LedgerReader
 
+
 def source_of(row: LedgerRow) -> str:
     """Where the ledger learnt of the transition ``row``: the one place that decides it.
 
