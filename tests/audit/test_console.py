@@ -371,6 +371,7 @@ def test_the_action_page_masks_pii(signed_in: TestClient, seeded: Seeded) -> Non
 def test_the_overview_counts_outcomes_and_lists_what_needs_attention(
     signed_in: TestClient, client: TestClient, seeded: Seeded
 ) -> None:
+    client.app.state.overview_watch.run_once()  # type: ignore[attr-defined]
     summary = json.loads(signed_in.get("/ui/?export=json").text)
     assert summary["outcomes_last_hour"]["applied"] >= 3
     assert summary["outcomes_last_hour"]["failed"] == 1

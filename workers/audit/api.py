@@ -38,7 +38,7 @@ from workers.audit import auth, console, guard, queries
 from workers.audit.params import parse_rfc3339
 from workers.audit.rows import EVENT_FIELDS, action_row, event_row, reservation_row
 from workers.audit.timeline import Step, timeline
-from workers.audit.watch import VerifyWatch
+from workers.audit.watch import OverviewWatch, VerifyWatch
 from workers.errors import ConfigurationError, LedgerError, LedgerUnavailable
 from workers.ledger.connector import Connector
 from workers.ledger.models import ActionRecord, Cursor, EventKind, LedgerRow, Outcome, ReservationState, Role
@@ -404,14 +404,16 @@ def create_app(config: AuditApiConfig, *, ledger: LedgerReader | None = None) ->
 
 @contextmanager
 def _watching(app: FastAPI, reader: LedgerReader, interval: float) -> Iterator[None]:
-    """Background ledger verify for the console's overview while the API serves."""
-    watch = VerifyWatch(reader, interval)
-    app.state.verify_watch = watch
-    watch.start()
+    """The console overview's background work (verify, the day's counts) while the API serves."""
+    watches = [VerifyWatch(reader, interval), OverviewWatch(reader)]
+    app.state.verify_watch, app.state.overview_watch = watches
+    for watch in watches:
+        watch.start()
     try:
         yield
     finally:
-        watch.stop()
+        for watch in watches:
+            watch.stop()
 
 
 def history_page(reader: LedgerReader, common: CommonQuery, **resource: Any) -> dict[str, Any]:

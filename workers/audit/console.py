@@ -38,15 +38,12 @@ from workers.audit.integrity import chain_state
 from workers.audit.params import parse_time
 from workers.audit.rows import EVENT_FIELDS, action_row, event_row, plain
 from workers.audit.timeline import Step, action_summaries, steps
-from workers.audit.watch import VerifyWatch
+from workers.audit.watch import OVERVIEW_SECONDS, OverviewWatch, VerifyWatch
 from workers.core.redaction import mask_params
 from workers.core.vocabulary import OUTCOMES
 from workers.ledger.models import Cursor, EventKind
 from workers.ledger.reader import LedgerReader
 
-# Outcomes that want a person: the update may have landed (indeterminate), or it never will
-# without someone fixing something and redriving (failed, dead_lettered).
-ATTENTION = ("indeterminate", "failed", "dead_lettered")
 # Outcomes whose whole message is kept in reservations.dead (sealed), for redrive.
 DEAD_LETTERED = frozenset({"failed", "dead_lettered"})
 PAGE_SIZE = 50
@@ -204,14 +201,14 @@ def install(app: FastAPI, reader_of: Callable[[Request], LedgerReader], secure_c
     @page("/")
     def overview(reader: LedgerReader, request: Request) -> Shown:
         watch: VerifyWatch | None = getattr(request.app.state, "verify_watch", None)
-        # One scan of the registry for both charts: the last day in 5-minute buckets.
-        counts = reader.outcome_counts(86400, 300)
-        hour = outcome_chart("last hour (5-minute bars)", counts, 12, 300)
-        day = outcome_chart("last day (1-hour bars)", coarser(counts, 12), 24, 3600)
-        attention = reader.attention(ATTENTION, 20)
+        counted: OverviewWatch | None = getattr(request.app.state, "overview_watch", None)
+        found = (counted or OverviewWatch(reader)).latest()
+        hour = outcome_chart("last hour (5-minute bars)", found.counts, 12, 300)
+        day = outcome_chart("last day (1-hour bars)", coarser(found.counts, 12), 24, 3600)
         checkpoint = reader.last_checkpoint()
-        rows = [action_row(a) for a in attention]
+        rows = [action_row(a) for a in found.attention]
         document = {
+            "counted_at": found.counted_at,
             "outcomes_last_hour": hour.totals,
             "outcomes_last_day": day.totals,
             "attention": rows,
@@ -220,7 +217,8 @@ def install(app: FastAPI, reader_of: Callable[[Request], LedgerReader], secure_c
         }
         return Shown(
             "overview.html",
-            {"charts": [hour, day], "outcomes": OUTCOMES, "attention": attention, "checkpoint": checkpoint,
+            {"charts": [hour, day], "outcomes": OUTCOMES, "attention": found.attention,
+             "checkpoint": checkpoint, "counted_at": found.counted_at, "every": OVERVIEW_SECONDS,
              "watch": watch, "verify": watch.latest if watch else None},
             ("action_id", "action", "reservation_sid", "outcome", "outcome_at", "attempts"),
             rows,
