@@ -214,26 +214,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--keep", metavar="NAME", help="load into database NAME and keep it (to look at plans)"
     )
+    parser.add_argument(
+        "--reuse", action="store_true", help="with --keep: time the pages on database NAME as it was left"
+    )
     args = parser.parse_args(argv)
 
     url = with_database(args.database_url, args.keep or f"reservations_bench_console_{os.getpid()}")
-    drop_database(url)
-    migrate(url)
+    reuse = bool(args.keep and args.reuse)
+    if not reuse:
+        drop_database(url)
+        migrate(url)
     process = None
     try:
         print(f"database: {database_name(url)} (fresh, {'kept' if args.keep else 'dropped afterwards'})")
         # The story first and sealed (sealing every loaded chain would take longer than the rest).
         sid, applied, failed = write_story(url)
         with connect(url, Role.WRITER) as conn:
-            checkpoint = seal_checkpoint(conn)
-        seconds = load(url, args.rows, args.load_jobs)
+            checkpoint = seal_checkpoint(conn) if not reuse else None
+        seconds = load(url, args.rows, args.load_jobs) if not reuse else 0.0
         with connect(url, None) as conn:
             found = conn.execute("SELECT count(*) FROM ledger.events").fetchone()
             registered = conn.execute("SELECT count(*) FROM ledger.actions").fetchone()
         print(
             f"ledger: {found[0] if found else 0} rows, {registered[0] if registered else 0} actions"
-            f" (loaded in {seconds:.1f}s); checkpoint {checkpoint.checkpoint_id} sealed the story's"
-            f" {checkpoint.chains} chains"
+            f" (loaded in {seconds:.1f}s)"
+            + (f"; checkpoint {checkpoint.checkpoint_id} sealed the story's chains" if checkpoint else "")
         )
         process = serve(url, args.port)
         hour_ago = time.strftime("%Y-%m-%d %H:%M", time.gmtime(time.time() - 3600))
