@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
@@ -206,3 +207,26 @@ def test_csv_cells_that_a_spreadsheet_would_run_are_quoted() -> None:
     assert _cell("-12") == "-12"
     assert _cell(None) == ""
     assert _cell({"a": 1}) == '{"a": 1}'
+
+
+def test_the_background_verify_interval_is_a_setting() -> None:
+    from workers.config import Settings
+
+    assert Settings.from_env({}).audit_verify_interval == 3600
+    assert Settings.from_env({"AUDIT_VERIFY_INTERVAL": "0"}).audit_verify_interval == 0
+    with pytest.raises(ConfigurationError, match="AUDIT_VERIFY_INTERVAL"):
+        Settings.from_env({"AUDIT_VERIFY_INTERVAL": "-5"})
+
+
+def test_audit_api_refuses_bad_named_tokens_in_one_line(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from workers.cli import main
+
+    short = CliRunner().invoke(main, ["audit-api"], env={"AUDIT_API_TOKENS": "alice:tooshort"})
+    assert short.exit_code == 2
+    assert short.output.strip() == "error: AUDIT_API_TOKENS: the token of alice is shorter than 16 characters"
+    missing = CliRunner().invoke(main, ["audit-api"], env={"AUDIT_API_TOKENS_FILE": str(tmp_path / "none")})
+    assert missing.exit_code == 2
+    assert missing.output.startswith("error: ")
+    assert len(missing.output.strip().splitlines()) == 1
