@@ -12,6 +12,7 @@ cookie (``workers.audit.auth``); without a valid one every page answers with the
 from __future__ import annotations
 
 import csv
+import inspect
 import io
 import json
 import re
@@ -417,8 +418,6 @@ def _exports(request: Request) -> dict[str, str]:
 
 def _copy_path_parameters(build: Callable[..., Shown], endpoint: Callable[..., Response]) -> None:
     """Give ``endpoint`` the signature FastAPI reads: the request, and ``build``'s path parameters."""
-    import inspect
-
     keyword = inspect.Parameter.KEYWORD_ONLY
     own = [p for name, p in inspect.signature(build).parameters.items() if name not in ("reader", "request")]
     endpoint.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
