@@ -38,9 +38,12 @@ from workers.broker.topology import (
 )
 from workers.config import Settings
 from workers.core.action import Action
+from workers.core.governor import BudgetPolicy
+from workers.ledger.leases import PostgresLeases
 from workers.ledger.writer import LOCK_TIMEOUT, PostgresLedgerWriter
 from workers.logs import logger_setup
 from workers.taskrouter.gateway import TaskRouterGateway
+from workers.taskrouter.governor import Governor, budget_ceiling, default_floor
 
 # No ledger statement of a run waits longer (Celery enforces no time limit on the threads pool);
 # the longest legitimate one is the wait for the reservation's lock.
@@ -61,6 +64,8 @@ class Runtime:
         self._lock = threading.Lock()
         self._ledger: PostgresLedgerWriter | None = None
         self._local = threading.local()
+        self._governor_lock = threading.Lock()
+        self._governor: Governor | None = None
 
     @property
     def ledger(self) -> PostgresLedgerWriter:
@@ -78,9 +83,31 @@ class Runtime:
     def gateway(self) -> TaskRouterGateway:
         gateway: TaskRouterGateway | None = getattr(self._local, "gateway", None)
         if gateway is None:
-            gateway = TaskRouterGateway.from_settings(self.settings)
+            gateway = TaskRouterGateway.from_settings(self.settings, governor=self.governor())
             self._local.gateway = gateway
         return gateway
+
+    def governor(self) -> Governor | None:
+        """This process's share of the account-wide TaskRouter budget, leased on first use
+        (None: TASKROUTER_MAX_CONCURRENCY=0)."""
+        settings = self.settings
+        if not settings.taskrouter_max_concurrency:
+            return None
+        with self._governor_lock:
+            if self._governor is None:
+                ceiling = budget_ceiling(
+                    settings.taskrouter_max_concurrency, settings.taskrouter_reserved_concurrency
+                )
+                store = PostgresLeases(
+                    settings.database_url,
+                    settings.twilio_credentials().account_sid,
+                    BudgetPolicy(ceiling, floor=default_floor(ceiling)),
+                    ttl=settings.taskrouter_lease_seconds,
+                )
+                governor = Governor(store, slot_wait=settings.taskrouter_slot_wait)
+                governor.start()
+                self._governor = governor
+            return self._governor
 
     def applier(self) -> ActionApplier:
         return ActionApplier(self.ledger, self.gateway(), self.policy)
@@ -115,6 +142,10 @@ class Runtime:
             if self._ledger is not None:
                 self._ledger.close()
                 self._ledger = None
+        with self._governor_lock:
+            if self._governor is not None:
+                self._governor.close()
+                self._governor = None
         self.publishers.close()
 
 

@@ -66,6 +66,24 @@ class Settings:
     prometheus_multiproc_dir: str | None = None
     worker_ready_file: str | None = None
     log_format: str = "auto"
+    # The account-wide TaskRouter concurrency governor (workers.taskrouter.governor): the account's
+    # limit of requests in flight (0: no governor), the part of it kept for other applications of
+    # the account (the Flex UI, ...), how long a process's lease lives without renewal (a killed
+    # worker's share is free after it), and how long a call may wait for a slot.
+    taskrouter_max_concurrency: int = 50
+    taskrouter_reserved_concurrency: int = 10
+    taskrouter_lease_seconds: float = 10.0
+    taskrouter_slot_wait: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.taskrouter_max_concurrency and (
+            self.taskrouter_reserved_concurrency >= self.taskrouter_max_concurrency
+        ):
+            raise ConfigurationError(
+                "TASKROUTER_RESERVED_CONCURRENCY must be less than TASKROUTER_MAX_CONCURRENCY"
+                f" ({self.taskrouter_reserved_concurrency} >= {self.taskrouter_max_concurrency}):"
+                " the workers would have no share of the account's budget"
+            )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -90,6 +108,10 @@ class Settings:
             prometheus_multiproc_dir=env.get("PROMETHEUS_MULTIPROC_DIR") or None,
             worker_ready_file=env.get("WORKER_READY_FILE") or None,
             log_format=_log_format(env),
+            taskrouter_max_concurrency=_count(env, "TASKROUTER_MAX_CONCURRENCY", 50, minimum=0),
+            taskrouter_reserved_concurrency=_count(env, "TASKROUTER_RESERVED_CONCURRENCY", 10, minimum=0),
+            taskrouter_lease_seconds=_positive(env, "TASKROUTER_LEASE_SECONDS", 10.0),
+            taskrouter_slot_wait=_positive(env, "TASKROUTER_SLOT_WAIT", 10.0),
         )
 
     def twilio_credentials(self) -> TwilioCredentials:
@@ -168,6 +190,13 @@ def _seconds(env: Mapping[str, str], name: str) -> float | None:
     if seconds is not None and seconds < 0:
         raise ConfigurationError(f"{name} must not be negative")
     return seconds
+
+
+def _positive(env: Mapping[str, str], name: str, default: float) -> float:
+    seconds = _seconds(env, name)
+    if seconds == 0:
+        raise ConfigurationError(f"{name} must be more than 0 seconds")
+    return default if seconds is None else seconds
 
 
 def _retry_policy(env: Mapping[str, str]) -> RetryPolicy:

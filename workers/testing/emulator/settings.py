@@ -42,6 +42,9 @@ class EmulatorSettings:
     strict_headers: bool = False
     access_log: bool = False
     log_size: int = DEFAULT_LOG_SIZE
+    # The account's concurrency limit (None: none) and the Retry-After of its 429s (None: none).
+    concurrency_limit: int | None = None
+    concurrency_retry_after: int | None = None
 
     def __post_init__(self) -> None:
         if not is_sid(self.account_sid, "AC"):
@@ -50,6 +53,8 @@ class EmulatorSettings:
             raise ConfigurationError("An API key and its secret must be given together")
         if self.log_size < 1:
             raise ConfigurationError("The transition log must keep at least one entry")
+        if self.concurrency_limit is not None and self.concurrency_limit < 1:
+            raise ConfigurationError("The concurrency limit must be at least 1 request in flight")
 
     def credentials(self) -> list[tuple[str, str]]:
         """The (username, password) pairs basic auth accepts."""

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from workers.testing.emulator.counters import Counters
 from workers.testing.emulator.faults import FaultInjector
+from workers.testing.emulator.limits import ConcurrencyLimit
 from workers.testing.emulator.settings import EmulatorSettings
 from workers.testing.emulator.store import Store
 from workers.testing.emulator.updates import UpdateLog
@@ -20,9 +21,16 @@ class EmulatorState:
     counters: Counters
     faults: FaultInjector
     updates: UpdateLog
+    concurrency: ConcurrencyLimit
 
     @classmethod
     def new(cls, settings: EmulatorSettings) -> EmulatorState:
+        concurrency = ConcurrencyLimit(settings.concurrency_limit, settings.concurrency_retry_after)
         return cls(
-            settings, Store(settings.log_size), Counters(), FaultInjector(), UpdateLog(settings.log_size)
+            settings,
+            Store(settings.log_size),
+            Counters(),
+            FaultInjector(),
+            UpdateLog(settings.log_size),
+            concurrency,
         )
