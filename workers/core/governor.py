@@ -83,10 +83,13 @@ class Budget:
                 )
             shrunk = max(float(policy.floor), current * policy.decrease)
             return Budget(shrunk, max(now, self.updated_at), now, hold_until)
-        elapsed = max(0.0, now - self.updated_at)
         if cooling or now < hold_until:
-            # Not growing yet, and the time spent waiting does not count as growth later.
             return Budget(current, max(now, self.updated_at), self.decreased_at, hold_until)
+        # Growth counts from the end of the cooldown and of the hold, never across them.
+        quiet_since = max(self.updated_at, hold_until)
+        if self.decreased_at is not None:
+            quiet_since = max(quiet_since, self.decreased_at + policy.cooldown)
+        elapsed = max(0.0, now - quiet_since)
         grown = min(float(policy.ceiling), current + policy.increase * elapsed / policy.interval)
         return Budget(grown, max(now, self.updated_at), self.decreased_at, hold_until)
 
@@ -126,20 +129,17 @@ def fair_shares(budget: int, demands: Mapping[str, int]) -> dict[str, int]:
     left = max(0, budget)
     hungry = sorted(name for name, demand in demands.items() if demand > 0)
     while left > 0 and hungry:
-        each, extra = divmod(left, len(hungry))
-        still: list[str] = []
-        given = 0
-        for index, name in enumerate(hungry):
-            offer = each + (1 if index < extra else 0)
-            take = min(offer, demands[name] - shares[name])
-            shares[name] += take
-            given += take
-            if shares[name] < demands[name]:
-                still.append(name)
-        left -= given
-        if given == 0:
+        each = left // len(hungry)
+        if each == 0:
+            # Fewer slots than holders still hungry (all of which hold the same): one each, in order.
+            for name in hungry[:left]:
+                shares[name] += 1
             break
-        hungry = still
+        for name in hungry:
+            take = min(each, demands[name] - shares[name])
+            shares[name] += take
+            left -= take
+        hungry = [name for name in hungry if shares[name] < demands[name]]
     return shares
 
 

@@ -33,6 +33,9 @@ from workers.errors import LedgerError, SlotUnavailable
 
 logger = logging.getLogger("workers.taskrouter.governor")
 
+# What a process asks for before it has measured its demand: as much as fairness gives it.
+UNKNOWN_DEMAND = 1 << 16
+
 
 class LeaseStore(Protocol):
     """Where the fleet's leases live: :class:`workers.ledger.leases.PostgresLeases`."""
@@ -174,6 +177,8 @@ class Governor:
             throttled, retry_after = self._throttled, self._retry_after
             self._throttled, self._retry_after = 0, None
         demand, in_flight = self.slots.take_demand()
+        if self.lease is None:
+            demand = UNKNOWN_DEMAND  # nothing measured yet: ask for a full share, not one slot
         report = Report(self.holder, max(1, demand), in_flight, throttled, retry_after)
         try:
             lease = self.store.heartbeat(report)
