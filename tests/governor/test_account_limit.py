@@ -12,7 +12,7 @@ from prometheus_client import REGISTRY
 
 from workers.config import Settings
 from workers.core.governor import BudgetPolicy
-from workers.errors import TaskRouterError, Throttled
+from workers.errors import ReservationsError, TaskRouterError, Throttled
 from workers.ledger.leases import PostgresLeases
 from workers.taskrouter.gateway import ReservationRef, TaskRouterGateway
 from workers.taskrouter.governor import Governor
@@ -131,3 +131,12 @@ def test_a_429_reaches_the_governor_and_shrinks_the_fleets_budget(
     lease = governed.beat()
     assert lease is not None
     assert lease.budget < 8
+
+
+def test_the_admin_api_refuses_a_nonsense_limit_and_reset_lifts_it(admin: EmulatorAdmin) -> None:
+    for limit, retry_after in ((0, None), (5, -1)):
+        with pytest.raises(ReservationsError, match="at least"):
+            admin.set_concurrency(limit, retry_after)
+    assert admin.set_concurrency(5, 1)["limit"] == 5
+    admin.reset()
+    assert admin.concurrency()["limit"] is None
