@@ -109,7 +109,8 @@ def overhead(settings: Settings, admin: EmulatorAdmin, db_url: str, calls: int) 
         governor.close()
     fetch_ms = totals["off"] / (len(ratios) * block) * 1000
     print(
-        f"{'overhead':<14} a slot costs {slot_us:.1f} us = {slot_us / 10 / fetch_ms:.2%} of a {fetch_ms:.2f} ms"
+        f"{'overhead':<14} a slot costs {slot_us:.1f} us"
+        f" = {slot_us / (fetch_ms * 1000):.2%} of a {fetch_ms:.2f} ms"
         f" fetch at 0 ms; governed / ungoverned fetches: median ratio {statistics.median(ratios):.3f}"
         f" over {len(ratios)} blocks (plus one heartbeat transaction per process every {store.ttl / 5:g} s)",
         flush=True,
@@ -129,7 +130,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--retry-after", type=int, default=None, help="Retry-After of the emulator's 429s (default none)"
     )
-    parser.add_argument("--overhead-calls", type=int, default=1000, help="fetches each way for the overhead (1000)")
+    parser.add_argument(
+        "--overhead-calls", type=int, default=1000, help="fetches each way for the overhead (1000)"
+    )
     parser.add_argument(
         "--ledger-pool", type=int, default=18, help="ledger connections per worker process (18)"
     )
