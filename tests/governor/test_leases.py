@@ -128,9 +128,7 @@ def test_a_governor_admits_its_share_then_waits_a_bounded_time(db_url: str, acco
 
 
 def test_a_governor_without_its_database_falls_back_to_one_slot(account: str) -> None:
-    store = PostgresLeases(
-        "postgresql://nobody@127.0.0.1:1/none", account, BudgetPolicy(20), ttl=30.0
-    )
+    store = PostgresLeases("postgresql://nobody@127.0.0.1:1/none", account, BudgetPolicy(20), ttl=30.0)
     governor = Governor(store, slot_wait=0.1, interval=30.0)
     governor.start()  # never raises: requests go on, one at a time
     try:

@@ -72,9 +72,9 @@ def test_a_killed_workers_share_is_free_once_its_lease_expires(
         # Its lease was renewed within the lease time: it expires no later than that after the kill.
         assert dead_expiry <= killed_at + timedelta(seconds=LEASE_SECONDS)
         # Then it is dropped, and the survivor leases the whole budget.
+        alone = survivor.process.pid
         _until(
-            lambda: set(_leases(db_url)) == {survivor.process.pid}  # type: ignore[union-attr]
-            and _leases(db_url)[survivor.process.pid][0] == BUDGET,  # type: ignore[union-attr]
+            lambda: {pid: granted for pid, (granted, _) in _leases(db_url).items()} == {alone: BUDGET},
             "the dead worker's lease is gone and the survivor holds the whole budget",
         )
         for action in actions:

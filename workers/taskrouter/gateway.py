@@ -9,7 +9,6 @@ gateway per thread, greenlet or process (``TaskRouterGateway.from_settings`` doe
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -64,8 +63,9 @@ class FetchedReservation:
 
 
 class TaskRouterGateway:
-    """``governor``: the process's share of the account-wide budget, one slot held per call
-    (None: calls are not governed, ``TASKROUTER_MAX_CONCURRENCY=0``)."""
+    """``governor``: the process's share of the account-wide budget, which the HTTP client takes
+    a slot of for each request and which hears of every 429 (None: calls are not governed,
+    ``TASKROUTER_MAX_CONCURRENCY=0``)."""
 
     def __init__(
         self, client: Client, http_client: Urllib3HttpClient, governor: Governor | None = None
@@ -83,7 +83,7 @@ class TaskRouterGateway:
         governor: Governor | None = None,
     ) -> TaskRouterGateway:
         credentials = settings.twilio_credentials()
-        http_client = Urllib3HttpClient(timeout, proxy_for(settings.taskrouter_base_url))
+        http_client = Urllib3HttpClient(timeout, proxy_for(settings.taskrouter_base_url), governor)
         client = Client(
             credentials.username,
             credentials.password,
@@ -138,13 +138,8 @@ class TaskRouterGateway:
         )
 
     def _call(self, endpoint: str, request: Any) -> Any:
-        """Make one call (``endpoint``: fetch or update) in a slot of the budget, timed by status
-        in the metrics; a 429 is reported to the governor."""
-        governor = self._governor
-        with governor.slot() if governor is not None else contextlib.nullcontext():
-            return self._timed(endpoint, request)
-
-    def _timed(self, endpoint: str, request: Any) -> Any:
+        """Make one call (``endpoint``: fetch or update), timed by status in the metrics; a 429 is
+        reported to the governor."""
         started = time.perf_counter()
         try:
             response = request()
