@@ -23,6 +23,7 @@ import contextlib
 import os
 import statistics
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Sequence
@@ -41,6 +42,37 @@ from workers.testing.emulator.settings import emulator_env
 from workers.testing.processes import WorkerProcess
 
 
+class InFlight:
+    """Samples the emulator's requests in flight every 50 ms while a run lasts."""
+
+    def __init__(self, base_url: str) -> None:
+        self._base_url = base_url
+        self._samples: list[int] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def __enter__(self) -> InFlight:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def _sample(self) -> None:
+        with EmulatorAdmin(self._base_url) as probe:
+            while not self._stop.wait(0.05):
+                self._samples.append(int(probe.concurrency()["in_flight"]))
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self._samples) if self._samples else 0.0
+
+    @property
+    def most(self) -> int:
+        return max(self._samples, default=0)
+
+
 def governed_run(
     label: str,
     env: dict[str, str],
@@ -56,9 +88,9 @@ def governed_run(
             stack.enter_context(WorkerProcess(env, concurrency=args.concurrency, loglevel="WARNING"))
         warmup = actions_for(seed(admin, args.workers * args.concurrency), 1)
         run_celery("warm-up", settings, admin, warmup, db_url)
-        figures = run_celery(
-            label, settings, admin, actions_for(seed(admin, args.reservations), per_reservation), db_url
-        )
+        actions = actions_for(seed(admin, args.reservations), per_reservation)
+        with InFlight(admin.base_url) as in_flight:
+            figures = run_celery(label, settings, admin, actions, db_url)
     by_status = admin.counters()["by_status"]
     refused = int(by_status.get("429", 0))
     requests = int(sum(by_status.values()))
@@ -70,6 +102,12 @@ def governed_run(
         f" = {ceiling:.1f}/s (k = {calls_per_action:.2f}, L = {args.latency} ms);"
         f" 429s {refused} of {requests} requests = {share:.2%};"
         f" p99 {figures.percentile(0.99):.0f} ms; {figures.outcomes}",
+        flush=True,
+    )
+    print(
+        f"{'':<14} requests in flight at the emulator: mean {in_flight.mean:.1f}, most {in_flight.most}"
+        f" of {args.limit} (a mean well below the limit with no 429s: the workers, not the budget,"
+        " are the bottleneck)",
         flush=True,
     )
     return figures.rate / ceiling, share, calls_per_action
