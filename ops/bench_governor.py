@@ -29,6 +29,7 @@ import uuid
 from collections.abc import Sequence
 
 import bench_workers  # ops/: run as a script, its folder is on sys.path
+import psycopg
 from bench_workers import actions_for, run_celery, scratch_database, seed, vhost
 
 from workers.config import Settings
@@ -43,11 +44,15 @@ from workers.testing.processes import WorkerProcess
 
 
 class InFlight:
-    """Samples the emulator's requests in flight every 50 ms while a run lasts."""
+    """Samples the emulator's requests in flight every 50 ms while a run lasts, and what the
+    workers' leases say they hold (slots taken, calls waiting) at their heartbeats."""
 
-    def __init__(self, base_url: str) -> None:
+    def __init__(self, base_url: str, db_url: str) -> None:
         self._base_url = base_url
+        self._db_url = db_url
         self._samples: list[int] = []
+        self._held: list[int] = []
+        self._asked: list[int] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
 
@@ -60,9 +65,29 @@ class InFlight:
         self._thread.join(10)
 
     def _sample(self) -> None:
-        with EmulatorAdmin(self._base_url) as probe:
+        with EmulatorAdmin(self._base_url) as probe, psycopg.connect(self._db_url, autocommit=True) as conn:
+            ticks = 0
             while not self._stop.wait(0.05):
                 self._samples.append(int(probe.concurrency()["in_flight"]))
+                ticks += 1
+                if ticks % 10 == 0:
+                    row = conn.execute(
+                        "SELECT coalesce(sum(in_flight), 0), coalesce(sum(demand), 0)"
+                        " FROM ledger.taskrouter_leases"
+                    ).fetchone()
+                    if row is not None and row[1]:
+                        self._held.append(int(row[0]))
+                        self._asked.append(int(row[1]))
+
+    @property
+    def held(self) -> str:
+        """Slots held and demand (in flight or waiting) across the leases, on average."""
+        if not self._held:
+            return "no leases (governor off)"
+        return (
+            f"workers held {statistics.fmean(self._held):.1f} slots on average"
+            f" and asked for {statistics.fmean(self._asked):.1f}"
+        )
 
     @property
     def mean(self) -> float:
@@ -89,7 +114,7 @@ def governed_run(
         warmup = actions_for(seed(admin, args.workers * args.concurrency), 1)
         run_celery("warm-up", settings, admin, warmup, db_url)
         actions = actions_for(seed(admin, args.reservations), per_reservation)
-        with InFlight(admin.base_url) as in_flight:
+        with InFlight(admin.base_url, db_url) as in_flight:
             figures = run_celery(label, settings, admin, actions, db_url)
     by_status = admin.counters()["by_status"]
     refused = int(by_status.get("429", 0))
@@ -106,8 +131,7 @@ def governed_run(
     )
     print(
         f"{'':<14} requests in flight at the emulator: mean {in_flight.mean:.1f}, most {in_flight.most}"
-        f" of {args.limit} (a mean well below the limit with no 429s: the workers, not the budget,"
-        " are the bottleneck)",
+        f" of {args.limit}; {in_flight.held} (at their heartbeats)",
         flush=True,
     )
     return figures.rate / ceiling, share, calls_per_action

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from celery import Celery
-from celery.signals import after_setup_logger, after_setup_task_logger, worker_ready
+from celery.signals import after_setup_logger, after_setup_task_logger, worker_ready, worker_shutdown
 
 from workers import metrics
 from workers.apply import task
@@ -142,11 +142,15 @@ class Runtime:
             if self._ledger is not None:
                 self._ledger.close()
                 self._ledger = None
+        self.close_governor()
+        self.publishers.close()
+
+    def close_governor(self) -> None:
+        """Give this process's share of the TaskRouter budget back at once (else it expires)."""
         with self._governor_lock:
             if self._governor is not None:
                 self._governor.close()
                 self._governor = None
-        self.publishers.close()
 
 
 class ReservationsApp(Celery):  # type: ignore[misc]  # celery ships no types
@@ -177,6 +181,7 @@ def create_app(settings: Settings) -> ReservationsApp:
     after_setup_logger.connect(on_logger_setup, weak=False, dispatch_uid="reservations.logs")
     after_setup_task_logger.connect(on_logger_setup, weak=False, dispatch_uid="reservations.task-logs")
     worker_ready.connect(_announce_ready, weak=False, dispatch_uid="reservations.ready")
+    worker_shutdown.connect(_give_back_share, weak=False, dispatch_uid="reservations.governor")
     return app
 
 
@@ -205,6 +210,13 @@ def _announce_ready(sender: Any = None, **_: Any) -> None:
     )
     if settings.worker_ready_file:
         Path(settings.worker_ready_file).touch()
+
+
+def _give_back_share(sender: Any = None, **_: Any) -> None:
+    """A worker that stops (SIGTERM, after its warm shutdown) gives its TaskRouter share back."""
+    runtime: Runtime | None = getattr(getattr(sender, "app", None), "runtime", None)
+    if runtime is not None:
+        runtime.close_governor()
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:

@@ -1,5 +1,6 @@
 """Real worker processes under one budget: a worker SIGKILLed mid-run frees its share when its
-lease expires, the survivor takes the whole budget, and no request ever passes the account's limit."""
+lease expires, the survivor takes the whole budget, no request ever passes the account's limit,
+and a worker that stops politely gives its share back at once."""
 
 from __future__ import annotations
 
@@ -79,6 +80,8 @@ def test_a_killed_workers_share_is_free_once_its_lease_expires(
         )
         for action in actions:
             assert wait_for_outcome(ledger, action.action_id).outcome == "applied"
+    # The survivor stopped politely (SIGTERM): it gave its share back rather than let it expire.
+    assert _leases(db_url) == {}
     limit = admin.concurrency()
     assert limit["refused"] == 0  # never a 429: the fleet never passed the account's limit
     assert limit["peak"] <= BUDGET
