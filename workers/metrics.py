@@ -119,8 +119,12 @@ TWILIO_CONCURRENT_REQUESTS = Gauge(
 )
 TWILIO_RATE_LIMIT = Gauge(
     "reservations_taskrouter_rate_limit",
-    "X-Rate-Limit-Limit and X-Rate-Limit-Remaining as TaskRouter last sent them, by header",
-    ["header"],
+    "X-Rate-Limit-Limit as TaskRouter last sent it",
+    multiprocess_mode="mostrecent",
+)
+TWILIO_RATE_REMAINING = Gauge(
+    "reservations_taskrouter_rate_remaining",
+    "X-Rate-Limit-Remaining as TaskRouter last sent it",
     multiprocess_mode="mostrecent",
 )
 
@@ -144,7 +148,6 @@ _actions = _Children(ACTIONS)
 _taskrouter = _Children(TASKROUTER_SECONDS)
 _ledger = _Children(LEDGER_SECONDS)
 _dead_letters = _Children(DEAD_LETTERS)
-_rate_limit = _Children(TWILIO_RATE_LIMIT)
 
 
 def outcome(name: str, run: int) -> None:
@@ -179,9 +182,9 @@ def taskrouter_limits(concurrent: float | None, limit: float | None, remaining: 
     if concurrent is not None:
         TWILIO_CONCURRENT_REQUESTS.set(concurrent)
     if limit is not None:
-        _rate_limit("limit").set(limit)
+        TWILIO_RATE_LIMIT.set(limit)
     if remaining is not None:
-        _rate_limit("remaining").set(remaining)
+        TWILIO_RATE_REMAINING.set(remaining)
 
 
 def ledger_write(query: str, started: float) -> None:

@@ -79,8 +79,8 @@ def test_the_limit_is_off_by_default_and_answers_say_how_close_the_account_is(
     concurrent = REGISTRY.get_sample_value("reservations_taskrouter_concurrent_requests")
     assert concurrent is not None
     assert 1 <= concurrent <= BURST
-    assert REGISTRY.get_sample_value("reservations_taskrouter_rate_limit", {"header": "limit"}) == 50
-    remaining = REGISTRY.get_sample_value("reservations_taskrouter_rate_limit", {"header": "remaining"})
+    assert REGISTRY.get_sample_value("reservations_taskrouter_rate_limit") == 50
+    remaining = REGISTRY.get_sample_value("reservations_taskrouter_rate_remaining")
     assert remaining is not None
     assert 50 - BURST <= remaining < 50
 
