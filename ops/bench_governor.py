@@ -29,7 +29,6 @@ import uuid
 from collections.abc import Sequence
 
 import bench_workers  # ops/: run as a script, its folder is on sys.path
-import psycopg
 from bench_workers import actions_for, run_celery, scratch_database, seed, vhost
 
 from workers.config import Settings
@@ -65,7 +64,7 @@ class InFlight:
         self._thread.join(10)
 
     def _sample(self) -> None:
-        with EmulatorAdmin(self._base_url) as probe, psycopg.connect(self._db_url, autocommit=True) as conn:
+        with EmulatorAdmin(self._base_url) as probe, bench_workers.connect_patiently(self._db_url) as conn:
             ticks = 0
             while not self._stop.wait(0.05):
                 self._samples.append(int(probe.concurrency()["in_flight"]))
