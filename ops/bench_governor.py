@@ -52,6 +52,7 @@ class InFlight:
         self._samples: list[int] = []
         self._held: list[int] = []
         self._asked: list[int] = []
+        self._granted: list[int] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
 
@@ -71,12 +72,13 @@ class InFlight:
                 ticks += 1
                 if ticks % 10 == 0:
                     row = conn.execute(
-                        "SELECT coalesce(sum(in_flight), 0), coalesce(sum(demand), 0)"
-                        " FROM ledger.taskrouter_leases"
+                        "SELECT coalesce(sum(in_flight), 0), coalesce(sum(demand), 0),"
+                        " coalesce(sum(granted), 0) FROM ledger.taskrouter_leases"
                     ).fetchone()
                     if row is not None and row[1]:
                         self._held.append(int(row[0]))
                         self._asked.append(int(row[1]))
+                        self._granted.append(int(row[2]))
 
     @property
     def held(self) -> str:
@@ -84,7 +86,8 @@ class InFlight:
         if not self._held:
             return "no leases (governor off)"
         return (
-            f"workers held {statistics.fmean(self._held):.1f} slots on average"
+            f"the leases granted {statistics.fmean(self._granted):.1f} slots on average,"
+            f" the workers held {statistics.fmean(self._held):.1f}"
             f" and asked for {statistics.fmean(self._asked):.1f}"
         )
 

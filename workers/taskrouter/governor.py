@@ -23,6 +23,7 @@ import socket
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Protocol
@@ -35,6 +36,10 @@ logger = logging.getLogger("workers.taskrouter.governor")
 
 # What a process asks for before it has measured its demand: as much as fairness gives it.
 UNKNOWN_DEMAND = 1 << 16
+# A process asks for the most it needed over its last few heartbeats, not at the last one alone:
+# a busy fleet's demands then stay above their fair shares, the split stays even, and no share
+# is stranded while the leases move slots from one process to another.
+DEMAND_MEMORY = 4
 
 
 class LeaseStore(Protocol):
@@ -123,6 +128,7 @@ class Governor:
         self.holder = holder or default_holder()
         self.slots = Slots()
         self.lease: Lease | None = None
+        self._demands: deque[int] = deque(maxlen=DEMAND_MEMORY)
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._state = threading.Lock()
@@ -176,9 +182,10 @@ class Governor:
         with self._state:
             throttled, retry_after = self._throttled, self._retry_after
             self._throttled, self._retry_after = 0, None
-        demand, in_flight = self.slots.take_demand()
-        if self.lease is None:
-            demand = UNKNOWN_DEMAND  # nothing measured yet: ask for a full share, not one slot
+        peak, in_flight = self.slots.take_demand()
+        self._demands.append(peak)
+        # Nothing measured yet: ask for a full share, not one slot.
+        demand = UNKNOWN_DEMAND if self.lease is None else max(self._demands)
         report = Report(self.holder, max(1, demand), in_flight, throttled, retry_after)
         try:
             lease = self.store.heartbeat(report)
