@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from celery import Celery
-from celery.signals import after_setup_logger, after_setup_task_logger, worker_ready
+from celery.signals import after_setup_logger, after_setup_task_logger, worker_ready, worker_shutdown
 
 from workers import metrics
 from workers.apply import task
@@ -38,10 +38,13 @@ from workers.broker.topology import (
 )
 from workers.config import Settings
 from workers.core.action import Action
+from workers.core.governor import BudgetPolicy
+from workers.ledger.leases import PostgresLeases
 from workers.ledger.writer import LOCK_TIMEOUT, PostgresLedgerWriter
 from workers.logs import logger_setup
 from workers.readiness import Readiness
 from workers.taskrouter.gateway import TaskRouterGateway
+from workers.taskrouter.governor import Governor, budget_ceiling, default_floor
 
 # No ledger statement of a run waits longer (Celery enforces no time limit on the threads pool);
 # the longest legitimate one is the wait for the reservation's lock.
@@ -62,6 +65,8 @@ class Runtime:
         self._lock = threading.Lock()
         self._ledger: PostgresLedgerWriter | None = None
         self._local = threading.local()
+        self._governor_lock = threading.Lock()
+        self._governor: Governor | None = None
 
     @property
     def ledger(self) -> PostgresLedgerWriter:
@@ -79,9 +84,31 @@ class Runtime:
     def gateway(self) -> TaskRouterGateway:
         gateway: TaskRouterGateway | None = getattr(self._local, "gateway", None)
         if gateway is None:
-            gateway = TaskRouterGateway.from_settings(self.settings)
+            gateway = TaskRouterGateway.from_settings(self.settings, governor=self.governor())
             self._local.gateway = gateway
         return gateway
+
+    def governor(self) -> Governor | None:
+        """This process's share of the account-wide TaskRouter budget, leased on first use
+        (None: TASKROUTER_MAX_CONCURRENCY=0)."""
+        settings = self.settings
+        if not settings.taskrouter_max_concurrency:
+            return None
+        with self._governor_lock:
+            if self._governor is None:
+                ceiling = budget_ceiling(
+                    settings.taskrouter_max_concurrency, settings.taskrouter_reserved_concurrency
+                )
+                store = PostgresLeases(
+                    settings.database_url,
+                    settings.twilio_credentials().account_sid,
+                    BudgetPolicy(ceiling, floor=default_floor(ceiling)),
+                    ttl=settings.taskrouter_lease_seconds,
+                )
+                governor = Governor(store, slot_wait=settings.taskrouter_slot_wait)
+                governor.start()
+                self._governor = governor
+            return self._governor
 
     def applier(self) -> ActionApplier:
         return ActionApplier(self.ledger, self.gateway(), self.policy)
@@ -116,7 +143,15 @@ class Runtime:
             if self._ledger is not None:
                 self._ledger.close()
                 self._ledger = None
+        self.close_governor()
         self.publishers.close()
+
+    def close_governor(self) -> None:
+        """Give this process's share of the TaskRouter budget back at once (else it expires)."""
+        with self._governor_lock:
+            if self._governor is not None:
+                self._governor.close()
+                self._governor = None
 
 
 class ReservationsApp(Celery):  # type: ignore[misc]  # celery ships no types
@@ -147,6 +182,7 @@ def create_app(settings: Settings) -> ReservationsApp:
     after_setup_logger.connect(on_logger_setup, weak=False, dispatch_uid="reservations.logs")
     after_setup_task_logger.connect(on_logger_setup, weak=False, dispatch_uid="reservations.task-logs")
     worker_ready.connect(_announce_ready, weak=False, dispatch_uid="reservations.ready")
+    worker_shutdown.connect(_give_back_share, weak=False, dispatch_uid="reservations.governor")
     return app
 
 
@@ -188,6 +224,13 @@ def _announce_ready(sender: Any = None, **_: Any) -> None:
         ready=readiness.probe,
     )
     readiness.start()
+
+
+def _give_back_share(sender: Any = None, **_: Any) -> None:
+    """A worker that stops (SIGTERM, after its warm shutdown) gives its TaskRouter share back."""
+    runtime: Runtime | None = getattr(getattr(sender, "app", None), "runtime", None)
+    if runtime is not None:
+        runtime.close_governor()
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:

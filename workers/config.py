@@ -74,6 +74,24 @@ class Settings:
     # Where Flower listens ("host:port", from FLOWER_ADDRESS and FLOWER_PORT, which Flower reads
     # itself): `reservations doctor` checks the port. Loopback unless told (workers/flower.py).
     flower_address: str = "127.0.0.1:5555"
+    # The account-wide TaskRouter concurrency governor (workers.taskrouter.governor): the account's
+    # limit of requests in flight (0: no governor), the part of it kept for other applications of
+    # the account (the Flex UI, ...), how long a process's lease lives without renewal (a killed
+    # worker's share is free after it), and how long a call may wait for a slot.
+    taskrouter_max_concurrency: int = 50
+    taskrouter_reserved_concurrency: int = 10
+    taskrouter_lease_seconds: float = 10.0
+    taskrouter_slot_wait: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.taskrouter_max_concurrency and (
+            self.taskrouter_reserved_concurrency >= self.taskrouter_max_concurrency
+        ):
+            raise ConfigurationError(
+                "TASKROUTER_RESERVED_CONCURRENCY must be less than TASKROUTER_MAX_CONCURRENCY"
+                f" ({self.taskrouter_reserved_concurrency} >= {self.taskrouter_max_concurrency}):"
+                " the workers would have no share of the account's budget"
+            )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -104,6 +122,10 @@ class Settings:
             worker_ready_file=env.get("WORKER_READY_FILE") or None,
             log_format=_log_format(env),
             flower_address=_flower_address(env),
+            taskrouter_max_concurrency=_count(env, "TASKROUTER_MAX_CONCURRENCY", 50, minimum=0),
+            taskrouter_reserved_concurrency=_count(env, "TASKROUTER_RESERVED_CONCURRENCY", 10, minimum=0),
+            taskrouter_lease_seconds=_positive(env, "TASKROUTER_LEASE_SECONDS", 10.0),
+            taskrouter_slot_wait=_positive(env, "TASKROUTER_SLOT_WAIT", 10.0),
         )
 
     def twilio_credentials(self) -> TwilioCredentials:
@@ -187,6 +209,13 @@ def _seconds(env: Mapping[str, str], name: str) -> float | None:
 def _seconds_or(env: Mapping[str, str], name: str, default: float) -> float:
     seconds = _seconds(env, name)
     return default if seconds is None else seconds
+
+
+def _positive(env: Mapping[str, str], name: str, default: float) -> float:
+    seconds = _seconds_or(env, name, default)
+    if seconds == 0:
+        raise ConfigurationError(f"{name} must be more than 0 seconds")
+    return seconds
 
 
 def _retry_policy(env: Mapping[str, str]) -> RetryPolicy:

@@ -91,6 +91,10 @@ class Throttled(TransientTaskRouterError):
     """HTTP 429: too many requests. Wait at least ``retry_after`` seconds."""
 
 
+class SlotUnavailable(TransientTaskRouterError):
+    """No slot of the account-wide TaskRouter budget came free in time: nothing was sent; retry later."""
+
+
 class UnknownResource(ReservationsError):
     """The emulator has no such workspace, task, worker or reservation (TaskRouter's 404)."""
 

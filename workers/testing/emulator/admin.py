@@ -395,6 +395,17 @@ class EmulatorAdmin(Closing):
     def clear_faults(self) -> None:
         self._call("DELETE", "/faults")
 
+    # -- the account's concurrency limit ---------------------------------------------------------
+
+    def set_concurrency(self, limit: int | None, retry_after: int | None = None) -> dict[str, Any]:
+        """Refuse requests beyond ``limit`` in flight with 429 (20429), with ``Retry-After`` when
+        given; None lifts the limit. Its counts (peak, admitted, refused) start again."""
+        return self._call("PUT", "/concurrency", {"limit": limit, "retry_after": retry_after})
+
+    def concurrency(self) -> dict[str, Any]:
+        """The limit, the requests in flight and their peak, and how many were admitted and refused."""
+        return self._call("GET", "/concurrency")
+
     # -- plumbing -------------------------------------------------------------------------------
 
     def _call(

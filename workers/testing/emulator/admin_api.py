@@ -21,7 +21,10 @@ it cannot seed, change, break or reset the emulator. ops/EMULATOR.md documents e
   parameters, the faults that struck it, its answer and whether it landed)
 - ``GET  /_emulator/counters?reservation_sid=``; ``POST /_emulator/counters/reset``
 - ``GET|POST|DELETE /_emulator/faults``, ``DELETE /_emulator/faults/{id}``
-- ``POST /_emulator/reset``: forget everything (model, logs, counters, faults, events)
+- ``GET|PUT /_emulator/concurrency`` ``{"limit": N|null, "retry_after": s|null}``: the account's
+  concurrency limit (429, error 20429, beyond N requests in flight), its peak and refusals
+- ``POST /_emulator/reset``: forget everything (model, logs, counters, faults, events; the
+  concurrency limit goes back to the command line's)
 
 Events (ops/EMULATOR.md):
 
@@ -85,6 +88,7 @@ class AdminApi:
         self._updates = state.updates
         self._settings = state.settings
         self._events, self._callback_faults = state.events, state.callback_faults
+        self._concurrency = state.concurrency
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -105,6 +109,8 @@ class AdminApi:
             web.post(f"{PREFIX}/faults", _json(self.add_fault)),
             web.delete(f"{PREFIX}/faults", _json(self.clear_faults)),
             web.delete(f"{PREFIX}/faults/{{id}}", _json(self.remove_fault)),
+            web.get(f"{PREFIX}/concurrency", _json(self.get_concurrency)),
+            web.put(f"{PREFIX}/concurrency", _json(self.set_concurrency)),
             web.post(f"{PREFIX}/reset", _json(self.reset)),
             web.get(f"{PREFIX}/workspaces/{{sid}}", _json(self.get_workspace)),
             web.post(f"{PREFIX}/workspaces/{{sid}}", _json(self.update_workspace)),
@@ -315,7 +321,15 @@ class AdminApi:
         self._faults.clear()
         return 200, {"faults": []}
 
+    async def get_concurrency(self, request: web.Request) -> tuple[int, object]:
+        return 200, self._concurrency.describe()
+
+    async def set_concurrency(self, request: web.Request) -> tuple[int, object]:
+        self._concurrency.configure(await _body(request))
+        return 200, self._concurrency.describe()
+
     async def reset(self, request: web.Request) -> tuple[int, object]:
+        self._concurrency.set(self._settings.concurrency_limit, self._settings.concurrency_retry_after)
         self._faults.clear()
         self._callback_faults.clear()
         self._events.reset()
