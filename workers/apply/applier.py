@@ -73,6 +73,8 @@ KEPT_FOR_REDRIVE = frozenset(
 class Done:
     outcome: Outcome
     reason: str
+    # Settled by an earlier run or copy: its dead letter, if it keeps one, went out then.
+    repeat: bool = False
 
     @property
     def keeps_message(self) -> bool:
@@ -194,7 +196,9 @@ class ActionApplier:
         with self.ledger.lock(action.reservation_sid) as ledger:
             arrival = ledger.receive(action)
             if arrival.outcome is not None:
-                return Done(Outcome(arrival.outcome), "already settled: a redelivery or a duplicate")
+                return Done(
+                    Outcome(arrival.outcome), "already settled: a redelivery or a duplicate", repeat=True
+                )
             run = _Run(self, ledger, action, delivery, arrival.reservation)
             return run.apply(arrival.intent)
 
