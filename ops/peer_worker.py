@@ -4,7 +4,8 @@ instead of adopting this project.
 One Celery task, written plainly with Celery's defaults (a classic queue, no confirms, prefetch
 multiplier 4) plus late acknowledgement: fetch the reservation with the twilio SDK (its default
 ``requests`` HTTP client), update it with ``If-Match``, retry a 412 through Celery, INSERT one audit
-row. No validation, no dead letters, no ledger, no exactly-once. Run by the benchmark as
+row. No validation, no dead letters, no ledger, no exactly-once. A pool of 8 PostgreSQL
+connections per process for the audit rows. Run by the benchmark as
 ``celery -A peer_worker worker`` with ``ops/`` on ``PYTHONPATH``; it reads its settings from the
 environment the benchmark gives it (``CELERY_BROKER_URL``, ``DATABASE_URL``, the twilio ones).
 """
@@ -16,9 +17,9 @@ import threading
 from pathlib import Path
 from typing import Any
 
-import psycopg
 from celery import Celery, Task
 from celery.signals import worker_ready
+from psycopg_pool import ConnectionPool
 from twilio.base.exceptions import TwilioRestException
 from twilio.rest import Client
 
@@ -56,12 +57,20 @@ def _client() -> Client:
     return client
 
 
-def _db() -> psycopg.Connection[Any]:
-    conn: psycopg.Connection[Any] | None = getattr(_local, "db", None)
-    if conn is None or conn.closed:
-        conn = psycopg.connect(os.environ["DATABASE_URL"], autocommit=True)
-        _local.db = conn
-    return conn
+_pool_lock = threading.Lock()
+_pools: list[ConnectionPool[Any]] = []
+
+
+def _db() -> ConnectionPool[Any]:
+    """A small pool per process (the server's 100 connections are shared with the other side)."""
+    with _pool_lock:
+        if not _pools:
+            _pools.append(
+                ConnectionPool(
+                    os.environ["DATABASE_URL"], min_size=1, max_size=8, kwargs={"autocommit": True}
+                )
+            )
+        return _pools[0]
 
 
 @app.task(bind=True, name=TASK_NAME, max_retries=10)  # type: ignore[untyped-decorator]  # celery: no types
@@ -76,18 +85,20 @@ def accept(self: Task, action_id: str, workspace_sid: str, task_sid: str, reserv
         if exc.status == 412:
             raise self.retry(exc=exc, countdown=0.1) from exc
         raise
-    _db().execute(
-        "INSERT INTO peer_audit (action_id, reservation_sid, from_status, to_status, etag_before, etag_after)"
-        " VALUES (%s, %s, %s, %s, %s, %s)",
-        (
-            action_id,
-            reservation_sid,
-            fetched.data.reservation_status,
-            updated.data.reservation_status,
-            etag,
-            updated.headers.get("ETag"),
-        ),
-    )
+    with _db().connection() as db:
+        db.execute(
+            "INSERT INTO peer_audit"
+            " (action_id, reservation_sid, from_status, to_status, etag_before, etag_after)"
+            " VALUES (%s, %s, %s, %s, %s, %s)",
+            (
+                action_id,
+                reservation_sid,
+                fetched.data.reservation_status,
+                updated.data.reservation_status,
+                etag,
+                updated.headers.get("ETag"),
+            ),
+        )
     return str(updated.data.reservation_status)
 
 
