@@ -34,6 +34,7 @@ from workers.broker.topology import (
 )
 from workers.core.planner import Outcome
 from workers.core.redaction import display_args
+from workers.core.validation import Accepted
 from workers.errors import LedgerPermissionDenied
 
 logger = logging.getLogger("workers.apply")
@@ -103,8 +104,9 @@ class ArrivalApply:
         self.publishers = publishers
         self.keys = keys
 
-    def apply(self, message: dict[str, Any], redelivered: bool) -> str | None:
-        result = self._applier().apply_message(message, Delivery(0, redelivered))
+    def apply(self, accepted: Accepted, redelivered: bool) -> str | None:
+        message = accepted.message
+        result = self._applier().apply_valid(accepted.action, Delivery(0, redelivered))
         if not isinstance(result, Done):
             logger.info(
                 "action %s: retry in %s s (%s)",

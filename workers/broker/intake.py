@@ -92,9 +92,10 @@ OnLoop = Callable[[Callable[[], None]], Any]
 class Applying(Protocol):
     """Applies an accepted action where the intake holds it (``workers.apply.task.ArrivalApply``)."""
 
-    def apply(self, message: dict[str, Any], redelivered: bool) -> str | None:
-        """Apply it now: its outcome once settled (dead letter published if it keeps one), None
-        once a run to try later is handed to the apply task; raises when neither holds."""
+    def apply(self, accepted: Accepted, redelivered: bool) -> str | None:
+        """Apply it now (validated already): its outcome once settled (dead letter published if it
+        keeps one), None once a run to try later is handed to the apply task; raises when neither
+        holds."""
         ...
 
     def give_up(self, message: dict[str, Any], reason: str) -> None:
@@ -300,7 +301,7 @@ class Intake:
         )
         self._announce("task-started", uuid=task_id, pid=os.getpid())
         started = time.monotonic()
-        outcome = self.applying.apply(fate.message, redelivered)
+        outcome = self.applying.apply(fate, redelivered)
         if outcome is None:
             self._announce(
                 "task-retried", uuid=task_id, exception="Retry('handed to the apply task')", traceback=""
