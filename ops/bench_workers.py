@@ -122,7 +122,7 @@ def wait_for_outcomes(
     count_sql = sql.SQL("SELECT count(*) FROM ({}) AS settled").format(settled_sql)
     deadline = time.monotonic() + SETTLE_TIMEOUT
     next_report = time.monotonic() + 5
-    with psycopg.connect(db_url, autocommit=True) as conn:
+    with _connected(db_url) as conn:
         while True:
             row = conn.execute(count_sql, (list(ids),)).fetchone()
             settled = row[0] if row else 0
@@ -135,6 +135,17 @@ def wait_for_outcomes(
                 print(f"  ... {settled}/{len(ids)} settled", file=sys.stderr, flush=True)
                 next_report = time.monotonic() + 5
             time.sleep(0.25)
+
+
+def _connected(db_url: str) -> psycopg.Connection[Any]:
+    """A connection, waiting for a free one: the server's connections are shared with others."""
+    for _ in range(30):
+        try:
+            return psycopg.connect(db_url, autocommit=True)
+        except psycopg.OperationalError as exc:
+            print(f"  ... no connection yet ({exc})", file=sys.stderr, flush=True)
+            time.sleep(1)
+    return psycopg.connect(db_url, autocommit=True)
 
 
 def count(outcomes: dict[uuid.UUID, tuple[str, datetime]]) -> dict[str, int]:
