@@ -35,8 +35,9 @@ and its ledger pool is opened lazily, on the first message.
 
 The worker's event loop must not wait on the ledger or on a publisher confirm (it also delivers
 the apply tasks and their acknowledgements), so the loop only hands each message to one of
-``INTAKE_THREADS`` threads (default 8), and the thread gives the acknowledgement (or the requeue)
-back to the loop, the one thread that may touch the channel. Without an event loop (the gevent
+as many threads as the worker's concurrency (at least ``INTAKE_THREADS``), and the thread gives the
+acknowledgement (or the requeue) and the task events back to the loop, the one thread that may
+touch the channel. Without an event loop (the gevent
 and eventlet pools) messages are handled where they arrive.
 """
 
