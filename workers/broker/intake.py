@@ -37,8 +37,8 @@ The worker's event loop must not wait on the ledger or on a publisher confirm (i
 the apply tasks and their acknowledgements), so the loop only hands each message to one of
 as many threads as the worker's concurrency (at least ``INTAKE_THREADS``), and the thread gives the
 acknowledgement (or the requeue) and the task events back to the loop, the one thread that may
-touch the channel. Without an event loop (the gevent
-and eventlet pools) messages are handled where they arrive.
+touch the channel. Without an event loop (the gevent and eventlet pools) messages are handled
+where they arrive.
 """
 
 from __future__ import annotations
