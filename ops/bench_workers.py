@@ -113,7 +113,10 @@ LEDGER_OUTCOMES = sql.SQL(
 
 
 def wait_for_outcomes(
-    db_url: str, ids: Sequence[uuid.UUID], outcomes_sql: sql.SQL = LEDGER_OUTCOMES
+    db_url: str,
+    ids: Sequence[uuid.UUID],
+    outcomes_sql: sql.SQL = LEDGER_OUTCOMES,
+    conn: psycopg.Connection[Any] | None = None,
 ) -> dict[uuid.UUID, tuple[str, datetime]]:
     """Wait until every action has an outcome; poll lightly, so the poll itself costs little.
 
@@ -122,7 +125,7 @@ def wait_for_outcomes(
     count_sql = sql.SQL("SELECT count(*) FROM ({}) AS settled").format(settled_sql)
     deadline = time.monotonic() + SETTLE_TIMEOUT
     next_report = time.monotonic() + 5
-    with _connected(db_url) as conn:
+    with conn or _connected(db_url) as conn:
         while True:
             row = conn.execute(count_sql, (list(ids),)).fetchone()
             settled = row[0] if row else 0
@@ -284,6 +287,7 @@ def run_celery(
     """Producers are many services: several processes publish, each waiting for its own confirms
     (``lanes``: how each publishing thread feeds the workers, by default ``LANES[via]``)."""
     admin.reset_counters()
+    poll = _connected(db_url)  # taken first: the server's connections are shared with the workers
     messages = [a.to_message() for a in actions]
     shares = [messages[i::PUBLISHERS] for i in range(PUBLISHERS)]
     share_pace = None if pace is None else pace / PUBLISHERS
@@ -301,7 +305,7 @@ def run_celery(
     load_cpu = sum(cpu for _, cpu in results)
     first = min(published.values())
     publishing = max(published.values()) - first
-    outcomes = wait_for_outcomes(db_url, list(published), outcomes_sql)
+    outcomes = wait_for_outcomes(db_url, list(published), outcomes_sql, poll)
     finished = max(at.timestamp() for _, at in outcomes.values())
     latencies = [(outcomes[i][1].timestamp() - t) * 1000 for i, t in published.items()]
     calls = int(admin.counters()["requests"])
