@@ -27,6 +27,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from urllib.parse import parse_qsl
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
@@ -168,9 +169,18 @@ def create_app(config: EventsApiConfig, *, committer: GroupCommitter | None = No
 
     @app.post(CALLBACK_PATH, status_code=204, tags=["events"])
     async def callback(request: Request) -> Response:
-        """A Workspace's Event Callback (form-encoded, signed with the account's auth token)."""
-        form = await request.form()
-        params = {name: [str(value) for value in form.getlist(name)] for name in form}
+        """A Workspace's Event Callback (``application/x-www-form-urlencoded``, signed with the
+        account's auth token; read with the standard library's ``parse_qsl``)."""
+        raw = await request.body()
+        if len(raw) > MAX_BODY:
+            return _problem(413, "too_large", f"a delivery is at most {MAX_BODY} bytes")
+        try:
+            pairs = parse_qsl(raw.decode("utf-8"), keep_blank_values=True)
+        except UnicodeDecodeError:
+            return invalid(Channel.CALLBACK, InvalidEvent("the body is not UTF-8"))
+        params: dict[str, list[str]] = {}
+        for name, value in pairs:
+            params.setdefault(name, []).append(value)
         if not check.form(
             request.url.path,
             request.url.query,
