@@ -37,7 +37,7 @@ def post_form(api: TestClient, form: dict[str, str], signature: str | None, path
     response = api.post(path, data=form, headers=headers)
     if response.status_code == 204:
         assert response.headers["content-type"] == "application/json"
-    return response.status_code
+    return int(response.status_code)
 
 
 @pytest.mark.parametrize(
@@ -113,7 +113,8 @@ def post_stream(
         target += "?" + urlsplit(signed_url).query
     if signature is not None:
         headers["X-Twilio-Signature"] = signature
-    return api.post(target, content=body, headers={"Content-Type": "application/json", **headers}).status_code
+    response = api.post(target, content=body, headers={"Content-Type": "application/json", **headers})
+    return int(response.status_code)
 
 
 @pytest.mark.parametrize("port", ["", ":443"], ids=["without-port", "with-port"])
