@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import urllib3
@@ -116,6 +116,10 @@ class TaskRouterGateway:
         events between ``start`` and ``end`` (of one reservation, if given), each as the keyword
         arguments of :func:`workers.core.taskrouter_events.from_resource`. TaskRouter keeps 30 days."""
         resource = self._v1.workspaces(workspace_sid).events
+        # The dates go out in whole seconds (the SDK cuts the fraction): round the end up, so that
+        # the events of its last second are in.
+        if end.microsecond:
+            end = end.replace(microsecond=0) + timedelta(seconds=1)
         filters: dict[str, Any] = {"start_date": start, "end_date": end, "page_size": page_size}
         if reservation_sid is not None:
             filters["reservation_sid"] = reservation_sid
@@ -162,7 +166,8 @@ class TaskRouterGateway:
             metrics.taskrouter_call(endpoint, "timeout" if timed_out else "connection_error", started)
             what = "did not answer in time" if timed_out else "connection failed"
             raise TransientTaskRouterError(f"TaskRouter {what}: {exc}") from exc
-        metrics.taskrouter_call(endpoint, str(response.status_code), started)
+        # A page of a list (the Events resource) carries no status: it came back, so it was a 200.
+        metrics.taskrouter_call(endpoint, str(getattr(response, "status_code", 200)), started)
         return response
 
     def _translate(self, exc: TwilioRestException | TwilioServiceException) -> TaskRouterError:
