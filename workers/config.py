@@ -70,13 +70,13 @@ class Settings:
     # over it: we sit behind proxies), the secret callbacks are signed with (EVENTS_AUTH_TOKEN, else
     # TWILIO_AUTH_TOKEN), how Event Streams deliveries are checked ("signature", "basic" or
     # "signature,basic": all of those listed), the basic-auth "user:password" for the latter, and
-    # the group commit: transitions per transaction at most, and committing threads.
+    # the group commit: transitions per round trip at most, and committing threads (connections).
     events_public_url: str | None = None
     events_auth_token: str | None = field(default=None, repr=False)
     events_streams_auth: tuple[str, ...] = ("signature",)
     events_basic_auth: str | None = field(default=None, repr=False)
     events_batch_max: int = 200
-    events_writers: int = 2
+    events_writers: int = 4
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -106,7 +106,7 @@ class Settings:
             events_streams_auth=_streams_auth(env),
             events_basic_auth=_basic_auth(env),
             events_batch_max=_count(env, "EVENTS_BATCH_MAX", 200),
-            events_writers=_count(env, "EVENTS_WRITERS", 2),
+            events_writers=_count(env, "EVENTS_WRITERS", 4),
         )
 
     def twilio_credentials(self) -> TwilioCredentials:

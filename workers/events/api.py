@@ -67,7 +67,7 @@ class EventsApiConfig:
     streams_auth: tuple[str, ...] = ("signature",)
     basic_auth: str | None = field(default=None, repr=False)
     batch_max: int = 200
-    writers: int = 2
+    writers: int = 4
     pool_timeout: float = 5.0
 
     def checked_token(self) -> str:

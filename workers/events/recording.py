@@ -1,12 +1,13 @@
 """A TaskRouter event as a ledger transition, and many of them made durable in few commits.
 
 :class:`GroupCommitter` is how the events API answers a callback only once its event is durable
-without one commit per callback: requests hand their transitions to a queue; each of a few
-threads takes what has gathered (up to ``batch_max``), appends it in one transaction
-(``PostgresLedgerWriter.append_transitions``) and then wakes every request of the batch. Under
-load, batches grow and commits per second stay few; idle, a lone callback commits at once.
-A batch that fails is retried one transition at a time, so one bad event fails only its own
-request.
+without a round trip per callback: requests hand their transitions to a queue; each of a few
+threads takes what has gathered (up to ``batch_max``), sends it in one round trip
+(``PostgresLedgerWriter.append_transitions``: each transition its own transaction, so a batch
+never holds two chains' locks at once) and then wakes every request of the batch. The threads'
+commits reach the disk together (PostgreSQL flushes concurrent commits in one WAL write).
+Idle, a lone callback commits at once. A batch that fails is retried one transition at a time,
+so one bad event fails only its own request.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ _Pending = tuple[Transition, "Future[TransitionResult]"]
 class GroupCommitter:
     """Commits submitted transitions in batches on ``threads`` threads; see the module's doc."""
 
-    def __init__(self, writer: TransitionsWriter, *, batch_max: int = 200, threads: int = 2) -> None:
+    def __init__(self, writer: TransitionsWriter, *, batch_max: int = 200, threads: int = 4) -> None:
         self._writer = writer
         self._batch_max = batch_max
         self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
