@@ -27,6 +27,7 @@ import subprocess
 import sys
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -62,9 +63,9 @@ def _start_api(url: str, port: int, writers: int) -> subprocess.Popen[bytes]:
         "EVENTS_WRITERS": str(writers),
         "LOG_FORMAT": "text",
     }
-    reservations = os.path.join(os.path.dirname(sys.executable), "reservations")
+    reservations = str(Path(sys.executable).parent / "reservations")
     command = [reservations, "events-api", "--host", "127.0.0.1", "--port", str(port)]
-    process = subprocess.Popen(command, env=env)  # noqa: S603 - our own command
+    process = subprocess.Popen(command, env=env)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
@@ -72,7 +73,7 @@ def _start_api(url: str, port: int, writers: int) -> subprocess.Popen[bytes]:
                 conn.execute("SELECT 1")
             import urllib.request
 
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as answer:  # noqa: S310
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as answer:
                 if answer.status == 200:
                     return process
         except OSError:
@@ -117,7 +118,9 @@ async def _offer(port: int, deliveries: list[tuple[str, dict[str, str], str]], r
             _, form, signature = deliveries[index]
             started = time.perf_counter()
             try:
-                async with session.post(target, data=form, headers={"X-Twilio-Signature": signature}) as answer:
+                async with session.post(
+                    target, data=form, headers={"X-Twilio-Signature": signature}
+                ) as answer:
                     await answer.read()
                     if answer.status == 204:
                         answered.append(time.perf_counter() - started)
@@ -147,7 +150,9 @@ async def _offer(port: int, deliveries: list[tuple[str, dict[str, str], str]], r
     }
 
 
-def _lost(url: str, deliveries: list[tuple[str, dict[str, str], str]], acknowledged: list[int]) -> tuple[int, int]:
+def _lost(
+    url: str, deliveries: list[tuple[str, dict[str, str], str]], acknowledged: list[int]
+) -> tuple[int, int]:
     """(acknowledged events missing from the ledger, rows beyond one per transition)."""
     wanted = {(deliveries[i][0], deliveries[i][1]["EventType"]) for i in acknowledged}
     sids = sorted({sid for sid, _ in wanted})
@@ -181,14 +186,16 @@ def intake(url: str, rate: float, seconds: float, writers: int) -> None:
         api.wait(timeout=30)
     missing, extra = _lost(url, deliveries, result["acknowledged"])
     answered = result["answered"]
-    print(f"1. intake: {len(deliveries)} signed callbacks offered at {rate:.0f}/s ({writers} committing threads)")
+    print(f"1. intake: {len(deliveries)} signed callbacks offered at {rate:.0f}/s ({writers} writers)")
     print(f"   offered in {result['offered_in']:.2f} s ({len(deliveries) / result['offered_in']:.0f}/s),")
-    print(f"   answered 204: {len(answered)} in {result['elapsed']:.2f} s ({len(answered) / result['elapsed']:.0f}/s)")
+    took = result["elapsed"]
+    print(f"   answered 204: {len(answered)} in {took:.2f} s ({len(answered) / took:.0f}/s)")
     print(
         f"   answer latency p50 {_percentile(answered, 0.5) * 1000:.1f} ms,"
         f" p99 {_percentile(answered, 0.99) * 1000:.1f} ms, max {max(answered, default=0) * 1000:.1f} ms"
     )
-    print(f"   not answered 204 (the sender retries these): {sum(result['failures'].values())} {result['failures']}")
+    failures = result["failures"]
+    print(f"   not answered 204 (the sender retries these): {sum(failures.values())} {failures}")
     print(f"   LOST (answered 204, not in the ledger): {missing};  rows beyond one per transition: {extra}")
 
 
@@ -243,7 +250,9 @@ def to_history(url: str, changes: int, rate: float) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--database-url", default=os.environ.get("DATABASE_URL", DEFAULT_DATABASE_URL))
     parser.add_argument("--rate", type=float, default=1000.0, help="callbacks offered per second")
     parser.add_argument("--seconds", type=float, default=20.0, help="how long to offer them")

@@ -84,7 +84,7 @@ def test_an_agent_accepting_in_the_ui_and_a_timeout_are_recorded_as_events(
     eventually(lambda: transitions(reader, timing_out.sid), 2)
     assert learnt(reader, in_the_ui.sid) == [(None, "pending", "event"), ("pending", "accepted", "event")]
     assert learnt(reader, timing_out.sid) == [(None, "pending", "event"), ("pending", "timeout", "event")]
-    print(f"\nan accept in the UI was in the ledger {seen_after * 1000:.0f} ms after the change")  # noqa: T201
+    print(f"\nan accept in the UI was in the ledger {seen_after * 1000:.0f} ms after the change")
 
 
 def test_duplicated_delayed_and_reordered_callbacks_give_one_row_per_transition(
