@@ -8,10 +8,10 @@ from collections.abc import Iterator
 import pytest
 
 from tests.audit.support import TestClient
+from tests.ledger.conftest import open_reader, open_writer
 from workers.events.api import EventsApiConfig, create_app
 from workers.events.recording import GroupCommitter
-from workers.ledger.connector import Connector
-from workers.ledger.models import LedgerRow, Role
+from workers.ledger.models import LedgerRow
 from workers.ledger.reader import LedgerReader
 from workers.ledger.writer import PostgresLedgerWriter
 from workers.testing.emulator.settings import EMULATOR_AUTH_TOKEN
@@ -22,17 +22,13 @@ TOKEN = EMULATOR_AUTH_TOKEN
 
 @pytest.fixture(scope="module")
 def writer(db_url: str) -> Iterator[PostgresLedgerWriter]:
-    connector = Connector(db_url, Role.WRITER, min_size=1, max_size=4)
-    connector.open()
-    with PostgresLedgerWriter(connector, b"") as opened:
+    with open_writer(db_url) as opened:
         yield opened
 
 
 @pytest.fixture(scope="module")
 def reader(db_url: str) -> Iterator[LedgerReader]:
-    connector = Connector(db_url, Role.READER, min_size=1, max_size=4)
-    connector.open()
-    with LedgerReader(connector, b"") as opened:
+    with open_reader(db_url) as opened:
         yield opened
 
 

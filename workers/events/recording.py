@@ -1,13 +1,12 @@
 """A TaskRouter event as a ledger transition, and many of them made durable in few commits.
 
 :class:`GroupCommitter` is how the events API answers a callback only once its event is durable
-without a round trip per callback: requests hand their transitions to a queue; each of a few
-threads takes what has gathered (up to ``batch_max``), sends it in one round trip
-(``PostgresLedgerWriter.append_transitions``: each transition its own transaction, so a batch
-never holds two chains' locks at once) and then wakes every request of the batch. The threads'
-commits reach the disk together (PostgreSQL flushes concurrent commits in one WAL write).
-Idle, a lone callback commits at once. A batch that fails is retried one transition at a time,
-so one bad event fails only its own request.
+without a commit per callback: requests hand their transitions to a queue; each of a few threads
+takes what has gathered (up to ``batch_max``), appends it in one transaction and one round trip
+(``PostgresLedgerWriter.append_transitions``) and then wakes every request of the batch. Under
+load batches grow, so commits (and WAL flushes) stay few; idle, a lone callback commits at once.
+A batch that fails is rolled back whole and retried one transition at a time, so one bad event
+fails only its own request.
 """
 
 from __future__ import annotations

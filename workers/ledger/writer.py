@@ -152,28 +152,31 @@ class PostgresLedgerWriter(Pooled):
         return int(self._one("record_step", params)["position"])
 
     def append_transitions(self, events: Sequence[Transition]) -> list[TransitionResult]:
-        """Append ``events``, each in a transaction of its own as :meth:`append` would, sent
-        together in one round trip (psycopg's pipeline mode): the events API's batches. Their
-        commits are flushed together with the other writers' (PostgreSQL's group commit), so
-        several of these at once record far more than one at a time. The results are in the
-        order given; an error raises after the transitions before it were committed (each is
-        idempotent: recording one again appends nothing)."""
+        """Append ``events`` in one transaction, each as :meth:`append` would, sent in one round
+        trip (psycopg pipelines ``executemany``): one commit, one WAL flush for the lot (the
+        events API's group commit). The calls run in reservation order, so two batches take
+        their chains' locks in the same order and never wait on each other in a cycle. All or
+        nothing: an error rolls the whole batch back. The results are in the order given."""
+        order = sorted(range(len(events)), key=lambda index: events[index].reservation_sid)
+        results: list[TransitionResult | None] = [None] * len(events)
         started = time.perf_counter()
         try:
-            with self._connector.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
-                cur.executemany(
-                    QUERIES["record_transition"], [self._transition_params(e) for e in events], returning=True
-                )
-                results = []
-                for _ in events:
+            with (
+                self._connector.connection() as conn,
+                conn.transaction(),
+                conn.cursor(row_factory=dict_row) as cur,
+            ):
+                params = [self._transition_params(events[index]) for index in order]
+                cur.executemany(QUERIES["record_transition"], params, returning=True)
+                for index in order:
                     row = cur.fetchone()
                     if row is None:  # pragma: no cover - record_transition returns one row
                         raise LedgerError("record_transition returned nothing")
-                    results.append(TransitionResult(**row))
+                    results[index] = TransitionResult(**row)
                     cur.nextset()
         finally:
             metrics.ledger_write("record_transition", started)  # a batch: one observation
-        return results
+        return [result for result in results if result is not None]
 
     def _transition_params(self, event: Transition) -> dict[str, Any]:
         outcome = event.outcome.value if event.outcome else None
