@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from workers.cli.history import SidType, TimeType
-from workers.cli.options import database_url_option
+from workers.cli.options import database_url_option, env_option
 from workers.config import Settings
 
 # How far back TaskRouter keeps events.
@@ -32,19 +32,20 @@ class SinceType(TimeType):
 
 
 @click.command("reconcile")
-@click.option(
+@env_option(
     "--workspace",
     "workspaces",
+    envvar="RECONCILE_WORKSPACES",
     type=SidType("WS"),
     multiple=True,
     required=True,
-    help="A workspace to read the events of (repeat for several).",
+    help="A workspace to read the events of (repeat for several; in the environment, separated by spaces).",
 )
-@click.option(
+@env_option(
     "--since",
+    envvar="RECONCILE_SINCE",
     type=SinceType(),
     default="24h",
-    show_default=True,
     help="From when: a time, or how long ago (90m, 6h, 2d). TaskRouter keeps 30 days.",
 )
 @click.option("--until", type=TimeType(), default=None, help="Up to when (default: now).")
