@@ -190,3 +190,16 @@ def test_the_api_is_never_held_up_by_a_slow_receiver(
     callbacks.answer()
     assert admin.flush_events(timeout=30)
     assert len(callbacks.received()) == 40
+
+
+def test_a_non_reservation_event_names_its_own_resource(
+    admin: EmulatorAdmin, callbacks: CallbackReceiver, workspace: str
+) -> None:
+    reservation = admin.create_reservation(workspace_sid=workspace)
+    admin.emit_event(reservation.sid, "task.created")
+    (item,) = [item for item in delivered(admin, callbacks) if item.form["EventType"] == "task.created"]
+    assert (item.form["ResourceType"], item.form["ResourceSid"]) == ("Task", reservation.task_sid)
+    assert "ReservationSid" not in item.form
+    signature = item.header("X-Twilio-Signature")
+    assert signature is not None
+    assert VALIDATOR.validate(callbacks.url(), item.form, signature)

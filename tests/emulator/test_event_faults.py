@@ -10,9 +10,9 @@ import pytest
 from tests.emulator.conftest import reservation_context
 from workers.errors import InvalidParameter
 from workers.testing.emulator.admin import EmulatorAdmin
+from workers.testing.emulator.events import ConnectionOverrides
 from workers.testing.emulator.process import free_port
 from workers.testing.emulator.receiver import CallbackReceiver
-from workers.testing.emulator.sender import ConnectionOverrides
 from workers.testing.emulator.server import EmulatorServer
 from workers.testing.emulator.settings import EmulatorSettings
 

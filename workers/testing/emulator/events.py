@@ -26,11 +26,12 @@ import time
 from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from urllib.parse import urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 from twilio.request_validator import RequestValidator
 
 from workers.core.state_machine import Status
+from workers.errors import InvalidParameter
 from workers.testing.emulator.model import Reservation, Transition, Workspace, twilio_time
 
 # The event each status is reached with (Twilio's reservation event types).
@@ -70,6 +71,9 @@ IDEMPOTENCY_HEADER = "I-Twilio-Idempotency-Token"
 _ACTOR_BY_SOURCE = {"api": "worker", "admin": "worker", "timeout": "workspace", "fault": "workspace"}
 
 
+_RESOURCES = {"reservation": "Reservation", "task": "Task", "worker": "Worker", "workspace": "Workspace"}
+
+
 @dataclass(frozen=True, slots=True)
 class Event:
     """One TaskRouter event about a reservation, as the emulator recorded it.
@@ -97,12 +101,18 @@ class Event:
     task_age: int
 
     @property
+    def group(self) -> str:
+        """What the event is about, its type's prefix: ``reservation``, ``task``, ``worker``..."""
+        return self.event_type.partition(".")[0]
+
+    @property
     def resource_type(self) -> str:
-        return "Reservation"
+        return _RESOURCES.get(self.group, "Reservation")
 
     @property
     def resource_sid(self) -> str:
-        return self.reservation_sid
+        sids = {"task": self.task_sid, "worker": self.worker_sid, "workspace": self.workspace_sid}
+        return sids.get(self.group, self.reservation_sid)
 
     @property
     def cloud_event_id(self) -> str:
@@ -168,7 +178,6 @@ def callback_form(event: Event) -> dict[str, str]:
         "TimestampMs": str(event.timestamp_ms),
         "WorkspaceName": event.workspace_name,
         "WorkspaceSid": event.workspace_sid,
-        "ReservationSid": event.reservation_sid,
         "TaskSid": event.task_sid,
         "TaskAge": str(event.task_age),
         "TaskAttributes": "{}",
@@ -180,6 +189,8 @@ def callback_form(event: Event) -> dict[str, str]:
     }
     if event.worker_activity_sid is not None:
         form["WorkerActivitySid"] = event.worker_activity_sid
+    if event.group == "reservation":
+        form["ReservationSid"] = event.reservation_sid
     return form
 
 
@@ -269,7 +280,7 @@ def cloud_event(event: Event) -> dict[str, object]:
             "account_sid": event.account_sid,
             "timestamp": stamp,
             "level": "INFO",
-            "group": "reservation",
+            "group": event.group,
             "product_name": "TaskRouter",
             "payload_type": "application/json",
             "payload": payload,
@@ -280,6 +291,44 @@ def cloud_event(event: Event) -> dict[str, object]:
 def _iso_ms(timestamp_ms: int) -> str:
     seconds, millis = divmod(timestamp_ms, 1000)
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{millis:03d}Z"
+
+
+# -- delivery ---------------------------------------------------------------------------------------
+
+RETRY_POLICIES = frozenset({"ct", "rt", "4xx", "5xx", "all"})
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionOverrides:
+    """Twilio's webhook connection overrides (``#ct=...&rt=...&tt=...&rc=...&rp=...``)."""
+
+    connect_timeout: float = 5.0
+    read_timeout: float = 15.0
+    total_timeout: float = 15.0
+    retries: int = 1
+    retry_on: frozenset[str] = frozenset({"ct"})
+
+    @classmethod
+    def of(cls, url: str) -> ConnectionOverrides:
+        """The overrides in ``url``'s fragment; raises :class:`InvalidParameter` when one is wrong."""
+        fragment = urlsplit(url).fragment
+        if not fragment:
+            return cls()
+        pairs = {key: values[-1] for key, values in parse_qs(fragment).items()}
+        try:
+            connect = int(pairs.get("ct", 5000)) / 1000
+            read = int(pairs.get("rt", 15000)) / 1000
+            total = int(pairs.get("tt", 15000)) / 1000
+            retries = int(pairs.get("rc", 1))
+        except ValueError:
+            raise InvalidParameter("url", f"Invalid connection overrides in {url!r}") from None
+        policies = frozenset(part for part in pairs.get("rp", "ct").split(",") if part)
+        if not policies <= RETRY_POLICIES or not 0 <= retries <= 5 or min(connect, read, total) <= 0:
+            raise InvalidParameter("url", f"Invalid connection overrides in {url!r}")
+        return cls(connect, read, total, retries, policies)
+
+    def retries_after(self, failure: str) -> bool:
+        return "all" in self.retry_on or failure in self.retry_on
 
 
 # -- signatures ------------------------------------------------------------------------------------

@@ -24,7 +24,6 @@ from workers.errors import InvalidParameter, UnknownResource
 from workers.testing.emulator.api import _base_url, _error, _guard, _unauthorized
 from workers.testing.emulator.events import Event, event_resource
 from workers.testing.emulator.model import Workspace
-from workers.testing.emulator.sender import ConnectionOverrides
 from workers.testing.emulator.settings import BasicAuth, is_callback_url, parse_events_filter
 from workers.testing.emulator.state import EmulatorState
 from workers.testing.emulator.wire import JSON_CONTENT_TYPE, REQUEST_ID_HEADER, encode, new_request_id
@@ -165,10 +164,9 @@ def workspace_changes(form: Mapping[str, str]) -> dict[str, object]:
         if snake == "events_filter":
             changes[snake] = parse_events_filter(value)
             continue
-        if value is not None:
-            if not is_callback_url(value):
-                raise InvalidParameter(wire, f"{wire} must be an absolute http(s) URL, not {value!r}")
-            ConnectionOverrides.of(value)
+        if value is not None and not is_callback_url(value):
+            message = f"{wire} must be an absolute http(s) URL with valid connection overrides, not {value!r}"
+            raise InvalidParameter(wire, message)
         changes[snake] = value
     return changes
 

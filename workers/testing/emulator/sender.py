@@ -26,15 +26,15 @@ from collections import deque
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qs, urlencode, urlsplit
+from urllib.parse import urlencode
 
 import aiohttp
 
-from workers.errors import InvalidParameter
 from workers.testing.emulator.callback_faults import CallbackFaults, DeliveryPlan
 from workers.testing.emulator.events import (
     IDEMPOTENCY_HEADER,
     SIGNATURE_HEADER,
+    ConnectionOverrides,
     Event,
     callback_form,
     json_body,
@@ -53,40 +53,7 @@ CALLBACK = "callback"
 STREAM = "stream"
 OVERFLOW = "overflow"
 DROPPED = "dropped"
-RETRY_POLICIES = frozenset({"ct", "rt", "4xx", "5xx", "all"})
-
-
-@dataclass(frozen=True, slots=True)
-class ConnectionOverrides:
-    """Twilio's webhook connection overrides (``#ct=...&rt=...&tt=...&rc=...&rp=...``)."""
-
-    connect_timeout: float = 5.0
-    read_timeout: float = 15.0
-    total_timeout: float = 15.0
-    retries: int = 1
-    retry_on: frozenset[str] = frozenset({"ct"})
-
-    @classmethod
-    def of(cls, url: str) -> ConnectionOverrides:
-        """The overrides in ``url``'s fragment; raises :class:`InvalidParameter` when one is wrong."""
-        fragment = urlsplit(url).fragment
-        if not fragment:
-            return cls()
-        pairs = {key: values[-1] for key, values in parse_qs(fragment).items()}
-        try:
-            connect = int(pairs.get("ct", 5000)) / 1000
-            read = int(pairs.get("rt", 15000)) / 1000
-            total = int(pairs.get("tt", 15000)) / 1000
-            retries = int(pairs.get("rc", 1))
-        except ValueError:
-            raise InvalidParameter("url", f"Invalid connection overrides in {url!r}") from None
-        policies = frozenset(part for part in pairs.get("rp", "ct").split(",") if part)
-        if not policies <= RETRY_POLICIES or not 0 <= retries <= 5 or min(connect, read, total) <= 0:
-            raise InvalidParameter("url", f"Invalid connection overrides in {url!r}")
-        return cls(connect, read, total, retries, policies)
-
-    def retries_after(self, failure: str) -> bool:
-        return "all" in self.retry_on or failure in self.retry_on
+ERROR = "error"  # a bug of ours: logged with its traceback
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,8 +154,8 @@ class Sender:
 
     def submit(self, event: Event, channel: str, url: str) -> None:
         """Queue one delivery; a full queue logs it ``overflow`` instead of waiting."""
-        item = _Item(event, channel, url, generation=self._generation)
         with self._lock:
+            item = _Item(event, channel, url, generation=self._generation)
             if len(self._queue) >= self._queue_size:
                 full = True
             else:
@@ -316,6 +283,7 @@ class Sender:
             self._release_held()
         except Exception:
             logger.exception("emulator: delivering %s failed", item.event.sid)
+            self.log.record(item, 0, 0, ERROR)
         finally:
             with self._lock:
                 self._in_flight -= 1
@@ -401,7 +369,7 @@ class Sender:
                     failure = None if response.status < 400 else ("4xx" if response.status < 500 else "5xx")
             except (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError) as error:
                 outcome, failure = "connect_error", "ct"
-                logger.debug("emulator: callback to %s: %s", url, error)
+                logger.debug("emulator: callback to %s: %r", url, error)
             except (TimeoutError, aiohttp.ClientError) as error:
                 connect = isinstance(error, aiohttp.ConnectionTimeoutError)
                 outcome, failure = ("connect_error", "ct") if connect else ("timeout", "rt")

@@ -9,7 +9,8 @@ from urllib.parse import urlsplit
 
 from workers.config import TwilioCredentials
 from workers.core.sids import is_sid
-from workers.errors import ConfigurationError
+from workers.errors import ConfigurationError, InvalidParameter
+from workers.testing.emulator.events import ConnectionOverrides
 from workers.testing.emulator.store import DEFAULT_LOG_SIZE
 
 # The emulator's well-known local credentials; never valid against the real Twilio. The product has
@@ -66,7 +67,9 @@ class EmulatorSettings:
         for name in ("event_callback_url", "event_streams_url"):
             url = getattr(self, name)
             if url is not None and not is_callback_url(url):
-                raise ConfigurationError(f"The {name} {url!r} must be an absolute http(s) URL")
+                raise ConfigurationError(
+                    f"The {name} {url!r} must be an absolute http(s) URL, its connection overrides valid"
+                )
         if self.reservation_timeout is not None and self.reservation_timeout <= 0:
             raise ConfigurationError("The reservation timeout must be positive")
         if self.callback_concurrency < 1 or self.callback_queue_size < 1:
@@ -81,9 +84,15 @@ class EmulatorSettings:
 
 
 def is_callback_url(url: str) -> bool:
-    """An absolute http(s) URL, as Twilio requires of a callback URL."""
+    """An absolute http(s) URL, as Twilio requires of a callback URL, with valid connection overrides."""
     parts = urlsplit(url)
-    return parts.scheme in ("http", "https") and bool(parts.netloc)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        return False
+    try:
+        ConnectionOverrides.of(url)
+    except InvalidParameter:
+        return False
+    return True
 
 
 def parse_events_filter(value: str | None) -> tuple[str, ...] | None:
