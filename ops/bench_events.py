@@ -1,6 +1,8 @@
 """Benchmark the events API on a fresh ledger database that it creates, migrates and drops.
 
 Prints:
+  0. **The ledger alone**: transitions/s appended in batches by the API's writer threads, without
+     HTTP, in the same run: the ceiling the intake is read against (the ratio is printed).
   1. **Intake**: signed Event Callbacks offered at ``--rate`` per second (open loop: each is sent at
      its time whatever the answers before it) for ``--seconds``, to ``reservations events-api``
      running as its own process. Shows the rate answered 204, the answer latency p50/p99, and
@@ -175,7 +177,7 @@ def _lost(
     return missing, extra
 
 
-def intake(url: str, rate: float, seconds: float, writers: int) -> None:
+def intake(url: str, rate: float, seconds: float, writers: int) -> float:
     port = free_port()
     api = _start_api(url, port, writers)
     try:
@@ -197,6 +199,42 @@ def intake(url: str, rate: float, seconds: float, writers: int) -> None:
     failures = result["failures"]
     print(f"   not answered 204 (the sender retries these): {sum(failures.values())} {failures}")
     print(f"   LOST (answered 204, not in the ledger): {missing};  rows beyond one per transition: {extra}")
+    return len(answered) / took
+
+
+def ledger_alone(url: str, writers: int, seconds: float = 5.0, batch: int = 100) -> float:
+    """Transitions/s the ledger takes from ``writers`` threads appending batches, no HTTP: the
+    ceiling the intake is compared with, measured in the same run."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from workers.ledger.connector import Connector
+    from workers.ledger.events import Transition
+    from workers.ledger.models import Role, Source
+    from workers.ledger.writer import PostgresLedgerWriter
+
+    with Connector(url, Role.WRITER, min_size=writers, max_size=writers) as connector:
+        writer = PostgresLedgerWriter(connector, b"")
+        deadline = time.perf_counter() + seconds
+
+        def work(_: int) -> int:
+            done = 0
+            while time.perf_counter() < deadline:
+                events = [
+                    Transition(
+                        new_sid("WR"), None, "accepted", None, None, source=Source.EVENT, detail="bench"
+                    )
+                    for _ in range(batch)
+                ]
+                writer.append_transitions(events)
+                done += batch
+            return done
+
+        began = time.perf_counter()
+        with ThreadPoolExecutor(writers) as pool:
+            total = sum(pool.map(work, range(writers)))
+        rate = total / (time.perf_counter() - began)
+    print(f"0. the ledger alone: {rate:.0f} transitions/s ({writers} writers, batches of {batch}, no HTTP)")
+    return rate
 
 
 def to_history(url: str, changes: int, rate: float) -> None:
@@ -266,7 +304,9 @@ def main() -> None:
     migrate(url)
     try:
         if not args.skip_intake:
-            intake(url, args.rate, args.seconds, args.writers)
+            ceiling = ledger_alone(url, args.writers)
+            answered = intake(url, args.rate, args.seconds, args.writers)
+            print(f"   the intake answered at {answered / ceiling:.2f}x the ledger alone in this run")
         if not args.skip_history:
             to_history(url, args.changes, args.change_rate)
     finally:
