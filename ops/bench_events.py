@@ -152,6 +152,35 @@ async def _offer(port: int, deliveries: list[tuple[str, dict[str, str], str]], r
     }
 
 
+async def _closed(
+    port: int, deliveries: list[tuple[str, dict[str, str], str]], senders: int
+) -> dict[str, Any]:
+    """``senders`` senders, each sending its next callback once the last was answered: the rate
+    the API holds without a backlog."""
+    answered: list[float] = []
+    acknowledged: list[int] = []
+    target = f"http://127.0.0.1:{port}{CALLBACK_PATH}"
+    connector = aiohttp.TCPConnector(limit=senders)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=30)) as session:
+
+        async def sender(first: int) -> None:
+            for index in range(first, len(deliveries), senders):
+                _, form, signature = deliveries[index]
+                started = time.perf_counter()
+                async with session.post(
+                    target, data=form, headers={"X-Twilio-Signature": signature}
+                ) as answer:
+                    await answer.read()
+                    if answer.status == 204:
+                        answered.append(time.perf_counter() - started)
+                        acknowledged.append(index)
+
+        began = time.perf_counter()
+        await asyncio.gather(*(sender(n) for n in range(senders)))
+        elapsed = time.perf_counter() - began
+    return {"answered": answered, "acknowledged": acknowledged, "elapsed": elapsed}
+
+
 def _lost(
     url: str, deliveries: list[tuple[str, dict[str, str], str]], acknowledged: list[int]
 ) -> tuple[int, int]:
@@ -181,14 +210,27 @@ def intake(url: str, rate: float, seconds: float, writers: int) -> float:
     port = free_port()
     api = _start_api(url, port, writers)
     try:
+        held = _deliveries(int(rate * 5), f"http://127.0.0.1:{port}")
+        closed = asyncio.run(_closed(port, held, 64))
         deliveries = _deliveries(int(rate * seconds), f"http://127.0.0.1:{port}")
         result = asyncio.run(_offer(port, deliveries, rate))
     finally:
         api.terminate()
         api.wait(timeout=30)
+    times: list[float] = closed["answered"]
+    capacity = float(len(times) / closed["elapsed"])
+    closed_missing, closed_extra = _lost(url, held, closed["acknowledged"])
+    print(
+        f"1. intake, 64 senders each waiting for its answer: {capacity:.0f} callbacks/s answered 204"
+        f" ({len(times)} of {len(held)}), p50 {_percentile(times, 0.5) * 1000:.1f} ms,"
+        f" p99 {_percentile(times, 0.99) * 1000:.1f} ms;"
+        f" LOST {closed_missing}, extra rows {closed_extra}"
+    )
     missing, extra = _lost(url, deliveries, result["acknowledged"])
     answered = result["answered"]
-    print(f"1. intake: {len(deliveries)} signed callbacks offered at {rate:.0f}/s ({writers} writers)")
+    print(
+        f"   then {len(deliveries)} signed callbacks offered at {rate:.0f}/s, open loop ({writers} writers)"
+    )
     print(f"   offered in {result['offered_in']:.2f} s ({len(deliveries) / result['offered_in']:.0f}/s),")
     took = result["elapsed"]
     print(f"   answered 204: {len(answered)} in {took:.2f} s ({len(answered) / took:.0f}/s)")
@@ -199,7 +241,7 @@ def intake(url: str, rate: float, seconds: float, writers: int) -> float:
     failures = result["failures"]
     print(f"   not answered 204 (the sender retries these): {sum(failures.values())} {failures}")
     print(f"   LOST (answered 204, not in the ledger): {missing};  rows beyond one per transition: {extra}")
-    return len(answered) / took
+    return capacity
 
 
 def ledger_alone(url: str, writers: int, seconds: float = 5.0, batch: int = 100) -> float:
@@ -306,7 +348,7 @@ def main() -> None:
         if not args.skip_intake:
             ceiling = ledger_alone(url, args.writers)
             answered = intake(url, args.rate, args.seconds, args.writers)
-            print(f"   the intake answered at {answered / ceiling:.2f}x the ledger alone in this run")
+            print(f"   the intake held {answered / ceiling:.2f}x the ledger alone in this run (64 senders)")
         if not args.skip_history:
             to_history(url, args.changes, args.change_rate)
     finally:
