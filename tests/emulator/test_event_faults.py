@@ -218,7 +218,9 @@ def test_connection_overrides(url: str, expected: ConnectionOverrides) -> None:
     assert ConnectionOverrides.of(url) == expected
 
 
-@pytest.mark.parametrize("fragment", ["rc=6", "rc=x", "rp=sometimes", "ct=0"])
+@pytest.mark.parametrize(
+    "fragment", ["rc=6", "rc=x", "rp=sometimes", "ct=0", "ct=10001", "rt=15001", "tt=99"]
+)
 def test_wrong_connection_overrides_are_refused(fragment: str) -> None:
     with pytest.raises(InvalidParameter):
         ConnectionOverrides.of(f"https://example.com/e#{fragment}")
@@ -232,4 +234,21 @@ def test_api_accept_reaches_the_receiver_once_without_faults(
     assert sent(admin, callbacks) == [
         (reservation.sid, "reservation.created"),
         (reservation.sid, "reservation.accepted"),
+    ]
+
+
+def test_a_slow_receiver_times_out_and_is_retried_only_when_asked(
+    admin: EmulatorAdmin, callbacks: CallbackReceiver, workspace: str
+) -> None:
+    callbacks.answer(delay=0.6)
+    admin.set_event_callback(workspace, callbacks.url("/slow") + "#rt=200")
+    once = admin.create_reservation(workspace_sid=workspace).sid
+    assert admin.flush_events()
+    assert [entry.outcome for entry in admin.deliveries(once)] == ["timeout"]
+    admin.set_event_callback(workspace, callbacks.url("/slow") + "#rt=200&rp=rt&rc=1")
+    twice = admin.create_reservation(workspace_sid=workspace).sid
+    assert admin.flush_events()
+    assert [(entry.attempt, entry.outcome) for entry in admin.deliveries(twice)] == [
+        (1, "timeout"),
+        (2, "timeout"),
     ]

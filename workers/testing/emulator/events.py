@@ -323,7 +323,9 @@ class ConnectionOverrides:
         except ValueError:
             raise InvalidParameter("url", f"Invalid connection overrides in {url!r}") from None
         policies = frozenset(part for part in pairs.get("rp", "ct").split(",") if part)
-        if not policies <= RETRY_POLICIES or not 0 <= retries <= 5 or min(connect, read, total) <= 0:
+        # Twilio's ranges: ct 100 to 10,000 ms, rt and tt 100 to 15,000 ms, rc 0 to 5.
+        in_range = 0.1 <= connect <= 10 and 0.1 <= read <= 15 and 0.1 <= total <= 15 and 0 <= retries <= 5
+        if not policies <= RETRY_POLICIES or not in_range:
             raise InvalidParameter("url", f"Invalid connection overrides in {url!r}")
         return cls(connect, read, total, retries, policies)
 

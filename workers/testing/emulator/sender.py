@@ -358,10 +358,13 @@ class Sender:
         if session is None:
             return
         started = time.monotonic()
-        timeout = aiohttp.ClientTimeout(
-            sock_connect=overrides.connect_timeout, sock_read=overrides.read_timeout
-        )
         for attempt in range(1, overrides.retries + 2):
+            left = overrides.total_timeout - (time.monotonic() - started)  # tt bounds all attempts
+            timeout = aiohttp.ClientTimeout(
+                total=max(left, 0.001),
+                sock_connect=overrides.connect_timeout,
+                sock_read=overrides.read_timeout,
+            )
             try:
                 async with session.post(url, data=body, headers=headers, timeout=timeout) as response:
                     await response.read()
