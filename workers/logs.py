@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 # The ledger's vocabulary (ops/LEDGER.md): the same words in the logs and the metrics' labels.
-FIELDS = ("action_id", "reservation_sid", "correlation_id", "run", "outcome", "delay")
+FIELDS = ("action_id", "reservation_sid", "correlation_id", "run", "outcome", "delay", "auditor")
 
 
 class JsonFormatter(logging.Formatter):

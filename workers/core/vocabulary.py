@@ -112,5 +112,7 @@ OTHER_WORDS: frozenset[str] = frozenset(
         "event_type",
     }
 )
+# The name of the auditor whose token made a request (the audit API's log lines).
+OTHER_WORDS |= {"auditor"}
 
 WORDS: frozenset[str] = LEDGER_COLUMNS | OTHER_WORDS
