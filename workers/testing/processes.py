@@ -59,8 +59,10 @@ class WorkerProcess(Background):
         concurrency: int = 8,
         name: str | None = None,
         loglevel: str = "INFO",
+        app: str = "workers",
     ) -> None:
         self.env = {**os.environ, **env}
+        self.app = app  # what ``celery -A`` loads (the benchmarks also run a naive peer's app)
         self.pool = pool
         self.concurrency = concurrency
         self.name = name or f"worker-{uuid.uuid4().hex[:8]}"
@@ -77,11 +79,21 @@ class WorkerProcess(Background):
         return self.log_path.read_text(errors="replace")
 
     def start(self) -> None:
+        """Launch the worker and wait until it reports ready (its ready file)."""
+        self.launch()
+        self.wait_ready()
+
+    @property
+    def ready_file(self) -> Path:
+        return self._ready_file
+
+    def launch(self) -> None:
+        """Launch the worker without waiting for it to report ready."""
         self._log = tempfile.NamedTemporaryFile(prefix=f"{self.name}-", suffix=".log", delete=False)  # noqa: SIM115
         self._ready_file = Path(tempfile.gettempdir()) / f"{self.name}-{uuid.uuid4().hex}.ready"
         self.env["WORKER_READY_FILE"] = str(self._ready_file)
         command = [
-            sys.executable, "-m", "celery", "-A", "workers", "worker",
+            sys.executable, "-m", "celery", "-A", self.app, "worker",
             "--pool", self.pool, "--concurrency", str(self.concurrency),
             "--hostname", f"{self.name}@%h", "--loglevel", self.loglevel,
             "--without-mingle", "--without-gossip",
@@ -89,6 +101,9 @@ class WorkerProcess(Background):
         self.process = subprocess.Popen(  # noqa: S603 - our own command line
             command, env=self.env, stdout=self._log, stderr=subprocess.STDOUT
         )
+
+    def wait_ready(self) -> None:
+        assert self.process is not None, "launch() first"
         deadline = time.monotonic() + READY_TIMEOUT
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
