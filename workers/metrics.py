@@ -97,6 +97,7 @@ EVENT_DELAY = Histogram(
     "reservations_event_delay_seconds",
     "From the event's time at TaskRouter (TimestampMs) to its transition committed in the ledger",
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0),
+)
 # The account-wide concurrency governor (workers.taskrouter.governor) and what TaskRouter says of
 # the account's limits. Gauges add up across a prefork worker's processes where that makes sense.
 TASKROUTER_IN_FLIGHT = Gauge(

@@ -143,6 +143,7 @@ class TaskRouterGateway:
         while page is not None:
             yield [_event(instance) for instance in page]
             page = self._call("events", page.next_page)
+
     def authenticate(self) -> None:
         """One authenticated read (a reservation that exists nowhere); a :class:`TaskRouterError`
         unless TaskRouter accepted the credentials. Not counted in the metrics: no action made it."""
