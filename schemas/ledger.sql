@@ -290,6 +290,7 @@ AS $$
 DECLARE
     horizon xid8;
     ended xid8[];
+    settling xid8[];
 BEGIN
     WITH locks AS MATERIALIZED (  -- one read of the lock table
         SELECT l.locktype, l.transactionid, l.virtualtransaction, l.database
@@ -310,8 +311,18 @@ BEGIN
         SELECT x, (x::text)::bigint % 4294967296 AS xid32 FROM pg_snapshot_xip(s) AS x
     )
     SELECT least(pg_snapshot_xmax(s), (SELECT min(f.x) FROM in_flight f WHERE f.xid32 IN (SELECT xid32 FROM writing))),
-           (SELECT array_agg(f.x) FROM in_flight f WHERE f.xid32 NOT IN (SELECT xid32 FROM running))
-      INTO horizon, ended;
+           (SELECT array_agg(f.x) FROM in_flight f WHERE f.xid32 NOT IN (SELECT xid32 FROM running)),
+           (SELECT array_agg(f.x) FROM in_flight f
+             WHERE f.xid32 IN (SELECT xid32 FROM running) AND f.xid32 NOT IN (SELECT xid32 FROM writing))
+      INTO horizon, ended, settling;
+    -- A new statement, after that read of the lock table: a transaction that held its xid lock
+    -- without the writers' lock and that is no longer in progress is ending (PostgreSQL records
+    -- the commit, then leaves the running set, then releases its locks; the writers' lock may go
+    -- first): it may be a ledger writer whose rows s does not show, so it holds the horizon back.
+    -- One still in progress never appends (join_writers).
+    horizon := least(horizon, (
+        SELECT min(x) FROM unnest(settling) AS x WHERE pg_xact_status(x) IS DISTINCT FROM 'in progress'
+    ));
     IF ended IS NULL THEN
         RETURN horizon;
     END IF;
