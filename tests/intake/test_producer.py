@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
+from tests.intake.messages import example_paths
 from tests.intake.test_intake_end_to_end import addressed
 from tests.intake.wire import channel
 from tests.support.e2e import action_for, wait_for_outcome
@@ -145,3 +146,59 @@ def test_cli_dry_run_publishes_nothing_and_usage_errors(broker_url: str) -> None
     assert result.exit_code == 1
     assert "0 valid, 1 failed" in result.output
     assert runner.invoke(main, ["enqueue"]).exit_code == 2
+
+
+def test_cli_enqueues_the_schemas_examples_from_their_own_pretty_printed_files(
+    worker: WorkerProcess, admin: EmulatorAdmin, ledger: LedgerReader, broker_url: str, tmp_path: Path
+) -> None:
+    """Each example file as it is (pretty-printed) passes --dry-run; pointed at a seeded reservation
+    and with a new action_id, but still pretty-printed, it is published and applied."""
+    runner = CliRunner()
+    paths = example_paths()
+    assert len(paths) >= 9
+    for path in paths:
+        result = runner.invoke(main, ["enqueue", "--dry-run", "--file", str(path), "--broker-url", broker_url])
+        assert result.exit_code == 0, (path.name, result.output)
+        assert "1 valid, 0 failed" in result.output
+    start = {"wrapup": "accepted", "complete": "accepted"}
+    applied: list[str] = []
+    for path in paths:
+        message = addressed(path.stem, admin.create_reservation(status=start.get(path.stem, "pending")))
+        copy = tmp_path / path.name
+        copy.write_text(json.dumps(message, indent=4))
+        result = runner.invoke(main, ["enqueue", "--file", str(copy), "--broker-url", broker_url, "--no-progress"])
+        assert result.exit_code == 0, (path.name, result.output)
+        applied.append(message["action_id"])
+    for action_id in applied:
+        assert wait_for_outcome(ledger, uuid.UUID(action_id)).outcome == "applied"
+
+
+def test_cli_enqueues_a_json_array_and_reports_bad_items_by_number(
+    worker: WorkerProcess, admin: EmulatorAdmin, ledger: LedgerReader, broker_url: str, tmp_path: Path
+) -> None:
+    messages = [addressed("accept", admin.create_reservation()) for _ in range(2)]
+    path = tmp_path / "actions.json"
+    path.write_text(json.dumps([messages[0], "accept", addressed_bad(), messages[1]], indent=2))
+    result = CliRunner().invoke(main, ["enqueue", "--file", str(path), "--broker-url", broker_url])
+    assert result.exit_code == 1, result.output
+    assert "item 2: not a JSON object" in result.output
+    assert "item 3: invalid action (out_of_range)" in result.output
+    assert "2 published, 2 failed" in result.output
+    for message in messages:
+        assert wait_for_outcome(ledger, uuid.UUID(message["action_id"])).outcome == "applied"
+
+
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [
+        ('{\n  "schema": "reservation-action/v1",\n  "action": \n}\n', "file: not JSON: Expecting value at line 4"),
+        ('[\n  {"a": 1},\n', "file: not JSON"),
+        ("", "0 valid, 0 failed"),
+    ],
+)
+def test_cli_says_once_where_a_broken_file_breaks(text: str, said: str, tmp_path: Path) -> None:
+    path = tmp_path / "broken.json"
+    path.write_text(text)
+    result = CliRunner().invoke(main, ["enqueue", "--dry-run", "--file", str(path)])
+    assert said in result.output
+    assert result.output.count("not JSON") <= 1
