@@ -142,7 +142,7 @@ def create_app(settings: Settings) -> ReservationsApp:
     intake.install(app)
     # LOG_FORMAT=json (the default off a terminal): Celery's handlers, our JSON formatter. Signals
     # are global: one receiver per process, whichever app is built first.
-    on_logger_setup = _withholding_bodies(logger_setup(settings.log_format))
+    on_logger_setup = _withholding_bodies(logger_setup(settings.log_format, settings.log_level))
     after_setup_logger.connect(on_logger_setup, weak=False, dispatch_uid="reservations.logs")
     after_setup_task_logger.connect(on_logger_setup, weak=False, dispatch_uid="reservations.task-logs")
     worker_ready.connect(_announce_ready, weak=False, dispatch_uid="reservations.ready")

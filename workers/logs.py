@@ -3,8 +3,10 @@
 ``LOG_FORMAT`` chooses: ``json``, ``text`` (Celery's own format), or ``auto`` (the default): JSON
 when stderr is not a terminal (a container, a supervisor, a log file), text on a terminal. The
 worker applies it through Celery's ``after_setup_logger`` and ``after_setup_task_logger`` signals,
-so Celery still chooses the handlers (stderr or ``--logfile``) and the level (``--loglevel``); only
-the formatter changes.
+so Celery still chooses the handlers (stderr or ``--logfile``) and its own level (``--loglevel``,
+WARNING unless given); our loggers (``workers.*``) log at ``LOG_LEVEL`` (INFO: a line per action)
+unless ``--loglevel`` is lower. Other processes (the audit API, the events API: uvicorn) call
+:func:`setup_process`, which gives the root logger one stderr handler in the same format.
 
 A line carries ``time`` (UTC, RFC 3339, milliseconds), ``level``, ``logger``, ``message`` and,
 when the call passed them as ``extra``, the fields in :data:`FIELDS`; ``exception`` holds a
@@ -63,11 +65,34 @@ def use_json(logger: logging.Logger) -> None:
         handler.setFormatter(formatter)
 
 
-def logger_setup(log_format: str) -> Callable[..., None]:
+OURS = "workers"
+TEXT_FORMAT = "[%(asctime)s: %(levelname)s/%(name)s] %(message)s"  # Celery's
+
+
+def logger_setup(log_format: str, log_level: str = "INFO") -> Callable[..., None]:
     """A receiver of Celery's ``after_setup_logger`` and ``after_setup_task_logger`` signals."""
 
-    def on_logger_setup(logger: logging.Logger, **_: Any) -> None:
+    def on_logger_setup(logger: logging.Logger, loglevel: int | str | None = None, **_: Any) -> None:
         if wants_json(log_format):
             use_json(logger)
+        logging.getLogger(OURS).setLevel(min(_level(log_level), _level(loglevel or logging.CRITICAL)))
 
     return on_logger_setup
+
+
+def setup_process(log_format: str, log_level: str = "INFO", stream: Any = None) -> logging.Handler:
+    """Logging for a process that is not a Celery worker: one handler on the root logger, to
+    ``stream`` (stderr), JSON or text as ``log_format`` says, at ``log_level``. Its handler."""
+    handler = logging.StreamHandler(sys.stderr if stream is None else stream)
+    json_lines = wants_json(log_format, handler.stream)
+    handler.setFormatter(JsonFormatter() if json_lines else logging.Formatter(TEXT_FORMAT))
+    root = logging.getLogger()
+    root.handlers = [handler]
+    root.setLevel(log_level)
+    return handler
+
+
+def _level(level: int | str) -> int:
+    return (
+        level if isinstance(level, int) else logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
+    )

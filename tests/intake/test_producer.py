@@ -157,7 +157,9 @@ def test_cli_enqueues_the_schemas_examples_from_their_own_pretty_printed_files(
     paths = example_paths()
     assert len(paths) >= 9
     for path in paths:
-        result = runner.invoke(main, ["enqueue", "--dry-run", "--file", str(path), "--broker-url", broker_url])
+        result = runner.invoke(
+            main, ["enqueue", "--dry-run", "--file", str(path), "--broker-url", broker_url]
+        )
         assert result.exit_code == 0, (path.name, result.output)
         assert "1 valid, 0 failed" in result.output
     start = {"wrapup": "accepted", "complete": "accepted"}
@@ -166,7 +168,9 @@ def test_cli_enqueues_the_schemas_examples_from_their_own_pretty_printed_files(
         message = addressed(path.stem, admin.create_reservation(status=start.get(path.stem, "pending")))
         copy = tmp_path / path.name
         copy.write_text(json.dumps(message, indent=4))
-        result = runner.invoke(main, ["enqueue", "--file", str(copy), "--broker-url", broker_url, "--no-progress"])
+        result = runner.invoke(
+            main, ["enqueue", "--file", str(copy), "--broker-url", broker_url, "--no-progress"]
+        )
         assert result.exit_code == 0, (path.name, result.output)
         applied.append(message["action_id"])
     for action_id in applied:
@@ -191,7 +195,10 @@ def test_cli_enqueues_a_json_array_and_reports_bad_items_by_number(
 @pytest.mark.parametrize(
     ("text", "said"),
     [
-        ('{\n  "schema": "reservation-action/v1",\n  "action": \n}\n', "file: not JSON: Expecting value at line 4"),
+        (
+            '{\n  "schema": "reservation-action/v1",\n  "action": \n}\n',
+            "file: not JSON: Expecting value at line 4",
+        ),
         ('[\n  {"a": 1},\n', "file: not JSON"),
         ("", "0 valid, 0 failed"),
     ],

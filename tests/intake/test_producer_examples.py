@@ -68,7 +68,7 @@ def node_modules(request: pytest.FixtureRequest) -> Path:
     npm, node = shutil.which("npm"), shutil.which("node")
     if npm is None or node is None:
         unavailable("npm and node are needed to run the Node producer example")
-    folder = request.config.cache.mkdir("producer-examples-node")  # type: ignore[union-attr]
+    folder = request.config.cache.mkdir("producer-examples-node")
     if not (folder / "node_modules" / "amqplib").is_dir():
         installed = subprocess.run(
             [npm, "install", "--no-audit", "--no-fund", "--silent", "--prefix", str(folder), AMQPLIB],  # type: ignore[list-item]

@@ -81,7 +81,14 @@ BAD_INPUT: list[tuple[str, bytes, str | None, str | None, RejectCode, str]] = [
     ("compressed", body(CALL), JSON, "gzip", RejectCode.CONTENT_ENCODING, "gzip"),
     ("another charset's label", body(CALL), JSON, "latin-1", RejectCode.CONTENT_ENCODING, "latin-1"),
     # The label is only a label: "binary" bytes must still be UTF-8 (json.loads alone reads UTF-16).
-    ("UTF-16 labelled binary", json.dumps(CALL).encode("utf-16"), JSON, "binary", RejectCode.NOT_UTF8, "UTF-8"),
+    (
+        "UTF-16 labelled binary",
+        json.dumps(CALL).encode("utf-16"),
+        JSON,
+        "binary",
+        RejectCode.NOT_UTF8,
+        "UTF-8",
+    ),
     ("a BOM labelled binary", b"\xef\xbb\xbf" + body(CALL), JSON, "binary", RejectCode.INVALID_JSON, "BOM"),
     (
         "over 64 KiB",

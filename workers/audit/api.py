@@ -32,7 +32,7 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, create_model
 
-from workers import __version__
+from workers import __version__, api_metrics
 from workers.audit import queries
 from workers.audit.params import parse_rfc3339
 from workers.audit.rows import EVENT_FIELDS, action_row, event_row, reservation_row
@@ -271,6 +271,7 @@ def create_app(config: AuditApiConfig, *, ledger: LedgerReader | None = None) ->
         responses=_ERRORS,
     )
     app.state.audit_token = token
+    api_metrics.instrument(app, "audit")
 
     def v1_get(
         path: str, model: type[BaseModel], tag: str, missing: str | None = None, **more: Any

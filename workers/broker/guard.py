@@ -53,7 +53,10 @@ def refusal(message: Message) -> tuple[str, str] | None:
     if content_type != JSON:
         return "content_type", f"content type {_short(message.content_type)} is not {JSON}"
     if (message.content_encoding or "").strip().lower() not in ACCEPTED_ENCODINGS:
-        return "content_encoding", f"content encoding {_short(message.content_encoding)} is not utf-8 or binary"
+        return (
+            "content_encoding",
+            f"content encoding {_short(message.content_encoding)} is not utf-8 or binary",
+        )
     headers = message.headers
     if not isinstance(headers, dict) or "task" not in headers:
         return "unknown_message", "not a Celery task message of protocol 2"

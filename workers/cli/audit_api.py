@@ -56,8 +56,11 @@ def audit_api(host: str, port: int, database_url: str, insecure_local: bool, poo
 
     from workers.audit.api import AuditApiConfig, create_app
     from workers.errors import ConfigurationError
+    from workers.logs import setup_process
 
-    token = Settings.from_env().audit_api_token
+    settings = Settings.from_env()
+    setup_process(settings.log_format, settings.log_level)
+    token = settings.audit_api_token
     if token is None and insecure_local and not is_loopback(host):
         click.echo(f"error: --insecure-local serves only on a loopback address, not {host}", err=True)
         sys.exit(2)
@@ -70,4 +73,7 @@ def audit_api(host: str, port: int, database_url: str, insecure_local: bool, poo
         sys.exit(2)
     if token is None:
         click.echo("warning: serving the audit API WITHOUT authentication (--insecure-local)", err=True)
-    uvicorn.run(app, host=host, port=port, log_level="info", proxy_headers=False, server_header=False)
+    # log_config=None: uvicorn's loggers (access lines included) go through setup_process's handler.
+    uvicorn.run(
+        app, host=host, port=port, log_config=None, log_level="info", proxy_headers=False, server_header=False
+    )

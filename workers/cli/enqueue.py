@@ -18,7 +18,6 @@ import click
 
 from workers.cli.options import broker_url_option
 
-
 # One entry of the input: where it is ("line 3", "item 2") and the action, or why it is not one.
 Entry = tuple[str, "dict[str, Any] | ValueError"]
 
@@ -34,7 +33,9 @@ def entries(text: str) -> list[Entry]:
         if not lines:
             return []
         if isinstance(_parsed(lines[0][1]), ValueError) or text.lstrip().startswith("["):
-            return [("file", ValueError(f"not JSON: {whole.msg} at line {whole.lineno} column {whole.colno}"))]
+            return [
+                ("file", ValueError(f"not JSON: {whole.msg} at line {whole.lineno} column {whole.colno}"))
+            ]
         return [(f"line {number}", _object(_parsed(line))) for number, line in lines]
     if isinstance(document, list):
         return [(f"item {number}", _object(item)) for number, item in enumerate(document, start=1)]
