@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 from opentelemetry import context, propagate, trace
@@ -107,9 +107,10 @@ def headers() -> dict[str, str]:
 
 @contextmanager
 def continued(
-    name: str, headers: Mapping[str, Any] | None, attributes: Mapping[str, Any]
+    name: str, headers: Mapping[str, Any] | None, queue: str, **attributes: Any
 ) -> Iterator[Span | None]:
-    """A consumer span that continues the trace of ``headers`` (a new trace if they hold none)."""
+    """The span of processing a message from ``queue``, continuing the trace of its ``headers``
+    (a new trace if they hold none): OpenTelemetry's messaging attributes, then ``attributes``."""
     if not enabled():
         yield None
         return
@@ -117,17 +118,24 @@ def continued(
         parent = propagate.extract(carrier_of(headers))
     except Exception:  # a propagator's bug must not fail a message
         parent = context.Context()
+    consumed = {
+        "messaging.system": "rabbitmq",
+        "messaging.operation.type": "process",
+        "messaging.destination.name": queue,
+        **attributes,
+    }
     with _tracer.start_as_current_span(
-        name, context=parent, kind=SpanKind.CONSUMER, attributes=_clean(attributes)
+        name, context=parent, kind=SpanKind.CONSUMER, attributes=_clean(consumed)
     ) as span:
         yield span
 
 
-def span(name: str, kind: SpanKind = SpanKind.INTERNAL, **attributes: Any) -> Any:
-    """A child span of the current one (a context manager yielding the span, or None when off)."""
+def client(name: str, attributes: Mapping[str, Any]) -> AbstractContextManager[Span | None]:
+    """A client span (a call to TaskRouter or PostgreSQL), child of the current one; a context
+    manager yielding the span, or None when tracing is off."""
     if not enabled():
         return nullcontext(None)
-    return _tracer.start_as_current_span(name, kind=kind, attributes=_clean(attributes))
+    return _tracer.start_as_current_span(name, kind=SpanKind.CLIENT, attributes=_clean(attributes))
 
 
 def set_attributes(target: Span | None, **attributes: Any) -> None:

@@ -19,7 +19,7 @@ from typing import Any, overload
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from workers import metrics
+from workers import metrics, tracing
 from workers.core.action import Action
 from workers.core.redaction import IDENTITY_FIELDS, pii_digest, redact_params
 from workers.core.sids import is_sid
@@ -154,7 +154,13 @@ class PostgresLedgerWriter(Pooled):
     def _one(self, query: str, params: Mapping[str, Any]) -> dict[str, Any]:
         started = time.perf_counter()
         try:
-            with self._connector.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            with (
+                tracing.client(
+                    f"ledger {query}", {"db.system.name": "postgresql", "db.operation.name": query}
+                ),
+                self._connector.connection() as conn,
+                conn.cursor(row_factory=dict_row) as cur,
+            ):
                 cur.execute(QUERIES[query], params)
                 row = cur.fetchone()
         finally:

@@ -27,6 +27,8 @@ from requests.utils import get_environ_proxies
 from twilio.http import HttpClient
 from twilio.http.response import Response
 
+from workers import tracing
+
 # twilio's HTTP client logs every request line at INFO; our own logs say what matters, without noise.
 _logger = logging.getLogger("twilio.http_client")
 _logger.setLevel(logging.WARNING)
@@ -92,9 +94,23 @@ class Urllib3HttpClient(HttpClient):  # type: ignore[misc]  # twilio ships no ty
         options: dict[str, Any] = {}
         if timeout is not None:  # urllib3 reads an explicit None as "wait forever"
             options["timeout"] = urllib3.Timeout(connect=timeout, read=timeout)
-        answer = self._pool.request(
-            method.upper(), url, body=body, headers=sent_headers, redirect=allow_redirects, **options
-        )
+        # An HTTP client span (OpenTelemetry's conventions; the URL holds SIDs, never credentials),
+        # whose context TaskRouter receives as traceparent. Nothing when tracing is off.
+        parts = urlsplit(url)
+        with tracing.client(
+            method.upper(),
+            {
+                "http.request.method": method.upper(),
+                "url.full": f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}",
+                "server.address": parts.hostname,
+                "server.port": parts.port,
+            },
+        ) as span:
+            sent_headers.update(tracing.headers())
+            answer = self._pool.request(
+                method.upper(), url, body=body, headers=sent_headers, redirect=allow_redirects, **options
+            )
+            tracing.set_attributes(span, **{"http.response.status_code": answer.status})
         response = Response(answer.status, answer.data.decode("utf-8", "replace"), dict(answer.headers))
         if self.logger.isEnabledFor(logging.INFO):
             self.log_response(answer.status, response)
