@@ -46,8 +46,9 @@ def enabled() -> bool:
     return _provider is not None
 
 
-def configure(exporter: str | None, service_name: str) -> bool:
-    """Install the SDK with ``exporter`` (``otlp``, ``console``; None: stay off), once per process,
+def configure(exporter: str | SpanExporter | None, service_name: str) -> bool:
+    """Install the SDK with ``exporter`` (``otlp``, ``console``, an exporter such as the SDK's
+    ``InMemorySpanExporter`` in tests; None: stay off), once per process,
     before a prefork pool forks (the SDK's span processor restarts its thread in a forked child).
     ``service_name`` is used unless OTEL_SERVICE_NAME or OTEL_RESOURCE_ATTRIBUTES name the service."""
     global _provider, _tracer
@@ -61,8 +62,11 @@ def configure(exporter: str | None, service_name: str) -> bool:
         if str(detected.attributes.get(SERVICE_NAME, "")).startswith("unknown_service"):
             resource = detected.merge(Resource({SERVICE_NAME: service_name}))
         provider = TracerProvider(resource=resource)
-        provider.add_span_processor(BatchSpanProcessor(_exporter(exporter)))
-        trace.set_tracer_provider(provider)
+        provider.add_span_processor(
+            BatchSpanProcessor(exporter if isinstance(exporter, SpanExporter) else _exporter(exporter))
+        )
+        if not isinstance(trace.get_tracer_provider(), TracerProvider):  # the API sets it once
+            trace.set_tracer_provider(provider)
         _tracer = provider.get_tracer("workers")
         _provider = provider
     logger.info("tracing: spans are exported (%s) as service %s", exporter, resource.attributes[SERVICE_NAME])
@@ -75,6 +79,15 @@ def _exporter(name: str) -> SpanExporter:
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
     return OTLPSpanExporter()
+
+
+def stop() -> None:
+    """Export what is buffered, then record nothing more (tests that configured it in-process)."""
+    global _provider
+    with _lock:
+        if _provider is not None:
+            _provider.shutdown()
+        _provider = None
 
 
 def flush() -> None:
