@@ -164,7 +164,8 @@ SERVICE_NAME = "reservation-workers"
 def _start_tracing(sender: Any = None, **_: Any) -> None:
     runtime: Runtime | None = getattr(getattr(sender, "app", None), "runtime", None)
     if runtime is not None:
-        tracing.configure(runtime.settings.traces_exporter, SERVICE_NAME)
+        settings = runtime.settings
+        tracing.configure(settings.traces_exporter, SERVICE_NAME, settings.otlp_traces_endpoint)
 
 
 def _flush_traces(**_: Any) -> None:

@@ -70,8 +70,10 @@ class Settings:
     # one INFO line per action by default. A lower --loglevel (DEBUG) lowers it too.
     log_level: str = "INFO"
     # OpenTelemetry: the span exporter the standard OTEL_* variables choose (otlp, console), or
-    # None: tracing off. The SDK reads its other OTEL_* variables itself (workers.tracing).
+    # None: tracing off, and where OTLP spans go (None: the SDK's default, localhost:4318). The SDK
+    # reads its other OTEL_* variables itself (workers.tracing).
     traces_exporter: str | None = None
+    otlp_traces_endpoint: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -98,6 +100,7 @@ class Settings:
             log_format=_log_format(env),
             log_level=_log_level(env),
             traces_exporter=_traces_exporter(env),
+            otlp_traces_endpoint=_otlp_traces_endpoint(env),
         )
 
     def twilio_credentials(self) -> TwilioCredentials:
@@ -186,6 +189,16 @@ def _traces_exporter(env: Mapping[str, str]) -> str | None:
             f"OTEL_EXPORTER_OTLP_PROTOCOL must be http/protobuf (the exporter installed), not {protocol!r}"
         )
     return None if chosen == "none" else chosen
+
+
+def _otlp_traces_endpoint(env: Mapping[str, str]) -> str | None:
+    """As OpenTelemetry defines them: the traces endpoint as given, else the base endpoint with
+    /v1/traces appended. Empty values count as unset (compose passes them empty)."""
+    traces = env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "").strip()
+    if traces:
+        return traces
+    base = env.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip()
+    return f"{base.rstrip('/')}/v1/traces" if base else None
 
 
 def _fernet_keys(env: Mapping[str, str], name: str) -> str | None:

@@ -46,11 +46,12 @@ def enabled() -> bool:
     return _provider is not None
 
 
-def configure(exporter: str | SpanExporter | None, service_name: str) -> bool:
+def configure(exporter: str | SpanExporter | None, service_name: str, endpoint: str | None = None) -> bool:
     """Install the SDK with ``exporter`` (``otlp``, ``console``, an exporter such as the SDK's
     ``InMemorySpanExporter`` in tests; None: stay off), once per process,
     before a prefork pool forks (the SDK's span processor restarts its thread in a forked child).
-    ``service_name`` is used unless OTEL_SERVICE_NAME or OTEL_RESOURCE_ATTRIBUTES name the service."""
+    ``service_name`` is used unless OTEL_SERVICE_NAME or OTEL_RESOURCE_ATTRIBUTES name the service;
+    ``endpoint`` is where OTLP spans go (``Settings.otlp_traces_endpoint``)."""
     global _provider, _tracer
     if exporter is None:
         return False
@@ -63,7 +64,9 @@ def configure(exporter: str | SpanExporter | None, service_name: str) -> bool:
             resource = detected.merge(Resource({SERVICE_NAME: service_name}))
         provider = TracerProvider(resource=resource)
         provider.add_span_processor(
-            BatchSpanProcessor(exporter if isinstance(exporter, SpanExporter) else _exporter(exporter))
+            BatchSpanProcessor(
+                exporter if isinstance(exporter, SpanExporter) else _exporter(exporter, endpoint)
+            )
         )
         if not isinstance(trace.get_tracer_provider(), TracerProvider):  # the API sets it once
             trace.set_tracer_provider(provider)
@@ -73,12 +76,12 @@ def configure(exporter: str | SpanExporter | None, service_name: str) -> bool:
     return True
 
 
-def _exporter(name: str) -> SpanExporter:
+def _exporter(name: str, endpoint: str | None) -> SpanExporter:
     if name == "console":
         return ConsoleSpanExporter()
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
-    return OTLPSpanExporter()
+    return OTLPSpanExporter(endpoint=endpoint)
 
 
 def stop() -> None:

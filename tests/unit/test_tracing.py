@@ -29,6 +29,25 @@ def test_tracing_is_opt_in_by_the_standard_variables(env: dict[str, str], export
 
 
 @pytest.mark.parametrize(
+    ("env", "endpoint"),
+    [
+        ({}, None),
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318/"}, "http://collector:4318/v1/traces"),
+        (
+            {
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://c:4318/x",
+                "OTEL_EXPORTER_OTLP_ENDPOINT": "http://o",
+            },
+            "http://c:4318/x",
+        ),
+        ({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "", "OTEL_EXPORTER_OTLP_ENDPOINT": ""}, None),
+    ],
+)
+def test_the_traces_endpoint_as_opentelemetry_defines_it(env: dict[str, str], endpoint: str | None) -> None:
+    assert Settings.from_env(env).otlp_traces_endpoint == endpoint
+
+
+@pytest.mark.parametrize(
     ("env", "named"),
     [
         ({"OTEL_TRACES_EXPORTER": "jaeger"}, "OTEL_TRACES_EXPORTER"),
