@@ -11,8 +11,7 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY
 
-import workers.api_metrics  # noqa: F401 - registers the APIs' metrics
-import workers.metrics  # noqa: F401 - registers the workers' metrics
+from workers import api_metrics, metrics  # noqa: F401 - importing them registers their metrics
 
 yaml = pytest.importorskip("yaml", reason="PyYAML is not installed")
 
