@@ -11,13 +11,18 @@ import threading
 import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, overload
 
 from workers.core.action import Action
 from workers.core.planner import Outcome
-from workers.core.state_machine import Status, status_after_client_update, status_after_instruction
+from workers.core.state_machine import (
+    Status,
+    status_after_client_update,
+    status_after_instruction,
+    status_rank,
+)
 from workers.errors import (
     PermanentTaskRouterError,
     PreconditionFailed,
@@ -36,7 +41,14 @@ from workers.ledger.events import (
     Settle,
     Transition,
 )
-from workers.ledger.models import Arrival, OutcomeResult, PendingIntent, ReservationState, TransitionResult
+from workers.ledger.models import (
+    Arrival,
+    OutcomeResult,
+    PendingIntent,
+    ReservationState,
+    Source,
+    TransitionResult,
+)
 from workers.taskrouter.gateway import FetchedReservation, ReservationRef
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
@@ -53,6 +65,7 @@ class FakeLedgerWriter:
     intents: dict[uuid.UUID, PendingIntent] = field(default_factory=dict)
     redrives: dict[uuid.UUID, int] = field(default_factory=dict)
     projection: dict[str, ReservationState] = field(default_factory=dict)
+    transitions: list[tuple[int, Transition]] = field(default_factory=list)
     received: set[uuid.UUID] = field(default_factory=set)
     locked: list[str] = field(default_factory=list)
     position: int = 0
@@ -67,7 +80,7 @@ class FakeLedgerWriter:
             self.locked.append(reservation_sid)
             yield self
 
-    def receive(self, action: Action) -> Arrival:
+    def receive(self, action: Action, trace_id: str | None = None) -> Arrival:
         with self._guard:
             created = action.action_id not in self.received
             if created:
@@ -96,10 +109,38 @@ class FakeLedgerWriter:
             action_id = getattr(event, "action_id", None)
             if action_id is not None and not isinstance(event, RejectedInput):
                 self._known(action_id)
+            if isinstance(event, Transition):
+                return self._transition(event)
             self.rows.append(event)
             self._follow_intent(event)
-            if isinstance(event, Transition):
-                position = self._next()
+            if isinstance(event, Settle):
+                return OutcomeResult(*self._settle(event.action_id, event.outcome))
+            if isinstance(event, Redrive):
+                self.redrives[event.action_id] = self.redrives.get(event.action_id, 0) + 1
+            return self._next()
+
+    def _transition(self, event: Transition) -> TransitionResult:
+        """As ``ledger.record_transition``: one row per transition when an event is involved, and
+        a projection that never moves backwards (``status_rank``)."""
+        source = event.source or (Source.ACTION if event.action_id else Source.FETCH)
+        held = next(
+            (
+                position
+                for position, row in self.transitions
+                if row.reservation_sid == event.reservation_sid
+                and row.to_status == event.to_status
+                and Source.EVENT in (source, row.source)
+            ),
+            None,
+        )
+        appended = held is None
+        if held is None:
+            event = replace(event, source=source)
+            self.rows.append(event)
+            held = self._next()
+            self.transitions.append((held, event))
+            reached = self.projection.get(event.reservation_sid)
+            if reached is None or status_rank(event.to_status) >= status_rank(reached.status):
                 self.projection[event.reservation_sid] = ReservationState(
                     event.reservation_sid,
                     event.workspace_sid,
@@ -107,17 +148,13 @@ class FakeLedgerWriter:
                     event.worker_sid,
                     event.to_status,
                     event.etag_after,
-                    position,
+                    held,
                     NOW,
                 )
-                if event.action_id is None or event.outcome is None:
-                    return TransitionResult(position, None, None)
-                return TransitionResult(position, *self._settle(event.action_id, event.outcome))
-            if isinstance(event, Settle):
-                return OutcomeResult(*self._settle(event.action_id, event.outcome))
-            if isinstance(event, Redrive):
-                self.redrives[event.action_id] = self.redrives.get(event.action_id, 0) + 1
-            return self._next()
+        self._follow_intent(event)
+        if event.action_id is None or event.outcome is None:
+            return TransitionResult(held, None, None, appended)
+        return TransitionResult(held, *self._settle(event.action_id, event.outcome), appended)
 
     def _follow_intent(self, event: LedgerEvent) -> None:
         """An intent waits for a definite answer: a transition of the action, a 412, a 4xx, an

@@ -122,6 +122,8 @@ def test_reservation_history_is_its_chain_in_order(client: TestClient, seeded: S
         ("accepted", "completed"),
     ]
     assert [(r["etag_before"], r["etag_after"]) for r in transitions] == [("1", "2"), ("2", "3")]
+    assert [r["source"] for r in transitions] == ["action", "action"]
+    assert {r["source"] for r in page["items"] if r["kind"] != "transition"} == {None}
 
 
 def test_task_worker_and_workspace_history(client: TestClient, seeded: Seeded) -> None:
@@ -313,6 +315,8 @@ def test_paging_across_concurrent_inserts_misses_and_repeats_nothing(
                 "detail": "observed",
                 "worker_host": "test",
                 "worker_pid": 1,
+                "source": None,
+                "trace_id": None,
             },
         )
         threads = [threading.Thread(target=write) for _ in range(2)]

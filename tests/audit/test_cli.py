@@ -22,6 +22,10 @@ from workers.audit.rows import EVENT_FIELDS
 from workers.cli import main
 from workers.cli.audit_api import is_loopback
 from workers.cli.history import chosen_format
+from workers.core.sids import new_sid
+from workers.ledger.events import Transition
+from workers.ledger.models import Source
+from workers.ledger.writer import PostgresLedgerWriter
 from workers.testing.emulator.process import free_port
 
 
@@ -249,3 +253,40 @@ def test_history_finds_rows_by_a_known_pii_value(db_url: str, writer: Any) -> No
     assert [row["action_id"] for row in rows] == [str(action.action_id)]
     assert "+15557654321" not in json.dumps(rows)
     assert json_lines(run(db_url, "history", "--pii-value", "+15550000000", env=env)) == []
+
+
+def test_history_show_and_timeline_say_where_each_transition_was_learnt(
+    db_url: str, writer: PostgresLedgerWriter
+) -> None:
+    sid = new_sid("WR")
+    for status in ("pending", "accepted"):
+        writer.append(
+            Transition(
+                sid,
+                from_status=None,
+                to_status=status,
+                etag_before=None,
+                etag_after=None,
+                source=Source.EVENT,
+            )
+        )
+    writer.append(
+        Transition(sid, from_status="accepted", to_status="wrapping", etag_before=None, etag_after="7")
+    )
+    rows = json_lines(run(db_url, "history", "--reservation", sid, "--format", "json"))
+    assert [(r["to_status"], r["source"]) for r in rows] == [
+        ("pending", "event"),
+        ("accepted", "event"),
+        ("wrapping", "fetch"),
+    ]
+    table = run(db_url, "history", "--reservation", sid, "--format", "table")
+    assert table.exit_code == 0, table.output
+    assert "source" in table.stdout
+    assert "event" in table.stdout
+    assert "fetch" in table.stdout
+    steps = json_lines(run(db_url, "replay", "timeline", "--reservation", sid, "--format", "json"))
+    assert [(s["to_status"], s["source"]) for s in steps] == [
+        ("pending", "event"),
+        ("accepted", "event"),
+        ("wrapping", "fetch"),
+    ]

@@ -17,7 +17,7 @@ from workers.core.sids import new_sid
 from workers.errors import UnknownAction
 from workers.ledger.connector import Connector
 from workers.ledger.events import Attempt, Conflict, Redrive, RejectedInput, Settle, Transition
-from workers.ledger.models import Role
+from workers.ledger.models import Role, Source
 from workers.ledger.ports import LedgerWriter
 from workers.ledger.writer import PostgresLedgerWriter
 
@@ -100,6 +100,42 @@ def test_a_transition_updates_the_projection(writer: LedgerWriter) -> None:
         "2",
         moved.transition_position,
     )
+
+
+def _reported(sid: str, to_status: str) -> Transition:
+    """A transition TaskRouter's event reported: no ETag."""
+    return Transition(
+        sid, from_status=None, to_status=to_status, etag_before=None, etag_after=None, source=Source.EVENT
+    )
+
+
+def test_a_transition_an_event_also_reports_is_one_transition(writer: LedgerWriter) -> None:
+    ours = an_action()
+    writer.receive(ours)
+    answer = writer.append(applied(ours, "1", "2", Outcome.APPLIED))
+    echo = writer.append(_reported(ours.reservation_sid, "accepted"))
+    assert (answer.appended, echo.appended) == (True, False)
+    assert echo.transition_position == answer.transition_position
+    heard_first = an_action()
+    writer.receive(heard_first)
+    heard = writer.append(_reported(heard_first.reservation_sid, "accepted"))
+    late_answer = writer.append(applied(heard_first, "1", "2", Outcome.APPLIED))
+    assert (heard.appended, late_answer.appended) == (True, False)
+    assert (late_answer.transition_position, late_answer.outcome) == (heard.transition_position, "applied")
+    assert late_answer.outcome_position is not None
+    projected = writer.receive(heard_first).reservation
+    assert projected is not None
+    assert (projected.status, projected.etag) == ("accepted", None)  # an event leaves the ETag unknown
+
+
+def test_a_transition_learnt_late_never_moves_the_projection_back(writer: LedgerWriter) -> None:
+    action = an_action()
+    writer.append(_reported(action.reservation_sid, "completed"))
+    late = writer.append(_reported(action.reservation_sid, "accepted"))
+    assert late.appended
+    projected = writer.receive(action).reservation
+    assert projected is not None
+    assert projected.status == "completed"
 
 
 def test_the_first_outcome_wins_with_a_transition(writer: LedgerWriter) -> None:

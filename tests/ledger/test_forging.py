@@ -191,4 +191,5 @@ def _received() -> dict[str, object]:
         "producer": None,
         "worker_host": "test",
         "worker_pid": 1,
+        "trace_id": None,
     }

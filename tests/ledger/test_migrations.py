@@ -14,10 +14,11 @@ from click.testing import CliRunner
 from tests.ledger.conftest import superuser
 from workers.cli import main
 from workers.core.state_machine import Status
+from workers.core.vocabulary import SOURCES
 from workers.errors import MigrationError
 from workers.ledger.connector import database_name, drop_database, ensure_database, with_database
 from workers.ledger.migrations import AppliedMigration, Migration, known_migrations, migrate, pending
-from workers.ledger.models import EventKind, Outcome
+from workers.ledger.models import EventKind, Outcome, Source
 
 
 @pytest.fixture
@@ -101,6 +102,8 @@ def test_the_sql_vocabulary_is_the_pythons(db_url: str) -> None:
     kinds = set(re.findall(r"'(\w+)'::text", checks["events_kind_check"]))
     outcomes = set(re.findall(r"'(\w+)'::text", checks["events_outcome_check"]))
     statuses = set(re.findall(r"'(\w+)'::text", checks["events_to_status_check"]))
+    sources = set(re.findall(r"'(\w+)'::text", checks["events_source_check"]))
+    assert sources == {s.value for s in Source} == set(SOURCES)
     assert kinds == {k.value for k in EventKind}
     assert outcomes == {o.value for o in Outcome}
     assert statuses == {s.value for s in Status}

@@ -45,6 +45,8 @@ def _transition(sid: str) -> dict[str, object]:
         "detail": None,
         "worker_host": "test",
         "worker_pid": 1,
+        "source": None,
+        "trace_id": None,
     }
 
 

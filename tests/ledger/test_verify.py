@@ -7,13 +7,17 @@ replica), which is what an attacker with full database access could do.
 from __future__ import annotations
 
 import hashlib
+import uuid
 
+import pytest
 from click.testing import CliRunner
 
-from tests.ledger.conftest import accept_applied, make_action, superuser
+from tests.ledger.conftest import accept_applied, make_action, open_writer, superuser
 from workers.cli import main
-from workers.ledger.connector import connect
-from workers.ledger.models import Checkpoint, LedgerRow, Problem, Role
+from workers.ledger.connector import connect, drop_database, ensure_database, with_database
+from workers.ledger.events import Transition
+from workers.ledger.migrations import known_migrations, migrate
+from workers.ledger.models import Checkpoint, LedgerRow, Outcome, Problem, Role, Source
 from workers.ledger.reader import LedgerReader
 from workers.ledger.verify import seal_checkpoint, verify
 from workers.ledger.writer import PostgresLedgerWriter
@@ -179,7 +183,7 @@ def test_the_canonical_serialisation_is_stable(fresh_db_url: str) -> None:
         "ROW(42, '7'::xid8, '2026-01-02 03:04:05.123456+00', 'WRabc', 3, decode(repeat('ab', 32), 'hex'),"
         " '\\x'::bytea, 'transition', '6f9619ff-8b86-d011-b42d-00c04fc964ff', 'accept', 'WSx', 'WRabc', NULL,"
         " 'WK y', 'pending', 'accepted', '\"e1\"', 'e,2', 1, 200, NULL, 'RQ', 12, 'applied', 'host', 9,"
-        " 'c', 'p', '{\"to\": \"hmac-sha256:00\", \"timeout\": 30}', NULL)::ledger.events"
+        " 'c', 'p', '{\"to\": \"hmac-sha256:00\", \"timeout\": 30}', NULL, NULL, NULL)::ledger.events"
     )
     expected = (
         "(1,42,7,WRabc,3,1767323045123456,transition,6f9619ff-8b86-d011-b42d-00c04fc964ff,accept,WSx,WRabc,,"
@@ -192,6 +196,106 @@ def test_the_canonical_serialisation_is_stable(fresh_db_url: str) -> None:
     assert found is not None
     assert found[0] == expected
     assert found[1] == hashlib.sha256(bytes.fromhex("ab" * 32) + expected.encode()).digest()
+    # Version 2 (0003): the same fields led by 2, then source and trace_id, once either is set.
+    row_v2 = row.replace("NULL, NULL, NULL)::", f"NULL, 'event', '{TRACE}')::")
+    expected_v2 = "(2" + expected[2:-1] + f",event,{TRACE})"
+    with superuser(fresh_db_url) as conn:
+        found = conn.execute(
+            f"SELECT ledger.event_canonical({row_v2}), ledger.event_hash({row_v2})"
+        ).fetchone()
+    assert found is not None
+    assert found[0] == expected_v2
+    assert found[1] == hashlib.sha256(bytes.fromhex("ab" * 32) + expected_v2.encode()).digest()
+
+
+TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        "source = 'fetch'",
+        "trace_id = '0af7651916cd43dd8448eb211c80319c'",
+        "source = NULL, trace_id = NULL",  # back to version 1's form: a different text, so a different hash
+        "source = NULL",
+    ],
+)
+def test_an_altered_source_or_trace_id_is_found(
+    fresh_writer: PostgresLedgerWriter, fresh_reader: LedgerReader, fresh_db_url: str, change: str
+) -> None:
+    action = make_action()
+    fresh_writer.receive(action, trace_id=TRACE)
+    fresh_writer.append(
+        Transition(
+            action.reservation_sid,
+            from_status="pending",
+            to_status="accepted",
+            etag_before="1",
+            etag_after="2",
+            action_id=action.action_id,
+            outcome=Outcome.APPLIED,
+            source=Source.ACTION,
+            trace_id=TRACE,
+        )
+    )
+    victim = next(r for r in fresh_reader.history() if r.kind == "transition")
+    assert (victim.source, victim.trace_id) == ("action", TRACE)
+    assert _problems(fresh_db_url) == []
+    _tamper(fresh_db_url, f"UPDATE ledger.events SET {change} WHERE position = %s", victim.position)
+    assert [(p.kind, p.position) for p in _problems(fresh_db_url)] == [("altered", victim.position)]
+
+
+def test_chains_written_before_0003_still_verify_after_it(admin_url: str) -> None:
+    """Rows appended by the 0002 schema (canonical version 1), then 0003 applied, then new rows
+    (version 2) on the same chain: the whole chain verifies, and tampering an old row is found."""
+    url = with_database(admin_url, f"ledger_v1_{uuid.uuid4().hex[:8]}")
+    ensure_database(url)
+    try:
+        with superuser(url) as conn:
+            for migration in known_migrations()[:2]:
+                with conn.transaction():
+                    conn.execute(migration.text.encode())
+                    conn.execute(
+                        "INSERT INTO ledger.schema_migrations (version, name, checksum) VALUES (%s, %s, %s)",
+                        [migration.version, migration.name, migration.checksum],
+                    )
+        action = make_action()
+        with connect(url, Role.WRITER) as conn:  # the 0002 functions, by their 0002 signatures
+            conn.execute(
+                "SELECT ledger.record_received(%s, 'accept', %s, %s, NULL, NULL, NULL, NULL, NULL, NULL,"
+                " NULL, 'old', 1)",
+                [action.action_id, action.workspace_sid, action.reservation_sid],
+            )
+            conn.execute(
+                "SELECT * FROM ledger.record_transition(%s, %s, NULL, NULL, NULL, 'pending', 'accepted',"
+                " '1', '2', 1, 200, NULL, NULL, 'applied', NULL, 'old', 1)",
+                [action.action_id, action.reservation_sid],
+            )
+        assert [str(m) for m in migrate(url)] == [str(m) for m in known_migrations()[2:]]
+        with open_writer(url) as writer:
+            writer.append(
+                Transition(
+                    action.reservation_sid,
+                    from_status="accepted",
+                    to_status="wrapping",
+                    etag_before="2",
+                    etag_after="3",
+                    trace_id=TRACE,
+                )
+            )
+        with superuser(url) as conn:
+            versions = [
+                row[0][:2]
+                for row in conn.execute(
+                    "SELECT ledger.event_canonical(e) FROM ledger.events e ORDER BY position"
+                )
+            ]
+        assert versions == ["(1", "(1", "(1", "(2"]
+        assert _problems(url) == []
+        _tamper(url, "UPDATE ledger.events SET worker_host = 'forged' WHERE position = 1")
+        assert [(p.kind, p.position) for p in _problems(url)] == [("altered", 1)]
+    finally:
+        drop_database(url)
 
 
 def test_a_checkpoint_noted_outside_must_still_match(

@@ -18,6 +18,7 @@ from workers.core.retry import RetryPolicy
 from workers.core.state_machine import Status
 from workers.errors import PermanentTaskRouterError, Throttled, TransientTaskRouterError
 from workers.ledger.events import Conflict, Transition
+from workers.ledger.models import Source
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 WS, WT, WR = "WS" + "1" * 32, "WT" + "2" * 32, "WR" + "3" * 32
@@ -55,6 +56,10 @@ def test_accept_is_applied_with_one_fetch_and_one_update() -> None:
     assert moved(first_seen) == (None, "pending", None, "0", None)
     assert moved(transition) == ("pending", "accepted", "0", "1", ANY)
     assert ledger.locked == [WR]
+    assert [(row.source) for row in (first_seen, transition) if isinstance(row, Transition)] == [
+        Source.FETCH,
+        Source.ACTION,
+    ]
 
 
 def test_cached_etag_saves_the_fetch() -> None:

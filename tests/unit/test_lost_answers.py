@@ -21,6 +21,7 @@ from workers.core.retry import RetryPolicy
 from workers.core.state_machine import Status
 from workers.errors import LedgerUnavailable
 from workers.ledger.events import Intent, Transition
+from workers.ledger.models import Source
 
 WS, WT, WR = "WS" + "1" * 32, "WT" + "2" * 32, "WR" + "3" * 32
 CALL = {"call_from": "+15550100001", "call_url": "https://example.test/twiml"}
@@ -75,6 +76,7 @@ def test_a_lost_answer_to_an_accept_that_landed_is_confirmed_not_sent_again() ->
         Outcome.APPLIED,
     )
     assert "observed" not in ledger.kinds()[1:]
+    assert ours[0].source is Source.FETCH  # learnt on the fetch that confirmed it, not from an answer
 
 
 def test_a_lost_answer_to_a_call_without_accept_is_indeterminate_and_never_sent_twice() -> None:

@@ -66,11 +66,11 @@ def test_an_unexpected_error_is_retried_within_the_bound_then_dead_lettered(erro
 
 def test_a_failing_ledger_is_retried_and_a_missing_privilege_is_raised() -> None:
     class Down(FakeLedgerWriter):
-        def receive(self, action: Action) -> Any:
+        def receive(self, action: Action, trace_id: str | None = None) -> Any:
             raise LedgerUnavailable("connection refused")
 
     class Refused(FakeLedgerWriter):
-        def receive(self, action: Action) -> Any:
+        def receive(self, action: Action, trace_id: str | None = None) -> Any:
             raise LedgerPermissionDenied("permission denied for function record_received")
 
     assert isinstance(applier(FakeGateway(), Down()).apply_message(message()), RetryLater)

@@ -44,7 +44,7 @@ from workers.errors import (
     TransientTaskRouterError,
 )
 from workers.ledger.events import Attempt, Conflict, Intent, RejectedInput, Settle, Transition
-from workers.ledger.models import PendingIntent, ReservationState, TransitionResult
+from workers.ledger.models import PendingIntent, ReservationState, Source, TransitionResult
 from workers.ledger.ports import LedgerWriter
 from workers.taskrouter.gateway import FetchedReservation, ReservationRef
 
@@ -279,7 +279,12 @@ class _Run:
         if isinstance(resolution, Confirmed):
             recorded = self.ledger.append(
                 self._transition(
-                    intent.from_status, intent.etag_before, fetched, intent.attempt, detail=resolution.reason
+                    intent.from_status,
+                    intent.etag_before,
+                    fetched,
+                    intent.attempt,
+                    detail=resolution.reason,
+                    source=Source.FETCH,
                 )
             )
             return _kept(Outcome.APPLIED, resolution.reason, recorded.outcome)
@@ -325,6 +330,7 @@ class _Run:
                 worker_sid=fetched.worker_sid,
                 twilio_request_id=fetched.request_id,
                 detail=detail,
+                source=Source.FETCH,
             )
         )
         self.projected = ReservationState(
@@ -391,8 +397,10 @@ class _Run:
         http_status: int | None = None,
         duration_ms: int | None = None,
         detail: str | None = None,
+        source: Source = Source.ACTION,
     ) -> Transition:
-        """Our update's transition, linked to the action, which it settles as ``applied``."""
+        """Our update's transition, linked to the action, which it settles as ``applied``: learnt
+        from its answer (``action``) or, after a lost answer, on a fetch (``fetch``)."""
         return Transition(
             self.action.reservation_sid,
             from_status=from_status,
@@ -409,6 +417,7 @@ class _Run:
             twilio_request_id=now.request_id,
             duration_ms=duration_ms,
             detail=detail,
+            source=source,
         )
 
     @overload

@@ -13,12 +13,14 @@ from workers.ledger.reader import LedgerReader
 
 @dataclass(frozen=True, slots=True)
 class Step:
-    """One status the reservation entered. ``action_id`` is None for a change we only observed."""
+    """One status the reservation entered. ``action_id`` is None for a change we only observed;
+    ``source`` says how the ledger learnt it (our answer, TaskRouter's event, a fetch)."""
 
     position: int
     recorded_at: datetime
     from_status: str | None
     to_status: str
+    source: str | None
     etag: str | None
     action_id: uuid.UUID | None
     action: str | None
@@ -39,6 +41,7 @@ def steps(events: list[LedgerRow]) -> list[Step]:
             recorded_at=e.recorded_at,
             from_status=e.from_status,
             to_status=e.to_status,
+            source=e.source,
             etag=e.etag_after,
             action_id=e.action_id,
             action=e.action,

@@ -123,7 +123,16 @@ def console() -> Console:
 
 def event_table(title: str | None = None) -> Table:
     table = Table(title=title, show_lines=False, header_style="bold")
-    for column in ("position", "recorded_at", "kind", "reservation_sid", "action_id", "status", "outcome"):
+    for column in (
+        "position",
+        "recorded_at",
+        "kind",
+        "reservation_sid",
+        "action_id",
+        "status",
+        "source",
+        "outcome",
+    ):
         table.add_column(column, no_wrap=column in ("position", "recorded_at"))
     for column in ("attempt", "http", "twilio_error_code", "detail"):
         table.add_column(column)
@@ -141,6 +150,7 @@ def add_event(table: Table, event: LedgerRow) -> None:
         event.reservation_sid or "",
         str(event.action_id or ""),
         status,
+        event.source or "",
         event.outcome or "",
         _text(event.attempt),
         _text(event.http_status),

@@ -101,13 +101,14 @@ def timeline(database_url: str, reservation_sid: str, output_format: str | None)
             click.echo(json.dumps(row, separators=(",", ":")))
         return
     table = Table(title=f"reservation {reservation_sid}", header_style="bold")
-    for column in ("position", "recorded_at", "status", "etag", "action", "action_id", "outcome"):
+    for column in ("position", "recorded_at", "status", "source", "etag", "action", "action_id", "outcome"):
         table.add_column(column)
     for step in steps:
         table.add_row(
             str(step.position),
             step.recorded_at.isoformat(timespec="milliseconds"),
             f"{step.from_status or '(first seen)'} → {step.to_status}",
+            step.source or "",
             step.etag or "",
             step.action or "(observed)",
             str(step.action_id or ""),

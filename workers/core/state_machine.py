@@ -27,6 +27,17 @@ TERMINAL: frozenset[Status] = frozenset(
     {Status.REJECTED, Status.TIMEOUT, Status.CANCELED, Status.RESCINDED, Status.COMPLETED}
 )
 
+# The order a reservation's life goes through its statuses (ledger.status_rank says the same):
+# each status is entered at most once, so a transition that ranks below the last one recorded
+# happened before it and was learnt late (an event delayed or reordered).
+_RANK: Mapping[Status, int] = {Status.PENDING: 0, Status.ACCEPTED: 1, Status.WRAPPING: 2}
+
+
+def status_rank(status: str) -> int:
+    """0 for pending, 1 accepted, 2 wrapping, 3 for every terminal status."""
+    return _RANK.get(Status(status), 3)
+
+
 # What an API client may ask for with ReservationStatus.
 CLIENT_TRANSITIONS: Mapping[Status, frozenset[Status]] = {
     Status.PENDING: frozenset({Status.ACCEPTED, Status.REJECTED}),

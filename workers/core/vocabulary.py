@@ -9,7 +9,9 @@ this module (``tests/unit/test_vocabulary.py``), so a new field cannot drift int
   ledger's ``attempt`` column numbers the run that made the call; ``actions.attempts`` is the
   highest such number.
 - **transition**: an observed change of status, ``from_status`` -> ``to_status``, with
-  ``etag_before`` and ``etag_after``.
+  ``etag_before`` and ``etag_after``; its **source** says where the ledger learnt it
+  (:data:`SOURCES`: our update's answer, TaskRouter's event, a fetch).
+- **trace_id**: the W3C trace id of the work that wrote a row (32 lowercase hex digits).
 - **outcome**: the one terminal result of an action (:data:`OUTCOMES`), never anything else:
   receipts and retries are not outcomes.
 - **position**: a row's place in the ledger (with ``tx_id``, the ledger order; ``cursor`` is the
@@ -34,6 +36,9 @@ EVENT_KINDS: tuple[str, ...] = (
     "intent",
 )
 
+# Where the ledger learnt a transition (ledger.events.source; workers.ledger.models.Source).
+SOURCES: tuple[str, ...] = ("action", "event", "fetch")
+
 # The columns of ledger.events, in the order the audit output shows them (``workers.audit.rows``).
 EVENT_COLUMNS: tuple[str, ...] = (
     "position",
@@ -48,6 +53,7 @@ EVENT_COLUMNS: tuple[str, ...] = (
     "reservation_sid",
     "from_status",
     "to_status",
+    "source",
     "etag_before",
     "etag_after",
     "attempt",
@@ -58,6 +64,7 @@ EVENT_COLUMNS: tuple[str, ...] = (
     "outcome",
     "correlation_id",
     "producer",
+    "trace_id",
     "worker_host",
     "worker_pid",
     "params",

@@ -1,5 +1,8 @@
 """What the workers write to the ledger, one frozen dataclass per kind of write.
 
+Every event may carry ``trace_id``, the W3C trace id (32 lowercase hex digits) of the work that
+wrote it; the hash chain covers it.
+
 A writer appends these (``LedgerWriter.append``); each becomes one transaction and one ledger
 row (a transition with an outcome: two). Field names are the ledger's column names, so the
 words of the events, the SQL, the audit output and the logs are the same. The ``received`` row
@@ -15,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from workers.core.planner import Outcome
+from workers.ledger.models import Source
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +33,7 @@ class Attempt:
     twilio_request_id: str | None = None
     duration_ms: int | None = None
     detail: str | None = None
+    trace_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +50,7 @@ class Conflict:
     twilio_request_id: str | None = None
     duration_ms: int | None = None
     detail: str | None = None
+    trace_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +60,11 @@ class Transition:
     With ``action_id`` and ``outcome`` it is the change an action made, and settles the action
     (the first outcome an action gets is final). Without ``action_id`` it is a change observed
     but not caused by us (e.g. a timeout seen on fetch).
+
+    ``source`` says where the ledger learnt it (by default ``action`` with an ``action_id``, else
+    ``fetch``); ``trace_id`` is the W3C trace id of the work that wrote it. A reservation enters
+    each status once, so a transition that TaskRouter's event and our answer (or a fetch) both
+    report is one row: ``TransitionResult.appended`` is false for the second report.
     """
 
     reservation_sid: str
@@ -71,6 +82,8 @@ class Transition:
     twilio_request_id: str | None = None
     duration_ms: int | None = None
     detail: str | None = None
+    source: Source | None = None
+    trace_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +96,7 @@ class Settle:
     twilio_error_code: int | None = None
     twilio_request_id: str | None = None
     detail: str | None = None
+    trace_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +106,7 @@ class RejectedInput:
 
     message: Mapping[str, Any] | None
     detail: str
+    trace_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +115,7 @@ class Redrive:
 
     action_id: uuid.UUID
     detail: str | None = None
+    trace_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +132,7 @@ class Intent:
     from_status: str | None
     to_status: str | None
     arguments: Mapping[str, Any]
+    trace_id: str | None = None
 
 
 # Appended through the one ``record_step`` query; the others have a function each.

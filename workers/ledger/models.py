@@ -27,6 +27,14 @@ class EventKind(enum.StrEnum):
     INTENT = "intent"
 
 
+class Source(enum.StrEnum):
+    """Where the ledger learnt a transition (the ``source`` column)."""
+
+    ACTION = "action"  # our update's answer
+    EVENT = "event"  # TaskRouter told us: an Event Callback, an Event Streams delivery, reconcile
+    FETCH = "fetch"  # we noticed it on a fetch
+
+
 class Role(enum.StrEnum):
     """The database roles the migrations create; the application pool runs as one of them."""
 
@@ -97,6 +105,8 @@ class LedgerRow:
     producer: str | None
     params: dict[str, Any] | None
     detail: str | None
+    source: str | None = None
+    trace_id: str | None = None
 
     @property
     def cursor(self) -> Cursor:
@@ -164,9 +174,13 @@ class ReservationState:
 
 @dataclass(frozen=True, slots=True)
 class TransitionResult:
+    """``transition_position`` is the row that holds the transition: the one just appended, or
+    (``appended`` false) the row that already held it, e.g. from TaskRouter's event."""
+
     transition_position: int
     outcome_position: int | None
     outcome: str | None
+    appended: bool = True
 
 
 @dataclass(frozen=True, slots=True)

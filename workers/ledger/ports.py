@@ -19,9 +19,10 @@ class LedgerWriter(Protocol):
     def lock(self, reservation_sid: str) -> AbstractContextManager[LedgerWriter]:
         """Serialise the workers on one reservation; the run writes through the writer it yields."""
 
-    def receive(self, action: Action) -> Arrival:
+    def receive(self, action: Action, trace_id: str | None = None) -> Arrival:
         """Register ``action`` (idempotent on ``action_id``): whether it is new, its outcome if it
-        has settled already, and the projection of its reservation."""
+        has settled already, and the projection of its reservation. ``trace_id``: the W3C trace
+        id of the work that received it."""
 
     @overload
     def append(self, event: Transition) -> TransitionResult: ...

@@ -1,6 +1,7 @@
 """The projection of each reservation's status and ETag, and its rebuild from the ledger alone.
 
-Replay is a fold: each reservation's transitions in chain order, the last one wins. The
+Replay is a fold: each reservation's transitions in chain order, the last one wins unless it
+ranks below the status already reached (a transition learnt late never moves it backwards). The
 projection table is kept by ``ledger.record_transition`` in the same transaction as the row it
 follows; :func:`rebuild` recomputes it from the ledger and :func:`differences` compares the two.
 """
@@ -11,6 +12,7 @@ from collections.abc import Iterable, Mapping
 
 from psycopg.rows import class_row
 
+from workers.core.state_machine import status_rank
 from workers.ledger.connector import Connection, translated
 from workers.ledger.models import EventKind, LedgerRow, ReservationState
 from workers.ledger.queries import QUERIES
@@ -21,6 +23,9 @@ def fold(events: Iterable[LedgerRow]) -> dict[str, ReservationState]:
     states: dict[str, ReservationState] = {}
     for event in events:
         if event.kind != EventKind.TRANSITION or event.reservation_sid is None or event.to_status is None:
+            continue
+        reached = states.get(event.reservation_sid)
+        if reached is not None and status_rank(event.to_status) < status_rank(reached.status):
             continue
         states[event.reservation_sid] = ReservationState(
             reservation_sid=event.reservation_sid,

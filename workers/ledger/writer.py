@@ -68,6 +68,7 @@ _STEP_COLUMNS = (
     "etag_before",
     "etag_after",
     "detail",
+    "trace_id",
 )
 _PROJECTION_FIELDS = tuple(field.name for field in fields(ReservationState))
 # The fields of the wire message a rejected input keeps (when well-formed); others are hashed.
@@ -105,11 +106,12 @@ class PostgresLedgerWriter(Pooled):
                 if not conn.broken:  # a lost session has released its lock already
                     conn.execute(QUERIES["unlock_reservation"], params)
 
-    def receive(self, action: Action) -> Arrival:
+    def receive(self, action: Action, trace_id: str | None = None) -> Arrival:
         """Register ``action`` (idempotent on ``action_id``) in one round trip that also returns
         its outcome if it has settled already, and what the projection holds of its reservation.
-        A second receipt of the same ``action_id`` appends nothing, with ``created`` false."""
-        row = self._one("receive", self._received_params(action))
+        A second receipt of the same ``action_id`` appends nothing, with ``created`` false.
+        ``trace_id`` is the W3C trace id of the work that received it."""
+        row = self._one("receive", {**self._received_params(action), "trace_id": trace_id})
         projected = None
         if row["reservation_sid"] is not None:
             projected = ReservationState(**{name: row[name] for name in _PROJECTION_FIELDS})
@@ -136,7 +138,8 @@ class PostgresLedgerWriter(Pooled):
         or a settlement returns which outcome won (the first an action gets is final)."""
         if isinstance(event, Transition):
             outcome = event.outcome.value if event.outcome else None
-            params = {**_columns(event), "outcome": outcome, **self._who()}
+            source = event.source.value if event.source else None
+            params = {**_columns(event), "outcome": outcome, "source": source, **self._who()}
             return TransitionResult(**self._one("record_transition", params))
         if isinstance(event, Settle):
             params = {**_columns(event), "outcome": event.outcome.value, **self._who()}
@@ -213,6 +216,7 @@ class PostgresLedgerWriter(Pooled):
             "correlation_id": _short_text(message.get("correlation_id")),
             "producer": _short_text(message.get("producer")),
             "detail": event.detail,
+            "trace_id": event.trace_id,
             **self._who(),
         }
 

@@ -7,7 +7,7 @@
 SELECT ledger.record_received(
     %(action_id)s, %(action)s, %(workspace_sid)s, %(reservation_sid)s, %(task_sid)s,
     %(worker_sid)s, %(params)s, %(expected_status)s, %(not_after)s, %(correlation_id)s,
-    %(producer)s, %(worker_host)s, %(worker_pid)s
+    %(producer)s, %(worker_host)s, %(worker_pid)s, %(trace_id)s
 ) AS created;
 
 -- name: receive
@@ -19,7 +19,7 @@ WITH received AS (
     SELECT ledger.record_received(
         %(action_id)s, %(action)s, %(workspace_sid)s, %(reservation_sid)s, %(task_sid)s,
         %(worker_sid)s, %(params)s, %(expected_status)s, %(not_after)s, %(correlation_id)s,
-        %(producer)s, %(worker_host)s, %(worker_pid)s
+        %(producer)s, %(worker_host)s, %(worker_pid)s, %(trace_id)s
     ) AS created
 )
 SELECT received.created,
@@ -45,17 +45,18 @@ SELECT action_id, action, workspace_sid, reservation_sid, task_sid, worker_sid, 
 SELECT ledger.record_step(
     %(kind)s, %(action_id)s, %(attempt)s, %(http_status)s, %(twilio_error_code)s,
     %(twilio_request_id)s, %(duration_ms)s, %(from_status)s, %(to_status)s, %(etag_before)s,
-    %(etag_after)s, %(detail)s, %(worker_host)s, %(worker_pid)s
+    %(etag_after)s, %(detail)s, %(worker_host)s, %(worker_pid)s, %(trace_id)s
 ) AS position;
 
 -- name: record_transition
--- Append a transition, update the projection and settle the action's outcome, in one transaction.
-SELECT transition_position, outcome_position, outcome
+-- Append a transition (unless the ledger holds it already: appended false), update the
+-- projection and settle the action's outcome, in one transaction.
+SELECT transition_position, outcome_position, outcome, appended
   FROM ledger.record_transition(
     %(action_id)s, %(reservation_sid)s, %(workspace_sid)s, %(task_sid)s, %(worker_sid)s,
     %(from_status)s, %(to_status)s, %(etag_before)s, %(etag_after)s, %(attempt)s,
     %(http_status)s, %(twilio_request_id)s, %(duration_ms)s, %(outcome)s, %(detail)s,
-    %(worker_host)s, %(worker_pid)s
+    %(worker_host)s, %(worker_pid)s, %(source)s, %(trace_id)s
 );
 
 -- name: record_outcome
@@ -63,7 +64,7 @@ SELECT transition_position, outcome_position, outcome
 SELECT outcome_position, outcome
   FROM ledger.record_outcome(
     %(action_id)s, %(outcome)s, %(http_status)s, %(twilio_error_code)s, %(twilio_request_id)s,
-    %(detail)s, %(worker_host)s, %(worker_pid)s
+    %(detail)s, %(worker_host)s, %(worker_pid)s, %(trace_id)s
 );
 
 -- name: record_rejected_input
@@ -71,7 +72,7 @@ SELECT outcome_position, outcome
 SELECT ledger.record_rejected_input(
     %(action_id)s, %(action)s, %(workspace_sid)s, %(reservation_sid)s, %(task_sid)s,
     %(worker_sid)s, %(params)s, %(correlation_id)s, %(producer)s, %(detail)s, %(worker_host)s,
-    %(worker_pid)s
+    %(worker_pid)s, %(trace_id)s
 ) AS position;
 
 -- name: get_reservation
