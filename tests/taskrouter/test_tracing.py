@@ -13,7 +13,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import format_span_id, format_trace_id
 
-from tests.support.e2e import action_for
+from tests.support.e2e import Events, action_for
 from workers import tracing
 from workers.apply.applier import ActionApplier, Done
 from workers.broker.topology import ACTIONS_QUEUE_NAME, APPLY_QUEUE_NAME
@@ -49,7 +49,11 @@ def own_id(span: ReadableSpan) -> str:
 
 
 def test_the_trace_is_continued_through_taskrouter_and_the_ledger(
-    exported: InMemorySpanExporter, settings: Settings, writer: PostgresLedgerWriter, admin: EmulatorAdmin
+    exported: InMemorySpanExporter,
+    settings: Settings,
+    writer: PostgresLedgerWriter,
+    admin: EmulatorAdmin,
+    events: Events,
 ) -> None:
     reservation = admin.create_reservation()
     action = action_for(reservation)
@@ -78,10 +82,13 @@ def test_the_trace_is_continued_through_taskrouter_and_the_ledger(
     assert "ledger record_transition" in {span.name for span in writes}
     (sent,) = [entry for entry in admin.updates(reservation.sid) if entry.answer == 200]
     assert sent.traceparent == f"00-{trace_id}-{own_id(post)}-01"
+    rows = events(action.action_id)
+    assert [row.kind for row in rows] == ["received", "intent", "transition", "outcome"]
+    assert {row.trace_id for row in rows} == {trace_id}
 
 
 def test_when_off_nothing_is_recorded_or_sent(
-    settings: Settings, writer: PostgresLedgerWriter, admin: EmulatorAdmin
+    settings: Settings, writer: PostgresLedgerWriter, admin: EmulatorAdmin, events: Events
 ) -> None:
     assert not tracing.enabled()
     reservation = admin.create_reservation()
@@ -91,7 +98,10 @@ def test_when_off_nothing_is_recorded_or_sent(
         assert tracing.headers() == {}
         assert tracing.trace_id() is None
         applier = ActionApplier(writer, TaskRouterGateway.from_settings(settings), settings.retry)
-        result = applier.apply_message(action_for(reservation).to_message())
+        action = action_for(reservation)
+        writer.receive(action)
+        result = applier.apply_message(action.to_message())
     assert isinstance(result, Done)
     assert result.outcome.value == "applied"
     assert [entry.traceparent for entry in admin.updates(reservation.sid)] == [None]
+    assert {row.trace_id for row in events(action.action_id)} == {None}

@@ -1,7 +1,8 @@
 """Tracing through a real worker (issue 17): a producer's ``traceparent`` is continued by the intake,
 the apply task, the TaskRouter call (which carries it on to TaskRouter) and the ledger writes, in
-one trace exported over OTLP by the SDK to a collector the test runs; and per-action INFO lines at
-Celery's default level (the README's worker command)."""
+one trace exported over OTLP by the SDK to a collector the test runs, and every ledger row of the
+action carries its trace id; and per-action INFO lines at Celery's default level (the README's
+worker command)."""
 
 from __future__ import annotations
 
@@ -110,7 +111,10 @@ def test_a_producers_trace_runs_through_intake_task_taskrouter_and_ledger(
     assert any(
         line.get("outcome") == "applied" and line["reservation_sid"] == reservation.sid for line in ours
     )
-    assert events(action_id)  # the rows exist; their trace_id column: see test below
+    # Every ledger row of the action carries the producer's trace id.
+    rows = events(action_id)
+    assert [row.kind for row in rows] == ["received", "intent", "transition", "outcome"]
+    assert {row.trace_id for row in rows} == {trace_id}
 
 
 HOSTILE: list[object] = [

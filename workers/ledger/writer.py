@@ -155,6 +155,10 @@ class PostgresLedgerWriter(Pooled):
         return int(self._one("record_step", params)["position"])
 
     def _one(self, query: str, params: Mapping[str, Any]) -> dict[str, Any]:
+        """Run one write; a row that names no trace gets the current one's (workers.tracing: when
+        tracing is on, the trace of the intake or the apply task that writes it)."""
+        if "trace_id" in params and params["trace_id"] is None and tracing.enabled():
+            params = {**params, "trace_id": tracing.trace_id()}
         started = time.perf_counter()
         try:
             with (
