@@ -9,9 +9,10 @@ unless ``--loglevel`` is lower. Other processes (the audit API, the events API: 
 :func:`setup_process`, which gives the root logger one stderr handler in the same format.
 
 A line carries ``time`` (UTC, RFC 3339, milliseconds), ``level``, ``logger``, ``message`` and,
-when the call passed them as ``extra``, the fields in :data:`FIELDS`; ``exception`` holds a
-traceback. No PII or secrets: messages show actions masked (``workers.core.redaction``), and
-twilio's request logging stays at WARNING (``workers.taskrouter.gateway``).
+when the call passed them as ``extra``, the fields in :data:`FIELDS`; ``trace_id`` is the current
+trace's when tracing is on; ``exception`` holds a traceback. No PII or secrets: messages show
+actions masked (``workers.core.redaction``), and twilio's request logging stays at WARNING
+(``workers.taskrouter.gateway``).
 """
 
 from __future__ import annotations
@@ -23,8 +24,10 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from workers import tracing
+
 # The ledger's vocabulary (ops/LEDGER.md): the same words in the logs and the metrics' labels.
-FIELDS = ("action_id", "reservation_sid", "correlation_id", "run", "outcome", "delay")
+FIELDS = ("action_id", "reservation_sid", "correlation_id", "run", "outcome", "delay", "trace_id")
 
 
 class JsonFormatter(logging.Formatter):
@@ -41,6 +44,8 @@ class JsonFormatter(logging.Formatter):
             value = record.__dict__.get(name)
             if value is not None:
                 line[name] = value
+        if "trace_id" not in line and (trace_id := tracing.trace_id()) is not None:
+            line["trace_id"] = trace_id  # the span the line was logged in (formatting is synchronous)
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
         elif record.exc_text:
