@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import pickle
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -101,21 +102,41 @@ def test_errors_survive_pickling() -> None:
         assert str(pickle.loads(pickle.dumps(error))) == str(error)  # noqa: S301 - our own bytes
 
 
-def test_cli_enqueues_json_lines_from_a_file_and_reports_bad_lines(
-    worker: WorkerProcess, admin: EmulatorAdmin, ledger: LedgerReader, broker_url: str, tmp_path: Path
+def _json_lines(messages: list[dict[str, Any]]) -> str:
+    lines = [json.dumps(messages[0]), "{not json", json.dumps(messages[1]), json.dumps(addressed_bad())]
+    return "\n".join([*lines, json.dumps(messages[2])]) + "\n\n"
+
+
+def _array(messages: list[dict[str, Any]]) -> str:
+    return json.dumps([messages[0], "accept", messages[1], addressed_bad(), messages[2]], indent=2)
+
+
+@pytest.mark.parametrize(
+    ("layout", "said"),
+    [
+        (_json_lines, ("line 2: not JSON", "line 4: invalid action (out_of_range)")),
+        (_array, ("item 2: not a JSON object", "item 4: invalid action (out_of_range)")),
+    ],
+    ids=["json-lines", "json-array"],
+)
+def test_cli_enqueues_a_file_and_reports_bad_entries_where_they_are(
+    layout: Callable[[list[dict[str, Any]]], str],
+    said: tuple[str, str],
+    worker: WorkerProcess,
+    admin: EmulatorAdmin,
+    ledger: LedgerReader,
+    broker_url: str,
+    tmp_path: Path,
 ) -> None:
     messages = [addressed("accept", admin.create_reservation()) for _ in range(3)]
-    lines = [json.dumps(m) for m in messages]
-    lines.insert(1, "{not json")
-    lines.insert(3, json.dumps(addressed_bad()))
-    path = tmp_path / "actions.jsonl"
-    path.write_text("\n".join(lines) + "\n\n")
+    path = tmp_path / "actions"
+    path.write_text(layout(messages))
     result = CliRunner().invoke(
         main, ["enqueue", "--file", str(path), "--broker-url", broker_url, "--no-progress"]
     )
     assert result.exit_code == 1, result.output
-    assert "line 2: not JSON" in result.output
-    assert "line 4: invalid action (out_of_range)" in result.output
+    for words in said:
+        assert words in result.output
     assert "3 published, 2 failed" in result.output
     for message in messages:
         assert wait_for_outcome(ledger, uuid.UUID(message["action_id"])).outcome == "applied"
@@ -175,21 +196,6 @@ def test_cli_enqueues_the_schemas_examples_from_their_own_pretty_printed_files(
         applied.append(message["action_id"])
     for action_id in applied:
         assert wait_for_outcome(ledger, uuid.UUID(action_id)).outcome == "applied"
-
-
-def test_cli_enqueues_a_json_array_and_reports_bad_items_by_number(
-    worker: WorkerProcess, admin: EmulatorAdmin, ledger: LedgerReader, broker_url: str, tmp_path: Path
-) -> None:
-    messages = [addressed("accept", admin.create_reservation()) for _ in range(2)]
-    path = tmp_path / "actions.json"
-    path.write_text(json.dumps([messages[0], "accept", addressed_bad(), messages[1]], indent=2))
-    result = CliRunner().invoke(main, ["enqueue", "--file", str(path), "--broker-url", broker_url])
-    assert result.exit_code == 1, result.output
-    assert "item 2: not a JSON object" in result.output
-    assert "item 3: invalid action (out_of_range)" in result.output
-    assert "2 published, 2 failed" in result.output
-    for message in messages:
-        assert wait_for_outcome(ledger, uuid.UUID(message["action_id"])).outcome == "applied"
 
 
 @pytest.mark.parametrize(
