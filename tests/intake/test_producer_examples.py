@@ -63,12 +63,13 @@ def run(command: list[str], broker_url: str, cwd: Path) -> uuid.UUID:
 
 
 @pytest.fixture(scope="module")
-def node_modules(request: pytest.FixtureRequest) -> Path:
-    """A folder with ``amqplib`` installed (reused across runs)."""
+def node_modules(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder with ``amqplib`` installed (reused across runs, unless pytest's cache is off)."""
     npm, node = shutil.which("npm"), shutil.which("node")
     if npm is None or node is None:
         unavailable("npm and node are needed to run the Node producer example")
-    folder = request.config.cache.mkdir("producer-examples-node")
+    cache = getattr(request.config, "cache", None)
+    folder = cache.mkdir("producer-examples-node") if cache is not None else tmp_path_factory.mktemp("node")
     if not (folder / "node_modules" / "amqplib").is_dir():
         installed = subprocess.run(
             [npm, "install", "--no-audit", "--no-fund", "--silent", "--prefix", str(folder), AMQPLIB],  # type: ignore[list-item]
