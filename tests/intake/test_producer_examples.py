@@ -1,5 +1,6 @@
 """The producer examples of ops/PRODUCERS.md (kombu, pika, Node's amqplib), run as they stand there
-against a real worker: each publishes one action with its client's defaults and the action is applied.
+against a real worker: each publishes one action with its client's defaults and the action is applied
+(and a task message kombu labels ``binary`` passes the apply queue's guard).
 
 Only ``AMQP_URL`` (the test's vhost) and the example SIDs (a seeded reservation) are swapped in. The
 Node example needs ``npm``: its ``amqplib`` is installed once into pytest's cache folder (git-ignored);
@@ -7,6 +8,7 @@ without npm the test is skipped locally and fails under CI."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -16,9 +18,11 @@ import uuid
 from pathlib import Path
 
 import pytest
+from kombu import Connection
 
-from tests.support.e2e import wait_for_outcome
+from tests.support.e2e import action_for, wait_for_outcome
 from tests.support.services import unavailable
+from workers.broker.topology import APPLY_EXCHANGE, APPLY_ROUTING_KEY, APPLY_TASK_NAME
 from workers.ledger.reader import LedgerReader
 from workers.testing.emulator.admin import EmulatorAdmin, ReservationInfo
 from workers.testing.processes import WorkerProcess
@@ -113,3 +117,25 @@ def test_the_node_example_is_applied(
         script.unlink()
     assert wait_for_outcome(ledger, action_id).outcome == "applied"
     assert admin.reservation(reservation.sid).status == "accepted"
+
+
+def test_a_task_message_published_with_kombus_defaults_passes_the_guard(
+    worker: WorkerProcess, admin: EmulatorAdmin, ledger: LedgerReader, broker_url: str
+) -> None:
+    """Straight to the apply queue (what a Celery client of ours would send, bytes handed to kombu:
+    labelled ``binary``): the guard lets a UTF-8 JSON task through, and it is applied."""
+    action = action_for(admin.create_reservation())
+    task_id = str(action.action_id)
+    body = json.dumps([[action.to_message()], {}, {"callbacks": None, "errbacks": None, "chain": None}])
+    headers = {"lang": "py", "task": APPLY_TASK_NAME, "id": task_id, "root_id": task_id, "retries": 0}
+    with Connection(broker_url, transport_options={"confirm_publish": True}) as connection:
+        connection.Producer().publish(
+            body.encode("utf-8"),
+            exchange=APPLY_EXCHANGE.name,
+            routing_key=APPLY_ROUTING_KEY,
+            content_type="application/json",
+            headers=headers,
+            delivery_mode=2,
+        )
+    assert wait_for_outcome(ledger, action.action_id).outcome == "applied"
+    assert "refused a message on the apply queue" not in worker.log()
