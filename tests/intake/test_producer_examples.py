@@ -18,7 +18,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from kombu import Connection
+from kombu.connection import Connection
 
 from tests.support.e2e import action_for, wait_for_outcome
 from tests.support.services import unavailable
