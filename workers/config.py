@@ -44,6 +44,11 @@ class Settings:
     # The role that owns the ledger's tables runs migrations; defaults to DATABASE_URL.
     ledger_migration_url: str | None = field(default=None, repr=False)
     audit_api_token: str | None = field(default=None, repr=False)
+    # Named auditors' tokens ("name:token,..."), and a file of such lines; see workers/audit/auth.py.
+    audit_api_tokens: str | None = field(default=None, repr=False)
+    audit_api_tokens_file: str | None = None
+    # Seconds between the audit API's background ledger verify runs (0: none).
+    audit_verify_interval: float = 3600.0
     # Ed25519 key that signs checkpoint digests (PEM or base64 raw); see workers/ledger/digests.py.
     ledger_signing_key: str | None = field(default=None, repr=False)
     # Fernet key(s) sealing the sensitive parameters of dead letters (workers.broker.sealing);
@@ -86,6 +91,9 @@ class Settings:
             ledger_pii_key=env.get("LEDGER_PII_KEY") or None,
             ledger_migration_url=env.get("LEDGER_MIGRATION_URL") or None,
             audit_api_token=env.get("AUDIT_API_TOKEN") or None,
+            audit_api_tokens=env.get("AUDIT_API_TOKENS") or None,
+            audit_api_tokens_file=env.get("AUDIT_API_TOKENS_FILE") or None,
+            audit_verify_interval=_seconds_or(env, "AUDIT_VERIFY_INTERVAL", 3600.0),
             ledger_signing_key=env.get("LEDGER_SIGNING_KEY") or None,
             dead_letter_key=_fernet_keys(env, "DEAD_LETTER_KEY"),
             retry=_retry_policy(env),
@@ -226,6 +234,11 @@ def _seconds(env: Mapping[str, str], name: str) -> float | None:
     if seconds is not None and seconds < 0:
         raise ConfigurationError(f"{name} must not be negative")
     return seconds
+
+
+def _seconds_or(env: Mapping[str, str], name: str, default: float) -> float:
+    seconds = _seconds(env, name)
+    return default if seconds is None else seconds
 
 
 def _retry_policy(env: Mapping[str, str]) -> RetryPolicy:

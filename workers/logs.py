@@ -27,7 +27,7 @@ from typing import Any
 from workers import tracing
 
 # The ledger's vocabulary (ops/LEDGER.md): the same words in the logs and the metrics' labels.
-FIELDS = ("action_id", "reservation_sid", "correlation_id", "run", "outcome", "delay", "trace_id")
+FIELDS = ("action_id", "reservation_sid", "correlation_id", "run", "outcome", "delay", "auditor", "trace_id")
 
 
 class JsonFormatter(logging.Formatter):

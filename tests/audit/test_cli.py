@@ -177,7 +177,7 @@ def test_the_default_format_is_a_table_only_in_a_terminal() -> None:
 @pytest.mark.acceptance
 def test_audit_api_serves_over_http(db_url: str, seeded: Seeded) -> None:
     """The real command: uvicorn on a free port, the token from the environment; JSON log lines
-    (stderr is no terminal), its own and uvicorn's, and request metrics on /metrics."""
+    (stderr is no terminal), uvicorn's and the access lines, once each, and request metrics on /metrics."""
     port = free_port()
     command = [str(Path(sys.executable).parent / "reservations"), "audit-api", "--port", str(port)]
     env = {**os.environ, "DATABASE_URL": db_url, "AUDIT_API_TOKEN": "served-token"}
@@ -224,8 +224,10 @@ def test_audit_api_serves_over_http(db_url: str, seeded: Seeded) -> None:
         if process.stderr is not None:
             process.stderr.close()
     lines = [json.loads(line) for line in log.splitlines() if line.strip()]
-    assert {"uvicorn.error", "uvicorn.access"} <= {line["logger"] for line in lines}, log
-    assert any("/v1/events" in line["message"] and line["level"] == "INFO" for line in lines)
+    assert {"uvicorn.error", "workers.audit.access"} <= {line["logger"] for line in lines}, log
+    access = [line for line in lines if line["logger"] == "workers.audit.access"]
+    assert any("/v1/events 401" in line["message"] and line["level"] == "INFO" for line in access)
+    assert len([line for line in access if "/metrics" in line["message"]]) == 1  # one line per request
     assert "served-token" not in log
 
 

@@ -10,6 +10,7 @@ import pytest
 from twilio.rest import Client
 
 from workers.testing.emulator.admin import EmulatorAdmin, ReservationInfo
+from workers.testing.emulator.receiver import CallbackReceiver
 from workers.testing.emulator.server import EmulatorServer
 from workers.testing.emulator.settings import EMULATOR_ACCOUNT_SID, EMULATOR_AUTH_TOKEN, EmulatorSettings
 
@@ -105,3 +106,26 @@ def reservation_list(client: Any, reservation: ReservationInfo, scope: str) -> A
 def header(headers: Mapping[str, str], name: str) -> str | None:
     wanted = name.lower()
     return next((value for key, value in headers.items() if key.lower() == wanted), None)
+
+
+@pytest.fixture(scope="session")
+def receiver() -> Iterator[CallbackReceiver]:
+    """A recording HTTP receiver for Event Callbacks and Event Streams deliveries."""
+    with CallbackReceiver() as server:
+        yield server
+
+
+@pytest.fixture
+def callbacks(receiver: CallbackReceiver, admin: EmulatorAdmin) -> Iterator[CallbackReceiver]:
+    """The receiver, cleared and answering 204, after the emulator has delivered everything it had."""
+    admin.flush_events()
+    receiver.clear()
+    receiver.answer()
+    yield receiver
+    receiver.answer()
+
+
+@pytest.fixture
+def workspace(admin: EmulatorAdmin, callbacks: CallbackReceiver) -> str:
+    """A workspace whose Event Callbacks go to the receiver."""
+    return str(admin.create_workspace(event_callback_url=callbacks.url())["sid"])

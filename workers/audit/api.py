@@ -1,7 +1,9 @@
 """The read-only audit HTTP API (FastAPI), run with ``reservations audit-api``.
 
-* Every ``/v1`` resource needs ``Authorization: Bearer <AUDIT_API_TOKEN>`` (compared in constant
-  time); ``/healthz`` and ``/readyz`` do not.
+* Every ``/v1`` resource needs ``Authorization: Bearer <token>``: AUDIT_API_TOKEN or a named
+  auditor's (AUDIT_API_TOKENS), compared in constant time, or the console's session cookie;
+  ``/healthz`` and ``/readyz`` do not. A token in a URL is refused.
+* The console for people is at ``/ui/``; Swagger UI at ``/docs`` loads its assets from here.
 * The database connections run as ``reservations_reader``: SELECT only.
 * Every filter is validated (SID patterns, UUIDs, RFC 3339 times, 1 <= limit <= 1000, cursors)
   and refused with 422 and a message that names the parameter; a bad value never reaches SQL.
@@ -13,14 +15,13 @@
 from __future__ import annotations
 
 import dataclasses
-import hmac
 import inspect
 import logging
 import re
 import typing
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Annotated, Any
@@ -33,10 +34,11 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, create_model
 
 from workers import __version__, api_metrics
-from workers.audit import queries
+from workers.audit import auth, console, guard, queries
 from workers.audit.params import parse_rfc3339
 from workers.audit.rows import EVENT_FIELDS, action_row, event_row, reservation_row
 from workers.audit.timeline import Step, timeline
+from workers.audit.watch import OverviewWatch, VerifyWatch
 from workers.errors import ConfigurationError, LedgerError, LedgerUnavailable
 from workers.ledger.connector import Connector
 from workers.ledger.models import ActionRecord, Cursor, EventKind, LedgerRow, Outcome, ReservationState, Role
@@ -58,6 +60,12 @@ class AuditApiConfig:
     database_url: str = field(repr=False)
     token: str | None = field(default=None, repr=False)
     insecure_local: bool = False
+    # Named auditors (AUDIT_API_TOKENS): each request is logged with its auditor's name.
+    auditors: tuple[auth.Auditor, ...] = ()
+    # Mark the console's cookie Secure even over plain HTTP (TLS ends at a proxy in front).
+    secure_cookie: bool = False
+    # Seconds between background runs of ledger verify for the console's overview (0: none).
+    verify_interval: float = 0
     pool_max: int = 10
     # How long a request waits for a database connection before answering 503.
     pool_timeout: float = 5.0
@@ -201,18 +209,17 @@ def get_ledger(request: Request) -> LedgerReader:
 LedgerDep = Annotated[LedgerReader, Depends(get_ledger)]
 Endpoint = Callable[..., dict[str, Any]]
 ReservationSid = Annotated[str, Path(pattern=_SID["WR"])]
-_bearer = HTTPBearer(auto_error=False, description="AUDIT_API_TOKEN")
+_bearer = HTTPBearer(auto_error=False, description="AUDIT_API_TOKEN, or a named auditor's token")
 
 
 def authenticated(
-    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+    request: Request, _credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 ) -> None:
-    """The bearer token must equal AUDIT_API_TOKEN (constant-time comparison)."""
-    token: bytes | None = request.app.state.audit_token
-    if token is None:
-        return  # --insecure-local
-    given = credentials.credentials.encode("utf-8") if credentials is not None else b""
-    if credentials is None or not hmac.compare_digest(given, token):
+    """The bearer token must be an auditor's (constant-time comparisons), or the console's cookie."""
+    auditor = console.auditor_of(request)
+    if auditor is not None:
+        guard.note_auditor(request, auditor.name)
+    else:
         raise HTTPException(
             401,
             detail="a valid bearer token is required (Authorization: Bearer <AUDIT_API_TOKEN>)",
@@ -232,19 +239,20 @@ def create_app(config: AuditApiConfig, *, ledger: LedgerReader | None = None) ->
 
     Refuses (ConfigurationError) to build without a token unless ``insecure_local`` is set.
     """
-    if not config.token and not config.insecure_local:
+    known = auth.auditors(token=config.token, named=config.auditors)
+    if not known and not config.insecure_local:
         raise ConfigurationError(
-            "AUDIT_API_TOKEN is not set: refusing to serve the ledger without authentication"
-            " (use --insecure-local only on a developer machine)"
+            "AUDIT_API_TOKEN is not set (nor AUDIT_API_TOKENS): refusing to serve the ledger without"
+            " authentication (use --insecure-local only on a developer machine)"
         )
-    token = config.token.encode("utf-8") if config.token else None
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         if ledger is not None:
             _app.state.ledger = ledger
         if isinstance(getattr(_app.state, "ledger", None), LedgerReader):
-            yield  # a ledger handed in (tests): its owner closes it
+            with _watching(_app, _app.state.ledger, config.verify_interval):
+                yield  # a ledger handed in (tests): its owner closes it
             return
         connector = Connector(
             config.database_url,
@@ -258,7 +266,8 @@ def create_app(config: AuditApiConfig, *, ledger: LedgerReader | None = None) ->
         # PII search is not offered over HTTP, so the reader needs no PII key.
         _app.state.ledger = LedgerReader(connector, b"")
         try:
-            yield
+            with _watching(_app, _app.state.ledger, config.verify_interval):
+                yield
         finally:
             del _app.state.ledger
             connector.close()
@@ -269,8 +278,13 @@ def create_app(config: AuditApiConfig, *, ledger: LedgerReader | None = None) ->
         description=__doc__,
         lifespan=lifespan,
         responses=_ERRORS,
+        # Swagger UI from local assets (workers.audit.console); no CDN, so it works offline.
+        docs_url=None,
+        redoc_url=None,
     )
-    app.state.audit_token = token
+    app.state.auditors = known
+    guard.install(app)
+    console.install(app, get_ledger, config.secure_cookie)
     api_metrics.instrument(app, "audit")
 
     def v1_get(
@@ -387,6 +401,20 @@ def create_app(config: AuditApiConfig, *, ledger: LedgerReader | None = None) ->
         }
 
     return app
+
+
+@contextmanager
+def _watching(app: FastAPI, reader: LedgerReader, interval: float) -> Iterator[None]:
+    """The console overview's background work (verify, the day's counts) while the API serves."""
+    watches = [VerifyWatch(reader, interval), OverviewWatch(reader)]
+    app.state.verify_watch, app.state.overview_watch = watches
+    for watch in watches:
+        watch.start()
+    try:
+        yield
+    finally:
+        for watch in watches:
+            watch.stop()
 
 
 def history_page(reader: LedgerReader, common: CommonQuery, **resource: Any) -> dict[str, Any]:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import ipaddress
 import sys
+from pathlib import Path
 
 import click
 
+from workers.audit.auth import Auditor, parse_auditors
 from workers.cli.options import database_url_option, env_option
 from workers.config import Settings
 
@@ -38,19 +40,32 @@ def is_loopback(host: str) -> bool:
     help="Serve without a token (loopback addresses only). Never in production.",
 )
 @env_option(
+    "--secure-cookie",
+    is_flag=True,
+    envvar="AUDIT_API_SECURE_COOKIE",
+    help="Mark the console's session cookie Secure even over plain HTTP (TLS ends at a proxy in front).",
+)
+@env_option(
     "--pool-max",
     type=click.IntRange(1),
     envvar="AUDIT_API_POOL_MAX",
     default=10,
     help="Database connections at most.",
 )
-def audit_api(host: str, port: int, database_url: str, insecure_local: bool, pool_max: int) -> None:
-    """Serve the read-only audit HTTP API (OpenAPI document at /openapi.json, docs at /docs).
+def audit_api(
+    host: str, port: int, database_url: str, insecure_local: bool, secure_cookie: bool, pool_max: int
+) -> None:
+    """Serve the read-only audit HTTP API (OpenAPI document at /openapi.json, docs at /docs) and
+    the audit console for people at /ui/.
 
-    Every /v1 request needs `Authorization: Bearer <AUDIT_API_TOKEN>` (env AUDIT_API_TOKEN; it is
-    never taken on the command line). Without a token the command refuses to start, unless
-    --insecure-local is given, and then only on a loopback address. /healthz and /readyz need no
-    token.
+    Every /v1 request needs `Authorization: Bearer <token>`; the console asks for the token once in
+    a login form and keeps a session cookie. Tokens come from the environment, never the command
+    line: AUDIT_API_TOKEN (one token), AUDIT_API_TOKENS ("alice:<token>,bob:<token>": named
+    auditors, each request logged with the name) and AUDIT_API_TOKENS_FILE (a file of name:token
+    lines). Without any the command refuses to start, unless --insecure-local is given, and then
+    only on a loopback address. /healthz and /readyz need no token. The overview's verify result
+    comes from a background `ledger verify` every AUDIT_VERIFY_INTERVAL seconds (default 3600;
+    0: never).
     """
     import uvicorn
 
@@ -59,21 +74,53 @@ def audit_api(host: str, port: int, database_url: str, insecure_local: bool, poo
     from workers.logs import setup_process
 
     settings = Settings.from_env()
+    # One handler for every line (ours, the access line naming the auditor, uvicorn's): JSON unless
+    # on a terminal (LOG_FORMAT), at LOG_LEVEL.
     setup_process(settings.log_format, settings.log_level)
+    try:
+        named = named_auditors(settings)
+    except (ConfigurationError, OSError) as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
     token = settings.audit_api_token
-    if token is None and insecure_local and not is_loopback(host):
+    if token is None and not named and insecure_local and not is_loopback(host):
         click.echo(f"error: --insecure-local serves only on a loopback address, not {host}", err=True)
         sys.exit(2)
     try:
         app = create_app(
-            AuditApiConfig(database_url, token, insecure_local=insecure_local, pool_max=pool_max)
+            AuditApiConfig(
+                database_url,
+                token,
+                insecure_local=insecure_local,
+                pool_max=pool_max,
+                auditors=named,
+                secure_cookie=secure_cookie,
+                verify_interval=settings.audit_verify_interval,
+            )
         )
     except ConfigurationError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
-    if token is None:
+    if token is None and not named:
         click.echo("warning: serving the audit API WITHOUT authentication (--insecure-local)", err=True)
-    # log_config=None: uvicorn's loggers (access lines included) go through setup_process's handler.
+    # The access line is workers.audit.access's (it names the auditor), not uvicorn's; log_config
+    # None: uvicorn's own lines go through setup_process's handler too.
     uvicorn.run(
-        app, host=host, port=port, log_config=None, log_level="info", proxy_headers=False, server_header=False
+        app,
+        host=host,
+        port=port,
+        log_config=None,
+        log_level="info",
+        proxy_headers=False,
+        server_header=False,
+        access_log=False,
     )
+
+
+def named_auditors(settings: Settings) -> tuple[Auditor, ...]:
+    """AUDIT_API_TOKENS, then the lines of AUDIT_API_TOKENS_FILE."""
+    found = parse_auditors(settings.audit_api_tokens or "", origin="AUDIT_API_TOKENS")
+    if settings.audit_api_tokens_file:
+        text = Path(settings.audit_api_tokens_file).read_text(encoding="utf-8")
+        found += parse_auditors(text, origin=settings.audit_api_tokens_file)
+    return found

@@ -99,5 +99,7 @@ LEDGER_COLUMNS: frozenset[str] = frozenset(
 # page, and what a metric measures: a TaskRouter ``endpoint`` (fetch, update) or a ledger ``query``
 # (the named query of ``workers/ledger/sql/queries.sql``).
 OTHER_WORDS: frozenset[str] = frozenset({"run", "delay", "cursor", "endpoint", "query"})
+# The name of the auditor whose token made a request (the audit API's log lines).
+OTHER_WORDS |= {"auditor"}
 
 WORDS: frozenset[str] = LEDGER_COLUMNS | OTHER_WORDS

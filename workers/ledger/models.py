@@ -212,3 +212,46 @@ class Problem:
         where = f"position {self.position}" if self.position is not None else "no position"
         chain = f" chain {self.chain_key}" if self.chain_key is not None else ""
         return f"{self.kind} at {where}{chain}: {self.message}"
+
+
+@dataclass(frozen=True, slots=True)
+class ChainRow:
+    """One row of a hash chain as ``chain_rows`` checks it (hash, link to the previous row, seq)."""
+
+    position: int
+    chain_seq: int
+    hash_ok: bool
+    link_ok: bool
+    seq_ok: bool
+    row_hash: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ChainSeals:
+    """A chain's head and its latest sealed head (all None when there is none)."""
+
+    head_seq: int | None
+    head_hash: bytes | None
+    checkpoint_id: int | None
+    sealed_seq: int | None
+    sealed_hash: bytes | None
+    sealed_position: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class OutcomeCount:
+    """How many actions ended with ``outcome`` in one time bucket (0: the latest)."""
+
+    outcome: str
+    bucket: int
+    n: int
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointSeen:
+    """The newest checkpoint, as the overview shows it."""
+
+    checkpoint_id: int
+    taken_at: datetime
+    chains: int
+    max_position: int

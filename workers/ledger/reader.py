@@ -19,9 +19,21 @@ from psycopg.types.json import Jsonb
 from workers.core.parameters import PARAMETERS
 from workers.core.redaction import pii_digest
 from workers.errors import LedgerError
-from workers.ledger.models import ActionRecord, Cursor, LedgerRow, ReservationState, Role
+from workers.ledger.models import (
+    ActionRecord,
+    ChainRow,
+    ChainSeals,
+    CheckpointSeen,
+    Cursor,
+    LedgerRow,
+    OutcomeCount,
+    Problem,
+    ReservationState,
+    Role,
+)
 from workers.ledger.pooled import Pooled
 from workers.ledger.queries import QUERIES
+from workers.ledger.verify import verify
 
 # Columns a history query may filter on by equality.
 HISTORY_COLUMNS: tuple[LiteralString, ...] = (
@@ -133,6 +145,41 @@ class LedgerReader(Pooled):
         with self._connector.connection() as conn, conn.cursor(row_factory=class_row(ActionRecord)) as cur:
             cur.execute(QUERIES["settled_actions"], params)
             return cur.fetchall()
+
+    def chain(self, chain_key: str) -> tuple[list[ChainRow], ChainSeals]:
+        """One hash chain's rows, each checked, and its head and latest seal (one snapshot)."""
+        with self._connector.connection() as conn, conn.transaction():
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            with conn.cursor(row_factory=class_row(ChainRow)) as cur:
+                rows = cur.execute(QUERIES["chain_rows"], {"chain_key": chain_key}).fetchall()
+            with conn.cursor(row_factory=class_row(ChainSeals)) as cur:
+                seals = cur.execute(QUERIES["chain_seals"], {"chain_key": chain_key}).fetchone()
+        if seals is None:  # pragma: no cover - the query always answers one row
+            raise LedgerError("chain_seals returned nothing")
+        return rows, seals
+
+    def outcome_counts(self, span: int, bucket: int) -> list[OutcomeCount]:
+        """Outcomes settled in the last ``span`` seconds, per ``bucket`` seconds back from now."""
+        with self._connector.connection() as conn, conn.cursor(row_factory=class_row(OutcomeCount)) as cur:
+            cur.execute(QUERIES["outcome_counts"], {"span": span, "bucket": bucket})
+            return cur.fetchall()
+
+    def attention(self, outcomes: Iterable[str], limit: int) -> list[ActionRecord]:
+        """The latest actions that ended with one of ``outcomes`` and were never redriven."""
+        params = {"outcomes": list(outcomes), "limit": limit}
+        with self._connector.connection() as conn, conn.cursor(row_factory=class_row(ActionRecord)) as cur:
+            cur.execute(QUERIES["attention_actions"], params)
+            return cur.fetchall()
+
+    def verify(self) -> list[Problem]:
+        """Everything ``reservations ledger verify`` would report (one consistent snapshot)."""
+        with self._connector.connection() as conn:
+            return verify(conn)
+
+    def last_checkpoint(self) -> CheckpointSeen | None:
+        with self._connector.connection() as conn, conn.cursor(row_factory=class_row(CheckpointSeen)) as cur:
+            cur.execute(QUERIES["last_checkpoint"])
+            return cur.fetchone()
 
     def _history_query(
         self, after: Cursor | None, limit: int, filters: HistoryFilters

@@ -238,3 +238,63 @@ SELECT action_id, action, workspace_sid, reservation_sid, task_sid, worker_sid, 
    AND (%(until)s::timestamptz IS NULL OR outcome_at < %(until)s::timestamptz)
  ORDER BY outcome_at, action_id
  LIMIT %(limit)s;
+
+-- name: chain_rows
+-- One hash chain (a reservation's), in chain order, each row checked as verify_rows checks it:
+-- for the console's per-reservation verification state (the (chain_key, chain_seq) index).
+SELECT position, chain_seq, row_hash = ledger.event_hash(e) AS hash_ok,
+       prev_hash = coalesce(lag(row_hash) OVER chain,
+                            '\x0000000000000000000000000000000000000000000000000000000000000000'::bytea) AS link_ok,
+       chain_seq = coalesce(lag(chain_seq) OVER chain, 0) + 1 AS seq_ok,
+       row_hash
+  FROM ledger.events e
+ WHERE chain_key = %(chain_key)s
+WINDOW chain AS (ORDER BY chain_seq)
+ ORDER BY chain_seq;
+
+-- name: chain_seals
+-- One chain's head, and its latest sealed head with the checkpoint that sealed it.
+SELECT h.chain_seq AS head_seq, h.head_hash, s.checkpoint_id, s.chain_seq AS sealed_seq,
+       s.head_hash AS sealed_hash, s.head_position AS sealed_position
+  FROM (SELECT %(chain_key)s::text AS chain_key) AS k
+  LEFT JOIN ledger.chain_heads h ON h.chain_key = k.chain_key
+  LEFT JOIN LATERAL (
+    SELECT checkpoint_id, chain_seq, head_hash, head_position
+      FROM ledger.checkpoint_heads c
+     WHERE c.chain_key = k.chain_key
+     ORDER BY checkpoint_id DESC
+     LIMIT 1
+  ) AS s ON true;
+
+-- name: outcome_counts
+-- Outcomes settled in the last span seconds, per outcome and per bucket of that many seconds
+-- counted back from now (0: the latest), for the console's overview chart. Rows are binned by
+-- date_bin (timestamps, cheap); only the bins are turned into bucket numbers.
+SELECT outcome, greatest(ceil(extract(epoch FROM now() - bin) / %(bucket)s)::int - 1, 0) AS bucket,
+       sum(n)::int AS n
+  FROM (
+    SELECT outcome, date_bin(make_interval(secs => %(bucket)s), outcome_at, now()) AS bin, count(*) AS n
+      FROM ledger.actions
+     WHERE outcome_at >= now() - make_interval(secs => %(span)s)
+       AND outcome IS NOT NULL
+     GROUP BY 1, 2
+  ) AS binned
+ GROUP BY 1, 2;
+
+-- name: attention_actions
+-- The latest actions that ended with one of the given outcomes and were never redriven.
+SELECT action_id, action, workspace_sid, reservation_sid, task_sid, worker_sid, params,
+       expected_status, not_after, correlation_id, producer, received_at, attempts, outcome,
+       outcome_at, redrives
+  FROM ledger.actions
+ WHERE outcome = ANY(%(outcomes)s::text[])
+   AND redrives = 0
+ ORDER BY outcome_at DESC
+ LIMIT %(limit)s;
+
+-- name: last_checkpoint
+-- The newest checkpoint with when it was taken, for the console's overview.
+SELECT checkpoint_id, taken_at, chains, max_position
+  FROM ledger.checkpoints
+ ORDER BY checkpoint_id DESC
+ LIMIT 1;

@@ -12,4 +12,10 @@ split by reason to change:
 - ``app``: the composition root that builds the aiohttp application.
 - ``server``: running it (in-process on a thread for tests, or as a subprocess).
 - ``admin``: a typed client of the admin API.
+
+Events (ops/EMULATOR.md): ``events`` (the event record and its wire forms: Event Callback form,
+CloudEvent, Events resource, signatures), ``hub`` (the store's listener, reservation timers, the
+Event Streams sink), ``sender`` (the background deliveries and Twilio's retry rules),
+``callback_faults`` (drop, duplicate, delay, reorder), ``events_api`` (the Workspace and Events
+resources) and ``receiver`` (a recording HTTP receiver for tests).
 """

@@ -90,6 +90,45 @@ class UpdateInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class EventInfo:
+    """One event the emulator recorded (see ``workers.testing.emulator.events.Event``)."""
+
+    sequence: int
+    sid: str
+    event_type: str
+    account_sid: str
+    workspace_sid: str
+    reservation_sid: str
+    task_sid: str
+    worker_sid: str
+    worker_name: str
+    status: str
+    timestamp_ms: int
+    actor_type: str
+    source: str
+    description: str
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryInfo:
+    """One delivery attempt of an event (see ``workers.testing.emulator.sender.Delivery``):
+    ``outcome`` is the receiver's HTTP status, ``connect_error``, ``timeout``, ``dropped`` (a
+    fault) or ``overflow`` (the sender's queue was full)."""
+
+    sequence: int
+    at: float
+    event_sid: str
+    event_type: str
+    reservation_sid: str
+    channel: str
+    url: str
+    attempt: int
+    copy: int
+    outcome: str
+    faults: list[str]
+
+
+@dataclass(frozen=True, slots=True)
 class OperationCounts:
     """Requests of one operation: the total, and by HTTP status (``"dropped"`` for drops)."""
 
@@ -141,8 +180,29 @@ class EmulatorAdmin(Closing):
     def health(self) -> dict[str, Any]:
         return self._call("GET", "/health")
 
-    def create_workspace(self, sid: str | None = None, friendly_name: str | None = None) -> dict[str, Any]:
-        return self._call("POST", "/workspaces", {"sid": sid, "friendly_name": friendly_name})
+    def create_workspace(
+        self,
+        sid: str | None = None,
+        friendly_name: str | None = None,
+        *,
+        event_callback_url: str | None = None,
+        events_filter: Iterable[str] | None = None,
+    ) -> dict[str, Any]:
+        """A workspace (or the existing one), its Event Callback URL and filter set when given."""
+        body: dict[str, Any] = {"sid": sid, "friendly_name": friendly_name}
+        body["event_callback_url"] = event_callback_url
+        body["events_filter"] = None if events_filter is None else list(events_filter)
+        return self._call("POST", "/workspaces", body)
+
+    def workspace(self, sid: str) -> dict[str, Any]:
+        return self._call("GET", f"/workspaces/{sid}")
+
+    def set_event_callback(
+        self, workspace_sid: str, url: str | None, events_filter: Iterable[str] | None = None
+    ) -> dict[str, Any]:
+        """Point a workspace's Event Callbacks at ``url`` (None: none), for these types (None: all)."""
+        body = {"event_callback_url": url or "", "events_filter": list(events_filter or [])}
+        return self._call("POST", f"/workspaces/{workspace_sid}", body, keep_none=True)
 
     def create_task(
         self, workspace_sid: str | None = None, sid: str | None = None, rejections: int | None = None
@@ -172,8 +232,10 @@ class EmulatorAdmin(Closing):
         worker_name: str | None = None,
         status: str = "pending",
         task_rejections: int | None = None,
+        timeout: float | None = None,
     ) -> ReservationInfo:
-        """A new reservation; missing workspace, task and worker are created with it."""
+        """A new reservation; missing workspace, task and worker are created with it. ``timeout``:
+        seconds until TaskRouter times it out if it is still pending then."""
         body = {
             "sid": sid,
             "workspace_sid": workspace_sid,
@@ -182,6 +244,7 @@ class EmulatorAdmin(Closing):
             "worker_name": worker_name,
             "status": status,
             "task_rejections": task_rejections,
+            "timeout": timeout,
         }
         return _record(ReservationInfo, self._call("POST", "/reservations", body))
 
@@ -194,6 +257,67 @@ class EmulatorAdmin(Closing):
         """accept, reject, wrapup, complete (another agent), timeout, cancel, rescind (TaskRouter), touch."""
         body = {"action": action, "worker_activity_sid": worker_activity_sid}
         return _record(ReservationInfo, self._call("POST", f"/reservations/{sid}/change", body))
+
+    def time_out(self, sid: str) -> ReservationInfo:
+        """TaskRouter times the pending reservation out now (a ``reservation.timeout`` event)."""
+        return _record(ReservationInfo, self._call("POST", f"/reservations/{sid}/timeout"))
+
+    def emit_event(self, sid: str, event_type: str) -> EventInfo:
+        """Emit an event of the reservation that changes nothing (e.g. ``reservation.failed``)."""
+        return _record(
+            EventInfo, self._call("POST", f"/reservations/{sid}/events", {"event_type": event_type})
+        )
+
+    # -- events ---------------------------------------------------------------------------------
+
+    def events(self, reservation_sid: str | None = None, since: int = 0) -> list[EventInfo]:
+        payload = self._call("GET", "/events", params=_log_query(reservation_sid, since))
+        return [_record(EventInfo, entry) for entry in payload["events"]]
+
+    def deliveries(self, reservation_sid: str | None = None, since: int = 0) -> list[DeliveryInfo]:
+        payload = self._call("GET", "/events/deliveries", params=_log_query(reservation_sid, since))
+        return [_record(DeliveryInfo, entry) for entry in payload["deliveries"]]
+
+    def flush_events(self, timeout: float = 10.0) -> bool:
+        """Wait until every queued, held and delayed delivery has been attempted; False on timeout."""
+        return bool(self._call("POST", "/events/flush", {"timeout": timeout})["idle"])
+
+    def add_callback_fault(
+        self,
+        kind: str,
+        *,
+        rate: float = 1.0,
+        seed: int = 0,
+        channels: Iterable[str] | None = None,
+        event_types: Iterable[str] | None = None,
+        reservation_sids: Iterable[str] | None = None,
+        limit: int | None = None,
+        copies: int = 2,
+        delay_ms: float = 0.0,
+        hold: int = 1,
+    ) -> str:
+        """Add a delivery fault (drop, duplicate, delay, reorder); its id. See ``callback_faults``."""
+        body: dict[str, Any] = {"kind": kind, "rate": rate, "seed": seed, "copies": copies}
+        body.update({"delay_ms": delay_ms, "hold": hold, "limit": limit})
+        for name, values in (
+            ("channels", channels),
+            ("event_types", event_types),
+            ("reservation_sids", reservation_sids),
+        ):
+            if values is not None:
+                body[name] = list(values)
+        return str(self._call("POST", "/events/faults", body)["id"])
+
+    def callback_faults(self) -> list[dict[str, Any]]:
+        return list(self._call("GET", "/events/faults")["faults"])
+
+    def clear_callback_faults(self) -> None:
+        self._call("DELETE", "/events/faults")
+
+    def set_event_streams(self, url: str | None, event_types: Iterable[str] | None = None) -> dict[str, Any]:
+        """Send CloudEvents to this Event Streams webhook sink (None: stop)."""
+        body = {"url": url, "event_types": None if event_types is None else list(event_types)}
+        return self._call("PUT", "/event-streams", body)
 
     # -- inspection -----------------------------------------------------------------------------
 
@@ -280,10 +404,12 @@ class EmulatorAdmin(Closing):
         path: str,
         body: Mapping[str, Any] | None = None,
         params: Mapping[str, str] | None = None,
+        *,
+        keep_none: bool = False,
     ) -> dict[str, Any]:
         json_body: dict[str, Any] | None = None
         if body is not None:
-            json_body = {key: value for key, value in body.items() if value is not None}
+            json_body = {key: value for key, value in body.items() if keep_none or value is not None}
         response = self._session.request(
             method,
             f"{self.base_url}/_emulator{path}",
@@ -300,6 +426,13 @@ class EmulatorAdmin(Closing):
         if not isinstance(payload, dict):
             raise ReservationsError(f"emulator admin API: unexpected answer to {method} {path}")
         return payload
+
+
+def _log_query(reservation_sid: str | None, since: int) -> dict[str, str]:
+    params = {"since": str(since)}
+    if reservation_sid is not None:
+        params["reservation_sid"] = reservation_sid
+    return params
 
 
 def _error(status: int, payload: Mapping[str, Any]) -> ReservationsError:

@@ -18,11 +18,27 @@ benchmarks. Never expose an emulator's port beyond the machine it runs on.
   parameters, its traceparent, the faults that struck it, its answer and whether it landed)
 - ``GET  /_emulator/counters?reservation_sid=``; ``POST /_emulator/counters/reset``
 - ``GET|POST|DELETE /_emulator/faults``, ``DELETE /_emulator/faults/{id}``
-- ``POST /_emulator/reset``: forget everything (model, logs, counters, faults)
+- ``POST /_emulator/reset``: forget everything (model, logs, counters, faults, events)
+
+Events (ops/EMULATOR.md):
+
+- ``POST /_emulator/workspaces`` also takes ``"event_callback_url"`` and ``"events_filter"``;
+  ``GET|POST /_emulator/workspaces/{sid}`` reads or changes them (``null`` or ``""`` clears)
+- ``POST /_emulator/reservations`` also takes ``"timeout"`` (seconds until TaskRouter times the
+  pending reservation out); ``POST /_emulator/reservations/{sid}/timeout``: TaskRouter times it out now
+- ``POST /_emulator/reservations/{sid}/events`` ``{"event_type"}``: emit an event that changes
+  nothing (``reservation.failed``, which the state machine cannot reach, or any other type)
+- ``GET  /_emulator/events?reservation_sid=&since=``: every event, with its sequence number
+- ``GET  /_emulator/events/deliveries?reservation_sid=&since=``: every delivery attempt and its outcome
+- ``POST /_emulator/events/flush`` ``{"timeout"?}``: wait until nothing is queued, held or in flight
+- ``GET|POST|DELETE /_emulator/events/faults``, ``DELETE /_emulator/events/faults/{id}``: drop,
+  duplicate, delay, reorder
+- ``GET|PUT /_emulator/event-streams`` ``{"url", "event_types"?}``: the Event Streams sink (null: none)
 """
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import json
 from collections.abc import Awaitable, Callable, Mapping
@@ -38,7 +54,12 @@ from workers.errors import (
     TransitionRefused,
     UnknownResource,
 )
+from workers.testing.emulator.events import Event
+from workers.testing.emulator.events_api import workspace_changes
+from workers.testing.emulator.hub import StreamSink
 from workers.testing.emulator.model import Reservation, Task, Transition, Worker, Workspace
+from workers.testing.emulator.sender import Delivery
+from workers.testing.emulator.settings import is_callback_url
 from workers.testing.emulator.state import EmulatorState
 from workers.testing.emulator.updates import UpdateEntry
 from workers.testing.emulator.wire import (
@@ -59,6 +80,7 @@ class AdminApi:
         self._store, self._counters, self._faults = state.store, state.counters, state.faults
         self._updates = state.updates
         self._settings = state.settings
+        self._events, self._callback_faults = state.events, state.callback_faults
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -80,6 +102,19 @@ class AdminApi:
             web.delete(f"{PREFIX}/faults", _json(self.clear_faults)),
             web.delete(f"{PREFIX}/faults/{{id}}", _json(self.remove_fault)),
             web.post(f"{PREFIX}/reset", _json(self.reset)),
+            web.get(f"{PREFIX}/workspaces/{{sid}}", _json(self.get_workspace)),
+            web.post(f"{PREFIX}/workspaces/{{sid}}", _json(self.update_workspace)),
+            web.post(f"{PREFIX}/reservations/{{sid}}/timeout", _json(self.time_out)),
+            web.post(f"{PREFIX}/reservations/{{sid}}/events", _json(self.emit_event)),
+            web.get(f"{PREFIX}/events", _json(self.list_events)),
+            web.get(f"{PREFIX}/events/deliveries", _json(self.deliveries)),
+            web.post(f"{PREFIX}/events/flush", _json(self.flush)),
+            web.get(f"{PREFIX}/events/faults", _json(self.list_callback_faults)),
+            web.post(f"{PREFIX}/events/faults", _json(self.add_callback_fault)),
+            web.delete(f"{PREFIX}/events/faults", _json(self.clear_callback_faults)),
+            web.delete(f"{PREFIX}/events/faults/{{id}}", _json(self.remove_callback_fault)),
+            web.get(f"{PREFIX}/event-streams", _json(self.get_sink)),
+            web.put(f"{PREFIX}/event-streams", _json(self.set_sink)),
         ]
 
     async def health(self, request: web.Request) -> tuple[int, object]:
@@ -87,12 +122,25 @@ class AdminApi:
             "status": "ok",
             "account_sid": self._settings.account_sid,
             "strict_headers": self._settings.strict_headers,
+            "events": self._events.sender.stats(),
         }
 
     async def create_workspace(self, request: web.Request) -> tuple[int, object]:
         spec = await _body(request)
         workspace = self._store.create_workspace(_opt_str(spec, "sid"), _opt_str(spec, "friendly_name"))
+        changes = workspace_changes(_event_settings(spec))
+        if changes:
+            workspace = self._store.update_workspace(workspace.sid, **changes)  # type: ignore[arg-type]
         return 201, workspace_view(workspace)
+
+    async def get_workspace(self, request: web.Request) -> tuple[int, object]:
+        return 200, workspace_view(self._store.workspace(request.match_info["sid"]))
+
+    async def update_workspace(self, request: web.Request) -> tuple[int, object]:
+        spec = await _body(request)
+        changes = workspace_changes({**_event_settings(spec), **_names(spec)})
+        workspace = self._store.update_workspace(request.match_info["sid"], **changes)  # type: ignore[arg-type]
+        return 200, workspace_view(workspace)
 
     async def create_task(self, request: web.Request) -> tuple[int, object]:
         spec = await _body(request)
@@ -129,6 +177,11 @@ class AdminApi:
             status=Status(status),
             task_rejections=_opt_int(spec, "task_rejections"),
         )
+        timeout = spec.get("timeout")
+        if timeout is not None:
+            if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
+                raise InvalidParameter("timeout", "Field 'timeout' must be a positive number of seconds")
+            self._events.schedule_timeout(reservation.sid, float(timeout))
         return 201, reservation_view(reservation)
 
     async def get_reservation(self, request: web.Request) -> tuple[int, object]:
@@ -146,6 +199,77 @@ class AdminApi:
             request_id=new_request_id(),
         )
         return 200, reservation_view(reservation)
+
+    async def time_out(self, request: web.Request) -> tuple[int, object]:
+        sid = request.match_info["sid"]
+        current = self._store.reservation(sid)
+        if self._events.time_out(sid) is None:
+            raise TransitionRefused(
+                f"Reservation {sid} is {current.status.value}: only a pending one times out"
+            )
+        return 200, reservation_view(self._store.reservation(sid))
+
+    async def emit_event(self, request: web.Request) -> tuple[int, object]:
+        spec = await _body(request)
+        event_type = _opt_str(spec, "event_type")
+        if not event_type:
+            raise InvalidParameter("event_type", "Field 'event_type' is required")
+        reservation = self._store.reservation(request.match_info["sid"])
+        return 201, event_view(self._events.emit(event_type, reservation, "admin"))
+
+    async def list_events(self, request: web.Request) -> tuple[int, object]:
+        since = _since(request)
+        sid = request.query.get("reservation_sid")
+        entries = [
+            event
+            for event in self._events.log.entries()
+            if event.sequence > since and (sid is None or event.reservation_sid == sid)
+        ]
+        return 200, {"events": [event_view(event) for event in entries]}
+
+    async def deliveries(self, request: web.Request) -> tuple[int, object]:
+        entries = self._events.sender.log.entries(request.query.get("reservation_sid"), _since(request))
+        return 200, {"deliveries": [delivery_view(entry) for entry in entries]}
+
+    async def flush(self, request: web.Request) -> tuple[int, object]:
+        spec = await _body(request)
+        timeout = spec.get("timeout", 10.0)
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout < 0:
+            raise InvalidParameter("timeout", "Field 'timeout' must be a number of seconds")
+        sender = self._events.sender
+        idle = await asyncio.to_thread(sender.wait_idle, float(timeout))
+        return 200, {"idle": idle, **sender.stats()}
+
+    async def list_callback_faults(self, request: web.Request) -> tuple[int, object]:
+        return 200, {"faults": self._callback_faults.describe()}
+
+    async def add_callback_fault(self, request: web.Request) -> tuple[int, object]:
+        return 201, self._callback_faults.add(await _body(request)).describe()
+
+    async def remove_callback_fault(self, request: web.Request) -> tuple[int, object]:
+        fault_id = request.match_info["id"]
+        if not self._callback_faults.remove(fault_id):
+            raise UnknownResource(f"Callback fault {fault_id} does not exist")
+        return 200, {"removed": fault_id}
+
+    async def clear_callback_faults(self, request: web.Request) -> tuple[int, object]:
+        self._callback_faults.clear()
+        return 200, {"faults": []}
+
+    async def get_sink(self, request: web.Request) -> tuple[int, object]:
+        return 200, sink_view(self._events.sink)
+
+    async def set_sink(self, request: web.Request) -> tuple[int, object]:
+        spec = await _body(request)
+        url = _opt_str(spec, "url")
+        if url is None:
+            self._events.sink = None
+            return 200, sink_view(None)
+        if not is_callback_url(url):
+            raise InvalidParameter("url", f"The sink URL {url!r} must be an absolute http(s) URL")
+        types = _event_types(spec.get("event_types"))
+        self._events.sink = StreamSink(url, types)
+        return 200, sink_view(self._events.sink)
 
     async def transitions(self, request: web.Request) -> tuple[int, object]:
         since = request.query.get("since", "0")
@@ -189,6 +313,8 @@ class AdminApi:
 
     async def reset(self, request: web.Request) -> tuple[int, object]:
         self._faults.clear()
+        self._callback_faults.clear()
+        self._events.reset()
         self._store.reset()
         self._counters.reset()
         self._updates.reset()
@@ -199,7 +325,34 @@ class AdminApi:
 
 
 def workspace_view(workspace: Workspace) -> dict[str, object]:
-    return {"sid": workspace.sid, "friendly_name": workspace.friendly_name}
+    return {
+        "sid": workspace.sid,
+        "friendly_name": workspace.friendly_name,
+        "event_callback_url": workspace.event_callback_url,
+        "events_filter": None if workspace.events_filter is None else list(workspace.events_filter),
+    }
+
+
+def event_view(event: Event) -> dict[str, object]:
+    return {
+        **_pick(event, "sequence", "sid", "event_type", "account_sid", "workspace_sid", "reservation_sid"),
+        **_pick(event, "task_sid", "worker_sid", "worker_name", "status", "timestamp_ms", "actor_type"),
+        **_pick(event, "source", "description"),
+    }
+
+
+def delivery_view(entry: Delivery) -> dict[str, object]:
+    return {
+        **_pick(entry, "sequence", "at", "event_sid", "event_type", "reservation_sid", "channel", "url"),
+        **_pick(entry, "attempt", "copy", "outcome"),
+        "faults": list(entry.faults),
+    }
+
+
+def sink_view(sink: StreamSink | None) -> dict[str, object]:
+    if sink is None:
+        return {"url": None, "event_types": None}
+    return {"url": sink.url, "event_types": None if sink.event_types is None else list(sink.event_types)}
 
 
 def task_view(task: Task, reservation_sids: list[str]) -> dict[str, object]:
@@ -308,6 +461,41 @@ def _opt_str(spec: Mapping[str, object], name: str) -> str | None:
     if value is None or isinstance(value, str):
         return value
     raise InvalidParameter(name, f"Field {name!r} must be a string")
+
+
+def _since(request: web.Request) -> int:
+    since = request.query.get("since", "0")
+    if not since.isdigit():
+        raise InvalidParameter("since", "Query parameter 'since' must be a sequence number")
+    return int(since)
+
+
+def _event_types(value: object) -> tuple[str, ...] | None:
+    """Event types as a JSON list of strings or one comma-separated string (None: all)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = value.split(",")
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise InvalidParameter("event_types", "Event types are a list of strings or a comma-separated string")
+    types = tuple(item.strip() for item in value if item.strip())
+    return types or None
+
+
+def _event_settings(spec: Mapping[str, object]) -> dict[str, str]:
+    """A workspace's event settings from an admin body, in the form ``workspace_changes`` reads."""
+    settings: dict[str, str] = {}
+    if "event_callback_url" in spec:
+        settings["event_callback_url"] = _opt_str(spec, "event_callback_url") or ""
+    if "events_filter" in spec:
+        types = _event_types(spec["events_filter"])
+        settings["events_filter"] = "" if types is None else ",".join(types)
+    return settings
+
+
+def _names(spec: Mapping[str, object]) -> dict[str, str]:
+    name = _opt_str(spec, "friendly_name")
+    return {} if name is None else {"friendly_name": name}
 
 
 def _opt_int(spec: Mapping[str, object], name: str) -> int | None:

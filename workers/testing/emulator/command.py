@@ -8,7 +8,12 @@ import click
 
 from workers.cli.options import env_option
 from workers.errors import ConfigurationError
-from workers.testing.emulator.settings import EMULATOR_ACCOUNT_SID, EMULATOR_AUTH_TOKEN, EmulatorSettings
+from workers.testing.emulator.settings import (
+    EMULATOR_ACCOUNT_SID,
+    EMULATOR_AUTH_TOKEN,
+    EmulatorSettings,
+    parse_events_filter,
+)
 from workers.testing.emulator.store import DEFAULT_LOG_SIZE
 
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
@@ -70,7 +75,49 @@ LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
     envvar="EMULATOR_LOG_SIZE",
     default=DEFAULT_LOG_SIZE,
     type=click.IntRange(1),
-    help="How many transitions the log keeps.",
+    help="How many transitions (and events, and deliveries) the logs keep.",
+)
+@env_option(
+    "--event-callback-url",
+    envvar="EMULATOR_EVENT_CALLBACK_URL",
+    default=None,
+    help="Every workspace's EventCallbackUrl: where signed Event Callbacks are POSTed (Twilio's "
+    "connection overrides such as #rc=3&rp=all in the fragment apply). Each workspace can change "
+    "its own through the API or /_emulator/workspaces/{sid}.",
+)
+@env_option(
+    "--events-filter",
+    envvar="EMULATOR_EVENTS_FILTER",
+    default=None,
+    help="Every workspace's EventsFilter: the comma-separated event types to call back for (default: all).",
+)
+@env_option(
+    "--event-streams-url",
+    envvar="EMULATOR_EVENT_STREAMS_URL",
+    default=None,
+    help="An Event Streams webhook sink: CloudEvents JSON arrays, signed with bodySHA256.",
+)
+@env_option(
+    "--reservation-timeout",
+    envvar="EMULATOR_RESERVATION_TIMEOUT",
+    default=None,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Time a reservation out (reservation.timeout) when it is still pending this many seconds "
+    "after it was created (default: never, unless /_emulator/ asks).",
+)
+@env_option(
+    "--callback-concurrency",
+    envvar="EMULATOR_CALLBACK_CONCURRENCY",
+    default=8,
+    type=click.IntRange(1),
+    help="Event deliveries in flight at once (order across them is not guaranteed, as with Twilio).",
+)
+@env_option(
+    "--callback-queue-size",
+    envvar="EMULATOR_CALLBACK_QUEUE_SIZE",
+    default=10_000,
+    type=click.IntRange(1),
+    help="Event deliveries waiting at most; beyond it a delivery is logged 'overflow' and not sent.",
 )
 def emulator(
     host: str,
@@ -82,12 +129,20 @@ def emulator(
     strict_headers: bool,
     access_log: bool,
     log_size: int,
+    event_callback_url: str | None,
+    events_filter: str | None,
+    event_streams_url: str | None,
+    reservation_timeout: float | None,
+    callback_concurrency: int,
+    callback_queue_size: int,
 ) -> None:
     """Run a local TaskRouter Reservation API (for tests, demos and benchmarks).
 
     Twilio's routes live under /v1/Workspaces/...; the admin API (seed reservations, change them
     behind the clients' backs, read the transition log and counters, inject faults) lives under
-    /_emulator/ and is meant for loopback use only.
+    /_emulator/ and is meant for loopback use only. Every reservation change is an event: in the
+    Events resource, and sent as a signed Event Callback (and to an Event Streams sink) when a
+    URL is set (ops/EMULATOR.md).
     """
     from workers.testing.emulator.server import serve
 
@@ -100,6 +155,12 @@ def emulator(
             strict_headers=strict_headers,
             access_log=access_log,
             log_size=log_size,
+            event_callback_url=event_callback_url,
+            events_filter=parse_events_filter(events_filter),
+            event_streams_url=event_streams_url,
+            reservation_timeout=reservation_timeout,
+            callback_concurrency=callback_concurrency,
+            callback_queue_size=callback_queue_size,
         )
     except ConfigurationError as error:
         raise click.UsageError(str(error)) from error

@@ -24,8 +24,15 @@ def twilio_time(epoch: float | None = None) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Workspace:
+    """A workspace; ``event_callback_url`` and ``events_filter`` say where its Event Callbacks go
+    and which event types are sent (None: all), as on Twilio's Workspace resource."""
+
     sid: str
     friendly_name: str
+    event_callback_url: str | None = None
+    events_filter: tuple[str, ...] | None = None
+    date_created: str = ""
+    date_updated: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,8 +76,10 @@ class Transition:
     """One applied modification, as the transition log keeps it.
 
     ``source`` is ``api`` (a Twilio API update, or its consequences such as the task's other
-    reservations being canceled), ``admin`` (a change made through ``/_emulator/``) or ``fault``
-    (a concurrent change injected by a ``conflict_storm`` fault). ``requested`` says what was
+    reservations being canceled), ``admin`` (a change made through ``/_emulator/``), ``timeout``
+    (TaskRouter timing a pending reservation out by itself: its reservation timeout, or
+    ``/_emulator/reservations/{sid}/timeout``) or ``fault`` (a concurrent change injected by a
+    ``conflict_storm`` or ``status_race`` fault). ``requested`` says what was
     asked for: ``ReservationStatus=accepted`` or ``Instruction=call`` for the API, the admin
     verb (``timeout``, ``touch``, ...) otherwise.
     """
@@ -109,3 +118,12 @@ def logged_after(entries: Iterable[L], reservation_sid: str | None, since: int) 
         for entry in entries
         if entry.sequence > since and (reservation_sid is None or entry.reservation_sid == reservation_sid)
     ]
+
+
+class StoreListener(Protocol):
+    """Told of every reservation created and every transition, under the store's lock and in
+    commit order; it must not block (the event log and the callback sender queue and return)."""
+
+    def created(self, reservation: Reservation) -> None: ...
+
+    def transitioned(self, transition: Transition, reservation: Reservation) -> None: ...

@@ -34,16 +34,16 @@ def _runner(app: web.Application, access_log: bool) -> web.AppRunner:
     )
 
 
-class EmulatorServer(Background):
-    """An emulator on a thread of its own: ``with EmulatorServer() as emulator: emulator.base_url``."""
+class AppServer(Background):
+    """An aiohttp application served on a thread of its own, on a free loopback port by default."""
 
     def __init__(
-        self, settings: EmulatorSettings | None = None, host: str = "127.0.0.1", port: int = 0
+        self, app: web.Application, host: str = "127.0.0.1", port: int = 0, access_log: bool = False
     ) -> None:
-        self.settings = settings or EmulatorSettings()
         self._host = host
         self._port = port
-        self._app = build_app(self.settings)
+        self._app = app
+        self._access_log = access_log
         self._ready = threading.Event()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -51,22 +51,18 @@ class EmulatorServer(Background):
         self._bound_port: int | None = None
 
     @property
-    def state(self) -> EmulatorState:
-        return self._app[STATE_KEY]
-
-    @property
     def base_url(self) -> str:
         if self._bound_port is None:
-            raise RuntimeError("the emulator is not running")
+            raise RuntimeError("the server is not running")
         return f"http://{self._host}:{self._bound_port}"
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="taskrouter-emulator", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=type(self).__name__, daemon=True)
         self._thread.start()
         if not self._ready.wait(STARTUP_TIMEOUT):
-            raise ConfigurationError("the emulator did not start in time")
+            raise ConfigurationError(f"{type(self).__name__} did not start in time")
         if self._error is not None:
-            raise ConfigurationError(f"the emulator could not start: {self._error}") from self._error
+            raise ConfigurationError(f"{type(self).__name__} could not start: {self._error}") from self._error
 
     def stop(self) -> None:
         loop, thread = self._loop, self._thread
@@ -79,7 +75,7 @@ class EmulatorServer(Background):
     def _run(self) -> None:
         loop = asyncio.new_event_loop()
         self._loop = loop
-        runner = _runner(self._app, self.settings.access_log)
+        runner = _runner(self._app, self._access_log)
         try:
             loop.run_until_complete(runner.setup())
             site = web.TCPSite(runner, self._host, self._port)
@@ -98,6 +94,20 @@ class EmulatorServer(Background):
             loop.run_until_complete(runner.cleanup())
             loop.run_until_complete(loop.shutdown_asyncgens())
             loop.close()
+
+
+class EmulatorServer(AppServer):
+    """An emulator on a thread of its own: ``with EmulatorServer() as emulator: emulator.base_url``."""
+
+    def __init__(
+        self, settings: EmulatorSettings | None = None, host: str = "127.0.0.1", port: int = 0
+    ) -> None:
+        self.settings = settings or EmulatorSettings()
+        super().__init__(build_app(self.settings), host, port, self.settings.access_log)
+
+    @property
+    def state(self) -> EmulatorState:
+        return self._app[STATE_KEY]
 
 
 def serve(

@@ -5,10 +5,12 @@ from __future__ import annotations
 import base64
 import binascii
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 from workers.config import TwilioCredentials
 from workers.core.sids import is_sid
-from workers.errors import ConfigurationError
+from workers.errors import ConfigurationError, InvalidParameter
+from workers.testing.emulator.events import ConnectionOverrides
 from workers.testing.emulator.store import DEFAULT_LOG_SIZE
 
 # The emulator's well-known local credentials; never valid against the real Twilio. The product has
@@ -33,6 +35,12 @@ class EmulatorSettings:
 
     ``strict_headers`` reproduces the ETag header spellings of Twilio's OpenAPI spec instead of
     sending ``ETag`` on every reservation response (see ``wire.etag_headers``).
+
+    Events: ``event_callback_url`` and ``events_filter`` are every new workspace's
+    ``EventCallbackUrl`` and ``EventsFilter`` (each workspace can change its own);
+    ``event_streams_url`` is an Event Streams webhook sink; ``reservation_timeout`` times a
+    pending reservation out after that many seconds (None: never, unless asked);
+    ``callback_concurrency`` and ``callback_queue_size`` bound the background sender.
     """
 
     account_sid: str = EMULATOR_ACCOUNT_SID
@@ -42,6 +50,12 @@ class EmulatorSettings:
     strict_headers: bool = False
     access_log: bool = False
     log_size: int = DEFAULT_LOG_SIZE
+    event_callback_url: str | None = None
+    events_filter: tuple[str, ...] | None = None
+    event_streams_url: str | None = None
+    reservation_timeout: float | None = None
+    callback_concurrency: int = 8
+    callback_queue_size: int = 10_000
 
     def __post_init__(self) -> None:
         if not is_sid(self.account_sid, "AC"):
@@ -50,6 +64,16 @@ class EmulatorSettings:
             raise ConfigurationError("An API key and its secret must be given together")
         if self.log_size < 1:
             raise ConfigurationError("The transition log must keep at least one entry")
+        for name in ("event_callback_url", "event_streams_url"):
+            url = getattr(self, name)
+            if url is not None and not is_callback_url(url):
+                raise ConfigurationError(
+                    f"The {name} {url!r} must be an absolute http(s) URL, its connection overrides valid"
+                )
+        if self.reservation_timeout is not None and self.reservation_timeout <= 0:
+            raise ConfigurationError("The reservation timeout must be positive")
+        if self.callback_concurrency < 1 or self.callback_queue_size < 1:
+            raise ConfigurationError("The callback sender needs a concurrency and a queue size of at least 1")
 
     def credentials(self) -> list[tuple[str, str]]:
         """The (username, password) pairs basic auth accepts."""
@@ -57,6 +81,26 @@ class EmulatorSettings:
         if self.api_key is not None and self.api_secret is not None:
             pairs.append((self.api_key, self.api_secret))
         return pairs
+
+
+def is_callback_url(url: str) -> bool:
+    """An absolute http(s) URL, as Twilio requires of a callback URL, with valid connection overrides."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        return False
+    try:
+        ConnectionOverrides.of(url)
+    except InvalidParameter:
+        return False
+    return True
+
+
+def parse_events_filter(value: str | None) -> tuple[str, ...] | None:
+    """Twilio's ``EventsFilter`` (comma-separated event types); None or blank means every event."""
+    if value is None:
+        return None
+    types = tuple(part.strip() for part in value.split(",") if part.strip())
+    return types or None
 
 
 class BasicAuth:

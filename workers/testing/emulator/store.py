@@ -12,6 +12,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Collection, Mapping
+from dataclasses import replace
 
 from workers.core.sids import is_sid, new_sid
 from workers.core.state_machine import (
@@ -26,6 +27,7 @@ from workers.core.state_machine import (
 from workers.errors import IfMatchMismatch, InvalidParameter, ResourceConflict, UnknownResource
 from workers.testing.emulator.model import (
     Reservation,
+    StoreListener,
     Task,
     Transition,
     Worker,
@@ -53,6 +55,13 @@ DEFAULT_LOG_SIZE = 100_000
 RACE_NOTE = "injected status race"
 
 
+class _Keep:
+    """The type of ``KEEP``: leave a setting as it is."""
+
+
+KEEP = _Keep()
+
+
 def race_verbs(status: Status) -> list[str]:
     """What someone else may do to a reservation in ``status``: another agent's client transitions
     (accept, reject, wrapup, complete) and TaskRouter's own (timeout, cancel, rescind)."""
@@ -64,9 +73,18 @@ def race_verbs(status: Status) -> list[str]:
 class Store:
     """Workspaces, tasks, workers and reservations, with a bounded log of every modification."""
 
-    def __init__(self, log_size: int = DEFAULT_LOG_SIZE) -> None:
+    def __init__(
+        self,
+        log_size: int = DEFAULT_LOG_SIZE,
+        listener: StoreListener | None = None,
+        workspace_defaults: tuple[str | None, tuple[str, ...] | None] = (None, None),
+    ) -> None:
+        """``listener`` hears of every creation and transition (the events); ``workspace_defaults``
+        is the ``(event_callback_url, events_filter)`` a new workspace starts with."""
         self._lock = threading.Lock()
         self._log_size = log_size
+        self._listener = listener
+        self._workspace_defaults = workspace_defaults
         self.reset()
 
     def reset(self) -> None:
@@ -82,6 +100,12 @@ class Store:
             self._sequence = 0
 
     # -- reads (records are immutable: a plain dict lookup is a consistent snapshot) -------------
+
+    def workspace(self, sid: str) -> Workspace:
+        found = self._workspaces.get(sid)
+        if found is None:
+            raise UnknownResource(f"Workspace {sid} does not exist")
+        return found
 
     def reservation(self, sid: str) -> Reservation:
         found = self._reservations.get(sid)
@@ -146,6 +170,33 @@ class Store:
         with self._lock:
             return self._workspace(sid, friendly_name)
 
+    def update_workspace(
+        self,
+        sid: str,
+        *,
+        friendly_name: str | None = None,
+        event_callback_url: str | _Keep | None = KEEP,
+        events_filter: tuple[str, ...] | _Keep | None = KEEP,
+    ) -> Workspace:
+        """Change a workspace's name or event settings (``KEEP`` leaves one as it is; None clears it)."""
+        with self._lock:
+            current = self._workspaces.get(sid)
+            if current is None:
+                raise UnknownResource(f"Workspace {sid} does not exist")
+            updated = replace(
+                current,
+                friendly_name=friendly_name or current.friendly_name,
+                event_callback_url=(
+                    current.event_callback_url
+                    if isinstance(event_callback_url, _Keep)
+                    else event_callback_url
+                ),
+                events_filter=current.events_filter if isinstance(events_filter, _Keep) else events_filter,
+                date_updated=twilio_time(),
+            )
+            self._workspaces[sid] = updated
+            return updated
+
     def create_task(
         self, workspace_sid: str | None = None, sid: str | None = None, rejections: int | None = None
     ) -> Task:
@@ -195,6 +246,8 @@ class Store:
             self._reservations[sid] = reservation
             self._by_task[task.sid].append(sid)
             self._by_worker[worker.sid].append(sid)
+            if self._listener is not None:
+                self._listener.created(reservation)
             return reservation
 
     def _workspace(self, sid: str | None, friendly_name: str | None) -> Workspace:
@@ -202,7 +255,9 @@ class Store:
         existing = self._workspaces.get(sid)
         if existing is not None:
             return existing
-        workspace = Workspace(sid, friendly_name or f"Workspace {sid[-6:]}")
+        url, events = self._workspace_defaults
+        now = twilio_time()
+        workspace = Workspace(sid, friendly_name or f"Workspace {sid[-6:]}", url, events, now, now)
         self._workspaces[sid] = workspace
         return workspace
 
@@ -314,9 +369,16 @@ class Store:
         return updated
 
     def change(
-        self, sid: str, verb: str, *, worker_activity_sid: str | None = None, request_id: str | None = None
+        self,
+        sid: str,
+        verb: str,
+        *,
+        worker_activity_sid: str | None = None,
+        request_id: str | None = None,
+        source: str = "admin",
     ) -> Reservation:
-        """Change a reservation behind the API clients' backs (admin): see ``ADMIN_VERBS``."""
+        """Change a reservation behind the API clients' backs (admin, or TaskRouter's own
+        ``timeout``): see ``ADMIN_VERBS``."""
         if worker_activity_sid is not None and not is_sid(worker_activity_sid, "WA"):
             raise InvalidParameter(
                 "worker_activity_sid", f"Invalid worker_activity_sid {worker_activity_sid!r}"
@@ -326,7 +388,7 @@ class Store:
             if current is None:
                 raise UnknownResource(f"Reservation {sid} does not exist")
             if verb == "touch":
-                return self._commit(current, current.status, "admin", request_id, verb)
+                return self._commit(current, current.status, source, request_id, verb)
             if verb in CLIENT_VERBS:
                 new_status = status_after_client_update(sid, current.status, CLIENT_VERBS[verb])
             elif verb in SYSTEM_VERBS:
@@ -336,7 +398,7 @@ class Store:
                     "action", f"Unknown action {verb!r}: expected one of {', '.join(ADMIN_VERBS)}"
                 )
             activity = worker_activity_sid if new_status is Status.REJECTED else None
-            return self._change(current, new_status, "admin", request_id, verb, activity)
+            return self._change(current, new_status, source, request_id, verb, activity)
 
     def _change(
         self,
@@ -401,24 +463,25 @@ class Store:
         )
         self._reservations[current.sid] = updated
         self._sequence += 1
-        self._log.append(
-            Transition(
-                sequence=self._sequence,
-                reservation_sid=current.sid,
-                task_sid=current.task_sid,
-                worker_sid=current.worker_sid,
-                workspace_sid=current.workspace_sid,
-                from_status=current.status,
-                to_status=new_status,
-                version_before=current.version,
-                version_after=updated.version,
-                source=source,
-                request_id=request_id,
-                requested=requested,
-                at=now,
-                note=note,
-            )
+        transition = Transition(
+            sequence=self._sequence,
+            reservation_sid=current.sid,
+            task_sid=current.task_sid,
+            worker_sid=current.worker_sid,
+            workspace_sid=current.workspace_sid,
+            from_status=current.status,
+            to_status=new_status,
+            version_before=current.version,
+            version_after=updated.version,
+            source=source,
+            request_id=request_id,
+            requested=requested,
+            at=now,
+            note=note,
         )
+        self._log.append(transition)
+        if self._listener is not None:
+            self._listener.transitioned(transition, updated)
         return updated
 
 
