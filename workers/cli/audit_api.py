@@ -74,9 +74,6 @@ def audit_api(
     from workers.logs import setup_process
 
     settings = Settings.from_env()
-    # One handler for every line (ours, the access line naming the auditor, uvicorn's): JSON unless
-    # on a terminal (LOG_FORMAT), at LOG_LEVEL.
-    setup_process(settings.log_format, settings.log_level)
     try:
         named = named_auditors(settings)
     except (ConfigurationError, OSError) as exc:
@@ -103,8 +100,10 @@ def audit_api(
         sys.exit(2)
     if token is None and not named:
         click.echo("warning: serving the audit API WITHOUT authentication (--insecure-local)", err=True)
-    # The access line is workers.audit.access's (it names the auditor), not uvicorn's; log_config
-    # None: uvicorn's own lines go through setup_process's handler too.
+    # One handler for every line (ours, the access line naming the auditor, uvicorn's): JSON unless
+    # on a terminal (LOG_FORMAT), at LOG_LEVEL; set only now that the server runs. The access line
+    # is workers.audit.access's, not uvicorn's; log_config None: uvicorn's own lines go through it.
+    setup_process(settings.log_format, settings.log_level)
     uvicorn.run(
         app,
         host=host,
