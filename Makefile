@@ -6,10 +6,10 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install demo test lint typecheck pytest test-unit test-unit-offline test-integration test-acceptance bench-emulator bench-ledger bench-workers clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml ops/constraints.txt
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -c ops/constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
 install: $(STAMP)

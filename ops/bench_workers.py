@@ -109,7 +109,7 @@ def wait_for_outcomes(db_url: str, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, 
     """Wait until every action has an outcome; poll lightly, so the poll itself costs little."""
     deadline = time.monotonic() + SETTLE_TIMEOUT
     next_report = time.monotonic() + 5
-    with psycopg.connect(db_url, autocommit=True) as conn:
+    with connect_patiently(db_url) as conn:
         while True:
             row = conn.execute(
                 "SELECT count(*) FROM ledger.actions WHERE outcome IS NOT NULL AND action_id = ANY(%s)",
@@ -128,6 +128,18 @@ def wait_for_outcomes(db_url: str, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, 
                 print(f"  ... {settled}/{len(ids)} settled", file=sys.stderr, flush=True)
                 next_report = time.monotonic() + 5
             time.sleep(0.25)
+
+
+def connect_patiently(db_url: str, patience: float = 60.0) -> psycopg.Connection[Any]:
+    """A connection, waiting out a full server for a while (other work may hold its connections)."""
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            return psycopg.connect(db_url, autocommit=True)
+        except psycopg.OperationalError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
 
 
 def count(outcomes: dict[uuid.UUID, tuple[str, datetime]]) -> dict[str, int]:

@@ -44,9 +44,13 @@ from workers.broker.topology import (
 )
 from workers.config import Settings
 from workers.core.action import Action
+from workers.core.governor import BudgetPolicy
+from workers.ledger.leases import PostgresLeases
 from workers.ledger.writer import LOCK_TIMEOUT, PostgresLedgerWriter
 from workers.logs import logger_setup
+from workers.readiness import Readiness
 from workers.taskrouter.gateway import TaskRouterGateway
+from workers.taskrouter.governor import Governor, budget_ceiling, default_floor
 
 # No ledger statement of a run waits longer (Celery enforces no time limit on the threads pool);
 # the longest legitimate one is the wait for the reservation's lock.
@@ -67,6 +71,8 @@ class Runtime:
         self._lock = threading.Lock()
         self._ledger: PostgresLedgerWriter | None = None
         self._local = threading.local()
+        self._governor_lock = threading.Lock()
+        self._governor: Governor | None = None
 
     @property
     def ledger(self) -> PostgresLedgerWriter:
@@ -84,9 +90,31 @@ class Runtime:
     def gateway(self) -> TaskRouterGateway:
         gateway: TaskRouterGateway | None = getattr(self._local, "gateway", None)
         if gateway is None:
-            gateway = TaskRouterGateway.from_settings(self.settings)
+            gateway = TaskRouterGateway.from_settings(self.settings, governor=self.governor())
             self._local.gateway = gateway
         return gateway
+
+    def governor(self) -> Governor | None:
+        """This process's share of the account-wide TaskRouter budget, leased on first use
+        (None: TASKROUTER_MAX_CONCURRENCY=0)."""
+        settings = self.settings
+        if not settings.taskrouter_max_concurrency:
+            return None
+        with self._governor_lock:
+            if self._governor is None:
+                ceiling = budget_ceiling(
+                    settings.taskrouter_max_concurrency, settings.taskrouter_reserved_concurrency
+                )
+                store = PostgresLeases(
+                    settings.database_url,
+                    settings.twilio_credentials().account_sid,
+                    BudgetPolicy(ceiling, floor=default_floor(ceiling)),
+                    ttl=settings.taskrouter_lease_seconds,
+                )
+                governor = Governor(store, slot_wait=settings.taskrouter_slot_wait)
+                governor.start()
+                self._governor = governor
+            return self._governor
 
     def applier(self) -> ActionApplier:
         return ActionApplier(self.ledger, self.gateway(), self.policy)
@@ -121,7 +149,15 @@ class Runtime:
             if self._ledger is not None:
                 self._ledger.close()
                 self._ledger = None
+        self.close_governor()
         self.publishers.close()
+
+    def close_governor(self) -> None:
+        """Give this process's share of the TaskRouter budget back at once (else it expires)."""
+        with self._governor_lock:
+            if self._governor is not None:
+                self._governor.close()
+                self._governor = None
 
 
 class ReservationsApp(Celery):  # type: ignore[misc]  # celery ships no types
@@ -152,6 +188,7 @@ def create_app(settings: Settings) -> ReservationsApp:
     after_setup_logger.connect(on_logger_setup, weak=False, dispatch_uid="reservations.logs")
     after_setup_task_logger.connect(on_logger_setup, weak=False, dispatch_uid="reservations.task-logs")
     worker_ready.connect(_announce_ready, weak=False, dispatch_uid="reservations.ready")
+    worker_shutdown.connect(_give_back_share, weak=False, dispatch_uid="reservations.governor")
     # Tracing (OTEL_*): set up in the worker's main process before a prefork pool forks.
     worker_init.connect(_start_tracing, weak=False, dispatch_uid="reservations.tracing")
     worker_shutdown.connect(_flush_traces, weak=False, dispatch_uid="reservations.tracing-flush")
@@ -186,17 +223,37 @@ def _withholding_bodies(receiver: Callable[..., None]) -> Callable[..., None]:
 
 
 def _announce_ready(sender: Any = None, **_: Any) -> None:
-    """Serve /metrics (WORKER_METRICS_PORT), then touch WORKER_READY_FILE: the worker consumes."""
+    """Serve /metrics, /healthz and /readyz (WORKER_METRICS_PORT), then run the start-up checks
+    (workers.readiness) in a thread: WORKER_READY_FILE is touched only once they pass."""
     app = getattr(sender, "app", None)
     runtime: Runtime | None = getattr(app, "runtime", None)
     if runtime is None:
         return
     settings = runtime.settings
+
+    def consuming() -> bool:
+        connection = getattr(sender, "connection", None)
+        return bool(getattr(connection, "connected", False))
+
+    def on_ready() -> None:
+        if settings.worker_ready_file:
+            Path(settings.worker_ready_file).touch()
+
+    readiness = Readiness(settings, consuming, on_ready)
     metrics.serve(
-        settings.worker_metrics_port, getattr(sender, "pool", None), settings.prometheus_multiproc_dir
+        settings.worker_metrics_port,
+        getattr(sender, "pool", None),
+        settings.prometheus_multiproc_dir,
+        ready=readiness.probe,
     )
-    if settings.worker_ready_file:
-        Path(settings.worker_ready_file).touch()
+    readiness.start()
+
+
+def _give_back_share(sender: Any = None, **_: Any) -> None:
+    """A worker that stops (SIGTERM, after its warm shutdown) gives its TaskRouter share back."""
+    runtime: Runtime | None = getattr(getattr(sender, "app", None), "runtime", None)
+    if runtime is not None:
+        runtime.close_governor()
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:

@@ -79,17 +79,40 @@ class Settings:
     # reads its other OTEL_* variables itself (workers.tracing).
     traces_exporter: str | None = None
     otlp_traces_endpoint: str | None = None
+    # Where Flower listens ("host:port", from FLOWER_ADDRESS and FLOWER_PORT, which Flower reads
+    # itself): `reservations doctor` checks the port. Loopback unless told (workers/flower.py).
+    flower_address: str = "127.0.0.1:5555"
+    # The account-wide TaskRouter concurrency governor (workers.taskrouter.governor): the account's
+    # limit of requests in flight (0: no governor), the part of it kept for other applications of
+    # the account (the Flex UI, ...), how long a process's lease lives without renewal (a killed
+    # worker's share is free after it), and how long a call may wait for a slot.
+    taskrouter_max_concurrency: int = 50
+    taskrouter_reserved_concurrency: int = 10
+    taskrouter_lease_seconds: float = 10.0
+    taskrouter_slot_wait: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.taskrouter_max_concurrency and (
+            self.taskrouter_reserved_concurrency >= self.taskrouter_max_concurrency
+        ):
+            raise ConfigurationError(
+                "TASKROUTER_RESERVED_CONCURRENCY must be less than TASKROUTER_MAX_CONCURRENCY"
+                f" ({self.taskrouter_reserved_concurrency} >= {self.taskrouter_max_concurrency}):"
+                " the workers would have no share of the account's budget"
+            )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if environ is None else environ
         return cls(
-            broker_url=env.get("CELERY_BROKER_URL", DEFAULT_BROKER_URL),
-            database_url=env.get("DATABASE_URL", DEFAULT_DATABASE_URL),
-            taskrouter_base_url=env.get("TASKROUTER_BASE_URL", DEFAULT_TASKROUTER_BASE_URL).rstrip("/"),
+            broker_url=_url(env, "CELERY_BROKER_URL", DEFAULT_BROKER_URL, BROKER_SCHEMES),
+            database_url=_url(env, "DATABASE_URL", DEFAULT_DATABASE_URL, DATABASE_SCHEMES),
+            taskrouter_base_url=_url(
+                env, "TASKROUTER_BASE_URL", DEFAULT_TASKROUTER_BASE_URL, HTTP_SCHEMES
+            ).rstrip("/"),
             twilio=_twilio_credentials(env),
             ledger_pii_key=env.get("LEDGER_PII_KEY") or None,
-            ledger_migration_url=env.get("LEDGER_MIGRATION_URL") or None,
+            ledger_migration_url=_url(env, "LEDGER_MIGRATION_URL", None, DATABASE_SCHEMES),
             audit_api_token=env.get("AUDIT_API_TOKEN") or None,
             audit_api_tokens=env.get("AUDIT_API_TOKENS") or None,
             audit_api_tokens_file=env.get("AUDIT_API_TOKENS_FILE") or None,
@@ -102,13 +125,18 @@ class Settings:
             publish_pool_limit=_count(env, "PUBLISH_POOL_LIMIT", 32),
             intake_prefetch=_count(env, "INTAKE_PREFETCH", 32),
             intake_threads=_count(env, "INTAKE_THREADS", 8, minimum=0),
-            worker_metrics_port=env.get("WORKER_METRICS_PORT", "").strip() or None,
+            worker_metrics_port=_address(env, "WORKER_METRICS_PORT"),
             prometheus_multiproc_dir=env.get("PROMETHEUS_MULTIPROC_DIR") or None,
             worker_ready_file=env.get("WORKER_READY_FILE") or None,
             log_format=_log_format(env),
             log_level=_log_level(env),
             traces_exporter=_traces_exporter(env),
             otlp_traces_endpoint=_otlp_traces_endpoint(env),
+            flower_address=_flower_address(env),
+            taskrouter_max_concurrency=_count(env, "TASKROUTER_MAX_CONCURRENCY", 50, minimum=0),
+            taskrouter_reserved_concurrency=_count(env, "TASKROUTER_RESERVED_CONCURRENCY", 10, minimum=0),
+            taskrouter_lease_seconds=_positive(env, "TASKROUTER_LEASE_SECONDS", 10.0),
+            taskrouter_slot_wait=_positive(env, "TASKROUTER_SLOT_WAIT", 10.0),
         )
 
     def twilio_credentials(self) -> TwilioCredentials:
@@ -241,20 +269,73 @@ def _seconds_or(env: Mapping[str, str], name: str, default: float) -> float:
     return default if seconds is None else seconds
 
 
+def _positive(env: Mapping[str, str], name: str, default: float) -> float:
+    seconds = _seconds_or(env, name, default)
+    if seconds == 0:
+        raise ConfigurationError(f"{name} must be more than 0 seconds")
+    return seconds
+
+
 def _retry_policy(env: Mapping[str, str]) -> RetryPolicy:
     """RETRY_* variables override the policy's defaults (tests shorten the waits with them)."""
     d = RetryPolicy()
+    whole = "a whole number"
     try:
         return RetryPolicy(
-            immediate_conflict_tries=int(env.get("RETRY_CONFLICT_TRIES", d.immediate_conflict_tries)),
-            immediate_conflict_pause=float(env.get("RETRY_CONFLICT_PAUSE", d.immediate_conflict_pause)),
-            max_delayed_retries=int(env.get("RETRY_MAX_RETRIES", d.max_delayed_retries)),
-            base_delay=float(env.get("RETRY_BASE_DELAY", d.base_delay)),
-            max_delay=float(env.get("RETRY_MAX_DELAY", d.max_delay)),
-            in_flight=float(env.get("RETRY_IN_FLIGHT", d.in_flight)),
+            immediate_conflict_tries=_or(
+                _parsed(env, "RETRY_CONFLICT_TRIES", int, whole), d.immediate_conflict_tries
+            ),
+            immediate_conflict_pause=_or(_seconds(env, "RETRY_CONFLICT_PAUSE"), d.immediate_conflict_pause),
+            max_delayed_retries=_or(_parsed(env, "RETRY_MAX_RETRIES", int, whole), d.max_delayed_retries),
+            base_delay=_or(_seconds(env, "RETRY_BASE_DELAY"), d.base_delay),
+            max_delay=_or(_seconds(env, "RETRY_MAX_DELAY"), d.max_delay),
+            in_flight=_or(_seconds(env, "RETRY_IN_FLIGHT"), d.in_flight),
         )
     except ValueError as exc:
-        raise ConfigurationError(f"bad RETRY_* setting: {exc}") from exc
+        raise ConfigurationError(f"RETRY_* settings do not make a retry policy: {exc}") from exc
+
+
+def _or(value: T | None, default: T) -> T:
+    return default if value is None else value
+
+
+BROKER_SCHEMES = ("amqp", "amqps", "pyamqp")
+DATABASE_SCHEMES = ("postgresql", "postgres")
+HTTP_SCHEMES = ("https", "http")
+
+
+def _url(env: Mapping[str, str], name: str, default: T, schemes: tuple[str, ...]) -> str | T:
+    """``name``'s URL, refused unless its scheme is one of ``schemes`` (a typo fails at start, in
+    one line, instead of deep inside a driver); ``default`` when unset or blank."""
+    value = env.get(name, "").strip()
+    if not value:
+        return default
+    scheme, separator, rest = value.partition("://")
+    if not separator and "postgresql" in schemes and "=" in value:
+        return value  # libpq's key=value form ("host=db dbname=reservations")
+    if not separator or scheme.lower() not in schemes or not rest:
+        expected = " or ".join(f"{s}://..." for s in schemes[:2])
+        # The value may hold a password: only its scheme is shown.
+        shown = f"{scheme}://..." if separator else "a value without a scheme"
+        raise ConfigurationError(f"{name} must be a URL like {expected}, not {shown}")
+    return value
+
+
+def _flower_address(env: Mapping[str, str]) -> str:
+    host = env.get("FLOWER_ADDRESS", "").strip() or "127.0.0.1"
+    port = _parsed(env, "FLOWER_PORT", int, "a port number")
+    return f"{host}:{5555 if port is None else port}"
+
+
+def _address(env: Mapping[str, str], name: str) -> str | None:
+    """``[host:]port`` (port 0 to 65535), or None when unset or blank."""
+    value = env.get(name, "").strip()
+    if not value:
+        return None
+    _, _, port = value.rpartition(":")
+    if not port.isdigit() or int(port) > 65535:
+        raise ConfigurationError(f"{name} must be [host:]port, e.g. 9808 or 127.0.0.1:9808, not {value!r}")
+    return value
 
 
 def _twilio_credentials(env: Mapping[str, str]) -> TwilioCredentials | None:

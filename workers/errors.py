@@ -9,6 +9,12 @@ Every class is picklable, because Celery serialises exceptions across processes.
 from __future__ import annotations
 
 
+def unreachable(service: str, where: str, reason: str) -> str:
+    """The one wording of every service out of reach (the ledger, RabbitMQ, TaskRouter), so that
+    operators and their alerts recognise it whatever the command."""
+    return f"cannot reach {service} at {where}: {reason}"
+
+
 class ReservationsError(Exception):
     """Base class of every error this project raises on purpose."""
 
@@ -85,12 +91,20 @@ class Throttled(TransientTaskRouterError):
     """HTTP 429: too many requests. Wait at least ``retry_after`` seconds."""
 
 
+class SlotUnavailable(TransientTaskRouterError):
+    """No slot of the account-wide TaskRouter budget came free in time: nothing was sent; retry later."""
+
+
 class UnknownResource(ReservationsError):
     """The emulator has no such workspace, task, worker or reservation (TaskRouter's 404)."""
 
 
 class ResourceConflict(ReservationsError):
     """The emulator's admin API was asked to create something that already exists differently."""
+
+
+class UnsupportedMediaType(ReservationsError):
+    """The emulator's admin API was sent a POST or DELETE that is not ``application/json``."""
 
 
 class IfMatchMismatch(ReservationsError):
@@ -117,6 +131,10 @@ class LedgerError(ReservationsError):
 
 class LedgerUnavailable(LedgerError):
     """The ledger's database cannot be reached, or refused the connection."""
+
+
+class BrokerUnavailable(ReservationsError):
+    """RabbitMQ cannot be reached, refused our credentials or virtual host, or lacks our topology."""
 
 
 class ReservationBusy(LedgerError):

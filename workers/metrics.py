@@ -20,10 +20,24 @@ children), no allocation of our own.
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from collections.abc import Callable
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, multiprocess, start_http_server
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    make_wsgi_app,
+    multiprocess,
+)
+from prometheus_client.exposition import ThreadingWSGIServer
+
+from workers.health import Check, wsgi_routes
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +86,54 @@ DEAD_LETTERS = Counter(
     ["outcome"],
 )
 
+# The account-wide concurrency governor (workers.taskrouter.governor) and what TaskRouter says of
+# the account's limits. Gauges add up across a prefork worker's processes where that makes sense.
+TASKROUTER_IN_FLIGHT = Gauge(
+    "reservations_taskrouter_in_flight",
+    "TaskRouter calls in flight from this process (under the governor)",
+    multiprocess_mode="livesum",
+)
+GOVERNOR_SHARE = Gauge(
+    "reservations_taskrouter_share",
+    "Slots of the account-wide budget this process holds (its lease)",
+    multiprocess_mode="livesum",
+)
+GOVERNOR_BUDGET = Gauge(
+    "reservations_taskrouter_budget",
+    "The fleet's budget of TaskRouter calls in flight now (shrinks on 429, grows back)",
+    multiprocess_mode="max",
+)
+GOVERNOR_FLEET_IN_FLIGHT = Gauge(
+    "reservations_taskrouter_fleet_in_flight",
+    "TaskRouter calls in flight across the fleet, as the leases reported them at the last heartbeat",
+    multiprocess_mode="max",
+)
+GOVERNOR_WAITS = Histogram(
+    "reservations_taskrouter_slot_wait_seconds",
+    "Waits for a slot of the budget (calls admitted at once are not counted)",
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
+GOVERNOR_TIMEOUTS = Counter(
+    "reservations_taskrouter_slot_timeouts",
+    "Calls that found no slot in TASKROUTER_SLOT_WAIT: nothing was sent, the action is retried later",
+)
+THROTTLED = Counter("reservations_taskrouter_throttled", "HTTP 429 answers from TaskRouter")
+TWILIO_CONCURRENT_REQUESTS = Gauge(
+    "reservations_taskrouter_concurrent_requests",
+    "The account's requests in flight as TaskRouter last reported them (Twilio-Concurrent-Requests)",
+    multiprocess_mode="max",
+)
+TWILIO_RATE_LIMIT = Gauge(
+    "reservations_taskrouter_rate_limit",
+    "X-Rate-Limit-Limit as TaskRouter last sent it",
+    multiprocess_mode="mostrecent",
+)
+TWILIO_RATE_REMAINING = Gauge(
+    "reservations_taskrouter_rate_remaining",
+    "X-Rate-Limit-Remaining as TaskRouter last sent it",
+    multiprocess_mode="mostrecent",
+)
+
 
 class _Children:
     """A labelled metric's children by label values: ``.labels()`` once per combination."""
@@ -107,6 +169,30 @@ def taskrouter_call(endpoint: str, http_status: str, started: float) -> None:
         CONFLICTS.inc()
 
 
+def governor_wait(seconds: float | None) -> None:
+    """A call waited ``seconds`` for a slot, or gave up (None)."""
+    if seconds is None:
+        GOVERNOR_TIMEOUTS.inc()
+    else:
+        GOVERNOR_WAITS.observe(seconds)
+
+
+def governor_lease(granted: int, budget: int, fleet_in_flight: int) -> None:
+    GOVERNOR_SHARE.set(granted)
+    GOVERNOR_BUDGET.set(budget)
+    GOVERNOR_FLEET_IN_FLIGHT.set(fleet_in_flight)
+
+
+def taskrouter_limits(concurrent: float | None, limit: float | None, remaining: float | None) -> None:
+    """What TaskRouter's answer said of the account's limits (None: that header was absent)."""
+    if concurrent is not None:
+        TWILIO_CONCURRENT_REQUESTS.set(concurrent)
+    if limit is not None:
+        TWILIO_RATE_LIMIT.set(limit)
+    if remaining is not None:
+        TWILIO_RATE_REMAINING.set(remaining)
+
+
 def ledger_write(query: str, started: float) -> None:
     _ledger(query).observe(time.perf_counter() - started)
 
@@ -140,9 +226,13 @@ def registry(multiprocess_dir: str | None) -> CollectorRegistry:
 
 
 def serve(
-    address: str | None, pool: object = None, multiprocess_dir: str | None = None
+    address: str | None,
+    pool: object = None,
+    multiprocess_dir: str | None = None,
+    ready: Callable[[], list[Check]] | None = None,
 ) -> tuple[str, int] | None:
-    """Start the ``/metrics`` server at ``address`` (``WORKER_METRICS_PORT``), if any; its address."""
+    """Serve ``/metrics``, ``/healthz`` and ``/readyz`` (``ready``'s checks) at ``address``
+    (``WORKER_METRICS_PORT``), if any, in a daemon thread; the address served. Other paths: 404."""
     if not address:
         return None
     if _is_prefork(pool) and not multiprocess_dir:
@@ -154,9 +244,18 @@ def serve(
         )
         return None
     host, port = parse_address(address)
-    start_http_server(port, addr=host, registry=registry(multiprocess_dir))
-    logger.info("serving Prometheus metrics on http://%s:%d/metrics", host, port)
-    return host, port
+    routes = wsgi_routes(make_wsgi_app(registry(multiprocess_dir)), ready or (lambda: []))
+    server = make_server(host, port, routes, ThreadingWSGIServer, handler_class=_QuietHandler)
+    threading.Thread(target=server.serve_forever, name="metrics-server", daemon=True).start()
+    logger.info("serving /metrics, /healthz and /readyz on http://%s:%d", host, port)
+    return host, server.server_port
+
+
+class _QuietHandler(WSGIRequestHandler):
+    """No access log line per scrape or probe."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
 
 
 def _is_prefork(pool: object) -> bool:

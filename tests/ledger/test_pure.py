@@ -77,7 +77,11 @@ def test_the_development_key_is_used_with_a_warning(caplog: pytest.LogCaptureFix
 
 def test_settings_keep_the_pii_key_and_migration_url_out_of_repr() -> None:
     settings = Settings.from_env(
-        {"LEDGER_PII_KEY": "k3y", "LEDGER_MIGRATION_URL": "postgresql://owner:pw@db/x", "DATABASE_URL": "d"}
+        {
+            "LEDGER_PII_KEY": "k3y",
+            "LEDGER_MIGRATION_URL": "postgresql://owner:pw@db/x",
+            "DATABASE_URL": "postgresql:///d",
+        }
     )
     assert settings.migration_url == "postgresql://owner:pw@db/x"
     assert "k3y" not in repr(settings)

@@ -52,8 +52,9 @@ def env_example() -> dict[str, str]:
 
 
 def variables_the_code_reads() -> set[str]:
-    """Each NAME in ``os.environ.get("NAME")``, ``env.get("NAME")`` or ``os.environ["NAME"]`` in workers/."""
-    pattern = re.compile(r"""(?:environ|env)(?:\.get\(|\[)\s*["']([A-Z][A-Z0-9_]+)["']""")
+    """Each NAME in ``os.environ.get("NAME")``, ``env.get("NAME")``, ``os.environ["NAME"]`` or a
+    parser's ``(env, "NAME"`` in workers/."""
+    pattern = re.compile(r"""(?:environ|env)(?:\.get\(|\[|,)\s*["']([A-Z][A-Z0-9_]+)["']""")
     names: set[str] = set()
     for path in (ROOT / "workers").rglob("*.py"):
         names.update(pattern.findall(path.read_text()))
@@ -86,7 +87,9 @@ def test_the_worker_runs_celery_with_threads_and_reports_ready_through_its_file(
     assert "container_name" not in worker
     assert "ports" not in worker
     ready = worker["environment"]["WORKER_READY_FILE"]
-    assert worker["healthcheck"]["test"] == ["CMD", "test", "-f", ready]
+    # Healthy once /readyz says so: the start-up checks passed, the ledger and RabbitMQ answer.
+    assert "/readyz" in " ".join(worker["healthcheck"]["test"])
+    assert "WORKER_METRICS_PORT" in worker["environment"]
     assert any(mount.startswith(str(Path(ready).parent) + ":") for mount in worker["tmpfs"])
     assert worker["stop_signal"] == "SIGTERM"
 
@@ -119,18 +122,21 @@ def test_named_volumes_keep_the_state(compose: dict[str, Any]) -> None:
 
 def test_flower_has_basic_auth_and_the_management_api(compose: dict[str, Any]) -> None:
     flower = compose["services"]["flower"]
-    assert flower["entrypoint"][:4] == ["celery", "-A", "workers", "flower"]
-    assert any(arg.startswith("--conf=") for arg in flower["entrypoint"])
+    # As the README starts it: our configuration without --conf (workers/flowerconfig.py).
+    assert flower["entrypoint"] == ["celery", "-A", "workers", "flower"]
     env = flower["environment"]
     assert env["FLOWER_BASIC_AUTH"].startswith("${FLOWER_BASIC_AUTH:?")
+    assert env["FLOWER_ALLOW_CONTROL"] == "${FLOWER_ALLOW_CONTROL:-false}"
     assert re.fullmatch(r"http://\S+@rabbitmq:15672/api/", env["FLOWER_BROKER_API"])
     # Flower gets the broker and nothing else: no ledger, PII or Twilio secrets.
-    assert set(env) == {"CELERY_BROKER_URL", "FLOWER_BASIC_AUTH", "FLOWER_BROKER_API", "FLOWER_PORT"}
+    assert set(env) == {
+        "CELERY_BROKER_URL", "FLOWER_BASIC_AUTH", "FLOWER_BROKER_API", "FLOWER_ALLOW_CONTROL",
+        "FLOWER_ADDRESS", "FLOWER_PORT", "FLOWER_PERSISTENT", "FLOWER_DB",
+    }  # fmt: skip
+    assert env["FLOWER_PERSISTENT"] == "true"
+    assert env["FLOWER_DB"].startswith("/var/lib/flower/")
     assert compose["services"]["rabbitmq"]["image"].endswith("-management")
     assert "/healthcheck" in " ".join(flower["healthcheck"]["test"])
-    config = (ROOT / "ops" / "flower" / "flowerconfig.py").read_text()
-    assert "persistent = True" in config
-    assert "/var/lib/flower" in config
 
 
 def test_the_audit_api_needs_its_token(compose: dict[str, Any]) -> None:
@@ -151,6 +157,7 @@ def test_every_variable_the_code_reads_is_wired_and_documented(compose: dict[str
     assert {"CELERY_BROKER_URL", "DATABASE_URL", "RETRY_MAX_RETRIES", "WORKER_READY_FILE"} <= read
     app_env = set(compose["x-app"]["environment"]) | set(compose["services"]["worker"]["environment"])
     app_env |= set(compose["services"]["audit-api"]["environment"])
+    app_env |= set(compose["services"]["flower"]["environment"])  # FLOWER_ADDRESS, FLOWER_PORT (doctor)
     documented = ENV_EXAMPLE.read_text()
     for name in sorted(read):
         assert name in app_env, f"{name} is read by the code but not set in docker-compose.yml"
@@ -160,6 +167,29 @@ def test_every_variable_the_code_reads_is_wired_and_documented(compose: dict[str
 def test_every_variable_compose_interpolates_has_a_line_in_env_example() -> None:
     used = set(re.findall(r"\$\{([A-Z][A-Z0-9_]*)", COMPOSE.read_text()))
     assert used - set(env_example()) == set()
+
+
+def test_the_example_holds_no_secret_that_would_let_compose_start() -> None:
+    """``${NAME:?...}`` refuses an unset or empty NAME: every such value is empty in .env.example,
+    so a copied example starts nothing until the operator sets each secret."""
+    required = set(re.findall(r"\$\{([A-Z][A-Z0-9_]*):\?", COMPOSE.read_text()))
+    assert {"POSTGRES_PASSWORD", "RABBITMQ_PASSWORD", "LEDGER_PII_KEY", "AUDIT_API_TOKEN"} <= required
+    assert {"FLOWER_BASIC_AUTH", "RABBITMQ_PRODUCER_PASSWORD", "TWILIO_ACCOUNT_SID"} <= required
+    example = env_example()
+    assert {name: example[name] for name in required if example[name]} == {}
+    assert "change-me" not in ENV_EXAMPLE.read_text()
+
+
+def test_the_emulator_runs_only_under_the_dev_profile(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    assert services["emulator"]["profiles"] == ["dev"]
+    assert [name for name, service in services.items() if "profiles" in service] == ["emulator"]
+    # Nothing points at it by default: the real Twilio, with credentials the operator sets.
+    app_env = compose["x-app"]["environment"]
+    assert app_env["TASKROUTER_BASE_URL"] == "${TASKROUTER_BASE_URL:-https://taskrouter.twilio.com}"
+    assert app_env["TWILIO_ACCOUNT_SID"].startswith("${TWILIO_ACCOUNT_SID:?")
+    assert "emulator-auth-token" not in str(app_env)
+    assert services["worker"]["depends_on"]["emulator"]["required"] is False
 
 
 def test_one_small_image_running_as_a_user_not_root() -> None:
@@ -182,6 +212,9 @@ def test_one_small_image_running_as_a_user_not_root() -> None:
     assert "flower" in text  # the flower service runs the same image
 
 
+REQUIRED_SECRETS = set(re.findall(r"\$\{([A-Z][A-Z0-9_]*):\?", COMPOSE.read_text()))
+
+
 def docker_compose_works() -> bool:
     if shutil.which("docker") is None:
         return False
@@ -194,11 +227,28 @@ def test_docker_compose_accepts_the_file() -> None:
         pytest.skip(
             "`docker compose version` fails here (no compose plugin): the file was only parsed as YAML"
         )
-    done = subprocess.run(
-        ["docker", "compose", "--env-file", str(ENV_EXAMPLE), "-f", str(COMPOSE), "config", "--quiet"],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-    )
+
+    def config(env_file: Path) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["docker", "compose", "--env-file", str(env_file), "-f", str(COMPOSE), "config", "--quiet"],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=60,
+        )
+
+    refused = config(ENV_EXAMPLE)  # the example as it is: a secret is missing
+    assert refused.returncode != 0
+    assert "in .env" in refused.stderr
+    filled = ENV_EXAMPLE.parent / ".env.test-filled"
+    try:
+        filled.write_text(
+            "\n".join(
+                f"{name}={value or 'set-' + name.lower()}" if name in REQUIRED_SECRETS else f"{name}={value}"
+                for name, value in env_example().items()
+            )
+        )
+        done = config(filled)
+    finally:
+        filled.unlink(missing_ok=True)
     assert done.returncode == 0, done.stderr

@@ -1,6 +1,7 @@
-"""Flower, configured as in ops/flower/, watches a real worker on the real broker.
+"""Flower, secure by default, watches a real worker on the real broker.
 
-Flower runs as ``celery -A workers flower`` with basic auth on a free loopback port; the worker
+Flower runs as ``celery -A workers flower`` (our configuration without ``--conf``: loopback,
+authentication required, read-only unless FLOWER_ALLOW_CONTROL) on a free port; the worker
 is the end-to-end fixtures' real ``celery -A workers worker`` (tests/support/e2e.py). Through
 Flower's HTTP API an operator sees the worker and the apply task, its arguments masked.
 """
@@ -12,7 +13,9 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +42,8 @@ PII = {"to": "+15557654321", "from_": "+15551234567"}
 
 
 class Flower:
+    log: Path
+
     def __init__(self, base_url: str) -> None:
         self.base_url = base_url
         self.session = requests.Session()
@@ -59,27 +64,29 @@ class Flower:
         raise AssertionError(f"Flower did not show {what} in {WAIT} s")
 
 
-@pytest.fixture(scope="module")
-def flower(broker_url: str, worker: WorkerProcess) -> Iterator[Flower]:
+@contextmanager
+def running_flower(broker_url: str, *arguments: str, **env: str) -> Iterator[Flower]:
+    """``celery -A workers flower`` as the README starts it, on a free port of its default
+    address (loopback), with ``env`` added to the environment."""
     port = free_port()
     state = tempfile.mkdtemp(prefix="flower-")
-    env = {
+    environ = {
         **os.environ,
         "CELERY_BROKER_URL": broker_url,
-        "FLOWER_ADDRESS": "127.0.0.1",
         "FLOWER_PORT": str(port),
         "FLOWER_DB": str(Path(state) / "flower.db"),
-        "FLOWER_BASIC_AUTH": ":".join(AUTH),
+        **env,
     }
     log = Path(state) / "flower.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "workers", "flower", f"--conf={FLOWER_CONFIG}"],
-            env=env,
+            [sys.executable, "-m", "celery", "-A", "workers", "flower", *arguments],
+            env=environ,
             stdout=out,
             stderr=subprocess.STDOUT,
         )
     client = Flower(f"http://127.0.0.1:{port}")
+    client.log = log
     try:
         deadline = time.monotonic() + WAIT
         while True:
@@ -102,6 +109,64 @@ def flower(broker_url: str, worker: WorkerProcess) -> Iterator[Flower]:
             process.kill()
             process.wait(10)
         client.session.close()
+
+
+@pytest.fixture(scope="module")
+def flower(broker_url: str, worker: WorkerProcess) -> Iterator[Flower]:
+    with running_flower(broker_url, FLOWER_BASIC_AUTH=":".join(AUTH)) as client:
+        yield client
+
+
+def test_flower_refuses_to_start_without_authentication(broker_url: str) -> None:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("FLOWER_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "workers", "flower", f"--port={free_port()}"],
+        env={**environ, "CELERY_BROKER_URL": broker_url},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .startswith(
+            "error: Flower refuses to start without authentication: set FLOWER_BASIC_AUTH=user:password"
+        )
+    )
+
+
+def test_flower_listens_on_loopback_unless_told(flower: Flower) -> None:
+    assert f"Visit me at {flower.base_url}" in flower.log.read_text()
+
+
+def test_flower_is_read_only_unless_control_is_allowed(
+    flower: Flower, broker_url: str, celery_app: Any
+) -> None:
+    task_id = str(uuid.uuid4())
+    refused = flower.session.post(f"{flower.base_url}/api/task/revoke/{task_id}", timeout=10)
+    assert refused.status_code == 403
+    assert "Read only" in refused.text
+    for path in ("/api/worker/shutdown/anyone", "/api/task/rate-limit/reservations.apply"):
+        assert (
+            flower.session.post(f"{flower.base_url}{path}", data={"ratelimit": "1/m"}, timeout=10).status_code
+            == 403
+        )
+    assert not revoked_by_a_worker(celery_app, task_id)
+    # Allowed on purpose (and through the ops/ copy of the configuration): the revoke goes out.
+    with running_flower(
+        broker_url, f"--conf={FLOWER_CONFIG}", FLOWER_BASIC_AUTH=":".join(AUTH), FLOWER_ALLOW_CONTROL="true"
+    ) as controlling:
+        allowed = controlling.session.post(f"{controlling.base_url}/api/task/revoke/{task_id}", timeout=10)
+    assert allowed.status_code == 200, allowed.text
+    assert allowed.json() == {"message": f"Revoked '{task_id}'"}
+    assert revoked_by_a_worker(celery_app, task_id)
+
+
+def revoked_by_a_worker(celery_app: Any, task_id: str) -> bool:
+    """Whether a worker holds ``task_id`` among its revoked tasks (Celery's remote control)."""
+    revoked: dict[str, list[str]] = celery_app.control.inspect(timeout=10, limit=1).revoked() or {}
+    return any(task_id in ids for ids in revoked.values())
 
 
 def test_flower_refuses_requests_without_its_basic_auth(flower: Flower) -> None:

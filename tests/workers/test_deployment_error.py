@@ -18,7 +18,7 @@ from workers.testing.processes import WorkerProcess
 
 RECEIVE = (
     "ledger.record_received(uuid, text, text, text, text, text, jsonb, text, timestamptz, text, text,"
-    " text, integer, text)"
+    " text, integer, text)"  # the trace id since migration 0003
 )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 import urllib.error
 import urllib.request
@@ -37,6 +38,29 @@ def value(samples: Samples, name: str, **labels: str) -> float:
     return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
+def answer(port: int, path: str) -> tuple[int, Any]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def assert_healthy_and_ready(port: int, worker: WorkerProcess) -> None:
+    """Beside /metrics: /healthz, and /readyz once the start-up checks passed; nothing else."""
+    assert worker.ready_file.exists()
+    status, body = answer(port, "/readyz")
+    assert status == 200, body
+    assert {c["name"]: c["status"] for c in body["checks"]} == {
+        "ledger": "ok",
+        "broker": "ok",
+        "consuming": "ok",
+    }
+    assert answer(port, "/healthz") == (200, {"status": "ok"})
+    assert answer(port, "/healthz/metrics")[0] == 404  # only /metrics serves metrics
+    assert "ready: ledger:" in worker.log()
+
+
 def test_parse_address() -> None:
     assert parse_address("9808") == ("0.0.0.0", 9808)  # noqa: S104 - what it means
     assert parse_address("127.0.0.1:9900") == ("127.0.0.1", 9900)
@@ -54,7 +78,8 @@ def test_the_worker_counts_outcomes_conflicts_calls_and_lag(
     )  # fmt: skip
     wrapup = action_for(reservation, ActionKind.WRAPUP)
     port = free_port()
-    with WorkerProcess({**worker_env, "WORKER_METRICS_PORT": f"127.0.0.1:{port}"}, concurrency=2):
+    with WorkerProcess({**worker_env, "WORKER_METRICS_PORT": f"127.0.0.1:{port}"}, concurrency=2) as worker:
+        assert_healthy_and_ready(port, worker)
         before = scrape(port)
         assert value(before, "reservations_actions_total", outcome="applied") == 0
         celery_app.enqueue(accept)

@@ -40,6 +40,7 @@ from workers.audit.rows import EVENT_FIELDS, action_row, event_row, reservation_
 from workers.audit.timeline import Step, timeline
 from workers.audit.watch import OverviewWatch, VerifyWatch
 from workers.errors import ConfigurationError, LedgerError, LedgerUnavailable
+from workers.health import FAIL, OK, Check, add_health_routes
 from workers.ledger.connector import Connector
 from workers.ledger.models import ActionRecord, Cursor, EventKind, LedgerRow, Outcome, ReservationState, Role
 from workers.ledger.reader import LedgerReader
@@ -325,18 +326,17 @@ def create_app(config: AuditApiConfig, *, ledger: LedgerReader | None = None) ->
         logger.error("the ledger could not answer: %s", exc)
         return _problem(500, "ledger_error", "the ledger could not answer this query; see the server's log")
 
-    @app.get("/healthz", tags=["health"], responses={200: {"description": "The process is alive."}})
-    def healthz() -> dict[str, str]:
-        return {"status": "ok"}
-
-    @app.get("/readyz", tags=["health"])
-    def readyz(reader: LedgerDep) -> JSONResponse:
+    def ledger_answers() -> list[Check]:
         try:
+            reader = app.state.ledger
             reader.ping()
-        except LedgerError as exc:
-            logger.warning("not ready: %s", exc)
-            return _problem(503, "unavailable", "the ledger does not answer (database down, or not migrated)")
-        return JSONResponse({"status": "ready"})
+        except (LedgerError, AttributeError) as exc:
+            return [
+                Check("ledger", FAIL, f"the ledger does not answer (database down, or not migrated): {exc}")
+            ]
+        return [Check("ledger", OK, "answers")]
+
+    add_health_routes(app, ledger_answers)
 
     @v1_get("/v1/events", EventPage, "history")
     def events(

@@ -21,12 +21,13 @@ from kombu.connection import Connection
 from kombu.messaging import Producer as KombuProducer
 
 from workers.broker.publishing import CONFIRM_TIMEOUT
+from workers.broker.reach import where
 from workers.broker.topology import ACTIONS_EXCHANGE, routing_key_for
 from workers.config import broker_url_from_env
 from workers.core.action import Action
 from workers.core.closing import Closing
 from workers.core.validation import JSON_CONTENT_TYPE, Rejected, decide
-from workers.errors import ReservationsError
+from workers.errors import ReservationsError, unreachable
 
 _PUBLISH_RETRY = {"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 2.0}
 
@@ -101,7 +102,8 @@ class Producer(Closing):
                 producer.connection.ensure_connection(**_PUBLISH_RETRY)
             except Exception as exc:
                 self._reset()
-                raise PublishError(f"cannot reach RabbitMQ: {type(exc).__name__}: {exc}") from exc
+                reason = f"{type(exc).__name__}: {exc}"
+                raise PublishError(unreachable("RabbitMQ", where(self.broker_url), reason)) from exc
 
     def publish(self, action: Action | Mapping[str, Any]) -> None:
         """Validate and publish one action; return once RabbitMQ confirmed it."""

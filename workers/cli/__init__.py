@@ -8,10 +8,13 @@ command, add a line to ``SUBCOMMANDS``.
 from __future__ import annotations
 
 import importlib
+import sys
+from typing import Any
 
 import click
 
 from workers import __version__
+from workers.errors import ReservationsError
 
 # name -> "module:attribute" of a click command or group.
 SUBCOMMANDS: dict[str, str] = {
@@ -24,6 +27,7 @@ SUBCOMMANDS: dict[str, str] = {
     "replay": "workers.cli.replay:replay",
     "audit-api": "workers.cli.audit_api:audit_api",
     "enqueue": "workers.cli.enqueue:enqueue",
+    "doctor": "workers.cli.doctor:doctor",
 }
 
 
@@ -46,6 +50,15 @@ class LazyGroup(click.Group):
         if not isinstance(command, click.Command):
             raise TypeError(f"{target} is not a click command")
         return command
+
+    def invoke(self, ctx: click.Context) -> Any:
+        """Run the subcommand; an error of ours it lets through (a bad setting, a service out of
+        reach) is one line on stderr and exit status 2, never a traceback."""
+        try:
+            return super().invoke(ctx)
+        except ReservationsError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
 
 
 @click.group(

@@ -77,9 +77,10 @@ def fail(message: str, code: int = 2) -> NoReturn:
 
 def open_reader(database_url: str) -> LedgerReader:
     """A select-only ledger; it knows LEDGER_PII_KEY only to hash a --pii-value to search for."""
+    pii_key = resolve_pii_key(Settings.from_env().ledger_pii_key)  # a bad setting first, in one line
     connector = Connector(database_url, Role.READER, min_size=1, max_size=1)
     connector.open()
-    return LedgerReader(connector, resolve_pii_key(Settings.from_env().ledger_pii_key))
+    return LedgerReader(connector, pii_key)
 
 
 def chosen_format(output_format: str | None, stream: TextIO | None = None) -> str:

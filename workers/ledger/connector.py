@@ -27,6 +27,7 @@ from workers.errors import (
     LedgerUnavailable,
     ReservationBusy,
     UnknownAction,
+    unreachable,
 )
 from workers.ledger.models import Role
 
@@ -64,6 +65,43 @@ def _translate(exc: psycopg.Error) -> LedgerError:
     return LedgerError(message)
 
 
+# SQLSTATEs of a server that is there but cannot take us yet (too many clients, starting up):
+# waiting may help, so the pool waits for it instead of failing at once.
+_WAIT_SQLSTATES = ("53", "57P03")
+
+
+def reach(conninfo: str, timeout: float = 5.0) -> None:
+    """Fail at once, in one line, when the ledger's server cannot be reached or refuses us (down,
+    wrong host, port, database, role or password): a pool would retry for its whole time-out."""
+    try:
+        psycopg.connect(conninfo, connect_timeout=max(1, round(timeout))).close()
+    except psycopg.OperationalError as exc:
+        if exc.sqlstate is not None and exc.sqlstate.startswith(_WAIT_SQLSTATES):
+            return
+        raise _unreachable(conninfo, exc) from exc
+
+
+def _unreachable(conninfo: str, exc: psycopg.Error) -> LedgerUnavailable:
+    return LedgerUnavailable(unreachable("the ledger's PostgreSQL", where(conninfo), _reason(exc)))
+
+
+def where(conninfo: str) -> str:
+    """``host:port/dbname`` of a connection string, without its user or password."""
+    try:
+        params = conninfo_to_dict(conninfo)
+    except psycopg.Error:
+        return "an unparseable DATABASE_URL"
+    host = params.get("host") or "localhost"
+    return f"{host}:{params.get('port') or 5432}/{database_name(conninfo)}"
+
+
+def _reason(exc: psycopg.Error) -> str:
+    """The driver's reason on one line, without the host and port it repeats."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    first = lines[0] if lines else type(exc).__name__
+    return first.rpartition(" failed: ")[2].replace("FATAL:  ", "")
+
+
 def prepare(conn: Connection, role: Role | None) -> None:
     """Make a fresh connection ledger-ready: autocommit, xid8 as int, and the role."""
     conn.autocommit = True
@@ -76,7 +114,10 @@ def prepare(conn: Connection, role: Role | None) -> None:
 def connect(conninfo: str, role: Role | None, **kwargs: Any) -> Iterator[Connection]:
     """One connection outside the pool (migrations, the CLI, tests), errors translated."""
     with translated():
-        conn = psycopg.connect(conninfo, **kwargs)
+        try:
+            conn = psycopg.connect(conninfo, **kwargs)
+        except psycopg.OperationalError as exc:
+            raise _unreachable(conninfo, exc) from exc
         try:
             prepare(conn, role)
             yield conn
@@ -104,6 +145,7 @@ class Connector:
         name: str = "ledger",
     ) -> None:
         self.role = role
+        self._conninfo = conninfo
         self._statement_timeout = statement_timeout
         self._pool = psycopg_pool.ConnectionPool(
             conninfo,
@@ -122,6 +164,9 @@ class Connector:
             conn.execute("SELECT set_config('statement_timeout', %s, false)", (milliseconds,))
 
     def open(self, wait: bool = True, timeout: float = 10.0) -> None:
+        """Open the pool; with ``wait``, a server out of reach fails at once (:func:`reach`)."""
+        if wait:
+            reach(self._conninfo, timeout)
         with translated():
             self._pool.open(wait=wait, timeout=timeout)
 

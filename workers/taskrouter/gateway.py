@@ -29,9 +29,13 @@ from workers.errors import (
     Throttled,
     TransientTaskRouterError,
 )
+from workers.taskrouter.governor import Governor
 from workers.taskrouter.http import Urllib3HttpClient, proxy_for
 
 DEFAULT_TIMEOUT_SECONDS = 10.0
+# What `doctor` reads to prove the credentials: a reservation that exists nowhere. TaskRouter checks
+# the credentials first (401) and only then finds nothing (404), so a 404 proves them.
+_NOWHERE = ("WS" + "0" * 32, "WR" + "0" * 32, "WT" + "0" * 32)
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,15 +66,27 @@ class FetchedReservation:
 
 
 class TaskRouterGateway:
-    def __init__(self, client: Client, http_client: Urllib3HttpClient) -> None:
+    """``governor``: the process's share of the account-wide budget, which the HTTP client takes
+    a slot of for each request and which hears of every 429 (None: calls are not governed,
+    ``TASKROUTER_MAX_CONCURRENCY=0``)."""
+
+    def __init__(
+        self, client: Client, http_client: Urllib3HttpClient, governor: Governor | None = None
+    ) -> None:
         self._client = client
         self._http = http_client
         self._v1 = client.taskrouter.v1
+        self._governor = governor
 
     @classmethod
-    def from_settings(cls, settings: Settings, timeout: float = DEFAULT_TIMEOUT_SECONDS) -> TaskRouterGateway:
+    def from_settings(
+        cls,
+        settings: Settings,
+        timeout: float = DEFAULT_TIMEOUT_SECONDS,
+        governor: Governor | None = None,
+    ) -> TaskRouterGateway:
         credentials = settings.twilio_credentials()
-        http_client = Urllib3HttpClient(timeout, proxy_for(settings.taskrouter_base_url))
+        http_client = Urllib3HttpClient(timeout, proxy_for(settings.taskrouter_base_url), governor)
         client = Client(
             credentials.username,
             credentials.password,
@@ -78,7 +94,7 @@ class TaskRouterGateway:
             http_client=http_client,
         )
         client.taskrouter.base_url = settings.taskrouter_base_url
-        return cls(client, http_client)
+        return cls(client, http_client, governor)
 
     def fetch(self, ref: ReservationRef) -> FetchedReservation:
         """Fetch the reservation and its ETag.
@@ -103,6 +119,21 @@ class TaskRouterGateway:
         response = self._call("update", lambda: self._context(ref).update_with_http_info(**kwargs))
         return self._state(response)
 
+    def authenticate(self) -> None:
+        """One authenticated read (a reservation that exists nowhere); a :class:`TaskRouterError`
+        unless TaskRouter accepted the credentials. Not counted in the metrics: no action made it."""
+        workspace, reservation, task_sid = _NOWHERE
+        context = self._context(ReservationRef(workspace, reservation, task_sid))
+        try:
+            context.fetch_with_http_info()
+        except (TwilioRestException, TwilioServiceException) as exc:
+            error = self._translate(exc)
+            if error.status == 404:
+                return
+            raise error from exc
+        except urllib3.exceptions.HTTPError as exc:
+            raise TransientTaskRouterError(f"connection failed: {exc}") from exc
+
     def _context(self, ref: ReservationRef) -> Any:
         workspace = self._v1.workspaces(ref.workspace_sid)
         if ref.task_sid is not None:
@@ -125,13 +156,18 @@ class TaskRouterGateway:
         )
 
     def _call(self, endpoint: str, request: Any) -> Any:
-        """Make one call (``endpoint``: fetch or update), timed by status in the metrics."""
+        """Make one call (``endpoint``: fetch or update), timed by status in the metrics; a 429 is
+        reported to the governor."""
         started = time.perf_counter()
         try:
             response = request()
         except (TwilioRestException, TwilioServiceException) as exc:
             error = self._translate(exc)
             metrics.taskrouter_call(endpoint, str(error.status), started)
+            if isinstance(error, Throttled):
+                metrics.THROTTLED.inc()
+                if self._governor is not None:
+                    self._governor.throttled(error.retry_after)
             raise error from exc
         except urllib3.exceptions.HTTPError as exc:  # timed out, refused, reset, dropped, TLS, proxy
             # urllib3 makes a refused connection a ConnectTimeoutError; it did not time out.
@@ -142,12 +178,14 @@ class TaskRouterGateway:
             what = "did not answer in time" if timed_out else "connection failed"
             raise TransientTaskRouterError(f"TaskRouter {what}: {exc}") from exc
         metrics.taskrouter_call(endpoint, str(response.status_code), started)
+        read_limits(response.headers)
         return response
 
     def _translate(self, exc: TwilioRestException | TwilioServiceException) -> TaskRouterError:
         status = int(exc.status)
         code = int(exc.code) if exc.code is not None else None
         headers: Mapping[str, str] = self._http.last_response.headers if self._http.last_response else {}
+        read_limits(headers)
         request_id = header(headers, "Twilio-Request-Id")
         message = _message(exc)
         if status == 412:
@@ -169,6 +207,36 @@ def header(headers: Mapping[str, str], name: str) -> str | None:
         if key.lower() == wanted:
             return value
     return None
+
+
+# What TaskRouter says of the account's limits, by lower-cased header name.
+_LIMIT_HEADERS = ("twilio-concurrent-requests", "x-rate-limit-limit", "x-rate-limit-remaining")
+
+
+def read_limits(headers: Mapping[str, str]) -> None:
+    """Expose ``Twilio-Concurrent-Requests`` and ``X-Rate-Limit-Limit``/``-Remaining`` as metrics,
+    when an answer carries them (one pass over the headers, nothing when none is there)."""
+    found: dict[str, float] = {}
+    for key, value in headers.items():
+        name = key.lower()
+        if name in _LIMIT_HEADERS:
+            number = _number(value)
+            if number is not None:
+                found[name] = number
+    if found:
+        metrics.taskrouter_limits(
+            found.get("twilio-concurrent-requests"),
+            found.get("x-rate-limit-limit"),
+            found.get("x-rate-limit-remaining"),
+        )
+
+
+def _number(value: str) -> float | None:
+    try:
+        number = float(value)
+    except ValueError:
+        return None
+    return number if number >= 0 and number != float("inf") else None
 
 
 def _seconds(value: str | None) -> float | None:

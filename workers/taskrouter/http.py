@@ -15,10 +15,11 @@ requests does (``REQUESTS_CA_BUNDLE`` is not read).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlencode, urlsplit
 
 import certifi
@@ -28,6 +29,9 @@ from twilio.http import HttpClient
 from twilio.http.response import Response
 
 from workers import tracing
+
+if TYPE_CHECKING:
+    from workers.taskrouter.governor import Governor
 
 # twilio's HTTP client logs every request line at INFO; our own logs say what matters, without noise.
 _logger = logging.getLogger("twilio.http_client")
@@ -54,9 +58,14 @@ def _proxy_manager(proxy_url: str, options: dict[str, Any]) -> urllib3.ProxyMana
 
 class Urllib3HttpClient(HttpClient):  # type: ignore[misc]  # twilio ships no types for it
     """A twilio ``HttpClient`` over urllib3 that keeps the last response, so that an error's
-    ``Retry-After`` and request id can be read after the SDK raised."""
+    ``Retry-After`` and request id can be read after the SDK raised.
 
-    def __init__(self, timeout: float, proxy_url: str | None = None) -> None:
+    ``governor``: a slot of the account-wide budget is held while the request is on the wire,
+    and only then (the SDK's building and parsing around it take no slot)."""
+
+    def __init__(
+        self, timeout: float, proxy_url: str | None = None, governor: Governor | None = None
+    ) -> None:
         super().__init__(_logger, is_async=False, timeout=timeout)
         options: dict[str, Any] = {
             "maxsize": POOL_SIZE,
@@ -66,6 +75,7 @@ class Urllib3HttpClient(HttpClient):  # type: ignore[misc]  # twilio ships no ty
         }
         self._pool = _proxy_manager(proxy_url, options) if proxy_url else urllib3.PoolManager(**options)
         self.last_response: Response | None = None
+        self._governor = governor
 
     def request(
         self,
@@ -95,17 +105,22 @@ class Urllib3HttpClient(HttpClient):  # type: ignore[misc]  # twilio ships no ty
         if timeout is not None:  # urllib3 reads an explicit None as "wait forever"
             options["timeout"] = urllib3.Timeout(connect=timeout, read=timeout)
         # An HTTP client span (OpenTelemetry's conventions; the URL holds SIDs, never credentials),
-        # whose context TaskRouter receives as traceparent. Nothing when tracing is off.
+        # whose context TaskRouter receives as traceparent, once the governor gave a slot. Nothing
+        # when tracing is off.
         parts = urlsplit(url)
-        with tracing.client(
-            method.upper(),
-            {
-                "http.request.method": method.upper(),
-                "url.full": f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}",
-                "server.address": parts.hostname,
-                "server.port": parts.port,
-            },
-        ) as span:
+        governor = self._governor
+        with (
+            governor.slot() if governor is not None else contextlib.nullcontext(),
+            tracing.client(
+                method.upper(),
+                {
+                    "http.request.method": method.upper(),
+                    "url.full": f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}",
+                    "server.address": parts.hostname,
+                    "server.port": parts.port,
+                },
+            ) as span,
+        ):
             sent_headers.update(tracing.headers())
             answer = self._pool.request(
                 method.upper(), url, body=body, headers=sent_headers, redirect=allow_redirects, **options

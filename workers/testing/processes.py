@@ -78,6 +78,16 @@ class WorkerProcess(Background):
         return self.log_path.read_text(errors="replace")
 
     def start(self) -> None:
+        """Launch the worker and wait until it reports ready (its ready file)."""
+        self.launch()
+        self.wait_ready()
+
+    @property
+    def ready_file(self) -> Path:
+        return self._ready_file
+
+    def launch(self) -> None:
+        """Launch the worker without waiting for it to report ready."""
         self._log = tempfile.NamedTemporaryFile(prefix=f"{self.name}-", suffix=".log", delete=False)  # noqa: SIM115
         self._ready_file = Path(tempfile.gettempdir()) / f"{self.name}-{uuid.uuid4().hex}.ready"
         self.env["WORKER_READY_FILE"] = str(self._ready_file)
@@ -91,6 +101,9 @@ class WorkerProcess(Background):
         self.process = subprocess.Popen(  # noqa: S603 - our own command line
             command, env=self.env, stdout=self._log, stderr=subprocess.STDOUT
         )
+
+    def wait_ready(self) -> None:
+        assert self.process is not None, "launch() first"
         deadline = time.monotonic() + READY_TIMEOUT
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

@@ -396,6 +396,17 @@ class EmulatorAdmin(Closing):
     def clear_faults(self) -> None:
         self._call("DELETE", "/faults")
 
+    # -- the account's concurrency limit ---------------------------------------------------------
+
+    def set_concurrency(self, limit: int | None, retry_after: int | None = None) -> dict[str, Any]:
+        """Refuse requests beyond ``limit`` in flight with 429 (20429), with ``Retry-After`` when
+        given; None lifts the limit. Its counts (peak, admitted, refused) start again."""
+        return self._call("PUT", "/concurrency", {"limit": limit, "retry_after": retry_after})
+
+    def concurrency(self) -> dict[str, Any]:
+        """The limit, the requests in flight and their peak, and how many were admitted and refused."""
+        return self._call("GET", "/concurrency")
+
     # -- plumbing -------------------------------------------------------------------------------
 
     def _call(
@@ -410,6 +421,8 @@ class EmulatorAdmin(Closing):
         json_body: dict[str, Any] | None = None
         if body is not None:
             json_body = {key: value for key, value in body.items() if keep_none or value is not None}
+        elif method != "GET":
+            json_body = {}  # the admin API refuses a POST or DELETE that is not application/json
         response = self._session.request(
             method,
             f"{self.base_url}/_emulator{path}",

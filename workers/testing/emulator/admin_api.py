@@ -1,7 +1,10 @@
 """The admin API under ``/_emulator/``: seed, change behind the clients' backs, inspect, break.
 
 JSON in and out, and no authentication: it is meant for loopback use by tests, the demo and the
-benchmarks. Never expose an emulator's port beyond the machine it runs on.
+benchmarks. Never expose an emulator's port beyond the machine it runs on. Every POST, PUT and
+DELETE must say ``Content-Type: application/json`` (415 otherwise, even without a body): a web page in a
+developer's browser can send text/plain or a form across origins without asking, but not JSON, so
+it cannot seed, change, break or reset the emulator. ops/EMULATOR.md documents every endpoint.
 
 - ``GET  /_emulator/health``
 - ``POST /_emulator/workspaces`` ``{"sid"?, "friendly_name"?}``
@@ -18,7 +21,10 @@ benchmarks. Never expose an emulator's port beyond the machine it runs on.
   parameters, its traceparent, the faults that struck it, its answer and whether it landed)
 - ``GET  /_emulator/counters?reservation_sid=``; ``POST /_emulator/counters/reset``
 - ``GET|POST|DELETE /_emulator/faults``, ``DELETE /_emulator/faults/{id}``
-- ``POST /_emulator/reset``: forget everything (model, logs, counters, faults, events)
+- ``GET|PUT /_emulator/concurrency`` ``{"limit": N|null, "retry_after": s|null}``: the account's
+  concurrency limit (429, error 20429, beyond N requests in flight), its peak and refusals
+- ``POST /_emulator/reset``: forget everything (model, logs, counters, faults, events; the
+  concurrency limit goes back to the command line's)
 
 Events (ops/EMULATOR.md):
 
@@ -53,6 +59,7 @@ from workers.errors import (
     ResourceConflict,
     TransitionRefused,
     UnknownResource,
+    UnsupportedMediaType,
 )
 from workers.testing.emulator.events import Event
 from workers.testing.emulator.events_api import workspace_changes
@@ -81,6 +88,7 @@ class AdminApi:
         self._updates = state.updates
         self._settings = state.settings
         self._events, self._callback_faults = state.events, state.callback_faults
+        self._concurrency = state.concurrency
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -101,6 +109,8 @@ class AdminApi:
             web.post(f"{PREFIX}/faults", _json(self.add_fault)),
             web.delete(f"{PREFIX}/faults", _json(self.clear_faults)),
             web.delete(f"{PREFIX}/faults/{{id}}", _json(self.remove_fault)),
+            web.get(f"{PREFIX}/concurrency", _json(self.get_concurrency)),
+            web.put(f"{PREFIX}/concurrency", _json(self.set_concurrency)),
             web.post(f"{PREFIX}/reset", _json(self.reset)),
             web.get(f"{PREFIX}/workspaces/{{sid}}", _json(self.get_workspace)),
             web.post(f"{PREFIX}/workspaces/{{sid}}", _json(self.update_workspace)),
@@ -311,7 +321,15 @@ class AdminApi:
         self._faults.clear()
         return 200, {"faults": []}
 
+    async def get_concurrency(self, request: web.Request) -> tuple[int, object]:
+        return 200, self._concurrency.describe()
+
+    async def set_concurrency(self, request: web.Request) -> tuple[int, object]:
+        self._concurrency.configure(await _body(request))
+        return 200, self._concurrency.describe()
+
     async def reset(self, request: web.Request) -> tuple[int, object]:
+        self._concurrency.set(self._settings.concurrency_limit, self._settings.concurrency_retry_after)
         self._faults.clear()
         self._callback_faults.clear()
         self._events.reset()
@@ -410,6 +428,12 @@ def _json(handler: Callable[[web.Request], Awaitable[tuple[int, object]]]) -> Ha
     async def wrapped(request: web.Request) -> web.StreamResponse:
         request_id = new_request_id()
         try:
+            if request.method not in ("GET", "HEAD") and request.content_type != "application/json":
+                raise UnsupportedMediaType(
+                    f"{request.method} {request.path} needs Content-Type: application/json,"
+                    f" not {request.content_type or 'none'} (a browser cannot send that across origins"
+                    " unasked)"
+                )
             status, payload = await handler(request)
             body = encode(payload)
         except InvalidParameter as invalid:
@@ -420,6 +444,8 @@ def _json(handler: Callable[[web.Request], Awaitable[tuple[int, object]]]) -> Ha
             status, body = 404, _error(404, 20404, missing)
         except ResourceConflict as conflict:
             status, body = 409, _error(409, 20409, conflict)
+        except UnsupportedMediaType as unsupported:
+            status, body = 415, _error(415, 20415, unsupported)
         return web.Response(
             status=status,
             body=body,

@@ -62,17 +62,55 @@ class TwilioApi:
         self._account_sid = state.settings.account_sid
         self._auth = BasicAuth(state.settings.credentials())
         self._etag_names = etag_headers(state.settings.strict_headers)
+        self._concurrency = state.concurrency
 
     def routes(self) -> list[web.RouteDef]:
         item = "/{sid}"
+        fetch, update, listing = Operation.FETCH, Operation.UPDATE, Operation.LIST
         return [
-            web.get(TASK_RESERVATIONS + item, _guard(self.fetch_task)),
-            web.post(TASK_RESERVATIONS + item, _guard(self.update_task)),
-            web.get(TASK_RESERVATIONS, _guard(self.list_task)),
-            web.get(WORKER_RESERVATIONS + item, _guard(self.fetch_worker)),
-            web.post(WORKER_RESERVATIONS + item, _guard(self.update_worker)),
-            web.get(WORKER_RESERVATIONS, _guard(self.list_worker)),
+            web.get(TASK_RESERVATIONS + item, _guard(self._limited(self.fetch_task, fetch, Scope.TASK))),
+            web.post(TASK_RESERVATIONS + item, _guard(self._limited(self.update_task, update, Scope.TASK))),
+            web.get(TASK_RESERVATIONS, _guard(self._limited(self.list_task, listing, Scope.TASK))),
+            web.get(
+                WORKER_RESERVATIONS + item, _guard(self._limited(self.fetch_worker, fetch, Scope.WORKER))
+            ),
+            web.post(
+                WORKER_RESERVATIONS + item, _guard(self._limited(self.update_worker, update, Scope.WORKER))
+            ),
+            web.get(WORKER_RESERVATIONS, _guard(self._limited(self.list_worker, listing, Scope.WORKER))),
         ]
+
+    def _limited(self, handler: Handler, operation: Operation, scope: Scope) -> Handler:
+        """``handler`` under the account's concurrency limit: refused with 429 (20429) beyond it."""
+        limit = self._concurrency
+
+        async def limited(request: web.Request) -> web.StreamResponse:
+            if limit.limit is None:
+                return await handler(request)
+            if not limit.admit():
+                return self._over_limit(request, operation, scope)
+            try:
+                response = await handler(request)
+                if not response.prepared:
+                    response.headers.update(limit.headers())
+                return response
+            finally:
+                limit.done()
+
+        return limited
+
+    def _over_limit(self, request: web.Request, operation: Operation, scope: Scope) -> web.StreamResponse:
+        request_id, sid = new_request_id(), request.match_info.get("sid")
+        self._counters.record(operation, sid, 429)
+        message = "Too many requests: the account exceeds its allowed concurrency"
+        response = _error(429, 20429, message, request_id)
+        response.headers.update(self._concurrency.headers())
+        if self._concurrency.retry_after is not None:
+            response.headers["Retry-After"] = str(self._concurrency.retry_after)
+        if operation is Operation.UPDATE and sid is not None:
+            note = _UpdateNote(sid, request_id, str(scope), request.headers.get("If-Match"), None)
+            return self._noted(note, response, 429)
+        return response
 
     async def fallback(self, request: web.Request) -> web.StreamResponse:
         """Anything else: 401 without auth, 405 for a known path, 404 otherwise."""

@@ -119,6 +119,21 @@ LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
     type=click.IntRange(1),
     help="Event deliveries waiting at most; beyond it a delivery is logged 'overflow' and not sent.",
 )
+@env_option(
+    "--concurrency-limit",
+    envvar="EMULATOR_CONCURRENCY_LIMIT",
+    default=None,
+    type=click.IntRange(1),
+    help="Refuse requests beyond this many in flight with 429 and Twilio error 20429, as Twilio does"
+    " past an account's concurrency limit (default: no limit; PUT /_emulator/concurrency changes it).",
+)
+@env_option(
+    "--concurrency-retry-after",
+    envvar="EMULATOR_CONCURRENCY_RETRY_AFTER",
+    default=None,
+    type=click.IntRange(0),
+    help="Send this Retry-After (seconds) with those 429s (default: none, as Twilio mostly does).",
+)
 def emulator(
     host: str,
     port: int,
@@ -135,6 +150,8 @@ def emulator(
     reservation_timeout: float | None,
     callback_concurrency: int,
     callback_queue_size: int,
+    concurrency_limit: int | None,
+    concurrency_retry_after: int | None,
 ) -> None:
     """Run a local TaskRouter Reservation API (for tests, demos and benchmarks).
 
@@ -161,6 +178,8 @@ def emulator(
             reservation_timeout=reservation_timeout,
             callback_concurrency=callback_concurrency,
             callback_queue_size=callback_queue_size,
+            concurrency_limit=concurrency_limit,
+            concurrency_retry_after=concurrency_retry_after,
         )
     except ConfigurationError as error:
         raise click.UsageError(str(error)) from error

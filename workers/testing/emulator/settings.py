@@ -56,6 +56,9 @@ class EmulatorSettings:
     reservation_timeout: float | None = None
     callback_concurrency: int = 8
     callback_queue_size: int = 10_000
+    # The account's concurrency limit (None: none) and the Retry-After of its 429s (None: none).
+    concurrency_limit: int | None = None
+    concurrency_retry_after: int | None = None
 
     def __post_init__(self) -> None:
         if not is_sid(self.account_sid, "AC"):
@@ -74,6 +77,8 @@ class EmulatorSettings:
             raise ConfigurationError("The reservation timeout must be positive")
         if self.callback_concurrency < 1 or self.callback_queue_size < 1:
             raise ConfigurationError("The callback sender needs a concurrency and a queue size of at least 1")
+        if self.concurrency_limit is not None and self.concurrency_limit < 1:
+            raise ConfigurationError("The concurrency limit must be at least 1 request in flight")
 
     def credentials(self) -> list[tuple[str, str]]:
         """The (username, password) pairs basic auth accepts."""

@@ -9,6 +9,7 @@ from workers.testing.emulator.counters import Counters
 from workers.testing.emulator.events import EventLog
 from workers.testing.emulator.faults import FaultInjector
 from workers.testing.emulator.hub import EventHub, StreamSink
+from workers.testing.emulator.limits import ConcurrencyLimit
 from workers.testing.emulator.sender import DeliveryLog, Sender
 from workers.testing.emulator.settings import EmulatorSettings
 from workers.testing.emulator.store import Store
@@ -26,6 +27,7 @@ class EmulatorState:
     updates: UpdateLog
     events: EventHub
     callback_faults: CallbackFaults
+    concurrency: ConcurrencyLimit
 
     @classmethod
     def new(cls, settings: EmulatorSettings) -> EmulatorState:
@@ -46,6 +48,14 @@ class EmulatorState:
         )
         store = Store(settings.log_size, hub, (settings.event_callback_url, settings.events_filter))
         hub.attach(store)
+        concurrency = ConcurrencyLimit(settings.concurrency_limit, settings.concurrency_retry_after)
         return cls(
-            settings, store, Counters(), FaultInjector(), UpdateLog(settings.log_size), hub, callback_faults
+            settings,
+            store,
+            Counters(),
+            FaultInjector(),
+            UpdateLog(settings.log_size),
+            hub,
+            callback_faults,
+            concurrency,
         )

@@ -1,0 +1,139 @@
+"""The governor's mechanism against real PostgreSQL: leases that share one budget, expire, and
+carry 429s to the whole fleet; the local slots that admit requests under them."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from workers.core.governor import BudgetPolicy, Report
+from workers.errors import LedgerPermissionDenied, SlotUnavailable
+from workers.ledger.connector import connect, translated
+from workers.ledger.leases import PostgresLeases
+from workers.ledger.models import Role
+from workers.taskrouter.governor import Governor
+
+
+def _account() -> str:
+    return "AC" + uuid.uuid4().hex
+
+
+@pytest.fixture
+def account() -> str:
+    return _account()
+
+
+@pytest.fixture
+def stores(db_url: str, account: str) -> Iterator[list[PostgresLeases]]:
+    opened: list[PostgresLeases] = []
+    yield opened
+    for store in opened:
+        store.close()
+
+
+def _store(stores: list[PostgresLeases], db_url: str, account: str, ttl: float = 30.0) -> PostgresLeases:
+    store = PostgresLeases(db_url, account, BudgetPolicy(20, floor=5, cooldown=0.0), ttl=ttl)
+    stores.append(store)
+    return store
+
+
+def test_processes_share_the_budget_and_never_overdraw_it(
+    db_url: str, account: str, stores: list[PostgresLeases]
+) -> None:
+    a, b, c = (_store(stores, db_url, account) for _ in range(3))
+    first = a.heartbeat(Report("a", demand=32, in_flight=0))
+    assert first.granted == 20  # alone: the whole budget
+    # b arrives while a holds everything: b gets nothing until a gives back its excess.
+    assert b.heartbeat(Report("b", demand=32, in_flight=0)).granted == 0
+    assert a.heartbeat(Report("a", demand=32, in_flight=0)).granted == 10
+    assert b.heartbeat(Report("b", demand=32, in_flight=0)).granted == 10
+    c.heartbeat(Report("c", demand=2, in_flight=0))
+    for _ in range(3):
+        for store, holder, demand in ((a, "a", 32), (b, "b", 32), (c, "c", 2)):
+            store.heartbeat(Report(holder, demand=demand, in_flight=0))
+    rows = {row.holder: row for row in a.leases()}
+    assert {name: row.granted for name, row in rows.items()} == {"a": 9, "b": 9, "c": 2}
+
+
+def test_a_shrinking_lease_keeps_counting_what_is_in_flight(
+    db_url: str, account: str, stores: list[PostgresLeases]
+) -> None:
+    a, b = _store(stores, db_url, account), _store(stores, db_url, account)
+    a.heartbeat(Report("a", demand=32, in_flight=0))
+    b.heartbeat(Report("b", demand=32, in_flight=0))
+    # a still has 20 requests in flight: its lease records them, so b gets nothing yet.
+    assert a.heartbeat(Report("a", demand=32, in_flight=20)).granted == 10
+    assert b.heartbeat(Report("b", demand=32, in_flight=0)).granted == 0
+    assert a.heartbeat(Report("a", demand=32, in_flight=4)).granted == 10
+    assert b.heartbeat(Report("b", demand=32, in_flight=0)).granted == 10
+
+
+def test_a_lease_nobody_renews_expires_and_frees_its_share(
+    db_url: str, account: str, stores: list[PostgresLeases]
+) -> None:
+    dead = _store(stores, db_url, account, ttl=0.5)
+    live = _store(stores, db_url, account, ttl=30.0)
+    dead.heartbeat(Report("dead", demand=32, in_flight=20))
+    assert live.heartbeat(Report("live", demand=32, in_flight=0)).granted == 0
+    threading.Event().wait(0.6)  # the dead process's lease time
+    lease = live.heartbeat(Report("live", demand=32, in_flight=0))
+    assert lease.expired == ("dead",)
+    assert lease.granted == 20
+    assert [row.holder for row in live.leases()] == ["live"]
+
+
+def test_a_429_anywhere_shrinks_the_budget_for_everyone(
+    db_url: str, account: str, stores: list[PostgresLeases]
+) -> None:
+    a, b = _store(stores, db_url, account), _store(stores, db_url, account)
+    a.heartbeat(Report("a", demand=32, in_flight=0))
+    throttled = b.heartbeat(Report("b", demand=32, in_flight=0, throttled=2, retry_after=60.0))
+    assert throttled.budget == 15
+    # a sees the smaller budget at its next heartbeat and gives back down to its fair share of it;
+    # Retry-After holds the budget still for its 60 s.
+    assert a.heartbeat(Report("a", demand=32, in_flight=0)).budget == 15
+    assert a.heartbeat(Report("a", demand=32, in_flight=0)).granted == 8
+
+
+def test_the_workers_role_may_renew_leases_but_not_rewrite_the_ledger(db_url: str, account: str) -> None:
+    with connect(db_url, Role.WRITER) as conn:
+        with pytest.raises(LedgerPermissionDenied), translated():
+            conn.execute("DELETE FROM ledger.taskrouter_budget")
+        with pytest.raises(LedgerPermissionDenied), translated():
+            conn.execute("TRUNCATE ledger.taskrouter_leases")
+    with connect(db_url, Role.READER) as conn, pytest.raises(LedgerPermissionDenied), translated():
+        conn.execute("DELETE FROM ledger.taskrouter_leases")
+
+
+def test_a_governor_admits_its_share_then_waits_a_bounded_time(db_url: str, account: str) -> None:
+    store = PostgresLeases(db_url, account, BudgetPolicy(2, floor=1), ttl=30.0)
+    governor = Governor(store, slot_wait=0.2, interval=30.0)
+    governor.start()
+    try:
+        with governor.slot(), governor.slot():
+            assert governor.slots.in_flight == 2
+            with pytest.raises(SlotUnavailable, match="no TaskRouter slot"), governor.slot():
+                pass  # pragma: no cover - never entered
+        assert governor.slots.in_flight == 0  # every slot given back, the refused one never taken
+    finally:
+        governor.close()
+    with connect(db_url, Role.READER) as conn:
+        left = conn.execute(
+            "SELECT count(*) FROM ledger.taskrouter_leases WHERE account_sid = %s", [account]
+        ).fetchone()
+    assert left == (0,)  # a clean stop gives the share back at once
+
+
+def test_a_governor_without_its_database_falls_back_to_one_slot(account: str) -> None:
+    store = PostgresLeases("postgresql://nobody@127.0.0.1:1/none", account, BudgetPolicy(20), ttl=30.0)
+    governor = Governor(store, slot_wait=0.1, interval=30.0)
+    governor.start()  # never raises: requests go on, one at a time
+    try:
+        assert governor.slots.limit == 1
+        with governor.slot():
+            pass
+    finally:
+        governor.close()
