@@ -30,12 +30,12 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import psycopg
 from psycopg import sql
@@ -70,6 +70,7 @@ class Figures:
     http_calls: int
     outcomes: dict[str, int]
     publishing: float | None = None
+    load_cpu: float = 0.0  # CPU seconds of the publishing processes
 
     @property
     def rate(self) -> float:
@@ -105,22 +106,31 @@ def actions_for(reservations: Sequence[ReservationInfo], per_reservation: int) -
     return actions
 
 
-def wait_for_outcomes(db_url: str, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, tuple[str, datetime]]:
-    """Wait until every action has an outcome; poll lightly, so the poll itself costs little."""
+# Each action's outcome and when it was recorded, once it has one (the ledger's registry).
+LEDGER_OUTCOMES = sql.SQL(
+    "SELECT action_id, outcome, outcome_at FROM ledger.actions WHERE outcome IS NOT NULL"
+)
+
+
+def wait_for_outcomes(
+    db_url: str,
+    ids: Sequence[uuid.UUID],
+    outcomes_sql: sql.SQL = LEDGER_OUTCOMES,
+    conn: psycopg.Connection[Any] | None = None,
+) -> dict[uuid.UUID, tuple[str, datetime]]:
+    """Wait until every action has an outcome; poll lightly, so the poll itself costs little.
+
+    ``outcomes_sql`` selects (action_id, outcome, when) of settled actions; the ids are ANDed in."""
+    settled_sql = sql.SQL("{} AND action_id = ANY(%s)").format(outcomes_sql)
+    count_sql = sql.SQL("SELECT count(*) FROM ({}) AS settled").format(settled_sql)
     deadline = time.monotonic() + SETTLE_TIMEOUT
     next_report = time.monotonic() + 5
-    with connect_patiently(db_url) as conn:
+    with conn or connect_patiently(db_url) as conn:
         while True:
-            row = conn.execute(
-                "SELECT count(*) FROM ledger.actions WHERE outcome IS NOT NULL AND action_id = ANY(%s)",
-                (list(ids),),
-            ).fetchone()
+            row = conn.execute(count_sql, (list(ids),)).fetchone()
             settled = row[0] if row else 0
             if settled == len(ids):
-                rows = conn.execute(
-                    "SELECT action_id, outcome, outcome_at FROM ledger.actions WHERE action_id = ANY(%s)",
-                    (list(ids),),
-                ).fetchall()
+                rows = conn.execute(settled_sql, (list(ids),)).fetchall()
                 return {r[0]: (r[1], r[2]) for r in rows}
             if time.monotonic() > deadline:
                 raise SystemExit(f"only {settled} of {len(ids)} actions settled in {SETTLE_TIMEOUT} s")
@@ -149,33 +159,86 @@ def count(outcomes: dict[uuid.UUID, tuple[str, datetime]]) -> dict[str, int]:
     return tally
 
 
+class Lane(Protocol):
+    """One publishing thread's way to hand an action to the workers under test."""
+
+    def connect(self) -> None: ...
+
+    def publish(self, message: dict[str, Any]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class IntakeLane:
+    """Plain JSON to the intake through a :class:`~workers.broker.producer.Producer`, as other
+    services publish."""
+
+    def __init__(self, broker_url: str, lanes_ready: threading.Barrier) -> None:
+        from workers.broker.producer import Producer
+
+        self.producer = Producer(broker_url)
+
+    def connect(self) -> None:
+        self.producer.connect()
+
+    def publish(self, message: dict[str, Any]) -> None:
+        self.producer.publish(message)
+
+    def close(self) -> None:
+        self.producer.close()
+
+
+class ApplyLane:
+    """``enqueue()``: straight to the apply task, confirmed, as internal callers do."""
+
+    def __init__(self, broker_url: str, lanes_ready: threading.Barrier) -> None:
+        self.app = _app_for(broker_url)
+        self.lanes_ready = lanes_ready
+
+    def connect(self) -> None:
+        with self.app.runtime.publishers.confirmed() as producer:
+            producer.connection.ensure_connection(max_retries=3)
+            self.lanes_ready.wait()  # every lane holds a producer at once: one connection each
+
+    def publish(self, message: dict[str, Any]) -> None:
+        self.app.enqueue(Action.from_message(message))
+
+    def close(self) -> None:
+        pass
+
+
+_apps: dict[str, Any] = {}
+
+
+def _app_for(broker_url: str) -> Any:
+    """One app per publisher process, shared by its lanes (and their pool of confirmed producers)."""
+    if broker_url not in _apps:
+        _apps[broker_url] = create_app(Settings.from_env({"CELERY_BROKER_URL": broker_url}))
+    return _apps[broker_url]
+
+
+LaneFactory = Callable[[str, threading.Barrier], Lane]
+LANES: dict[str, LaneFactory] = {"apply": ApplyLane, "intake": IntakeLane}
+
+
 def publish_share(
-    broker_url: str, messages: list[dict[str, Any]], pace: float | None, via: str
-) -> dict[str, float]:
-    """One producer process: publish its share (with confirms) from a few threads; when each went.
+    broker_url: str, messages: list[dict[str, Any]], pace: float | None, lanes: LaneFactory
+) -> tuple[dict[str, float], float]:
+    """One producer process: publish its share from a few threads, each a ``lanes(...)``; when
+    each message went, and the CPU seconds this process spent (the load generator's cost).
 
-    ``via`` is ``apply`` (``enqueue``: straight to the apply task, as internal callers do) or
-    ``intake`` (a :class:`~workers.broker.producer.Producer` per thread: plain JSON to the intake, as other
-    services do). The clock starts only once every publisher is ready (imports done, a confirmed
-    connection per thread open): otherwise late starters publish their backlog in a burst, which
-    is not the steady arrival the paced run promises, and their imports compete with the workers.
+    The clock starts only once every publisher is ready (imports done, a connection per thread
+    open): otherwise late starters publish their backlog in a burst, which is not the steady
+    arrival the paced run promises, and their imports compete with the workers.
     """
-    from workers.broker.producer import Producer
-    from workers.core.action import Action as WireAction
-
-    app = create_app(Settings.from_env({"CELERY_BROKER_URL": broker_url}))
     published: dict[str, float] = {}
     lanes_ready = threading.Barrier(THREADS_PER_PUBLISHER, timeout=60)
-    producers = [Producer(broker_url) for _ in range(THREADS_PER_PUBLISHER)]
+    producers = [lanes(broker_url, lanes_ready) for _ in range(THREADS_PER_PUBLISHER)]
+    cpu_before = time.process_time()
 
     def connect(lane: int) -> None:
         try:
-            if via == "intake":
-                producers[lane].connect()
-                return
-            with app.runtime.publishers.confirmed() as producer:
-                producer.connection.ensure_connection(max_retries=3)
-                lanes_ready.wait()  # every lane holds a producer at once: one connection each
+            producers[lane].connect()
         except BaseException:
             lanes_ready.abort()  # the other lanes stop waiting, and so do the other publishers
             assert _publishers_ready is not None
@@ -187,20 +250,19 @@ def publish_share(
             if pace is not None:
                 time.sleep(max(0.0, start + n / pace - time.time()))
             published[messages[n]["action_id"]] = time.time()
-            if via == "intake":
-                producers[offset].publish(messages[n])
-            else:
-                app.enqueue(WireAction.from_message(messages[n]))
+            producers[offset].publish(messages[n])
 
     with ThreadPoolExecutor(THREADS_PER_PUBLISHER) as threads:
         list(threads.map(connect, range(THREADS_PER_PUBLISHER)))
         assert _publishers_ready is not None
         _publishers_ready.wait()
+        cpu_before = time.process_time()
         start = time.time()
         list(threads.map(lane, range(THREADS_PER_PUBLISHER), [start] * THREADS_PER_PUBLISHER))
+    cpu = time.process_time() - cpu_before
     for producer in producers:
         producer.close()
-    return published
+    return published, cpu
 
 
 _publishers_ready: Any = None  # a multiprocessing barrier, handed to each publisher process
@@ -219,9 +281,14 @@ def run_celery(
     db_url: str,
     pace: float | None = None,
     via: str = "apply",
+    *,
+    lanes: LaneFactory | None = None,
+    outcomes_sql: sql.SQL = LEDGER_OUTCOMES,
 ) -> Figures:
-    """Producers are many services: several processes publish, each waiting for its own confirms."""
+    """Producers are many services: several processes publish, each waiting for its own confirms
+    (``lanes``: how each publishing thread feeds the workers, by default ``LANES[via]``)."""
     admin.reset_counters()
+    poll = connect_patiently(db_url)  # taken first: the server's connections are shared with the workers
     messages = [a.to_message() for a in actions]
     shares = [messages[i::PUBLISHERS] for i in range(PUBLISHERS)]
     share_pace = None if pace is None else pace / PUBLISHERS
@@ -231,16 +298,21 @@ def run_celery(
         PUBLISHERS, mp_context=context, initializer=_join_publishers, initargs=(ready,)
     ) as pool:
         futures = [
-            pool.submit(publish_share, settings.broker_url, share, share_pace, via) for share in shares
+            pool.submit(publish_share, settings.broker_url, share, share_pace, lanes or LANES[via])
+            for share in shares
         ]
-        published = {uuid.UUID(k): v for f in futures for k, v in f.result().items()}
+        results = [f.result() for f in futures]
+    published = {uuid.UUID(k): v for sent, _ in results for k, v in sent.items()}
+    load_cpu = sum(cpu for _, cpu in results)
     first = min(published.values())
     publishing = max(published.values()) - first
-    outcomes = wait_for_outcomes(db_url, list(published))
+    outcomes = wait_for_outcomes(db_url, list(published), outcomes_sql, poll)
     finished = max(at.timestamp() for _, at in outcomes.values())
     latencies = [(outcomes[i][1].timestamp() - t) * 1000 for i, t in published.items()]
     calls = int(admin.counters()["requests"])
-    return Figures(label, len(actions), finished - first, latencies, calls, count(outcomes), publishing)
+    return Figures(
+        label, len(actions), finished - first, latencies, calls, count(outcomes), publishing, load_cpu
+    )
 
 
 def run_loop(

@@ -119,17 +119,24 @@ class Runtime:
     def applier(self) -> ActionApplier:
         return ActionApplier(self.ledger, self.gateway(), self.policy)
 
-    def intake(self, hub: Any | None) -> intake.Intake:
-        """The intake of one consumer: threads that give their acknowledgements back to the
-        consumer's event loop (``hub``); without a loop (the gevent and eventlet pools run none)
-        the consumer handles each message itself. It owns its ledger pool (closed with it)."""
+    def intake(
+        self, hub: Any | None, events: intake.Events = lambda: None, concurrency: int | None = None
+    ) -> intake.Intake:
+        """The intake of one consumer: threads that apply accepted actions themselves (as many as
+        the worker's concurrency, at least ``INTAKE_THREADS``) and give their acknowledgements back
+        to the consumer's event loop (``hub``); without a loop (the gevent and eventlet pools run
+        none) the consumer handles each message itself and hands accepted actions to the apply
+        task. Its own ledger pool (closed with it) records refusals and hand-offs; applying uses the
+        apply task's (``LEDGER_POOL_MAX``)."""
         threads = self.settings.intake_threads if hub is not None else 0
+        if threads:
+            threads = max(threads, concurrency or 0)
 
         def open_ledger() -> PostgresLedgerWriter:
             return PostgresLedgerWriter.from_settings(
                 self.settings,
                 min_size=1,
-                max_size=max(2, threads),
+                max_size=max(2, self.settings.intake_threads),
                 statement_timeout=INTAKE_STATEMENT_TIMEOUT,
             )
 
@@ -140,7 +147,11 @@ class Runtime:
             threads=threads,
             on_loop=on_loop,
             dead_letter_keys=self.dead_letter_keys,
-            prefetch=self.settings.intake_prefetch,
+            prefetch=max(self.settings.intake_prefetch, threads),
+            applying=task.ArrivalApply(self.applier, self.publishers, self.dead_letter_keys)
+            if threads
+            else None,
+            events=events,
         )
 
     def close(self) -> None:

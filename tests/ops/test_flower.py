@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 import requests
 
+from tests.intake.wire import publish_json
 from tests.support.e2e import action_for, wait_for_outcome
 from workers.broker.topology import APPLY_TASK_NAME
 from workers.core.action import ActionKind
@@ -177,15 +178,27 @@ def test_flower_refuses_requests_without_its_basic_auth(flower: Flower) -> None:
     )
 
 
+@pytest.mark.parametrize("feed", ["enqueue", "plain JSON"])
 def test_flower_shows_the_worker_and_the_apply_task_with_masked_arguments(
-    flower: Flower, worker: WorkerProcess, admin: EmulatorAdmin, ledger: LedgerReader, celery_app: Any
+    flower: Flower,
+    worker: WorkerProcess,
+    admin: EmulatorAdmin,
+    ledger: LedgerReader,
+    celery_app: Any,
+    broker_url: str,
+    feed: str,
 ) -> None:
+    """Handed to the apply task, or applied by the intake itself (plain JSON, one broker hop):
+    either way an operator sees a run of the apply task."""
     workers = flower.until("the worker", lambda: dict(flower.get("/api/workers", refresh=1).items()))
     assert any(name.startswith(f"{worker.name}@") for name in workers), workers
 
     reservation = admin.create_reservation()
     action = action_for(reservation, ActionKind.CONFERENCE, params=dict(PII))
-    celery_app.enqueue(action)
+    if feed == "enqueue":
+        celery_app.enqueue(action)
+    else:
+        publish_json(broker_url, action.to_message())
     assert wait_for_outcome(ledger, action.action_id).outcome == "applied"
 
     task_id = str(action.action_id)  # the task id is the producer's action_id

@@ -73,6 +73,8 @@ KEPT_FOR_REDRIVE = frozenset(
 class Done:
     outcome: Outcome
     reason: str
+    # Settled by an earlier run or copy: its dead letter, if it keeps one, went out then.
+    repeat: bool = False
 
     @property
     def keeps_message(self) -> bool:
@@ -141,28 +143,39 @@ class ActionApplier:
         # The same schema as the intake's: a message published straight to the apply queue (by
         # anyone with broker credentials) is refused like any bad input.
         fate = validate_message(dict(message)) if isinstance(message, Mapping) else None
+        if isinstance(fate, Accepted):
+            return self.apply_valid(fate.action, delivery)
+        reason = fate.text if fate is not None else "not_an_object: the argument is not an object"
+
+        def refuse() -> Result:
+            self.ledger.append(
+                RejectedInput(readable(message) if isinstance(message, Mapping) else None, reason)
+            )
+            return Done(Outcome.REJECTED_INPUT, reason)
+
+        return self._guarded(refuse, delivery, _action_id(message))
+
+    def apply_valid(self, action: Action, delivery: Delivery = Delivery()) -> Result:
+        """:meth:`apply_message` for an action its caller validated already (the intake did)."""
+        return self._guarded(lambda: self.apply(action, delivery), delivery, action.action_id)
+
+    def _guarded(self, run: Callable[[], Result], delivery: Delivery, action_id: uuid.UUID | None) -> Result:
+        """``run()``, with every error but a deployment error turned into a retry or an outcome."""
         try:
-            if not isinstance(fate, Accepted):
-                reason = fate.text if fate is not None else "not_an_object: the argument is not an object"
-                self.ledger.append(
-                    RejectedInput(readable(message) if isinstance(message, Mapping) else None, reason)
-                )
-                return Done(Outcome.REJECTED_INPUT, reason)
-            action = fate.action
-            return self.apply(action, delivery)
+            return run()
         except LedgerPermissionDenied:
             metrics.LEDGER_ERRORS.inc()
             raise  # a deployment error: the task stops this worker, never loops on it
         except LedgerError as exc:
             metrics.LEDGER_ERRORS.inc()
-            return self._unsettled(delivery, f"the ledger failed: {exc}", _action_id(message))
+            return self._unsettled(delivery, f"the ledger failed: {exc}", action_id)
         except Exception as exc:
             # Anything else a run can raise (a time limit, an answer TaskRouter should not give,
             # a bug): the action has no outcome yet, so it is tried again within the policy's
             # bound, never acknowledged away.
-            logger.exception("action %s: the run failed unexpectedly", _action_id(message))
+            logger.exception("action %s: the run failed unexpectedly", action_id)
             reason = f"the run failed: {type(exc).__name__}: {exc}"
-            return self._unsettled(delivery, reason, _action_id(message))
+            return self._unsettled(delivery, reason, action_id)
 
     def _unsettled(self, delivery: Delivery, reason: str, action_id: uuid.UUID | None) -> Result:
         """Nothing was decided: try again later, or give up as ``dead_lettered`` past the bound."""
@@ -194,7 +207,9 @@ class ActionApplier:
         with self.ledger.lock(action.reservation_sid) as ledger:
             arrival = ledger.receive(action)
             if arrival.outcome is not None:
-                return Done(Outcome(arrival.outcome), "already settled: a redelivery or a duplicate")
+                return Done(
+                    Outcome(arrival.outcome), "already settled: a redelivery or a duplicate", repeat=True
+                )
             run = _Run(self, ledger, action, delivery, arrival.reservation)
             return run.apply(arrival.intent)
 

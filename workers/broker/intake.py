@@ -5,9 +5,17 @@ consumes it raw, with its own channel and a bounded prefetch: kombu's decoding i
 (``on_message``), because kombu's default for an undecodable message is to acknowledge and drop it.
 For each message, :func:`~workers.core.validation.decide` gives exactly one fate:
 
-- **accepted**: the action is recorded as received (idempotent on its action_id), then the message
-  is handed to the apply task (task id = action_id, confirmed publish), then acknowledged; a copy of
-  an action that has already settled is acknowledged without a second hand-off;
+- **accepted**: with intake threads (the threads pool, the default) the action is applied at once,
+  in the intake's thread, by the same applier as the apply task's (``Applying``): one broker hop,
+  no second publish and confirm. The message is acknowledged once the action has its outcome (its
+  dead letter confirmed if it keeps one), or once a run that must be tried later was handed to the
+  apply task with its countdown (confirmed). The worker's task events (``task-received``,
+  ``-started``, ``-succeeded``, ``-retried``) are sent for it under the apply task's name and the
+  action_id, so Flower shows it like any task. Without threads (the gevent and eventlet pools,
+  whose consumer handles messages where they arrive) the action is recorded as received
+  (idempotent on its action_id), then handed to the apply task (task id = action_id, confirmed
+  publish), then acknowledged; a copy of an action that has already settled is acknowledged
+  without a second hand-off;
 - **rejected**: a ``rejected_input`` ledger row (PII redacted), then the message goes to
   ``reservations.dead`` with the reason in headers (confirmed publish), masked if it is a JSON
   object, else only its size and SHA-256 (it may hold secrets), then acknowledged.
@@ -27,19 +35,22 @@ and its ledger pool is opened lazily, on the first message.
 
 The worker's event loop must not wait on the ledger or on a publisher confirm (it also delivers
 the apply tasks and their acknowledgements), so the loop only hands each message to one of
-``INTAKE_THREADS`` threads (default 8), and the thread gives the acknowledgement (or the requeue)
-back to the loop, the one thread that may touch the channel. Without an event loop (the gevent
-and eventlet pools) messages are handled where they arrive.
+as many threads as the worker's concurrency (at least ``INTAKE_THREADS``), and the thread gives the
+acknowledgement (or the requeue) and the task events back to the loop, the one thread that may
+touch the channel. Without an event loop (the gevent and eventlet pools) messages are handled
+where they arrive.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
-from typing import Any
+from typing import Any, Protocol
 
 from celery import Celery, bootsteps
 from cryptography.fernet import MultiFernet
@@ -52,6 +63,7 @@ from workers.broker.publishing import Publishers, hand_to_apply
 from workers.broker.sealing import kept_of_action, kept_of_refused, raw_body
 from workers.broker.topology import (
     ACTIONS_QUEUE_NAME,
+    APPLY_TASK_NAME,
     DELIVERY_COUNT_HEADER,
     DELIVERY_LIMIT,
     OUTCOME_HEADER,
@@ -61,6 +73,7 @@ from workers.broker.topology import (
     delivery_count,
 )
 from workers.core.planner import Outcome
+from workers.core.redaction import display_args
 from workers.core.validation import Accepted, Fate, RejectCode, Rejected, decide, readable
 from workers.errors import LedgerPermissionDenied
 from workers.ledger.events import RejectedInput
@@ -77,6 +90,24 @@ MAX_RETRY_PAUSE = 15.0
 
 
 OnLoop = Callable[[Callable[[], None]], Any]
+
+
+class Applying(Protocol):
+    """Applies an accepted action where the intake holds it (``workers.apply.task.ArrivalApply``)."""
+
+    def apply(self, accepted: Accepted, redelivered: bool) -> str | None:
+        """Apply it now (validated already): its outcome once settled (dead letter published if it
+        keeps one), None once a run to try later is handed to the apply task; raises when neither
+        holds."""
+        ...
+
+    def give_up(self, message: dict[str, Any], reason: str) -> None:
+        """Record ``dead_lettered`` for an action whose message keeps coming back unsettled."""
+        ...
+
+
+# The worker's event dispatcher (Celery's), when there is one: Flower's view of the tasks.
+Events = Callable[[], Any]
 
 
 def at_once(callback: Callable[[], None]) -> None:
@@ -100,8 +131,12 @@ class Intake:
         on_loop: OnLoop = at_once,
         prefetch: int = DEFAULT_PREFETCH,
         dead_letter_keys: MultiFernet | None = None,
+        applying: Applying | None = None,
+        events: Events = lambda: None,
     ) -> None:
         self.publishers = publishers
+        self.applying = applying  # None: hand accepted actions to the apply task
+        self._events = events
         self.prefetch = prefetch
         self.dead_letter_keys = dead_letter_keys
         # Set by the consumer step: stops taking messages (a deployment error makes them all fail).
@@ -195,6 +230,8 @@ class Intake:
         try:
             action_id: str | None
             if isinstance(fate, Accepted):
+                if self.applying is not None:  # its runs were ours: the ledger settles it too
+                    self.applying.give_up(fate.message, reason)
                 kept, headers = kept_of_action(fate.message, self.dead_letter_keys)
                 outcome, action_id = Outcome.DEAD_LETTERED, str(fate.action.action_id)
             else:
@@ -216,7 +253,9 @@ class Intake:
 
     def settle(self, message: Message, fate: Fate) -> None:
         """Record and forward ``fate``, then acknowledge; raises if any step fails (nothing acked)."""
-        if isinstance(fate, Accepted):
+        if isinstance(fate, Accepted) and self.applying is not None:
+            self._apply(message, fate)
+        elif isinstance(fate, Accepted):
             arrival = self.ledger.receive(fate.action)
             if arrival.outcome is None:
                 hand_to_apply(self.publishers, fate.message)
@@ -252,6 +291,47 @@ class Intake:
             )
         self._on_loop(partial(_acknowledge, message))
 
+    def _apply(self, message: Message, fate: Accepted) -> None:
+        """Apply the action in this thread, announced to Flower as a run of the apply task."""
+        assert self.applying is not None
+        task_id = str(fate.action.action_id)
+        redelivered = bool((message.delivery_info or {}).get("redelivered"))
+        self._announce(
+            "task-received",
+            uuid=task_id,
+            name=APPLY_TASK_NAME,
+            args=display_args(fate.message),
+            kwargs="{}",
+            root_id=task_id,
+            parent_id=None,
+            retries=0,
+            eta=None,
+            expires=None,
+        )
+        self._announce("task-started", uuid=task_id, pid=os.getpid())
+        started = time.monotonic()
+        outcome = self.applying.apply(fate, redelivered)
+        if outcome is None:
+            self._announce(
+                "task-retried", uuid=task_id, exception="Retry('handed to the apply task')", traceback=""
+            )
+        else:
+            self._announce(
+                "task-succeeded", uuid=task_id, result=repr(outcome), runtime=time.monotonic() - started
+            )
+
+    def _announce(self, kind: str, **fields: Any) -> None:
+        """Send a task event if someone watches (Flower turns them on), from the event loop's
+        thread: the dispatcher writes on the consumer's connection, which only the loop touches."""
+        dispatcher = self._events()
+        if (
+            dispatcher is None
+            or not dispatcher.enabled
+            or (dispatcher.groups and "task" not in dispatcher.groups)
+        ):
+            return
+        self._on_loop(partial(_send_event, dispatcher, kind, fields))
+
     def _retry_later(self, message: Message) -> None:
         self._pause(min(RETRY_PAUSE * 2 ** _delivery_count(message), MAX_RETRY_PAUSE))
         self._on_loop(partial(_requeue, message))
@@ -270,7 +350,10 @@ class IntakeStep(bootsteps.ConsumerStep):  # type: ignore[misc]  # celery ships 
 
     def start(self, c: Any) -> None:
         if self.intake is None:
-            self.intake = c.app.runtime.intake(getattr(c, "hub", None))
+            concurrency = getattr(getattr(c, "controller", None), "concurrency", None)
+            self.intake = c.app.runtime.intake(
+                getattr(c, "hub", None), lambda: getattr(c, "event_dispatcher", None), concurrency
+            )
         super().start(c)
 
     def get_consumers(self, channel: Any) -> list[Consumer]:
@@ -317,6 +400,13 @@ def _report_escaped(future: Future[None]) -> None:
     """``_handle`` lets nothing escape; should something still do, it must not vanish in the pool."""
     if not future.cancelled() and (exc := future.exception()) is not None:
         logger.error("intake: a message was left unacknowledged by an unexpected error", exc_info=exc)
+
+
+def _send_event(dispatcher: Any, kind: str, fields: dict[str, Any]) -> None:
+    try:
+        dispatcher.send(kind, **fields)
+    except Exception:  # Flower misses one event; the action itself is not concerned
+        logger.warning("intake: could not send a %s event", kind, exc_info=True)
 
 
 def _acknowledge(message: Message) -> None:

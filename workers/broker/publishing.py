@@ -71,10 +71,15 @@ class Publishers:
             yield producer
 
 
-def hand_to_apply(publishers: Publishers, message: Mapping[str, Any]) -> None:
+def hand_to_apply(
+    publishers: Publishers, message: Mapping[str, Any], *, countdown: int | None = None, retries: int = 0
+) -> None:
     """Publish a valid wire message to the apply task (persistent, with a publisher confirm).
 
     The task id is the ``action_id``, so Flower finds an action by the id its producer chose.
+    ``countdown`` and ``retries`` hand over a run that must be tried again later (the intake's
+    own run asked for it): RabbitMQ's native delayed delivery holds it, and the task counts on
+    from ``retries`` as if it had retried itself.
     """
     wire = dict(message)
     with publishers.confirmed() as producer:
@@ -89,4 +94,6 @@ def hand_to_apply(publishers: Publishers, message: Mapping[str, Any]) -> None:
             # The trace goes on to the apply task (workers.tracing: empty when tracing is off).
             headers={PUBLISHED_AT_HEADER: time.time(), **tracing.headers()},
             confirm_timeout=CONFIRM_TIMEOUT,
+            countdown=countdown,
+            retries=retries,
         )

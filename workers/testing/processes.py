@@ -59,9 +59,11 @@ class WorkerProcess(Background):
         concurrency: int = 8,
         name: str | None = None,
         loglevel: str | None = "INFO",
+        app: str = "workers",
     ) -> None:
         """``loglevel`` None runs the worker at Celery's default level (WARNING), as the README does."""
         self.env = {**os.environ, **env}
+        self.app = app  # what ``celery -A`` loads (the benchmarks also run a naive peer's app)
         self.pool = pool
         self.concurrency = concurrency
         self.name = name or f"worker-{uuid.uuid4().hex[:8]}"
@@ -92,7 +94,7 @@ class WorkerProcess(Background):
         self._ready_file = Path(tempfile.gettempdir()) / f"{self.name}-{uuid.uuid4().hex}.ready"
         self.env["WORKER_READY_FILE"] = str(self._ready_file)
         command = [
-            sys.executable, "-m", "celery", "-A", "workers", "worker",
+            sys.executable, "-m", "celery", "-A", self.app, "worker",
             "--pool", self.pool, "--concurrency", str(self.concurrency),
             "--hostname", f"{self.name}@%h", "--without-mingle", "--without-gossip",
         ]  # fmt: skip

@@ -1,0 +1,335 @@
+"""Head to head: this project against the naive Celery worker a team would write instead.
+
+The naive worker is ``ops/peer_worker.py``: one Celery task that fetches with the twilio SDK,
+updates with If-Match, retries a 412 through Celery and INSERTs one audit row. Each side is fed as
+its users feed it: ours plain JSON through the intake (as other services publish), the peer by
+``apply_async``. Both run on the same emulator, PostgreSQL and RabbitMQ (a private vhost), as real
+worker processes (default 2 x 32 threads each, all started once), on N accepts of N pending
+reservations, timed from the first publish to the last outcome. Peer and ours alternate within
+one run (the order flips at each latency), so both see the same machine.
+
+For each emulator latency it prints both rates and their ratio, HTTP calls per action, CPU ms
+per action of each process group (workers, PostgreSQL, RabbitMQ, the emulator, the load
+generator; from /proc, so Linux only; PostgreSQL and RabbitMQ are the whole server's, other
+users' work included), and ``ours / min(CPU ceiling, C/(k*L))``: the CPU ceiling is this
+machine's cores over the CPU all processes spent per action, C the workers' threads, k HTTP
+calls per action and L the latency. At ``--pace-latency`` (50 ms) it then paces ours at a steady
+half of the rate it just reached and prints p50/p95/p99 publish->outcome, and at the end the
+workers' memory (PSS).
+
+Run from the repository root: ``.venv/bin/python ops/bench_peer.py`` (``--help`` for options).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+import threading
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import peer_worker
+import psycopg
+from bench_workers import (
+    LEDGER_OUTCOMES,
+    Figures,
+    IntakeLane,
+    LaneFactory,
+    proportional_memory_mb,
+    run_celery,
+    scratch_database,
+    seed,
+    vhost,
+)
+from psycopg import sql
+
+from workers.config import Settings
+from workers.core.action import Action, ActionKind
+from workers.testing.emulator.admin import EmulatorAdmin, ReservationInfo
+from workers.testing.emulator.process import EmulatorProcess
+from workers.testing.emulator.settings import emulator_env
+from workers.testing.processes import WorkerProcess
+
+PEER_OUTCOMES = sql.SQL("SELECT action_id, 'applied', recorded_at FROM peer_audit WHERE true")
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+GROUPS = ("workers", "postgres", "rabbitmq", "emulator", "load")
+
+
+class PeerLane:
+    """The peer's producers: ``accept.apply_async(...)`` on Celery's own producer pool."""
+
+    def __init__(self, broker_url: str, lanes_ready: threading.Barrier) -> None:
+        peer_worker.app.conf.broker_url = broker_url
+        self.lanes_ready = lanes_ready
+
+    def connect(self) -> None:
+        with peer_worker.app.producer_or_acquire() as producer:
+            producer.connection.ensure_connection(max_retries=3)
+            self.lanes_ready.wait()  # every lane holds a producer at once: one connection each
+
+    def publish(self, message: dict[str, Any]) -> None:
+        peer_worker.accept.apply_async(
+            args=[
+                message["action_id"],
+                message["workspace_sid"],
+                message["task_sid"],
+                message["reservation_sid"],
+            ]
+        )
+
+    def close(self) -> None:
+        pass
+
+
+# --- CPU from /proc -------------------------------------------------------------------------------
+
+
+def _stat(pid: int) -> list[str] | None:
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return text[text.rindex(")") + 2 :].split()
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def _children(pid: int) -> list[int]:
+    found: list[int] = []
+    for children in Path(f"/proc/{pid}").glob("task/*/children"):
+        with contextlib.suppress(OSError):
+            found.extend(int(child) for child in children.read_text().split())
+    return found
+
+
+def cpu_seconds(roots: Iterable[int], reaped: bool = False) -> float:
+    """CPU seconds of ``roots`` and their descendants; with ``reaped``, also what their children
+    that exited already spent (PostgreSQL's backends come and go)."""
+    total, pending, seen = 0, list(roots), set()
+    while pending:
+        pid = pending.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        fields = _stat(pid)
+        if fields is None:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+        if reaped:
+            total += int(fields[13]) + int(fields[14])  # cutime, cstime
+        pending.extend(_children(pid))
+    return total / CLOCK_TICKS
+
+
+def pids_named(name: str) -> list[int]:
+    return [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and _comm(int(p.name)) == name]
+
+
+def server_roots(name: str) -> list[int]:
+    """The top processes called ``name`` (a server's main process, whose children it reaps)."""
+    pids = set(pids_named(name))
+    roots = []
+    for pid in pids:
+        fields = _stat(pid)
+        if fields is not None and int(fields[1]) not in pids:
+            roots.append(pid)
+    return roots
+
+
+@dataclass
+class Meter:
+    """What each group of processes has spent so far: read before and after a run."""
+
+    workers: Callable[[], list[int]]
+    emulator_pid: int
+
+    def read(self) -> dict[str, float]:
+        return {
+            "workers": cpu_seconds(self.workers()),
+            "postgres": cpu_seconds(server_roots("postgres"), reaped=True),
+            "rabbitmq": cpu_seconds(server_roots("beam.smp"), reaped=True),
+            "emulator": cpu_seconds([self.emulator_pid]),
+        }
+
+
+@dataclass
+class Side:
+    """One contender: its measured run at one latency, and the CPU its processes spent on it."""
+
+    figures: Figures
+    cpu: dict[str, float]  # seconds per group
+    paced: Side | None = None  # the same side at a steady share of this rate
+
+    def cpu_ms(self, group: str) -> float:
+        return self.cpu[group] * 1000 / self.figures.actions
+
+    @property
+    def cpu_ms_total(self) -> float:
+        return sum(self.cpu_ms(g) for g in GROUPS)
+
+    @property
+    def http_per_action(self) -> float:
+        return self.figures.http_calls / self.figures.actions
+
+
+def accepts(reservations: Sequence[ReservationInfo]) -> list[Action]:
+    return [
+        Action(uuid.uuid4(), ActionKind.ACCEPT, r.workspace_sid, r.sid, task_sid=r.task_sid)
+        for r in reservations
+    ]
+
+
+def measured(
+    label: str,
+    meter: Meter,
+    settings: Settings,
+    admin: EmulatorAdmin,
+    count: int,
+    db_url: str,
+    lanes: LaneFactory,
+    outcomes_sql: sql.SQL,
+    pace: float | None = None,
+) -> Side:
+    actions = accepts(seed(admin, count))
+    before = meter.read()
+    figures = run_celery(
+        label, settings, admin, actions, db_url, pace, lanes=lanes, outcomes_sql=outcomes_sql
+    )
+    after = meter.read()
+    cpu = {group: after[group] - before[group] for group in before}
+    cpu["load"] = figures.load_cpu
+    return Side(figures, cpu)
+
+
+def cpu_line(label: str, side: Side) -> str:
+    parts = "  ".join(f"{g} {side.cpu_ms(g):5.2f}" for g in GROUPS)
+    return f"  CPU ms/action {label:<6} {parts}  total {side.cpu_ms_total:5.2f}"
+
+
+def report(latency: int, peer: Side, ours: Side, concurrency: int) -> None:
+    print(peer.figures.line())
+    print(ours.figures.line())
+    print(f"  ratio ours / peer at {latency} ms: {ours.figures.rate / peer.figures.rate:5.2f}x")
+    print(cpu_line("peer", peer))
+    print(cpu_line("ours", ours))
+    if latency:
+        cores = os.cpu_count() or 1
+        ceiling = cores * 1000 / ours.cpu_ms_total
+        in_flight = concurrency / (ours.http_per_action * latency / 1000)
+        bound = min(ceiling, in_flight)
+        print(
+            f"  ours / min(CPU ceiling {ceiling:.0f}, C/(k*L) {in_flight:.0f}) at {latency} ms:"
+            f" {ours.figures.rate / bound:5.2f}"
+        )
+    sys.stdout.flush()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--actions", type=int, default=2000, help="accepts per measured run (default 2000)")
+    parser.add_argument(
+        "--latencies", default="0,50", help="emulator latencies in ms, comma-separated (0,50)"
+    )
+    parser.add_argument("--workers", type=int, default=2, help="worker processes per side (default 2)")
+    parser.add_argument("--concurrency", type=int, default=32, help="threads per worker process (32)")
+    parser.add_argument(
+        "--pace-latency", type=int, default=50, help="latency of the paced run of ours (50 ms)"
+    )
+    parser.add_argument("--pace-seconds", type=float, default=10.0, help="length of the paced run (10 s)")
+    args = parser.parse_args(argv)
+    latencies = [int(x) for x in args.latencies.split(",") if x.strip()]
+    concurrency = args.workers * args.concurrency
+    print(
+        f"{args.workers} worker process(es) x {args.concurrency} threads per side; {args.actions} accepts"
+        f" on as many pending reservations; {os.cpu_count()} CPUs"
+    )
+    with scratch_database() as db_url, vhost() as broker_url, EmulatorProcess() as emulator:
+        with psycopg.connect(db_url, autocommit=True) as conn:
+            conn.execute(peer_worker.AUDIT_TABLE_SQL)
+        env = {
+            "CELERY_BROKER_URL": broker_url,
+            "DATABASE_URL": db_url,
+            **emulator_env(emulator.base_url),
+            "LEDGER_PII_KEY": "bench-pii-key",
+            "LEDGER_POOL_MAX": str(args.concurrency + 4),
+        }
+        peer_env = {
+            **env,
+            "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]),
+        }
+        settings = Settings.from_env(env)
+
+        assert emulator.pid is not None
+        emulator_pid = emulator.pid
+        feeds: Mapping[str, tuple[Mapping[str, str], str, LaneFactory, sql.SQL]] = {
+            "peer": (peer_env, "peer_worker", PeerLane, PEER_OUTCOMES),
+            "ours": (env, "workers", IntakeLane, LEDGER_OUTCOMES),
+        }
+        memory: dict[str, float] = {}
+
+        def bout(name: str, latency: int, admin: EmulatorAdmin, pace_share: float | None = None) -> Side:
+            """Start one side's workers, warm them up, measure them, stop them: the two sides
+            never hold PostgreSQL connections at once (the server allows 100)."""
+            side_env, app, lanes, outcomes_sql = feeds[name]
+            processes = [
+                WorkerProcess(side_env, concurrency=args.concurrency, loglevel="WARNING", app=app)
+                for _ in range(args.workers)
+            ]
+            meter = Meter(lambda: [w.process.pid for w in processes if w.process is not None], emulator_pid)
+            with contextlib.ExitStack() as stack:
+                for worker in processes:
+                    stack.enter_context(worker)
+                measured("warm-up", meter, settings, admin, concurrency, db_url, lanes, outcomes_sql)
+                label = f"{'naive peer' if name == 'peer' else 'ours, plain JSON'}, {latency} ms"
+                side = measured(label, meter, settings, admin, args.actions, db_url, lanes, outcomes_sql)
+                memory[name] = sum(proportional_memory_mb(w.process.pid) for w in processes if w.process)
+                if pace_share is not None:
+                    pace = side.figures.rate * pace_share
+                    side.paced = measured(
+                        f"{label}, paced {pace:.0f}/s",
+                        meter,
+                        settings,
+                        admin,
+                        max(1, int(pace * args.pace_seconds)),
+                        db_url,
+                        lanes,
+                        outcomes_sql,
+                        pace=pace,
+                    )
+            return side
+
+        with EmulatorAdmin(emulator.base_url) as admin:
+            for n, latency in enumerate(latencies):
+                admin.clear_faults()
+                if latency:
+                    admin.add_fault("latency", latency_ms=latency)
+                order = ("peer", "ours") if n % 2 == 0 else ("ours", "peer")
+                paced_share = 0.5 if latency == args.pace_latency else None  # ours only
+                results = {
+                    name: bout(name, latency, admin, paced_share if name == "ours" else None)
+                    for name in order
+                }
+                report(latency, results["peer"], results["ours"], concurrency)
+                paced = results["ours"].paced
+                if paced is not None:
+                    print(paced.figures.line())
+                    print(f"  p99 target 2L+20 = {2 * latency + 20} ms")
+            for name, megabytes in memory.items():
+                print(f"worker memory (PSS, {args.workers} processes), {name}: {megabytes:.0f} MB")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
