@@ -79,6 +79,17 @@ class Settings:
     # reads its other OTEL_* variables itself (workers.tracing).
     traces_exporter: str | None = None
     otlp_traces_endpoint: str | None = None
+    # The events API (workers/events): the public URL TaskRouter posts to (signatures are computed
+    # over it: we sit behind proxies), the secret callbacks are signed with (EVENTS_AUTH_TOKEN, else
+    # TWILIO_AUTH_TOKEN), how Event Streams deliveries are checked ("signature", "basic" or
+    # "signature,basic": all of those listed), the basic-auth "user:password" for the latter, and
+    # the group commit: transitions per round trip at most, and committing threads (connections).
+    events_public_url: str | None = None
+    events_auth_token: str | None = field(default=None, repr=False)
+    events_streams_auth: tuple[str, ...] = ("signature",)
+    events_basic_auth: str | None = field(default=None, repr=False)
+    events_batch_max: int = 200
+    events_writers: int = 4
     # Where Flower listens ("host:port", from FLOWER_ADDRESS and FLOWER_PORT, which Flower reads
     # itself): `reservations doctor` checks the port. Loopback unless told (workers/flower.py).
     flower_address: str = "127.0.0.1:5555"
@@ -132,6 +143,12 @@ class Settings:
             log_level=_log_level(env),
             traces_exporter=_traces_exporter(env),
             otlp_traces_endpoint=_otlp_traces_endpoint(env),
+            events_public_url=env.get("EVENTS_PUBLIC_URL", "").strip() or None,
+            events_auth_token=env.get("EVENTS_AUTH_TOKEN") or env.get("TWILIO_AUTH_TOKEN") or None,
+            events_streams_auth=_streams_auth(env),
+            events_basic_auth=_basic_auth(env),
+            events_batch_max=_count(env, "EVENTS_BATCH_MAX", 200),
+            events_writers=_count(env, "EVENTS_WRITERS", 4),
             flower_address=_flower_address(env),
             taskrouter_max_concurrency=_count(env, "TASKROUTER_MAX_CONCURRENCY", 50, minimum=0),
             taskrouter_reserved_concurrency=_count(env, "TASKROUTER_RESERVED_CONCURRENCY", 10, minimum=0),
@@ -235,6 +252,32 @@ def _otlp_traces_endpoint(env: Mapping[str, str]) -> str | None:
         return traces
     base = env.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip()
     return f"{base.rstrip('/')}/v1/traces" if base else None
+
+
+STREAMS_AUTH = ("signature", "basic")
+
+
+def _streams_auth(env: Mapping[str, str]) -> tuple[str, ...]:
+    return streams_auth(env.get("EVENTS_STREAMS_AUTH", ""))
+
+
+def streams_auth(text: str) -> tuple[str, ...]:
+    """EVENTS_STREAMS_AUTH: the checks an Event Streams delivery must pass, comma-separated."""
+    value = text.strip().lower() or "signature"
+    chosen = tuple(dict.fromkeys(part.strip() for part in value.split(",") if part.strip()))
+    unknown = [part for part in chosen if part not in STREAMS_AUTH]
+    if unknown or not chosen:
+        raise ConfigurationError(
+            f"EVENTS_STREAMS_AUTH must be signature, basic or signature,basic, not {value!r}"
+        )
+    return chosen
+
+
+def _basic_auth(env: Mapping[str, str]) -> str | None:
+    value = env.get("EVENTS_BASIC_AUTH") or None
+    if value is not None and ":" not in value:
+        raise ConfigurationError("EVENTS_BASIC_AUTH must be user:password")
+    return value
 
 
 def _fernet_keys(env: Mapping[str, str], name: str) -> str | None:

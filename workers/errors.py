@@ -163,3 +163,12 @@ class UnknownAction(LedgerError):
 
 class MigrationError(LedgerError):
     """The database's migrations cannot be reconciled with the ones this code ships."""
+
+
+class InvalidEvent(ReservationsError):
+    """A TaskRouter event (a callback, an Event Streams delivery, an item of the Events resource)
+    that cannot be read as one: no type, an unknown reservation event, no reservation SID."""
+
+
+class EventRefused(ReservationsError):
+    """An event delivery whose signature or credentials do not hold: answered 403, nothing recorded."""

@@ -86,6 +86,18 @@ DEAD_LETTERS = Counter(
     ["outcome"],
 )
 
+EVENTS = Counter(
+    "reservations_events",
+    "TaskRouter event deliveries by channel (callback, stream, reconcile) and result: recorded (a new"
+    " transition), duplicate (the ledger held it already), ignored (not a reservation event, or one"
+    " without a status), refused (403: signature or credentials), invalid (400), unavailable (503)",
+    ["channel", "result"],
+)
+EVENT_DELAY = Histogram(
+    "reservations_event_delay_seconds",
+    "From the event's time at TaskRouter (TimestampMs) to its transition committed in the ledger",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0),
+)
 # The account-wide concurrency governor (workers.taskrouter.governor) and what TaskRouter says of
 # the account's limits. Gauges add up across a prefork worker's processes where that makes sense.
 TASKROUTER_IN_FLIGHT = Gauge(
@@ -154,6 +166,7 @@ _actions = _Children(ACTIONS)
 _taskrouter = _Children(TASKROUTER_SECONDS)
 _ledger = _Children(LEDGER_SECONDS)
 _dead_letters = _Children(DEAD_LETTERS)
+_events = _Children(EVENTS)
 
 
 def outcome(name: str, run: int) -> None:
@@ -199,6 +212,15 @@ def ledger_write(query: str, started: float) -> None:
 
 def dead_letter(outcome_name: str) -> None:
     _dead_letters(outcome_name).inc()
+
+
+def event(channel: str, result: str, count: int = 1) -> None:
+    """``count`` event deliveries on ``channel`` ended with ``result``."""
+    _events(channel, result).inc(count)
+
+
+def event_delay(seconds: float) -> None:
+    EVENT_DELAY.observe(max(0.0, seconds))
 
 
 def queue_lag(published_at: object) -> None:

@@ -71,9 +71,14 @@ def test_the_short_demo_loses_nothing(tmp_path: Path) -> None:
         "every action has exactly one outcome": True,
         "the ledger agrees with the emulator's transition log": True,
         "the refused and exhausted messages are in the dead-letter queue": True,
+        "TaskRouter's events are in the ledger (source=event)": True,
     }
     assert f"database {database} on 127.0.0.1:5432" in output
     assert "Audit history of a raced reservation" in output
+    # An accept in the UI and a timeout by TaskRouter, learnt from its callbacks.
+    assert "Transitions that were not ours, from TaskRouter's events (source=event)" in output
+    assert "pending→accepted" in output
+    assert "pending→timeout" in output
     assert "Nothing lost" in output
 
 

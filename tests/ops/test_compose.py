@@ -29,6 +29,7 @@ SERVICES = {
     "worker",
     "flower",
     "audit-api",
+    "events-api",
     "emulator",
     "prometheus",
     "grafana",
@@ -105,6 +106,7 @@ def test_start_order_follows_health(compose: dict[str, Any]) -> None:
     assert condition("worker", "rabbitmq") == "service_healthy"
     assert condition("worker", "emulator") == "service_healthy"
     assert condition("audit-api", "migrate") == "service_completed_successfully"
+    assert condition("events-api", "migrate") == "service_completed_successfully"
     assert condition("flower", "rabbitmq") == "service_healthy"
 
 
@@ -157,6 +159,7 @@ def test_every_variable_the_code_reads_is_wired_and_documented(compose: dict[str
     assert {"CELERY_BROKER_URL", "DATABASE_URL", "RETRY_MAX_RETRIES", "WORKER_READY_FILE"} <= read
     app_env = set(compose["x-app"]["environment"]) | set(compose["services"]["worker"]["environment"])
     app_env |= set(compose["services"]["audit-api"]["environment"])
+    app_env |= set(compose["services"]["events-api"]["environment"])
     app_env |= set(compose["services"]["flower"]["environment"])  # FLOWER_ADDRESS, FLOWER_PORT (doctor)
     documented = ENV_EXAMPLE.read_text()
     for name in sorted(read):

@@ -26,6 +26,8 @@ SUBCOMMANDS: dict[str, str] = {
     "show": "workers.cli.history:show",
     "replay": "workers.cli.replay:replay",
     "audit-api": "workers.cli.audit_api:audit_api",
+    "events-api": "workers.cli.events_api:events_api",
+    "reconcile": "workers.cli.reconcile:reconcile",
     "enqueue": "workers.cli.enqueue:enqueue",
     "doctor": "workers.cli.doctor:doctor",
 }

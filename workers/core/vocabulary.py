@@ -96,9 +96,22 @@ LEDGER_COLUMNS: frozenset[str] = frozenset(
 )
 
 # Words that are not columns: the run's number, a retry's delay in seconds, the resume point of a
-# page, and what a metric measures: a TaskRouter ``endpoint`` (fetch, update) or a ledger ``query``
-# (the named query of ``workers/ledger/sql/queries.sql``).
-OTHER_WORDS: frozenset[str] = frozenset({"run", "delay", "cursor", "endpoint", "query"})
+# page, what a metric measures: a TaskRouter ``endpoint`` (fetch, update) or a ledger ``query``
+# (the named query of ``workers/ledger/sql/queries.sql``), and TaskRouter's events.
+OTHER_WORDS: frozenset[str] = frozenset(
+    {
+        "run",
+        "delay",
+        "cursor",
+        "endpoint",
+        "query",
+        # TaskRouter's events: how one reached us (callback, stream, reconcile), what became of it
+        # (recorded, duplicate, ignored, refused, invalid, unavailable) and its type (reservation.accepted)
+        "channel",
+        "result",
+        "event_type",
+    }
+)
 # The name of the auditor whose token made a request (the audit API's log lines).
 OTHER_WORDS |= {"auditor"}
 

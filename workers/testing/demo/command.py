@@ -199,6 +199,24 @@ def _history(result: Any) -> Table:
     return table
 
 
+def _events(result: Any) -> Table:
+    """The transitions the ledger learnt from TaskRouter's events (``reservations history`` shows
+    them with source=event)."""
+    table = Table(
+        title="Transitions that were not ours, from TaskRouter's events (source=event)",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+    )
+    for column in ("position", "reservation", "status", "source", "event"):
+        table.add_column(column, no_wrap=True)
+    for event in result.event_history:
+        status = f"{event.from_status or '-'}→{event.to_status or '?'}"
+        what = (event.detail or "").split(" ")[0]  # the event type; `reservations history` shows all
+        sid = event.reservation_sid or ""
+        table.add_row(str(event.position), f"{sid[:10]}…", status, event.source or "", what)
+    return table
+
+
 def _print(console: Console, result: Any) -> None:
     outcomes = Table(title="Outcomes", title_justify="left")
     outcomes.add_column("outcome")
@@ -247,6 +265,8 @@ def _print(console: Console, result: Any) -> None:
 
     if result.raced_history:
         console.print(_history(result))
+    if result.event_history:
+        console.print(_events(result))
 
     for unexpected in result.unexpected:
         console.print(

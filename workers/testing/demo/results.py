@@ -49,6 +49,8 @@ class Result:
     elapsed: float = 0.0
     raced_script: str | None = None
     raced_history: list[LedgerRow] = field(default_factory=list)
+    # The source=event transitions of the reservations changed outside our actions.
+    event_history: list[LedgerRow] = field(default_factory=list)
     checks: list[Check] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 

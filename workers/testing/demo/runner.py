@@ -29,6 +29,7 @@ from workers.ledger.migrations import migrate
 from workers.ledger.models import Role
 from workers.ledger.reader import LedgerReader
 from workers.testing.demo.checks import inspect
+from workers.testing.demo.events import EventsApiProcess, play_events
 from workers.testing.demo.lanes import publish_invalid, seed_lanes
 from workers.testing.demo.results import Result, Sent
 from workers.testing.demo.scenario import Scenario
@@ -98,6 +99,9 @@ def _run(
         shown = shlex.quote(shown_url(options.database_url, options.database))
         kept = f"kept afterwards: DATABASE_URL={shown} reservations history --reservation WR..."
     say(f"ledger: database {result.database}, {len(applied)} migration(s) applied; {kept}")
+
+    events_api = stack.enter_context(EventsApiProcess(db_url))
+    say(f"events: reservations events-api on {events_api.base_url} (TaskRouter's callbacks into the ledger)")
 
     emulator = stack.enter_context(
         EmulatorProcess(
@@ -171,6 +175,7 @@ def _run(
                 Sent(action_id, "call", bad.name, "", Outcome.REJECTED_INPUT, final.get(action_id))
             )
     inspect(result, scenario, lanes, ledger, admin, broker_url)
+    play_events(result, admin, ledger, events_api.callback_url)
 
 
 def _keep_log_on_failure(worker: WorkerProcess, result: Result, say: Say) -> None:
