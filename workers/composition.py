@@ -20,9 +20,15 @@ from pathlib import Path
 from typing import Any
 
 from celery import Celery
-from celery.signals import after_setup_logger, after_setup_task_logger, worker_ready, worker_shutdown
+from celery.signals import (
+    after_setup_logger,
+    after_setup_task_logger,
+    worker_init,
+    worker_ready,
+    worker_shutdown,
+)
 
-from workers import metrics
+from workers import metrics, tracing
 from workers.apply import task
 from workers.apply.applier import ActionApplier
 from workers.broker import intake
@@ -189,12 +195,29 @@ def create_app(settings: Settings) -> ReservationsApp:
     intake.install(app)
     # LOG_FORMAT=json (the default off a terminal): Celery's handlers, our JSON formatter. Signals
     # are global: one receiver per process, whichever app is built first.
-    on_logger_setup = _withholding_bodies(logger_setup(settings.log_format))
+    on_logger_setup = _withholding_bodies(logger_setup(settings.log_format, settings.log_level))
     after_setup_logger.connect(on_logger_setup, weak=False, dispatch_uid="reservations.logs")
     after_setup_task_logger.connect(on_logger_setup, weak=False, dispatch_uid="reservations.task-logs")
     worker_ready.connect(_announce_ready, weak=False, dispatch_uid="reservations.ready")
     worker_shutdown.connect(_give_back_share, weak=False, dispatch_uid="reservations.governor")
+    # Tracing (OTEL_*): set up in the worker's main process before a prefork pool forks.
+    worker_init.connect(_start_tracing, weak=False, dispatch_uid="reservations.tracing")
+    worker_shutdown.connect(_flush_traces, weak=False, dispatch_uid="reservations.tracing-flush")
     return app
+
+
+SERVICE_NAME = "reservation-workers"
+
+
+def _start_tracing(sender: Any = None, **_: Any) -> None:
+    runtime: Runtime | None = getattr(getattr(sender, "app", None), "runtime", None)
+    if runtime is not None:
+        settings = runtime.settings
+        tracing.configure(settings.traces_exporter, SERVICE_NAME, settings.otlp_traces_endpoint)
+
+
+def _flush_traces(**_: Any) -> None:
+    tracing.flush()
 
 
 def _withholding_bodies(receiver: Callable[..., None]) -> Callable[..., None]:

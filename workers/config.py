@@ -71,6 +71,14 @@ class Settings:
     prometheus_multiproc_dir: str | None = None
     worker_ready_file: str | None = None
     log_format: str = "auto"
+    # The level of our own loggers (``workers.*``), whatever Celery's --loglevel (default WARNING):
+    # one INFO line per action by default. A lower --loglevel (DEBUG) lowers it too.
+    log_level: str = "INFO"
+    # OpenTelemetry: the span exporter the standard OTEL_* variables choose (otlp, console), or
+    # None: tracing off, and where OTLP spans go (None: the SDK's default, localhost:4318). The SDK
+    # reads its other OTEL_* variables itself (workers.tracing).
+    traces_exporter: str | None = None
+    otlp_traces_endpoint: str | None = None
     # The events API (workers/events): the public URL TaskRouter posts to (signatures are computed
     # over it: we sit behind proxies), the secret callbacks are signed with (EVENTS_AUTH_TOKEN, else
     # TWILIO_AUTH_TOKEN), how Event Streams deliveries are checked ("signature", "basic" or
@@ -132,6 +140,9 @@ class Settings:
             prometheus_multiproc_dir=env.get("PROMETHEUS_MULTIPROC_DIR") or None,
             worker_ready_file=env.get("WORKER_READY_FILE") or None,
             log_format=_log_format(env),
+            log_level=_log_level(env),
+            traces_exporter=_traces_exporter(env),
+            otlp_traces_endpoint=_otlp_traces_endpoint(env),
             events_public_url=env.get("EVENTS_PUBLIC_URL", "").strip() or None,
             events_auth_token=env.get("EVENTS_AUTH_TOKEN") or env.get("TWILIO_AUTH_TOKEN") or None,
             events_streams_auth=_streams_auth(env),
@@ -194,6 +205,53 @@ def _log_format(env: Mapping[str, str]) -> str:
     if chosen not in LOG_FORMATS:
         raise ConfigurationError(f"LOG_FORMAT must be one of {', '.join(LOG_FORMATS)}, not {chosen!r}")
     return chosen
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def _log_level(env: Mapping[str, str]) -> str:
+    chosen = env.get("LOG_LEVEL", "").strip().upper() or "INFO"
+    if chosen not in LOG_LEVELS:
+        raise ConfigurationError(f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, not {chosen!r}")
+    return chosen
+
+
+TRACES_EXPORTERS = ("otlp", "console", "none")
+
+
+def _traces_exporter(env: Mapping[str, str]) -> str | None:
+    """Tracing is opt-in, as OpenTelemetry's variables say: OTEL_TRACES_EXPORTER (otlp, console,
+    none), or an OTLP endpoint set (OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT) implying otlp;
+    OTEL_SDK_DISABLED=true turns it off. OTLP is sent over HTTP (http/protobuf)."""
+    if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return None
+    chosen = env.get("OTEL_TRACES_EXPORTER", "").strip().lower()
+    if not chosen:
+        endpoint = env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+        chosen = "otlp" if endpoint and endpoint.strip() else "none"
+    if chosen not in TRACES_EXPORTERS:
+        raise ConfigurationError(
+            f"OTEL_TRACES_EXPORTER must be one of {', '.join(TRACES_EXPORTERS)}, not {chosen!r}"
+        )
+    protocol = (
+        env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or env.get("OTEL_EXPORTER_OTLP_PROTOCOL") or ""
+    ).strip()
+    if chosen == "otlp" and protocol not in ("", "http/protobuf"):
+        raise ConfigurationError(
+            f"OTEL_EXPORTER_OTLP_PROTOCOL must be http/protobuf (the exporter installed), not {protocol!r}"
+        )
+    return None if chosen == "none" else chosen
+
+
+def _otlp_traces_endpoint(env: Mapping[str, str]) -> str | None:
+    """As OpenTelemetry defines them: the traces endpoint as given, else the base endpoint with
+    /v1/traces appended. Empty values count as unset (compose passes them empty)."""
+    traces = env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "").strip()
+    if traces:
+        return traces
+    base = env.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip()
+    return f"{base.rstrip('/')}/v1/traces" if base else None
 
 
 STREAMS_AUTH = ("signature", "basic")

@@ -3,13 +3,16 @@
 ``LOG_FORMAT`` chooses: ``json``, ``text`` (Celery's own format), or ``auto`` (the default): JSON
 when stderr is not a terminal (a container, a supervisor, a log file), text on a terminal. The
 worker applies it through Celery's ``after_setup_logger`` and ``after_setup_task_logger`` signals,
-so Celery still chooses the handlers (stderr or ``--logfile``) and the level (``--loglevel``); only
-the formatter changes.
+so Celery still chooses the handlers (stderr or ``--logfile``) and its own level (``--loglevel``,
+WARNING unless given); our loggers (``workers.*``) log at ``LOG_LEVEL`` (INFO: a line per action)
+unless ``--loglevel`` is lower. Other processes (the audit API, the events API: uvicorn) call
+:func:`setup_process`, which gives the root logger one stderr handler in the same format.
 
 A line carries ``time`` (UTC, RFC 3339, milliseconds), ``level``, ``logger``, ``message`` and,
-when the call passed them as ``extra``, the fields in :data:`FIELDS`; ``exception`` holds a
-traceback. No PII or secrets: messages show actions masked (``workers.core.redaction``), and
-twilio's request logging stays at WARNING (``workers.taskrouter.gateway``).
+when the call passed them as ``extra``, the fields in :data:`FIELDS`; ``trace_id`` is the current
+trace's when tracing is on; ``exception`` holds a traceback. No PII or secrets: messages show
+actions masked (``workers.core.redaction``), and twilio's request logging stays at WARNING
+(``workers.taskrouter.gateway``).
 """
 
 from __future__ import annotations
@@ -21,8 +24,10 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from workers import tracing
+
 # The ledger's vocabulary (ops/LEDGER.md): the same words in the logs and the metrics' labels.
-FIELDS = ("action_id", "reservation_sid", "correlation_id", "run", "outcome", "delay", "auditor")
+FIELDS = ("action_id", "reservation_sid", "correlation_id", "run", "outcome", "delay", "auditor", "trace_id")
 
 
 class JsonFormatter(logging.Formatter):
@@ -39,6 +44,8 @@ class JsonFormatter(logging.Formatter):
             value = record.__dict__.get(name)
             if value is not None:
                 line[name] = value
+        if "trace_id" not in line and (trace_id := tracing.trace_id()) is not None:
+            line["trace_id"] = trace_id  # the span the line was logged in (formatting is synchronous)
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
         elif record.exc_text:
@@ -63,11 +70,34 @@ def use_json(logger: logging.Logger) -> None:
         handler.setFormatter(formatter)
 
 
-def logger_setup(log_format: str) -> Callable[..., None]:
+OURS = "workers"
+TEXT_FORMAT = "[%(asctime)s: %(levelname)s/%(name)s] %(message)s"  # Celery's
+
+
+def logger_setup(log_format: str, log_level: str = "INFO") -> Callable[..., None]:
     """A receiver of Celery's ``after_setup_logger`` and ``after_setup_task_logger`` signals."""
 
-    def on_logger_setup(logger: logging.Logger, **_: Any) -> None:
+    def on_logger_setup(logger: logging.Logger, loglevel: int | str | None = None, **_: Any) -> None:
         if wants_json(log_format):
             use_json(logger)
+        logging.getLogger(OURS).setLevel(min(_level(log_level), _level(loglevel or logging.CRITICAL)))
 
     return on_logger_setup
+
+
+def setup_process(log_format: str, log_level: str = "INFO", stream: Any = None) -> logging.Handler:
+    """Logging for a process that is not a Celery worker: one handler on the root logger, to
+    ``stream`` (stderr), JSON or text as ``log_format`` says, at ``log_level``. Its handler."""
+    handler = logging.StreamHandler(sys.stderr if stream is None else stream)
+    json_lines = wants_json(log_format, handler.stream)
+    handler.setFormatter(JsonFormatter() if json_lines else logging.Formatter(TEXT_FORMAT))
+    root = logging.getLogger()
+    root.handlers = [handler]
+    root.setLevel(log_level)
+    return handler
+
+
+def _level(level: int | str) -> int:
+    return (
+        level if isinstance(level, int) else logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
+    )

@@ -176,7 +176,8 @@ def test_the_default_format_is_a_table_only_in_a_terminal() -> None:
 
 @pytest.mark.acceptance
 def test_audit_api_serves_over_http(db_url: str, seeded: Seeded) -> None:
-    """The real command: uvicorn on a free port, the token from the environment."""
+    """The real command: uvicorn on a free port, the token from the environment; JSON log lines
+    (stderr is no terminal), uvicorn's and the access lines, once each, and request metrics on /metrics."""
     port = free_port()
     command = [str(Path(sys.executable).parent / "reservations"), "audit-api", "--port", str(port)]
     env = {**os.environ, "DATABASE_URL": db_url, "AUDIT_API_TOKEN": "served-token"}
@@ -202,11 +203,32 @@ def test_audit_api_serves_over_http(db_url: str, seeded: Seeded) -> None:
         assert page.status_code == 200
         assert len(page.json()["items"]) == SEEDED_ROWS
         assert "/v1/events" in httpx.get(f"{base}/openapi.json", timeout=5).json()["paths"]
+        assert httpx.get(f"{base}/WR{'0' * 32}/../etc/passwd", timeout=5).status_code == 404
+        metrics = httpx.get(f"{base}/metrics", timeout=5)
+        assert metrics.headers["content-type"].startswith("text/plain")
+        history = "/v1/workspaces/{workspace_sid}/history"
+        total, count = "reservations_http_requests_total", "reservations_http_request_duration_seconds_count"
+        for series in (
+            f'{total}{{api="audit",handler="{history}",method="GET",status="200"}} 1.0',
+            f'{total}{{api="audit",handler="/v1/events",method="GET",status="401"}} 1.0',
+            f'{total}{{api="audit",handler="unmatched",method="GET",status="404"}} 1.0',
+            f'{count}{{api="audit",handler="{history}",method="GET"}} 1.0',
+        ):
+            assert series in metrics.text
+        assert seeded.workspace_sid not in metrics.text  # route templates, never raw paths
+        assert "passwd" not in metrics.text
     finally:
         process.terminate()
         process.wait(10)
+        log = process.stderr.read().decode() if process.stderr is not None else ""
         if process.stderr is not None:
             process.stderr.close()
+    lines = [json.loads(line) for line in log.splitlines() if line.strip()]
+    assert {"uvicorn.error", "workers.audit.access"} <= {line["logger"] for line in lines}, log
+    access = [line for line in lines if line["logger"] == "workers.audit.access"]
+    assert any("/v1/events 401" in line["message"] and line["level"] == "INFO" for line in access)
+    assert len([line for line in access if "/metrics" in line["message"]]) == 1  # one line per request
+    assert "served-token" not in log
 
 
 def test_history_finds_rows_by_a_known_pii_value(db_url: str, writer: Any) -> None:

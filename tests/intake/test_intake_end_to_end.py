@@ -143,6 +143,9 @@ BAD_INPUT: list[tuple[str, bytes, dict[str, Any], str]] = [
     ("not UTF-8", b'{"producer": "\xc3\x28"}', {}, "not_utf8"),
     ("not an object", b'["accept"]', {}, "not_an_object"),
     ("wrong content type", _call(), {"content_type": "text/plain"}, "content_type"),
+    # kombu's "binary" label is accepted for UTF-8 JSON only; other labels are refused.
+    ("UTF-16 labelled binary", _call().decode().encode("utf-16"), {"content_encoding": "binary"}, "not_utf8"),
+    ("compressed label", _call(), {"content_encoding": "gzip"}, "content_encoding"),
     ("no content type", _call(), {"content_type": None}, "content_type"),
     ("over 64 KiB", _call(correlation_id="c" * 66_000), {}, "too_large"),
     ("unknown action", _call(action="transfer"), {}, "unknown_action"),
@@ -188,7 +191,8 @@ def test_bad_input_is_dead_lettered_with_its_reason_and_recorded_and_the_queue_m
 
     (letter,) = wait_for_dead_letters(broker_url, 1)
     # Never the bytes as they came (they may hold secrets): the object masked, else a digest.
-    assert letter.json() == kept_of(raw, properties.get("content_type", "application/json"))
+    content = properties.get("content_type", "application/json"), properties.get("content_encoding")
+    assert letter.json() == kept_of(raw, *content)
     assert PII.encode() not in letter.body
     assert letter.headers[OUTCOME_HEADER] == "rejected_input"
     assert letter.headers[REJECT_CODE_HEADER] == code

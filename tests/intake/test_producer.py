@@ -6,12 +6,14 @@ from __future__ import annotations
 import json
 import pickle
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from click.testing import CliRunner
 
+from tests.intake.messages import example_paths
 from tests.intake.test_intake_end_to_end import addressed
 from tests.intake.wire import channel
 from tests.support.e2e import action_for, wait_for_outcome
@@ -100,21 +102,41 @@ def test_errors_survive_pickling() -> None:
         assert str(pickle.loads(pickle.dumps(error))) == str(error)  # noqa: S301 - our own bytes
 
 
-def test_cli_enqueues_json_lines_from_a_file_and_reports_bad_lines(
-    worker: WorkerProcess, admin: EmulatorAdmin, ledger: LedgerReader, broker_url: str, tmp_path: Path
+def _json_lines(messages: list[dict[str, Any]]) -> str:
+    lines = [json.dumps(messages[0]), "{not json", json.dumps(messages[1]), json.dumps(addressed_bad())]
+    return "\n".join([*lines, json.dumps(messages[2])]) + "\n\n"
+
+
+def _array(messages: list[dict[str, Any]]) -> str:
+    return json.dumps([messages[0], "accept", messages[1], addressed_bad(), messages[2]], indent=2)
+
+
+@pytest.mark.parametrize(
+    ("layout", "said"),
+    [
+        (_json_lines, ("line 2: not JSON", "line 4: invalid action (out_of_range)")),
+        (_array, ("item 2: not a JSON object", "item 4: invalid action (out_of_range)")),
+    ],
+    ids=["json-lines", "json-array"],
+)
+def test_cli_enqueues_a_file_and_reports_bad_entries_where_they_are(
+    layout: Callable[[list[dict[str, Any]]], str],
+    said: tuple[str, str],
+    worker: WorkerProcess,
+    admin: EmulatorAdmin,
+    ledger: LedgerReader,
+    broker_url: str,
+    tmp_path: Path,
 ) -> None:
     messages = [addressed("accept", admin.create_reservation()) for _ in range(3)]
-    lines = [json.dumps(m) for m in messages]
-    lines.insert(1, "{not json")
-    lines.insert(3, json.dumps(addressed_bad()))
-    path = tmp_path / "actions.jsonl"
-    path.write_text("\n".join(lines) + "\n\n")
+    path = tmp_path / "actions"
+    path.write_text(layout(messages))
     result = CliRunner().invoke(
         main, ["enqueue", "--file", str(path), "--broker-url", broker_url, "--no-progress"]
     )
     assert result.exit_code == 1, result.output
-    assert "line 2: not JSON" in result.output
-    assert "line 4: invalid action (out_of_range)" in result.output
+    for words in said:
+        assert words in result.output
     assert "3 published, 2 failed" in result.output
     for message in messages:
         assert wait_for_outcome(ledger, uuid.UUID(message["action_id"])).outcome == "applied"
@@ -145,3 +167,51 @@ def test_cli_dry_run_publishes_nothing_and_usage_errors(broker_url: str) -> None
     assert result.exit_code == 1
     assert "0 valid, 1 failed" in result.output
     assert runner.invoke(main, ["enqueue"]).exit_code == 2
+
+
+def test_cli_enqueues_the_schemas_examples_from_their_own_pretty_printed_files(
+    worker: WorkerProcess, admin: EmulatorAdmin, ledger: LedgerReader, broker_url: str, tmp_path: Path
+) -> None:
+    """Each example file as it is (pretty-printed) passes --dry-run; pointed at a seeded reservation
+    and with a new action_id, but still pretty-printed, it is published and applied."""
+    runner = CliRunner()
+    paths = example_paths()
+    assert len(paths) >= 9
+    for path in paths:
+        result = runner.invoke(
+            main, ["enqueue", "--dry-run", "--file", str(path), "--broker-url", broker_url]
+        )
+        assert result.exit_code == 0, (path.name, result.output)
+        assert "1 valid, 0 failed" in result.output
+    start = {"wrapup": "accepted", "complete": "accepted"}
+    applied: list[str] = []
+    for path in paths:
+        message = addressed(path.stem, admin.create_reservation(status=start.get(path.stem, "pending")))
+        copy = tmp_path / path.name
+        copy.write_text(json.dumps(message, indent=4))
+        result = runner.invoke(
+            main, ["enqueue", "--file", str(copy), "--broker-url", broker_url, "--no-progress"]
+        )
+        assert result.exit_code == 0, (path.name, result.output)
+        applied.append(message["action_id"])
+    for action_id in applied:
+        assert wait_for_outcome(ledger, uuid.UUID(action_id)).outcome == "applied"
+
+
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [
+        (
+            '{\n  "schema": "reservation-action/v1",\n  "action": \n}\n',
+            "file: not JSON: Expecting value at line 4",
+        ),
+        ('[\n  {"a": 1},\n', "file: not JSON"),
+        ("", "0 valid, 0 failed"),
+    ],
+)
+def test_cli_says_once_where_a_broken_file_breaks(text: str, said: str, tmp_path: Path) -> None:
+    path = tmp_path / "broken.json"
+    path.write_text(text)
+    result = CliRunner().invoke(main, ["enqueue", "--dry-run", "--file", str(path)])
+    assert said in result.output
+    assert result.output.count("not JSON") <= 1

@@ -45,7 +45,15 @@ def test_a_valid_message_is_accepted_with_its_action() -> None:
 
 @pytest.mark.parametrize(
     ("content_type", "encoding"),
-    [(JSON, None), (JSON, "utf-8"), ("application/json; charset=utf-8", "UTF-8"), ("Application/JSON", "")],
+    [
+        (JSON, None),
+        (JSON, "utf-8"),
+        ("application/json; charset=utf-8", "UTF-8"),
+        ("Application/JSON", ""),
+        # kombu's label for bytes published with a content type (kombu.messaging.Producer._prepare)
+        (JSON, "binary"),
+        (JSON, " Binary "),
+    ],
 )
 def test_content_type_and_encoding_spellings_that_are_accepted(
     content_type: str, encoding: str | None
@@ -71,6 +79,17 @@ BAD_INPUT: list[tuple[str, bytes, str | None, str | None, RejectCode, str]] = [
         "utf-8",
     ),
     ("compressed", body(CALL), JSON, "gzip", RejectCode.CONTENT_ENCODING, "gzip"),
+    ("another charset's label", body(CALL), JSON, "latin-1", RejectCode.CONTENT_ENCODING, "latin-1"),
+    # The label is only a label: "binary" bytes must still be UTF-8 (json.loads alone reads UTF-16).
+    (
+        "UTF-16 labelled binary",
+        json.dumps(CALL).encode("utf-16"),
+        JSON,
+        "binary",
+        RejectCode.NOT_UTF8,
+        "UTF-8",
+    ),
+    ("a BOM labelled binary", b"\xef\xbb\xbf" + body(CALL), JSON, "binary", RejectCode.INVALID_JSON, "BOM"),
     (
         "over 64 KiB",
         body(fresh(CALL, correlation_id="x" * 70_000)),

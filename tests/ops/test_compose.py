@@ -32,6 +32,7 @@ SERVICES = {
     "events-api",
     "emulator",
     "prometheus",
+    "grafana",
     "rabbitmq-producer-user",
 }
 
@@ -111,7 +112,7 @@ def test_start_order_follows_health(compose: dict[str, Any]) -> None:
 
 def test_named_volumes_keep_the_state(compose: dict[str, Any]) -> None:
     declared = set(compose["volumes"])
-    assert declared == {"postgres-data", "rabbitmq-data", "flower-data", "prometheus-data"}
+    assert declared == {"postgres-data", "rabbitmq-data", "flower-data", "prometheus-data", "grafana-data"}
     used = {
         mount.split(":")[0]
         for service in compose["services"].values()

@@ -16,7 +16,7 @@ from workers.config import Settings
 from workers.core.action import Action, ActionKind
 from workers.errors import ConfigurationError
 from workers.ledger.reader import LedgerReader
-from workers.logs import FIELDS, JsonFormatter, wants_json
+from workers.logs import FIELDS, JsonFormatter, logger_setup, wants_json
 from workers.testing.emulator.admin import EmulatorAdmin
 from workers.testing.emulator.settings import EMULATOR_AUTH_TOKEN
 from workers.testing.processes import WorkerProcess
@@ -106,3 +106,24 @@ def test_json_logs_of_a_real_worker_parse_and_hold_no_pii_or_secrets(
     for line in log.splitlines():
         if "workers.apply" in line:
             json.loads(line)
+
+
+@pytest.mark.parametrize(
+    ("log_level", "celery_level", "ours"),
+    [
+        ("INFO", logging.WARNING, logging.INFO),  # Celery's default: our lines still show
+        ("INFO", logging.DEBUG, logging.DEBUG),  # --loglevel debug lowers ours too
+        ("WARNING", logging.WARNING, logging.WARNING),
+        ("ERROR", None, logging.ERROR),
+    ],
+)
+def test_our_loggers_log_at_log_level_whatever_celerys_default(
+    log_level: str, celery_level: int | None, ours: int
+) -> None:
+    logger = logging.getLogger("workers")
+    before = logger.level
+    try:
+        logger_setup("text", log_level)(logger=logging.getLogger("celery-test"), loglevel=celery_level)
+        assert logger.level == ours
+    finally:
+        logger.setLevel(before)

@@ -18,7 +18,7 @@ from celery import Celery, Task
 from celery.exceptions import Reject
 from cryptography.fernet import MultiFernet
 
-from workers import metrics
+from workers import metrics, tracing
 from workers.apply.applier import ActionApplier, Delivery, Done, Result
 from workers.broker.dead_letters import publish_dead_letter
 from workers.broker.publishing import CONFIRM_TIMEOUT, Publishers, hand_to_apply
@@ -52,7 +52,17 @@ def register(app: Celery) -> None:
 
 
 def apply_action(self: Task, message: dict[str, Any]) -> str:
-    """Apply one reservation action (the v1 wire message) exactly once."""
+    """Apply one reservation action (the v1 wire message) exactly once, in the trace its message
+    carries (``workers.tracing``; nothing when tracing is off)."""
+    carried = {name: getattr(self.request, name, None) for name in tracing.HEADERS}
+    run = self.request.retries + 1
+    with tracing.continued("apply", carried, APPLY_QUEUE_NAME, **_fields(message), run=run) as span:
+        outcome = _apply(self, message)
+        tracing.set_attributes(span, outcome=outcome)
+        return outcome
+
+
+def _apply(self: Task, message: dict[str, Any]) -> str:
     runtime = self.app.runtime
     redelivered = bool((self.request.delivery_info or {}).get("redelivered"))
     run = self.request.retries + 1

@@ -33,7 +33,7 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, create_model
 
-from workers import __version__
+from workers import __version__, api_metrics
 from workers.audit import auth, console, guard, queries
 from workers.audit.params import parse_rfc3339
 from workers.audit.rows import EVENT_FIELDS, action_row, event_row, reservation_row
@@ -286,6 +286,7 @@ def create_app(config: AuditApiConfig, *, ledger: LedgerReader | None = None) ->
     app.state.auditors = known
     guard.install(app)
     console.install(app, get_ledger, config.secure_cookie)
+    api_metrics.instrument(app, "audit")
 
     def v1_get(
         path: str, model: type[BaseModel], tag: str, missing: str | None = None, **more: Any

@@ -39,11 +39,11 @@ from workers.broker.dead_letters import publish_dead_letter
 from workers.broker.sealing import kept_of_refused, raw_body
 from workers.broker.topology import APPLY_TASK_NAME, OUTCOME_HEADER, REJECT_CODE_HEADER
 from workers.core.planner import Outcome
+from workers.core.validation import ACCEPTED_ENCODINGS
 
 logger = logging.getLogger("workers.guard")
 
 JSON = "application/json"
-_ENCODINGS = frozenset({None, "", "utf-8", "utf8"})
 
 
 def refusal(message: Message) -> tuple[str, str] | None:
@@ -52,16 +52,22 @@ def refusal(message: Message) -> tuple[str, str] | None:
     content_type = (message.content_type or "").split(";")[0].strip().lower()
     if content_type != JSON:
         return "content_type", f"content type {_short(message.content_type)} is not {JSON}"
-    if (message.content_encoding or "").lower() not in _ENCODINGS:
-        return "content_encoding", f"content encoding {_short(message.content_encoding)} is not utf-8"
+    if (message.content_encoding or "").strip().lower() not in ACCEPTED_ENCODINGS:
+        return (
+            "content_encoding",
+            f"content encoding {_short(message.content_encoding)} is not utf-8 or binary",
+        )
     headers = message.headers
     if not isinstance(headers, dict) or "task" not in headers:
         return "unknown_message", "not a Celery task message of protocol 2"
     if headers.get("task") != APPLY_TASK_NAME:
         return "unregistered_task", f"task {_short(headers.get('task'))} is not {APPLY_TASK_NAME}"
     try:
-        body = json.loads(raw_body(message))
-    except (ValueError, UnicodeDecodeError):
+        # Strictly UTF-8: json.loads would also read UTF-16 and UTF-32 bytes.
+        body = json.loads(raw_body(message).decode("utf-8"))
+    except UnicodeDecodeError:
+        return "not_utf8", "the body is not UTF-8"
+    except ValueError:
         return "invalid_json", "the body is not JSON"
     shaped = (
         isinstance(body, list)

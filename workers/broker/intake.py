@@ -57,10 +57,12 @@ from cryptography.fernet import MultiFernet
 from kombu.message import Message
 from kombu.messaging import Consumer
 
+from workers import tracing
 from workers.broker.dead_letters import publish_dead_letter
 from workers.broker.publishing import Publishers, hand_to_apply
 from workers.broker.sealing import kept_of_action, kept_of_refused, raw_body
 from workers.broker.topology import (
+    ACTIONS_QUEUE_NAME,
     APPLY_TASK_NAME,
     DELIVERY_COUNT_HEADER,
     DELIVERY_LIMIT,
@@ -193,9 +195,11 @@ class Intake:
         """Settle one message. Nothing escapes: in a pool thread it would leave the message
         neither acknowledged nor requeued."""
         try:
-            if fate is None:
-                fate = decide(raw_body(message), message.content_type, message.content_encoding)
-            self.settle(message, fate)
+            with tracing.continued("intake", message.headers, ACTIONS_QUEUE_NAME) as span:
+                if fate is None:
+                    fate = decide(raw_body(message), message.content_type, message.content_encoding)
+                tracing.set_attributes(span, **_traced(fate))
+                self.settle(message, fate)
         except LedgerPermissionDenied as exc:
             self._deployment_error(exc)
             self._on_loop(partial(_requeue, message))
@@ -259,7 +263,11 @@ class Intake:
                 "intake: action %s accepted%s",
                 fate.action.action_id,
                 _seen_before(arrival),
-                extra={"action_id": str(fate.action.action_id)},
+                extra={
+                    "action_id": str(fate.action.action_id),
+                    "reservation_sid": fate.action.reservation_sid,
+                    "correlation_id": fate.action.correlation_id,
+                },
             )
         else:
             self.ledger.append(RejectedInput(readable(fate.message), fate.text))
@@ -372,6 +380,12 @@ class IntakeStep(bootsteps.ConsumerStep):  # type: ignore[misc]  # celery ships 
 def install(app: Celery) -> None:
     """Run the intake in every worker of ``app``."""
     app.steps["consumer"].add(IntakeStep)
+
+
+def _traced(fate: Fate) -> dict[str, object]:
+    if isinstance(fate, Accepted):
+        return {"action_id": str(fate.action.action_id), "reservation_sid": fate.action.reservation_sid}
+    return {"action_id": fate.action_id, "outcome": Outcome.REJECTED_INPUT.value, "detail": fate.text}
 
 
 def _seen_before(arrival: Arrival) -> str:

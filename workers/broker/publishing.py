@@ -22,6 +22,7 @@ from celery import Celery
 from kombu.messaging import Producer
 from kombu.pools import ProducerPool
 
+from workers import tracing
 from workers.broker.topology import APPLY_TASK_NAME, PUBLISHED_AT_HEADER
 from workers.core.redaction import display_args
 
@@ -90,7 +91,8 @@ def hand_to_apply(
             kwargsrepr="{}",
             delivery_mode=2,
             producer=producer,
-            headers={PUBLISHED_AT_HEADER: time.time()},
+            # The trace goes on to the apply task (workers.tracing: empty when tracing is off).
+            headers={PUBLISHED_AT_HEADER: time.time(), **tracing.headers()},
             confirm_timeout=CONFIRM_TIMEOUT,
             countdown=countdown,
             retries=retries,

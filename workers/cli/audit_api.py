@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ipaddress
-import logging
 import sys
 from pathlib import Path
 
@@ -72,7 +71,7 @@ def audit_api(
 
     from workers.audit.api import AuditApiConfig, create_app
     from workers.errors import ConfigurationError
-    from workers.logs import use_json, wants_json
+    from workers.logs import setup_process
 
     settings = Settings.from_env()
     try:
@@ -101,16 +100,15 @@ def audit_api(
         sys.exit(2)
     if token is None and not named:
         click.echo("warning: serving the audit API WITHOUT authentication (--insecure-local)", err=True)
-    # One access line per request, with the auditor's name: JSON unless on a terminal (LOG_FORMAT).
-    audit_logger = logging.getLogger("workers.audit")
-    audit_logger.setLevel(logging.INFO)
-    audit_logger.addHandler(logging.StreamHandler())
-    if wants_json(settings.log_format):
-        use_json(audit_logger)
+    # One handler for every line (ours, the access line naming the auditor, uvicorn's): JSON unless
+    # on a terminal (LOG_FORMAT), at LOG_LEVEL; set only now that the server runs. The access line
+    # is workers.audit.access's, not uvicorn's; log_config None: uvicorn's own lines go through it.
+    setup_process(settings.log_format, settings.log_level)
     uvicorn.run(
         app,
         host=host,
         port=port,
+        log_config=None,
         log_level="info",
         proxy_headers=False,
         server_header=False,

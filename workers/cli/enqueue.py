@@ -1,38 +1,58 @@
 """``reservations enqueue``: publish actions from the shell, validated, with publisher confirms.
 
-Operators give one action as a JSON argument, or JSON lines from a file (``-`` for stdin). Each
+Operators give one action as a JSON argument, or a file (``-`` for stdin) holding one JSON object
+(pretty-printed or not, like the schema's examples), a JSON array of them, or JSON lines. Each
 action is checked against the v1 schema exactly as the intake will check it, then published to
 the ``reservations`` exchange like any producer's (:class:`workers.broker.producer.Producer`). Invalid
-lines are reported with their line number and skipped; the exit status is 1 if any line was
-invalid or unconfirmed, so a script notices.
+entries are reported with their line (JSON lines) or item number (an array) and skipped; the exit
+status is 1 if any was invalid or unconfirmed, so a script notices.
 """
 
 from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
 from typing import IO, Any
 
 import click
 
 from workers.cli.options import broker_url_option
 
-
-def _lines(stream: IO[str]) -> Iterator[tuple[int, str]]:
-    for number, line in enumerate(stream, start=1):
-        if line.strip():
-            yield number, line
+# One entry of the input: where it is ("line 3", "item 2") and the action, or why it is not one.
+Entry = tuple[str, "dict[str, Any] | ValueError"]
 
 
-def _parse(text: str) -> dict[str, Any]:
+def entries(text: str) -> list[Entry]:
+    """The actions of a file: one JSON document (an object, or an array of objects), else JSON
+    lines. A file that is neither says why once (a pretty-printed object's syntax error is
+    reported where it is, not as a bad line for each of its lines)."""
     try:
-        message = json.loads(text)
+        document = json.loads(text)
+    except json.JSONDecodeError as whole:
+        lines = [(number, line) for number, line in enumerate(text.splitlines(), start=1) if line.strip()]
+        if not lines:
+            return []
+        if isinstance(_parsed(lines[0][1]), ValueError) or text.lstrip().startswith("["):
+            return [
+                ("file", ValueError(f"not JSON: {whole.msg} at line {whole.lineno} column {whole.colno}"))
+            ]
+        return [(f"line {number}", _object(_parsed(line))) for number, line in lines]
+    if isinstance(document, list):
+        return [(f"item {number}", _object(item)) for number, item in enumerate(document, start=1)]
+    return [("line 1", _object(document))]
+
+
+def _parsed(text: str) -> object:
+    try:
+        return json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ValueError(f"not JSON: {exc.msg} at column {exc.colno}") from None
-    if not isinstance(message, dict):
-        raise ValueError("not a JSON object")
-    return message
+        return ValueError(f"not JSON: {exc.msg} at column {exc.colno}")
+
+
+def _object(value: object) -> dict[str, Any] | ValueError:
+    if isinstance(value, ValueError | dict):
+        return value
+    return ValueError("not a JSON object")
 
 
 @click.command()
@@ -42,7 +62,7 @@ def _parse(text: str) -> dict[str, Any]:
     "-f",
     "source",
     type=click.File("r", encoding="utf-8"),
-    help="Read actions as JSON lines from this file ('-' for stdin).",
+    help="Read actions from this file ('-' for stdin): one JSON object, a JSON array of them, or JSON lines.",
 )
 @broker_url_option("RabbitMQ.")
 @click.option("--dry-run", is_flag=True, help="Validate only; publish nothing.")
@@ -59,6 +79,7 @@ def enqueue(
     \b
     reservations enqueue '{"schema": "reservation-action/v1", "action": "accept", ...}'
     reservations enqueue --file actions.jsonl
+    reservations enqueue --file schemas/examples/reservation-action.v1/accept.json
     producer-job | reservations enqueue --file -
     """
     from rich.console import Console
@@ -67,9 +88,11 @@ def enqueue(
     from workers.broker.producer import InvalidAction, Producer, PublishError, encode
 
     if (message is None) == (source is None):
-        raise click.UsageError("give one action as an argument, or --file (JSON lines; '-' for stdin)")
+        raise click.UsageError(
+            "give one action as an argument, or --file (a JSON object, array or JSON lines; '-' for stdin)"
+        )
     errors = Console(stderr=True)
-    entries: list[tuple[int, str]] = [(1, message)] if message is not None else list(_lines(source))  # type: ignore[arg-type]
+    actions = [("argument", _object(_parsed(message)))] if message is not None else entries(source.read())  # type: ignore[union-attr]
     show = errors.is_terminal if progress is None else progress
     published = failed = 0
     with (
@@ -78,10 +101,11 @@ def enqueue(
             TextColumn("enqueue"), BarColumn(), MofNCompleteColumn(), console=errors, disable=not show
         ) as bar,
     ):
-        task = bar.add_task("enqueue", total=len(entries))
-        for number, text in entries:
+        task = bar.add_task("enqueue", total=len(actions))
+        for where, action in actions:
             try:
-                action = _parse(text)
+                if isinstance(action, ValueError):
+                    raise action
                 if dry_run:
                     encode(action)
                 else:
@@ -89,7 +113,7 @@ def enqueue(
                 published += 1
             except (ValueError, InvalidAction, PublishError) as exc:
                 failed += 1
-                errors.print(f"line {number}: {exc}", markup=False, highlight=False)
+                errors.print(f"{where}: {exc}", markup=False, highlight=False)
                 if isinstance(exc, PublishError) and "NOT_FOUND" in str(exc):
                     break  # the exchange is missing: every other line would fail the same way
             bar.advance(task)

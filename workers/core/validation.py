@@ -30,7 +30,9 @@ from workers.core.parameters import BY_KEYWORD, Kind
 from workers.core.schema import MAX_BODY_BYTES, SCHEMA_FILE_NAME, SCHEMAS_DIR, build_schema
 
 JSON_CONTENT_TYPE = "application/json"
-_ACCEPTED_ENCODINGS = frozenset({"", "utf-8", "utf8"})
+# The labels a UTF-8 JSON body may carry: none, utf-8, or kombu's "binary" (what kombu sets when it
+# is handed bytes with a content type). The label is only a label: the bytes must be UTF-8 anyway.
+ACCEPTED_ENCODINGS = frozenset({"", "utf-8", "utf8", "binary"})
 MAX_REASONS = 5
 
 
@@ -221,10 +223,10 @@ def _content_problem(content_type: str | None, content_encoding: str | None) -> 
         key, _, value = parameter.partition("=")
         if key.strip() == "charset" and value.strip().strip('"') not in ("utf-8", "utf8"):
             return Rejected(RejectCode.CONTENT_TYPE, "charset must be utf-8")
-    if (content_encoding or "").strip().lower() not in _ACCEPTED_ENCODINGS:
+    if (content_encoding or "").strip().lower() not in ACCEPTED_ENCODINGS:
         return Rejected(
             RejectCode.CONTENT_ENCODING,
-            f"content encoding {_name(content_encoding or '')}: expected none or utf-8",
+            f"content encoding {_name(content_encoding or '')}: expected none, utf-8 or binary",
         )
     return None
 

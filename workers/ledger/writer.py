@@ -19,7 +19,7 @@ from typing import Any, overload
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from workers import metrics
+from workers import metrics, tracing
 from workers.core.action import Action
 from workers.core.redaction import IDENTITY_FIELDS, pii_digest, redact_params
 from workers.core.sids import is_sid
@@ -184,9 +184,19 @@ class PostgresLedgerWriter(Pooled):
         return {**_columns(event), "outcome": outcome, "source": source, **self._who()}
 
     def _one(self, query: str, params: Mapping[str, Any]) -> dict[str, Any]:
+        """Run one write; a row that names no trace gets the current one's (workers.tracing: when
+        tracing is on, the trace of the intake or the apply task that writes it)."""
+        if "trace_id" in params and params["trace_id"] is None and tracing.enabled():
+            params = {**params, "trace_id": tracing.trace_id()}
         started = time.perf_counter()
         try:
-            with self._connector.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            with (
+                tracing.client(
+                    f"ledger {query}", {"db.system.name": "postgresql", "db.operation.name": query}
+                ),
+                self._connector.connection() as conn,
+                conn.cursor(row_factory=dict_row) as cur,
+            ):
                 cur.execute(QUERIES[query], params)
                 row = cur.fetchone()
         finally:

@@ -28,6 +28,8 @@ from requests.utils import get_environ_proxies
 from twilio.http import HttpClient
 from twilio.http.response import Response
 
+from workers import tracing
+
 if TYPE_CHECKING:
     from workers.taskrouter.governor import Governor
 
@@ -102,11 +104,28 @@ class Urllib3HttpClient(HttpClient):  # type: ignore[misc]  # twilio ships no ty
         options: dict[str, Any] = {}
         if timeout is not None:  # urllib3 reads an explicit None as "wait forever"
             options["timeout"] = urllib3.Timeout(connect=timeout, read=timeout)
+        # An HTTP client span (OpenTelemetry's conventions; the URL holds SIDs, never credentials),
+        # whose context TaskRouter receives as traceparent, once the governor gave a slot. Nothing
+        # when tracing is off.
+        parts = urlsplit(url)
         governor = self._governor
-        with governor.slot() if governor is not None else contextlib.nullcontext():
+        with (
+            governor.slot() if governor is not None else contextlib.nullcontext(),
+            tracing.client(
+                method.upper(),
+                {
+                    "http.request.method": method.upper(),
+                    "url.full": f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}",
+                    "server.address": parts.hostname,
+                    "server.port": parts.port,
+                },
+            ) as span,
+        ):
+            sent_headers.update(tracing.headers())
             answer = self._pool.request(
                 method.upper(), url, body=body, headers=sent_headers, redirect=allow_redirects, **options
             )
+            tracing.set_attributes(span, **{"http.response.status_code": answer.status})
         response = Response(answer.status, answer.data.decode("utf-8", "replace"), dict(answer.headers))
         if self.logger.isEnabledFor(logging.INFO):
             self.log_response(answer.status, response)

@@ -81,6 +81,7 @@ class UpdateInfo:
     landed_version: int | None
     from_status: str | None
     to_status: str | None
+    traceparent: str | None = None
 
     @property
     def answer_lost(self) -> bool:

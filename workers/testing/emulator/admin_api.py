@@ -18,7 +18,7 @@ it cannot seed, change, break or reset the emulator. ops/EMULATOR.md documents e
   cancel|rescind|touch, "worker_activity_sid"?}``: another agent or TaskRouter itself acts
 - ``GET  /_emulator/transitions?reservation_sid=&since=``: the transition log
 - ``GET  /_emulator/updates?reservation_sid=&since=``: the update log (every update request, its
-  parameters, the faults that struck it, its answer and whether it landed)
+  parameters, its traceparent, the faults that struck it, its answer and whether it landed)
 - ``GET  /_emulator/counters?reservation_sid=``; ``POST /_emulator/counters/reset``
 - ``GET|POST|DELETE /_emulator/faults``, ``DELETE /_emulator/faults/{id}``
 - ``GET|PUT /_emulator/concurrency`` ``{"limit": N|null, "retry_after": s|null}``: the account's
@@ -407,7 +407,7 @@ def transition_view(entry: Transition) -> dict[str, object]:
 def update_view(entry: UpdateEntry) -> dict[str, object]:
     return {
         **_pick(entry, "sequence", "at", "reservation_sid", "request_id", "scope", "params", "if_match"),
-        **_pick(entry, "answer", "landed_version", "from_status", "to_status"),
+        **_pick(entry, "answer", "landed_version", "from_status", "to_status", "traceparent"),
         "faults": list(entry.faults),
         "landed": entry.landed,
     }

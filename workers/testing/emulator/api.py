@@ -182,6 +182,7 @@ class TwilioApi:
         request_id, sid = new_request_id(), request.match_info["sid"]
         early, plan = await self._admit(request, Operation.UPDATE, sid, request_id)
         log = _UpdateNote(sid, request_id, str(scope), request.headers.get("If-Match"), plan)
+        log.traceparent = request.headers.get("traceparent")
         if early is not None:
             dropped = plan is not None and plan.failure is FaultKind.DROP
             return self._noted(log, early, DROPPED_ANSWER if dropped else early.status)
@@ -238,6 +239,7 @@ class TwilioApi:
             landed_version=None if landed is None else landed[0],
             from_status=note.from_status if landed is not None else None,
             to_status=None if landed is None else landed[1],
+            traceparent=note.traceparent,
         )
         return response
 
@@ -345,7 +347,17 @@ class TwilioApi:
 class _UpdateNote:
     """What the update log will say about one update request, filled in as it goes."""
 
-    __slots__ = ("from_status", "if_match", "landed", "params", "plan", "request_id", "scope", "sid")
+    __slots__ = (
+        "from_status",
+        "if_match",
+        "landed",
+        "params",
+        "plan",
+        "request_id",
+        "scope",
+        "sid",
+        "traceparent",
+    )
 
     def __init__(
         self, sid: str, request_id: str, scope: str, if_match: str | None, plan: Plan | None
@@ -360,6 +372,7 @@ class _UpdateNote:
         self.params: dict[str, object] | None = None
         self.landed: tuple[int, str] | None = None
         self.from_status: str | None = None
+        self.traceparent: str | None = None
 
 
 def _base_url(request: web.Request) -> str:

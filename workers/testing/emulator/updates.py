@@ -35,6 +35,8 @@ class UpdateEntry:
     landed_version: int | None  # the version the update produced, when it landed
     from_status: str | None
     to_status: str | None
+    # The W3C trace context the request carried (its ``traceparent`` header), if any.
+    traceparent: str | None = None
 
     @property
     def landed(self) -> bool:
@@ -66,6 +68,7 @@ class UpdateLog:
         landed_version: int | None = None,
         from_status: str | None = None,
         to_status: str | None = None,
+        traceparent: str | None = None,
     ) -> None:
         with self._lock:
             self._entries.append(
@@ -82,6 +85,7 @@ class UpdateLog:
                     landed_version,
                     from_status,
                     to_status,
+                    traceparent,
                 )
             )
 
