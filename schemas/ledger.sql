@@ -106,6 +106,7 @@ CREATE INDEX events_action ON ledger.events (action_id, tx_id, position) WHERE a
 CREATE INDEX events_correlation ON ledger.events (correlation_id, tx_id, position)
     WHERE correlation_id IS NOT NULL;
 -- recorded_at grows with position (the database clock at insert), so a BRIN index is enough.
+CREATE INDEX events_outcome ON ledger.events (outcome, tx_id, position) WHERE outcome IS NOT NULL;
 CREATE INDEX events_recorded_at ON ledger.events USING brin (recorded_at);
 CREATE INDEX events_params ON ledger.events USING gin (params jsonb_path_ops) WHERE params IS NOT NULL;
 

@@ -26,13 +26,14 @@ def big_reader(db_url: str) -> Iterator[LedgerReader]:
             INSERT INTO ledger.events (
                 kind, action_id, reservation_sid, workspace_sid, task_sid, worker_sid, from_status,
                 to_status, etag_before, etag_after, attempt, http_status, correlation_id, worker_host,
-                worker_pid
+                worker_pid, outcome
             )
             SELECT (ARRAY['received', 'attempt', 'transition', 'outcome'])[1 + g %% 4],
                    md5(g::text)::uuid,
                    'WR' || lpad(to_hex(g / 10), 32, '0'), 'WS' || lpad(to_hex(g %% 3), 32, '0'),
                    'WT' || lpad(to_hex(g / 10), 32, '0'), 'WK' || lpad(to_hex(g %% 500), 32, '0'),
-                   'pending', 'accepted', 'e' || g, 'e' || (g + 1), 1, 200, 'c' || (g / 10), 'plan', 1
+                   'pending', 'accepted', 'e' || g, 'e' || (g + 1), 1, 200, 'c' || (g / 10), 'plan', 1,
+                   CASE WHEN g %% 4 = 3 THEN (CASE WHEN g %% 400 = 3 THEN 'failed' ELSE 'applied' END) END
               FROM generate_series(1, %(rows)s) AS g
             """,
             {"rows": ROWS},
@@ -65,6 +66,7 @@ def scans(plan: dict[str, Any]) -> set[str]:
         ({"action_id": uuid.UUID("c4ca4238-a0b9-2382-0dcc-509a6f75849b")}, "events_action"),
         ({"correlation_id": "c1000"}, "events_correlation"),
         ({"reservation_sid": "WR" + "0" * 29 + "3e8", "kind": "transition"}, "events_reservation"),
+        ({"outcome": "failed"}, "events_outcome"),
     ],
 )
 def test_history_of_one_thing_uses_its_index(
