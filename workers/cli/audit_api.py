@@ -67,11 +67,9 @@ def audit_api(
     comes from a background `ledger verify` every AUDIT_VERIFY_INTERVAL seconds (default 3600;
     0: never).
     """
-    import uvicorn
-
     from workers.audit.api import AuditApiConfig, create_app
+    from workers.cli.serving import serve
     from workers.errors import ConfigurationError
-    from workers.logs import setup_process
 
     settings = Settings.from_env()
     try:
@@ -100,20 +98,7 @@ def audit_api(
         sys.exit(2)
     if token is None and not named:
         click.echo("warning: serving the audit API WITHOUT authentication (--insecure-local)", err=True)
-    # One handler for every line (ours, the access line naming the auditor, uvicorn's): JSON unless
-    # on a terminal (LOG_FORMAT), at LOG_LEVEL; set only now that the server runs. The access line
-    # is workers.audit.access's, not uvicorn's; log_config None: uvicorn's own lines go through it.
-    setup_process(settings.log_format, settings.log_level)
-    uvicorn.run(
-        app,
-        host=host,
-        port=port,
-        log_config=None,
-        log_level="info",
-        proxy_headers=False,
-        server_header=False,
-        access_log=False,
-    )
+    serve(app, host, port, settings)
 
 
 def named_auditors(settings: Settings) -> tuple[Auditor, ...]:

@@ -45,11 +45,9 @@ def events_api(host: str, port: int, database_url: str, public_url: str | None, 
     answered 204 once its events are committed. Point a Workspace's EventCallbackUrl at
     <public-url>/taskrouter/events (ops/RUNBOOK.md, "TaskRouter events").
     """
-    import uvicorn
-
+    from workers.cli.serving import serve
     from workers.errors import ConfigurationError
     from workers.events.api import EventsApiConfig, create_app
-    from workers.logs import setup_process
 
     try:
         settings = Settings.from_env()
@@ -71,16 +69,4 @@ def events_api(host: str, port: int, database_url: str, public_url: str | None, 
     except ConfigurationError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
-    # The same JSON (or text) lines as every other process, at LOG_LEVEL; log_config None: uvicorn's
-    # own lines go through that handler too. No access lines: a callback's URL is all they would add.
-    setup_process(settings.log_format, settings.log_level)
-    uvicorn.run(
-        app,
-        host=host,
-        port=port,
-        log_config=None,
-        log_level="info",
-        proxy_headers=False,
-        server_header=False,
-        access_log=False,
-    )
+    serve(app, host, port, settings)
