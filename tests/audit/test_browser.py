@@ -13,23 +13,19 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpx
 import pytest
 
+from tests.support.commands import ServedCommand, served_command
 from tests.support.e2e import action_for, wait_for_outcome
 from tests.support.services import unavailable
 from workers.core.action import ActionKind
 from workers.ledger.reader import LedgerReader
 from workers.testing.emulator.admin import EmulatorAdmin
-from workers.testing.emulator.process import free_port
 from workers.testing.processes import WorkerProcess
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -76,10 +72,8 @@ def story(celery_app: Any, worker: WorkerProcess, emulator: Any, ledger: LedgerR
 
 
 @pytest.fixture(scope="module")
-def served(db_url: str, story: dict[str, Any]) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+def served(db_url: str, story: dict[str, Any]) -> Iterator[ServedCommand]:
     """The real command on a free port, with a named auditor and JSON logs."""
-    port = free_port()
-    command = [str(Path(sys.executable).parent / "reservations"), "audit-api", "--port", str(port)]
     env = {
         **os.environ,
         "DATABASE_URL": db_url,
@@ -88,32 +82,15 @@ def served(db_url: str, story: dict[str, Any]) -> Iterator[tuple[str, subprocess
         "AUDIT_VERIFY_INTERVAL": "0",
         "LOG_FORMAT": "json",
     }
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            assert process.poll() is None, process.stderr.read() if process.stderr else ""
-            try:
-                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the audit API did not become ready"
-            time.sleep(0.1)
-        yield base, process
-    finally:
-        process.terminate()
-        process.wait(10)
-        if process.stderr is not None:
-            process.stderr.close()
+    with served_command("audit-api", env, "/readyz", timeout=30) as served:
+        yield served
 
 
 def test_an_auditor_follows_a_reservations_story_in_a_browser(
-    served: tuple[str, subprocess.Popen[bytes]], story: dict[str, Any], tmp_path: Path, admin: EmulatorAdmin
+    served: ServedCommand, story: dict[str, Any], tmp_path: Path, admin: EmulatorAdmin
 ) -> None:
     sync_api = _need_chromium()
-    base, process = served
+    base = served.base
     host = urlsplit(base).netloc
     requested: list[str] = []
     violations: list[str] = []
@@ -194,10 +171,7 @@ def test_an_auditor_follows_a_reservations_story_in_a_browser(
     if wanted:
         shutil.copyfile(shot, wanted)
     # Every request was logged as one JSON line with the auditor's name, and never the token.
-    process.terminate()
-    process.wait(10)
-    assert process.stderr is not None
-    lines = [json.loads(line) for line in process.stderr.read().decode().splitlines() if line.startswith("{")]
+    lines = [json.loads(line) for line in served.stop().splitlines() if line.startswith("{")]
     access = [line for line in lines if line.get("logger") == "workers.audit.access"]
     assert {line.get("auditor") for line in access if "/ui/reservations/" in line["message"]} == {"alice"}
     assert not any(ALICE_TOKEN in json.dumps(line) for line in lines)

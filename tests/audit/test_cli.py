@@ -6,11 +6,8 @@ import csv
 import io
 import json
 import os
-import subprocess
-import sys
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -18,6 +15,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from tests.audit.conftest import SEEDED_ROWS, Seeded
+from tests.support.commands import served_command
 from workers.audit.rows import EVENT_FIELDS
 from workers.cli import main
 from workers.cli.audit_api import is_loopback
@@ -26,7 +24,6 @@ from workers.core.sids import new_sid
 from workers.ledger.events import Transition
 from workers.ledger.models import Source
 from workers.ledger.writer import PostgresLedgerWriter
-from workers.testing.emulator.process import free_port
 
 
 def run(db_url: str, *args: str, env: dict[str, str] | None = None) -> Result:
@@ -178,22 +175,9 @@ def test_the_default_format_is_a_table_only_in_a_terminal() -> None:
 def test_audit_api_serves_over_http(db_url: str, seeded: Seeded) -> None:
     """The real command: uvicorn on a free port, the token from the environment; JSON log lines
     (stderr is no terminal), uvicorn's and the access lines, once each, and request metrics on /metrics."""
-    port = free_port()
-    command = [str(Path(sys.executable).parent / "reservations"), "audit-api", "--port", str(port)]
     env = {**os.environ, "DATABASE_URL": db_url, "AUDIT_API_TOKEN": "served-token"}
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 20
-        while True:
-            assert process.poll() is None, process.stderr.read() if process.stderr else ""
-            try:
-                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the API did not become ready"
-            time.sleep(0.1)
+    with served_command("audit-api", env, "/readyz") as served:
+        base = served.base
         assert httpx.get(f"{base}/v1/events", timeout=5).status_code == 401
         page = httpx.get(
             f"{base}/v1/workspaces/{seeded.workspace_sid}/history",
@@ -217,12 +201,7 @@ def test_audit_api_serves_over_http(db_url: str, seeded: Seeded) -> None:
             assert series in metrics.text
         assert seeded.workspace_sid not in metrics.text  # route templates, never raw paths
         assert "passwd" not in metrics.text
-    finally:
-        process.terminate()
-        process.wait(10)
-        log = process.stderr.read().decode() if process.stderr is not None else ""
-        if process.stderr is not None:
-            process.stderr.close()
+    log = served.log
     lines = [json.loads(line) for line in log.splitlines() if line.strip()]
     assert {"uvicorn.error", "workers.audit.access"} <= {line["logger"] for line in lines}, log
     access = [line for line in lines if line["logger"] == "workers.audit.access"]

@@ -4,17 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import httpx
 import pytest
 from click.testing import CliRunner
 
+from tests.support.commands import served_command
 from workers.cli import main
-from workers.testing.emulator.process import free_port
 
 
 @pytest.mark.parametrize(
@@ -72,8 +68,6 @@ def test_reconcile_needs_taskrouter_credentials() -> None:
 def test_the_events_api_logs_json_lines_like_every_process(db_url: str) -> None:
     """The real command, stderr no terminal: uvicorn's lines and ours are JSON, and a forged
     callback is refused (403) without its token or body reaching the log."""
-    port = free_port()
-    command = [str(Path(sys.executable).parent / "reservations"), "events-api", "--port", str(port)]
     env = {
         **os.environ,
         "DATABASE_URL": db_url,
@@ -81,19 +75,8 @@ def test_the_events_api_logs_json_lines_like_every_process(db_url: str) -> None:
         "EVENTS_AUTH_TOKEN": "events-token-not-for-logs",
         "LOG_FORMAT": "auto",
     }
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 20
-        while True:
-            assert process.poll() is None, process.stderr.read() if process.stderr else ""
-            try:
-                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the events API did not start"
-            time.sleep(0.1)
+    with served_command("events-api", env, "/healthz") as served:
+        base = served.base
         forged = httpx.post(
             f"{base}/taskrouter/events",
             data={"EventType": "reservation.accepted", "ResourceSid": "WR" + "0" * 32},
@@ -101,12 +84,7 @@ def test_the_events_api_logs_json_lines_like_every_process(db_url: str) -> None:
             timeout=5,
         )
         assert forged.status_code == 403
-    finally:
-        process.terminate()
-        process.wait(10)
-        log = process.stderr.read().decode() if process.stderr is not None else ""
-        if process.stderr is not None:
-            process.stderr.close()
+    log = served.log
     lines = [json.loads(line) for line in log.splitlines() if line.strip()]
     assert "uvicorn.error" in {line["logger"] for line in lines}, log
     assert "events-token-not-for-logs" not in log
