@@ -15,14 +15,12 @@ first accepted event of this reservation": rate 1, limit 1).
 from __future__ import annotations
 
 import enum
-import itertools
 import random
-import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from workers.errors import InvalidParameter
-from workers.testing.emulator.faults import _number, _strings
+from workers.testing.emulator.faults import FaultSet, _number, _strings
 
 CHANNELS = ("callback", "stream")
 DEFAULT_HOLD_MS = 5000.0
@@ -88,33 +86,11 @@ class DeliveryPlan:
 NO_FAULTS = DeliveryPlan()
 
 
-class CallbackFaults:
+class CallbackFaults(FaultSet[CallbackFault]):
     """The active delivery faults, in the order they were added."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._ids = itertools.count(1)
-        self._faults: tuple[CallbackFault, ...] = ()
-
-    def add(self, spec: Mapping[str, object]) -> CallbackFault:
-        fault = _fault_from_spec(f"CF{next(self._ids)}", spec)
-        with self._lock:
-            self._faults = (*self._faults, fault)
-        return fault
-
-    def remove(self, fault_id: str) -> bool:
-        with self._lock:
-            kept = tuple(fault for fault in self._faults if fault.id != fault_id)
-            removed = len(kept) != len(self._faults)
-            self._faults = kept
-        return removed
-
-    def clear(self) -> None:
-        with self._lock:
-            self._faults = ()
-
-    def describe(self) -> list[dict[str, object]]:
-        return [fault.describe() for fault in self._faults]
+        super().__init__("CF", _fault_from_spec)
 
     def plan(self, channel: str, event_type: str, reservation_sid: str) -> DeliveryPlan:
         """Decide one delivery's faults (called once per delivery, in delivery order)."""

@@ -12,8 +12,9 @@ import enum
 import itertools
 import random
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Generic, Protocol, TypeVar
 
 from workers.errors import InvalidParameter
 from workers.testing.emulator.counters import OPERATIONS
@@ -90,18 +91,32 @@ class Plan:
     fired: tuple[str, ...] = ()
 
 
-class FaultInjector:
-    """The active faults, in the order they were added."""
+class _Listed(Protocol):
+    """What a fault set needs of its faults: an id, and a JSON description."""
 
-    def __init__(self) -> None:
+    id: str
+
+    def describe(self) -> dict[str, object]: ...
+
+
+F = TypeVar("F", bound=_Listed)
+
+
+class FaultSet(Generic[F]):
+    """Active faults of one kind, in the order they were added (the TaskRouter API's, the
+    callbacks'): ids ``PREFIX1``, ``PREFIX2``, ... from ``parse(id, spec)``."""
+
+    def __init__(self, prefix: str, parse: Callable[[str, Mapping[str, object]], F]) -> None:
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
+        self._prefix = prefix
+        self._parse = parse
         # Replaced, never mutated, so ``plan`` can iterate without the lock.
-        self._faults: tuple[Fault, ...] = ()
+        self._faults: tuple[F, ...] = ()
 
-    def add(self, spec: Mapping[str, object]) -> Fault:
+    def add(self, spec: Mapping[str, object]) -> F:
         """Add a fault from its JSON description; raises :class:`InvalidParameter` when it is wrong."""
-        fault = _fault_from_spec(f"FT{next(self._ids)}", spec)
+        fault = self._parse(f"{self._prefix}{next(self._ids)}", spec)
         with self._lock:
             self._faults = (*self._faults, fault)
         return fault
@@ -119,6 +134,13 @@ class FaultInjector:
 
     def describe(self) -> list[dict[str, object]]:
         return [fault.describe() for fault in self._faults]
+
+
+class FaultInjector(FaultSet[Fault]):
+    """The TaskRouter API's active faults."""
+
+    def __init__(self) -> None:
+        super().__init__("FT", _fault_from_spec)
 
     def plan(self, operation: str, sid: str | None) -> Plan | None:
         """Decide this request's faults, or None when none applies (the common, fast case)."""
