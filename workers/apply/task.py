@@ -19,7 +19,7 @@ from celery.exceptions import Reject
 from cryptography.fernet import MultiFernet
 
 from workers import metrics, tracing
-from workers.apply.applier import ActionApplier, Delivery, Done, Result
+from workers.apply.applier import ActionApplier, Delivery, Done, Result, RetryLater
 from workers.broker.dead_letters import publish_dead_letter
 from workers.broker.publishing import CONFIRM_TIMEOUT, Publishers, hand_to_apply
 from workers.broker.sealing import kept_of_action, kept_of_refused
@@ -81,20 +81,25 @@ def _apply(self: Task, message: dict[str, Any]) -> str:
         _stop_taking_work(self, exc)
         raise Reject(exc, requeue=True) from exc
     if not isinstance(result, Done):
-        logger.info(
-            "action %s: retry in %s s (%s)",
-            message.get("action_id"),
-            whole_seconds(result.delay),
-            result.reason,
-            extra={**_fields(message), "run": run, "delay": result.delay},
-        )
-        metrics.RETRIES.inc()
+        _count_retry(message, result, run)
         _retry(self, runtime.publishers, message, result.delay)
     if result.keeps_message:
         _dead_letter(runtime.publishers, message, result, runtime.dead_letter_keys)
     _log(message, result.outcome.value, result.reason, run=run)
     metrics.outcome(result.outcome.value, run)
     return result.outcome.value
+
+
+def _count_retry(message: dict[str, Any], result: RetryLater, run: int) -> None:
+    """The log line and the metric of a run to try again later."""
+    logger.info(
+        "action %s: retry in %s s (%s)",
+        message.get("action_id"),
+        whole_seconds(result.delay),
+        result.reason,
+        extra={**_fields(message), "run": run, "delay": result.delay},
+    )
+    metrics.RETRIES.inc()
 
 
 class ArrivalApply:
@@ -118,14 +123,7 @@ class ArrivalApply:
         message = accepted.message
         result = self._applier().apply_valid(accepted.action, Delivery(0, redelivered))
         if not isinstance(result, Done):
-            logger.info(
-                "action %s: retry in %s s (%s)",
-                message.get("action_id"),
-                whole_seconds(result.delay),
-                result.reason,
-                extra={**_fields(message), "run": 1, "delay": result.delay},
-            )
-            metrics.RETRIES.inc()
+            _count_retry(message, result, 1)
             hand_to_apply(self.publishers, message, countdown=whole_seconds(result.delay), retries=1)
             return None
         # A producer's copy of a settled action finds its dead letter sent; a redelivery (we died
