@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Iterator
 from urllib.parse import urlsplit
 
 import pytest
@@ -180,3 +181,28 @@ def test_event_streams_with_basic_auth(
     with TestClient(app) as api:
         assert post_stream(api, body, signed_url, signature, **headers) == status
     assert len(transitions(reader, sid)) == (1 if status == 204 else 0)
+
+
+@pytest.mark.parametrize("path", [CALLBACK_PATH, STREAMS_PATH])
+@pytest.mark.parametrize("chunked", [False, True], ids=["declared", "streamed"])
+def test_a_delivery_over_the_size_limit_gets_413_and_records_nothing(
+    api: TestClient, reader: LedgerReader, path: str, chunked: bool
+) -> None:
+    """Hostile sizes: refused whether the sender declares its length or streams it in chunks."""
+    from workers.events.api import MAX_BODY
+
+    sid = new_sid("WR")
+    form = "&".join(f"{k}={v}" for k, v in callback_form(sid).items()).encode()
+    body = form + b"&Padding=" + b"x" * MAX_BODY
+
+    def chunks() -> Iterator[bytes]:
+        for start in range(0, len(body), 65536):
+            yield body[start : start + 65536]
+
+    answer = api.post(
+        path,
+        content=chunks() if chunked else body,
+        headers={"Content-Type": "application/x-www-form-urlencoded", "X-Twilio-Signature": "x"},
+    )
+    assert answer.status_code == 413
+    assert transitions(reader, sid) == []

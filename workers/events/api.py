@@ -171,8 +171,8 @@ def create_app(config: EventsApiConfig, *, committer: GroupCommitter | None = No
     async def callback(request: Request) -> Response:
         """A Workspace's Event Callback (``application/x-www-form-urlencoded``, signed with the
         account's auth token; read with the standard library's ``parse_qsl``)."""
-        raw = await request.body()
-        if len(raw) > MAX_BODY:
+        raw = await _bounded_body(request)
+        if raw is None:
             return _problem(413, "too_large", f"a delivery is at most {MAX_BODY} bytes")
         try:
             pairs = parse_qsl(raw.decode("utf-8"), keep_blank_values=True)
@@ -198,8 +198,8 @@ def create_app(config: EventsApiConfig, *, committer: GroupCommitter | None = No
     @app.post(STREAMS_PATH, status_code=204, tags=["events"])
     async def event_streams(request: Request) -> Response:
         """An Event Streams webhook sink's delivery: a JSON array of CloudEvents."""
-        raw = await request.body()
-        if len(raw) > MAX_BODY:
+        raw = await _bounded_body(request)
+        if raw is None:
             return _problem(413, "too_large", f"a delivery is at most {MAX_BODY} bytes")
         if "basic" in config.streams_auth and not _basic_ok(request.headers.get("Authorization"), basic):
             return refused(
@@ -259,3 +259,19 @@ def _basic_ok(header: str | None, expected: bytes | None) -> bool:
     except (binascii.Error, ValueError):
         return False
     return hmac.compare_digest(given, expected)
+
+
+async def _bounded_body(request: Request) -> bytes | None:
+    """The body, or None once it passes MAX_BODY: read as it streams in, so that a hostile sender
+    never makes us hold more than that (a declared Content-Length over it is refused unread)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
