@@ -302,3 +302,19 @@ SELECT checkpoint_id, taken_at, chains, max_position
   FROM ledger.checkpoints
  ORDER BY checkpoint_id DESC
  LIMIT 1;
+
+-- name: create_events_partitions
+-- Make the monthly partitions of ledger.events that are missing, from this month to ahead months
+-- after it, each of months month(s) (owner only); returns the ones made.
+SELECT partition_name FROM ledger.create_events_partitions(%(ahead)s, %(months)s) AS partition_name;
+
+-- name: events_partitions
+-- Each partition of ledger.events with its range (the DEFAULT partition has none) and its rows'
+-- presence, in time order.
+SELECT c.relname AS partition_name, b.lower, b.upper,
+       EXISTS (SELECT FROM ledger.events e WHERE e.tableoid = c.oid) AS has_rows
+  FROM pg_inherits i
+  JOIN pg_class c ON c.oid = i.inhrelid
+  LEFT JOIN ledger.events_partition_bounds() b ON b.partition_name = c.relname
+ WHERE i.inhparent = 'ledger.events'::regclass
+ ORDER BY b.lower NULLS LAST;
