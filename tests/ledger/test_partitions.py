@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import uuid
 from datetime import UTC, datetime
 from typing import Any
 
@@ -11,10 +12,11 @@ import pytest
 from click.testing import CliRunner
 
 from tests.audit.test_plans import nodes
-from tests.ledger.conftest import accept_applied, make_action, open_reader, superuser
+from tests.ledger.conftest import accept_applied, make_action, open_reader, open_writer, superuser
 from workers.cli import main
 from workers.errors import AppendOnlyViolation, LedgerPermissionDenied
-from workers.ledger.connector import Connector, connect
+from workers.ledger.connector import Connector, connect, drop_database, ensure_database, with_database
+from workers.ledger.migrations import known_migrations, migrate
 from workers.ledger.models import Role
 from workers.ledger.partitions import ensure_partitions, list_partitions
 from workers.ledger.verify import verify
@@ -32,6 +34,7 @@ def shift(when: datetime, months: int) -> datetime:
 
 THIS_MONTH = month_name(datetime.now(UTC))
 NEXT_MONTH = month_name(shift(datetime.now(UTC), 1))
+NEXT_MONTH_3 = month_name(shift(datetime.now(UTC), 3))
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -200,3 +203,66 @@ def test_migrate_makes_partitions_ahead_too(fresh_db_url: str) -> None:
 def test_the_owner_is_refused_a_direct_change_of_a_partition_with_the_projects_error(db_url: str) -> None:
     with pytest.raises(AppendOnlyViolation), connect(db_url, Role.OWNER) as conn:
         conn.execute(f"DELETE FROM ledger.{THIS_MONTH}")
+
+
+def test_a_ledger_migrated_before_0004_keeps_its_months_and_chains(admin_url: str) -> None:
+    """A ledger that ran every other migration (0009 included) with rows from past months: 0004
+    makes a partition for each month since the first row, copies every row into its month, keeps
+    0009's index, and every chain verifies as before."""
+    url = with_database(admin_url, f"ledger_pre4_{uuid.uuid4().hex[:8]}")
+    ensure_database(url)
+    try:
+        with superuser(url) as conn:
+            for migration in known_migrations():
+                if migration.version == 4:
+                    continue
+                with conn.transaction():
+                    conn.execute(migration.text.encode())
+                    conn.execute(
+                        "INSERT INTO ledger.schema_migrations (version, name, checksum) VALUES (%s, %s, %s)",
+                        [migration.version, migration.name, migration.checksum],
+                    )
+        with open_writer(url) as writer:
+            accept_applied(writer, make_action())
+        with superuser(url) as conn:
+            # Rows of past months, chained as the trigger would have (it cannot be told the time).
+            conn.execute("SET session_replication_role = replica")
+            for chain, when in (("WRjanuary", "2025-01-15 10:00+00"), ("WRmarch", "2025-03-31 23:59+00")):
+                conn.execute(
+                    "INSERT INTO ledger.events (position, tx_id, recorded_at, chain_key, chain_seq,"
+                    " prev_hash, row_hash, kind, reservation_sid, to_status, source)"
+                    " VALUES (nextval('ledger.events_position_seq'), '3', %s, %s, 1, %s, '\\x00',"
+                    " 'transition', %s, 'pending', 'event')",
+                    (when, chain, bytes(32), chain),
+                )
+                conn.execute(
+                    "UPDATE ledger.events e SET row_hash = ledger.event_hash(e) WHERE chain_key = %s",
+                    (chain,),
+                )
+                conn.execute(
+                    "INSERT INTO ledger.chain_heads SELECT chain_key, chain_seq, row_hash, position"
+                    " FROM ledger.events WHERE chain_key = %s",
+                    (chain,),
+                )
+            conn.execute("SET session_replication_role = DEFAULT")
+            before = conn.execute("SELECT count(*) FROM ledger.events").fetchone()
+            assert verify(conn) == []
+        assert [m.version for m in migrate(url)] == [4]
+        with superuser(url) as conn:
+            where = dict(
+                conn.execute(
+                    "SELECT chain_key, tableoid::regclass::text FROM ledger.events"
+                    " WHERE chain_key IN ('WRjanuary', 'WRmarch')"
+                ).fetchall()
+            )
+            assert where == {"WRjanuary": "ledger.events_2025_01", "WRmarch": "ledger.events_2025_03"}
+            made = [p.partition_name for p in list_partitions(conn)]
+            assert made[:3] == ["events_2025_01", "events_2025_02", "events_2025_03"]
+            assert made[-2:] == [NEXT_MONTH_3, "events_default"]
+            assert conn.execute("SELECT count(*) FROM ledger.events").fetchone() == before
+            assert conn.execute("SELECT to_regclass('ledger.events_outcome') IS NOT NULL").fetchone() == (
+                True,
+            )
+            assert verify(conn) == []
+    finally:
+        drop_database(url)
