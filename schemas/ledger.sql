@@ -208,9 +208,9 @@ SELECT ledger.create_events_partitions(3, 1);
 -- Ledger order is (tx_id, position); every history query filters on one column and pages in it.
 -- A filter by workspace walks ledger order (a contact centre has a handful of workspaces).
 CREATE INDEX events_ledger_order ON ledger.events (tx_id, position);
--- Each chain in chain order: verify, the console's chain check, sealed heads.
+-- Each chain in chain order: verify, the console's chain check, sealed heads, and a reservation's
+-- history (its rows are its chain; a few rows to sort into ledger order).
 CREATE INDEX events_chain ON ledger.events (chain_key, chain_seq);
-CREATE INDEX events_reservation ON ledger.events (reservation_sid, tx_id, position);
 CREATE INDEX events_task ON ledger.events (task_sid, tx_id, position) WHERE task_sid IS NOT NULL;
 CREATE INDEX events_worker ON ledger.events (worker_sid, tx_id, position) WHERE worker_sid IS NOT NULL;
 CREATE INDEX events_action ON ledger.events (action_id, tx_id, position) WHERE action_id IS NOT NULL;
@@ -726,7 +726,8 @@ BEGIN
     SELECT * INTO r FROM ledger.reservations WHERE reservation_sid = p_reservation_sid;
     SELECT e.position INTO t_pos
       FROM ledger.events e
-     WHERE e.reservation_sid = p_reservation_sid AND e.kind = 'transition' AND e.to_status = p_to_status
+     WHERE e.chain_key = p_reservation_sid AND e.reservation_sid = p_reservation_sid
+       AND e.kind = 'transition' AND e.to_status = p_to_status
        AND (src = 'event' OR e.source = 'event')
      ORDER BY e.position
      LIMIT 1;
@@ -734,7 +735,8 @@ BEGIN
         IF src = 'event' AND from_status IS NULL THEN
             SELECT e.to_status INTO from_status
               FROM ledger.events e
-             WHERE e.reservation_sid = p_reservation_sid AND e.kind = 'transition'
+             WHERE e.chain_key = p_reservation_sid AND e.reservation_sid = p_reservation_sid
+               AND e.kind = 'transition'
                AND ledger.status_rank(e.to_status) < ledger.status_rank(p_to_status)
              ORDER BY ledger.status_rank(e.to_status) DESC, e.position DESC
              LIMIT 1;

@@ -88,12 +88,12 @@ FILLED: list[str] = ["events"]
 @pytest.mark.parametrize(
     ("filters", "index"),
     [
-        ({"reservation_sid": "WR" + "0" * 29 + "3e8"}, "events_reservation"),
+        ({"reservation_sid": "WR" + "0" * 29 + "3e8"}, "events_chain"),
         ({"task_sid": "WT" + "0" * 29 + "3e8"}, "events_task"),
         ({"worker_sid": "WK" + "0" * 29 + "1f3"}, "events_worker"),
         ({"action_id": uuid.UUID("c4ca4238-a0b9-2382-0dcc-509a6f75849b")}, "events_action"),
         ({"correlation_id": "c1000"}, "events_correlation"),
-        ({"reservation_sid": "WR" + "0" * 29 + "3e8", "kind": "transition"}, "events_reservation"),
+        ({"reservation_sid": "WR" + "0" * 29 + "3e8", "kind": "transition"}, "events_chain"),
         ({"outcome": "failed"}, "events_outcome"),
         # A contact centre has a handful of workspaces: ledger order is as good as an index of its own.
         ({"workspace_sid": "WS" + "0" * 31 + "1"}, "events_ledger_order"),

@@ -201,6 +201,9 @@ class LedgerReader(Pooled):
                     sql.SQL("AND e.{} = {}").format(sql.Identifier(column), sql.Placeholder(column))
                 )
                 params[column] = given[column]
+        if given.get("reservation_sid") is not None:
+            # A reservation's rows are its hash chain: the chain's index finds them (migration 0004).
+            clauses.append(sql.SQL("AND e.chain_key = {}").format(sql.Placeholder("reservation_sid")))
         if given.get("since") is not None:
             clauses.append(sql.SQL("AND e.recorded_at >= {}").format(sql.Placeholder("since")))
             params["since"] = given["since"]

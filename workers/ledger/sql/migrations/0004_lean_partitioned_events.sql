@@ -10,8 +10,9 @@
 -- What a partitioned table cannot enforce across partitions, the ledger enforces itself:
 -- (chain_key, chain_seq) is unique because the chain trigger hands out chain_seq from
 -- ledger.chain_heads under the chain's advisory lock, and position from its sequence. The
--- primary key on position and the workspace index go: no audit query needs them (the plan
--- tests in tests/audit/test_plans.py prove every index that stays).
+-- primary key on position and the workspace index go (no audit query needs them), and a
+-- reservation's history reads the chain's index (its rows are its chain) instead of an index of
+-- its own; the plan tests in tests/audit/test_plans.py prove every index that stays.
 --
 -- recorded_at is set by the column's default (the database clock, as before) before the row is
 -- routed to its partition: a BEFORE trigger may not move a row to another partition, so the
@@ -189,9 +190,9 @@ ALTER SEQUENCE ledger.events_position_seq OWNED BY ledger.events.position;
 -- Ledger order is (tx_id, position); every history query filters on one column and pages in it.
 -- A filter by workspace walks ledger order (a contact centre has a handful of workspaces).
 CREATE INDEX events_ledger_order ON ledger.events (tx_id, position);
--- Each chain in chain order: verify, the console's chain check, sealed heads.
+-- Each chain in chain order: verify, the console's chain check, sealed heads, and a reservation's
+-- history (its rows are its chain; a few rows to sort into ledger order).
 CREATE INDEX events_chain ON ledger.events (chain_key, chain_seq);
-CREATE INDEX events_reservation ON ledger.events (reservation_sid, tx_id, position);
 CREATE INDEX events_task ON ledger.events (task_sid, tx_id, position) WHERE task_sid IS NOT NULL;
 CREATE INDEX events_worker ON ledger.events (worker_sid, tx_id, position) WHERE worker_sid IS NOT NULL;
 CREATE INDEX events_action ON ledger.events (action_id, tx_id, position) WHERE action_id IS NOT NULL;
@@ -302,6 +303,97 @@ CREATE TRIGGER events_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON ledger.
 CREATE TRIGGER events_append_only_row BEFORE UPDATE OR DELETE ON ledger.events
     FOR EACH ROW EXECUTE FUNCTION ledger.refuse_change();
 
+
+-- A reservation's rows are its chain: record_transition finds its transitions through the chain's
+-- index (there is no index on reservation_sid alone any more).
+CREATE OR REPLACE FUNCTION ledger.record_transition(
+    p_action_id uuid, p_reservation_sid text, p_workspace_sid text, p_task_sid text,
+    p_worker_sid text, p_from_status text, p_to_status text, p_etag_before text, p_etag_after text,
+    p_attempt integer, p_http_status integer, p_twilio_request_id text, p_duration_ms integer,
+    p_outcome text, p_detail text, p_worker_host text, p_worker_pid integer,
+    p_source text DEFAULT NULL, p_trace_id text DEFAULT NULL
+) RETURNS TABLE (transition_position bigint, outcome_position bigint, outcome text, appended boolean)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    a ledger.actions;
+    r ledger.reservations;
+    src text := coalesce(p_source, CASE WHEN p_action_id IS NULL THEN 'fetch' ELSE 'action' END);
+    from_status text := p_from_status;
+    t_pos bigint;
+    t_at timestamptz;
+    o_pos bigint;
+    o_detail text := p_detail;
+BEGIN
+    PERFORM ledger.lock_chain(p_reservation_sid);
+    IF p_action_id IS NOT NULL THEN
+        a := ledger.registered(p_action_id);
+        IF a.reservation_sid IS DISTINCT FROM p_reservation_sid THEN
+            RAISE EXCEPTION 'action % is for reservation %, not %', p_action_id, a.reservation_sid,
+                p_reservation_sid USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+    END IF;
+    SELECT * INTO r FROM ledger.reservations WHERE reservation_sid = p_reservation_sid;
+    SELECT e.position INTO t_pos
+      FROM ledger.events e
+     WHERE e.chain_key = p_reservation_sid AND e.reservation_sid = p_reservation_sid
+       AND e.kind = 'transition' AND e.to_status = p_to_status
+       AND (src = 'event' OR e.source = 'event')
+     ORDER BY e.position
+     LIMIT 1;
+    IF t_pos IS NULL THEN
+        IF src = 'event' AND from_status IS NULL THEN
+            SELECT e.to_status INTO from_status
+              FROM ledger.events e
+             WHERE e.chain_key = p_reservation_sid AND e.reservation_sid = p_reservation_sid
+               AND e.kind = 'transition'
+               AND ledger.status_rank(e.to_status) < ledger.status_rank(p_to_status)
+             ORDER BY ledger.status_rank(e.to_status) DESC, e.position DESC
+             LIMIT 1;
+        END IF;
+        INSERT INTO ledger.events (
+            kind, action_id, action, workspace_sid, reservation_sid, task_sid, worker_sid,
+            from_status, to_status, etag_before, etag_after, attempt, http_status,
+            twilio_request_id, duration_ms, worker_host, worker_pid, correlation_id, producer, detail,
+            source, trace_id
+        ) VALUES (
+            'transition', p_action_id, a.action,
+            coalesce(p_workspace_sid, a.workspace_sid, r.workspace_sid), p_reservation_sid,
+            coalesce(p_task_sid, a.task_sid, r.task_sid), coalesce(p_worker_sid, a.worker_sid, r.worker_sid),
+            from_status, p_to_status, p_etag_before, p_etag_after, p_attempt, p_http_status,
+            p_twilio_request_id, p_duration_ms, p_worker_host, p_worker_pid, a.correlation_id, a.producer,
+            p_detail, src, p_trace_id
+        ) RETURNING position, recorded_at INTO t_pos, t_at;
+        -- The chain lock is held, so nobody else can create or change this reservation's row.
+        IF r.reservation_sid IS NULL THEN
+            INSERT INTO ledger.reservations (
+                reservation_sid, workspace_sid, task_sid, worker_sid, status, etag, last_position, updated_at
+            ) VALUES (
+                p_reservation_sid, coalesce(p_workspace_sid, a.workspace_sid),
+                coalesce(p_task_sid, a.task_sid), coalesce(p_worker_sid, a.worker_sid),
+                p_to_status, p_etag_after, t_pos, t_at
+            );
+        ELSIF ledger.status_rank(p_to_status) >= ledger.status_rank(r.status) THEN
+            UPDATE ledger.reservations SET
+                workspace_sid = coalesce(p_workspace_sid, a.workspace_sid, r.workspace_sid),
+                task_sid = coalesce(p_task_sid, a.task_sid, r.task_sid),
+                worker_sid = coalesce(p_worker_sid, a.worker_sid, r.worker_sid),
+                status = p_to_status, etag = p_etag_after, last_position = t_pos, updated_at = t_at
+             WHERE reservation_sid = p_reservation_sid;
+        END IF;
+    ELSE
+        o_detail := concat_ws('; ', p_detail, format('the transition is the row at position %s', t_pos));
+    END IF;
+    IF p_outcome IS NOT NULL AND p_action_id IS NOT NULL THEN
+        o_pos := ledger.settle(
+            a, p_outcome, p_http_status, NULL, p_twilio_request_id, o_detail, p_worker_host, p_worker_pid,
+            p_trace_id
+        );
+    END IF;
+    RETURN QUERY SELECT t_pos, o_pos, (SELECT y.outcome FROM ledger.actions y WHERE y.action_id = p_action_id),
+        t_at IS NOT NULL;
+END
+$$;
 
 REVOKE ALL ON ledger.events FROM PUBLIC;
 GRANT SELECT ON ledger.events TO reservations_writer, reservations_reader;
