@@ -468,7 +468,8 @@ BEGIN
 END
 $$;
 
--- The action registry: action_id is the idempotency key.
+-- The action registry: action_id is the idempotency key. Its parameters are those of its
+-- 'received' (or 'rejected_input') row in ledger.events, stored there only (migration 0004).
 CREATE TABLE ledger.actions (
     action_id uuid PRIMARY KEY,
     action text,
@@ -476,7 +477,6 @@ CREATE TABLE ledger.actions (
     reservation_sid text,
     task_sid text,
     worker_sid text,
-    params jsonb,
     expected_status text,
     not_after timestamptz,
     correlation_id text,
@@ -603,10 +603,10 @@ AS $$
 BEGIN
     PERFORM ledger.lock_chain(p_reservation_sid);
     INSERT INTO ledger.actions (
-        action_id, action, workspace_sid, reservation_sid, task_sid, worker_sid, params,
+        action_id, action, workspace_sid, reservation_sid, task_sid, worker_sid,
         expected_status, not_after, correlation_id, producer
     ) VALUES (
-        p_action_id, p_action, p_workspace_sid, p_reservation_sid, p_task_sid, p_worker_sid, p_params,
+        p_action_id, p_action, p_workspace_sid, p_reservation_sid, p_task_sid, p_worker_sid,
         p_expected_status, p_not_after, p_correlation_id, p_producer
     ) ON CONFLICT (action_id) DO NOTHING;
     IF NOT FOUND THEN
@@ -841,11 +841,11 @@ BEGIN
     ) RETURNING position INTO pos;
     IF p_action_id IS NOT NULL THEN
         INSERT INTO ledger.actions (
-            action_id, action, workspace_sid, reservation_sid, task_sid, worker_sid, params,
+            action_id, action, workspace_sid, reservation_sid, task_sid, worker_sid,
             correlation_id, producer, outcome, outcome_at
         ) VALUES (
             p_action_id, p_action, p_workspace_sid, p_reservation_sid, p_task_sid, p_worker_sid,
-            p_params, p_correlation_id, p_producer, 'rejected_input', clock_timestamp()
+            p_correlation_id, p_producer, 'rejected_input', clock_timestamp()
         ) ON CONFLICT (action_id) DO NOTHING;
     END IF;
     RETURN pos;
@@ -860,10 +860,10 @@ LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     IF (NEW.action_id, NEW.action, NEW.workspace_sid, NEW.reservation_sid, NEW.task_sid, NEW.worker_sid,
-        NEW.params, NEW.expected_status, NEW.not_after, NEW.correlation_id, NEW.producer, NEW.received_at)
+        NEW.expected_status, NEW.not_after, NEW.correlation_id, NEW.producer, NEW.received_at)
        IS DISTINCT FROM
        (OLD.action_id, OLD.action, OLD.workspace_sid, OLD.reservation_sid, OLD.task_sid, OLD.worker_sid,
-        OLD.params, OLD.expected_status, OLD.not_after, OLD.correlation_id, OLD.producer, OLD.received_at)
+        OLD.expected_status, OLD.not_after, OLD.correlation_id, OLD.producer, OLD.received_at)
     THEN
         RAISE EXCEPTION 'ledger.actions: what action % received cannot change', OLD.action_id
             USING ERRCODE = 'RL001';
