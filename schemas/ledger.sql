@@ -492,6 +492,17 @@ CREATE TABLE ledger.actions (
 );
 CREATE INDEX actions_reservation ON ledger.actions (reservation_sid);
 
+-- An action's parameters: those of its 'received' (or 'rejected_input') row, where they are
+-- stored once (migration 0004). For the registry's readers.
+CREATE FUNCTION ledger.action_params(p_action_id uuid) RETURNS jsonb
+LANGUAGE sql STABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT e.params FROM ledger.events e
+     WHERE e.action_id = p_action_id AND e.kind IN ('received', 'rejected_input')
+     ORDER BY e.position
+     LIMIT 1
+$$;
+
 -- The projection: each reservation's current status and ETag, rebuilt from the ledger at will.
 CREATE TABLE ledger.reservations (
     reservation_sid text PRIMARY KEY,
@@ -1017,6 +1028,7 @@ GRANT EXECUTE ON FUNCTION ledger.event_canonical(ledger.events), ledger.event_ha
 GRANT EXECUTE ON FUNCTION ledger.lock_chain(text) TO reservations_writer;
 GRANT EXECUTE ON FUNCTION ledger.events_partition_bounds() TO reservations_writer, reservations_reader;
 GRANT EXECUTE ON FUNCTION ledger.key64(text) TO reservations_writer, reservations_reader;
+GRANT EXECUTE ON FUNCTION ledger.action_params(uuid) TO reservations_writer, reservations_reader;
 GRANT EXECUTE ON FUNCTION ledger.status_rank(text) TO reservations_writer, reservations_reader;
 GRANT EXECUTE ON FUNCTION
     ledger.record_received(

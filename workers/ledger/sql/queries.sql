@@ -39,9 +39,7 @@ SELECT received.created,
 -- name: get_action
 -- One action's registry entry, with the parameters of its 'received' row (stored there only).
 SELECT a.action_id, a.action, a.workspace_sid, a.reservation_sid, a.task_sid, a.worker_sid,
-       (SELECT e.params FROM ledger.events e
-         WHERE e.action_id = a.action_id AND e.kind IN ('received', 'rejected_input')
-         ORDER BY e.position LIMIT 1) AS params,
+       ledger.action_params(a.action_id) AS params,
        a.expected_status, a.not_after, a.correlation_id, a.producer, a.received_at, a.attempts, a.outcome,
        a.outcome_at, a.redrives
   FROM ledger.actions AS a
@@ -235,9 +233,7 @@ SELECT FROM ledger.events LIMIT 0;
 -- Registry entries settled with one of the given outcomes and never redriven (redrive's
 -- candidates: an original is redriven at most once), oldest first.
 SELECT a.action_id, a.action, a.workspace_sid, a.reservation_sid, a.task_sid, a.worker_sid,
-       (SELECT e.params FROM ledger.events e
-         WHERE e.action_id = a.action_id AND e.kind IN ('received', 'rejected_input')
-         ORDER BY e.position LIMIT 1) AS params,
+       ledger.action_params(a.action_id) AS params,
        a.expected_status, a.not_after, a.correlation_id, a.producer, a.received_at, a.attempts, a.outcome,
        a.outcome_at, a.redrives
   FROM ledger.actions AS a
@@ -294,9 +290,7 @@ SELECT outcome, greatest(ceil(extract(epoch FROM now() - bin) / %(bucket)s)::int
 -- name: attention_actions
 -- The latest actions that ended with one of the given outcomes and were never redriven.
 SELECT a.action_id, a.action, a.workspace_sid, a.reservation_sid, a.task_sid, a.worker_sid,
-       (SELECT e.params FROM ledger.events e
-         WHERE e.action_id = a.action_id AND e.kind IN ('received', 'rejected_input')
-         ORDER BY e.position LIMIT 1) AS params,
+       ledger.action_params(a.action_id) AS params,
        a.expected_status, a.not_after, a.correlation_id, a.producer, a.received_at, a.attempts, a.outcome,
        a.outcome_at, a.redrives
   FROM ledger.actions AS a

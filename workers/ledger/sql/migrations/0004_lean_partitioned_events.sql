@@ -507,6 +507,17 @@ BEGIN
 END
 $$;
 
+-- An action's parameters: those of its 'received' (or 'rejected_input') row, where they are
+-- stored once (migration 0004). For the registry's readers.
+CREATE FUNCTION ledger.action_params(p_action_id uuid) RETURNS jsonb
+LANGUAGE sql STABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT e.params FROM ledger.events e
+     WHERE e.action_id = p_action_id AND e.kind IN ('received', 'rejected_input')
+     ORDER BY e.position
+     LIMIT 1
+$$;
+
 REVOKE ALL ON ledger.events FROM PUBLIC;
 GRANT SELECT ON ledger.events TO reservations_writer, reservations_reader;
 REVOKE ALL ON FUNCTION ledger.event_canonical(ledger.events), ledger.event_hash(ledger.events),
@@ -517,3 +528,5 @@ GRANT EXECUTE ON FUNCTION ledger.event_canonical(ledger.events), ledger.event_ha
 GRANT EXECUTE ON FUNCTION ledger.events_partition_bounds() TO reservations_writer, reservations_reader;
 REVOKE ALL ON FUNCTION ledger.key64(text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION ledger.key64(text) TO reservations_writer, reservations_reader;
+REVOKE ALL ON FUNCTION ledger.action_params(uuid) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION ledger.action_params(uuid) TO reservations_writer, reservations_reader;
