@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import psycopg
+from bench_peer import cpu_seconds
 from bench_workers import scratch_database
 
 from workers.core.action import Action, ActionKind
@@ -90,12 +91,7 @@ def one_accept(writer: PostgresLedgerWriter) -> None:
 
 def backend_cpu(pid: int) -> float | None:
     """CPU seconds of a backend of a server on this machine (None when it is elsewhere)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / 100
+    return cpu_seconds([pid]) if Path(f"/proc/{pid}").exists() else None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
