@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import sys
+import tempfile
+from typing import TYPE_CHECKING
 
 import click
 
@@ -10,11 +13,66 @@ from workers.cli.options import database_url_option, env_option
 from workers.config import Settings
 from workers.config import streams_auth as parse_streams_auth
 
+if TYPE_CHECKING:
+    from workers.events.api import EventsApiConfig, EventsApp
+
+# What ``--workers`` processes build their app from: uvicorn spawns them, and they read the
+# command's resolved options from the environment the command leaves them.
+FACTORY = "workers.cli.events_api:app_from_env"
+
+
+def _config(
+    settings: Settings, database_url: str, public_url: str | None, streams_auth: str
+) -> EventsApiConfig:
+    from workers.errors import ConfigurationError
+    from workers.events.api import EventsApiConfig
+
+    if public_url is None:
+        raise ConfigurationError("set EVENTS_PUBLIC_URL (or --public-url): signatures are checked against it")
+    return EventsApiConfig(
+        database_url,
+        public_url,
+        auth_token=settings.events_auth_token,
+        streams_auth=parse_streams_auth(streams_auth),
+        basic_auth=settings.events_basic_auth,
+        batch_max=settings.events_batch_max,
+        writers=settings.events_writers,
+        metrics_dir=settings.prometheus_multiproc_dir,
+    )
+
+
+def app_from_env() -> EventsApp:
+    """One ``--workers`` process's app, from the options its parent checked and exported."""
+    from workers.config import DEFAULT_DATABASE_URL
+    from workers.events.api import create_app
+    from workers.logs import setup_process
+
+    settings = Settings.from_env()
+    setup_process(settings.log_format, settings.log_level)
+    env = os.environ
+    return create_app(
+        _config(
+            settings,
+            env.get("DATABASE_URL", DEFAULT_DATABASE_URL),
+            settings.events_public_url,
+            env.get("EVENTS_STREAMS_AUTH", "signature"),
+        )
+    )
+
 
 @click.command("events-api")
 @env_option("--host", envvar="EVENTS_API_HOST", default="127.0.0.1", help="Address to listen on.")
 @env_option(
     "--port", envvar="EVENTS_API_PORT", type=click.IntRange(0, 65535), default=8090, help="Port to listen on."
+)
+@env_option(
+    "--workers",
+    envvar="EVENTS_API_WORKERS",
+    type=click.IntRange(1, 64),
+    default=1,
+    help="Server processes sharing the port (uvicorn's workers), each with its own group commit and"
+    " EVENTS_WRITERS+1 ledger connections. One holds about 500 callbacks/s; give it the cores the"
+    ' database does not need (ops/RUNBOOK.md, "TaskRouter events").',
 )
 @database_url_option("The ledger; the API writes as reservations_writer, through the ledger's functions.")
 @env_option(
@@ -32,7 +90,9 @@ from workers.config import streams_auth as parse_streams_auth
     help="What an Event Streams delivery must pass: signature (X-Twilio-Signature with bodySHA256),"
     " basic (EVENTS_BASIC_AUTH=user:password) or signature,basic.",
 )
-def events_api(host: str, port: int, database_url: str, public_url: str | None, streams_auth: str) -> None:
+def events_api(
+    host: str, port: int, workers: int, database_url: str, public_url: str | None, streams_auth: str
+) -> None:
     """Receive TaskRouter's events and record each reservation change in the ledger (source=event).
 
     \b
@@ -47,26 +107,22 @@ def events_api(host: str, port: int, database_url: str, public_url: str | None, 
     """
     from workers.cli.serving import serve
     from workers.errors import ConfigurationError
-    from workers.events.api import EventsApiConfig, create_app
+    from workers.events.api import create_app
 
     try:
         settings = Settings.from_env()
-        if public_url is None:
-            raise ConfigurationError(
-                "set EVENTS_PUBLIC_URL (or --public-url): signatures are checked against it"
-            )
-        app = create_app(
-            EventsApiConfig(
-                database_url,
-                public_url,
-                auth_token=settings.events_auth_token,
-                streams_auth=parse_streams_auth(streams_auth),
-                basic_auth=settings.events_basic_auth,
-                batch_max=settings.events_batch_max,
-                writers=settings.events_writers,
-            )
-        )
+        config = _config(settings, database_url, public_url, streams_auth)
+        config.checked_token()
     except ConfigurationError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
-    serve(app, host, port, settings)
+    if workers == 1:
+        serve(create_app(config), host, port, settings)
+        return
+    # The processes read what was checked here; /metrics adds up every process's numbers.
+    os.environ.update(
+        DATABASE_URL=database_url, EVENTS_PUBLIC_URL=config.public_url, EVENTS_STREAMS_AUTH=streams_auth
+    )
+    if not settings.prometheus_multiproc_dir:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="events-api-metrics-")
+    serve(FACTORY, host, port, settings, workers=workers)
