@@ -3,12 +3,16 @@
 Prints:
   0. **The ledger alone**: transitions/s appended in batches by the API's writer threads, without
      HTTP, in the same run: the ceiling the intake is read against (the ratio is printed).
-  1. **Intake**: signed Event Callbacks offered at ``--rate`` per second (open loop: each is sent at
-     its time whatever the answers before it) for ``--seconds``, to ``reservations events-api``
-     running as its own process. Shows the rate answered 204, the answer latency p50/p99, and
-     the **loss**: events answered 204 whose transition is not in the ledger (must be 0), and
-     events never answered 204 (the sender's to retry; reported separately). Every 5th event is
-     a duplicate delivery (Twilio retries): it must add no row.
+  1. **Intake**: ``reservations events-api`` as its own process(es) (``--api-workers``,
+     EVENTS_API_WORKERS). First 64 senders, each sending its next callback once the last was
+     answered: the rate held without a backlog. Then signed Event Callbacks offered at ``--rate``
+     per second (open loop: each is sent at its time whatever the answers before it) for
+     ``--seconds``. Shows the rate answered 204, the answer latency p50/p99, and the **loss**:
+     events answered 204 whose transition is not in the ledger (must be 0), and events never
+     answered 204 (the sender's to retry; reported separately). Every 5th event is a duplicate
+     delivery (Twilio retries): it must add no row. The load generator is lean (each request
+     encoded before the clock starts, keep-alive connections, asyncio streams) so that it leaves
+     the shared cores to what it measures; the load average is printed before and after.
   2. **Events to history**: the emulator sends its own signed callbacks for changes made "in the
      UI" (an agent accepting) and for reservations that time out by themselves, at ``--changes``
      per second; for each, from the event's time at TaskRouter (TimestampMs) to its row in the
@@ -16,7 +20,10 @@ Prints:
      and how many events never showed up (must be 0).
 
 Everything runs on this machine (the load generator too), so read the rates together with the
-CPU they share. Run from the repository root: ``.venv/bin/python ops/bench_events.py``.
+CPU they share and the load average. Run from the repository root:
+``.venv/bin/python ops/bench_events.py --seconds 10 --change-rate 100``; on 2 shared cores it gave
+996 of 1,000 callbacks/s answered (p99 360 ms, 0 lost) with one API process, and events to
+history p99 under 40 ms at 100 changes/s (README, "Measured").
 """
 
 from __future__ import annotations

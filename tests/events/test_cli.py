@@ -102,12 +102,11 @@ def test_the_events_api_serves_from_several_processes(db_url: str) -> None:
     them, a forged one is refused, and /metrics adds up every process's counts."""
     public = "https://events.example.com"
     env = {
-        **os.environ,
+        **{name: value for name, value in os.environ.items() if name != "PROMETHEUS_MULTIPROC_DIR"},
         "DATABASE_URL": db_url,
         "EVENTS_PUBLIC_URL": public,
         "EVENTS_AUTH_TOKEN": EMULATOR_AUTH_TOKEN,
         "EVENTS_API_WORKERS": "3",
-        "PROMETHEUS_MULTIPROC_DIR": "",
         "LOG_FORMAT": "text",
     }
     sids = [new_sid("WR") for _ in range(12)]

@@ -183,7 +183,8 @@ def test_a_joined_mark_from_elsewhere_does_not_spare_the_check(db_url: str) -> N
         conn.execute(QUERIES["record_received"], _received())
         copied = conn.execute("SELECT current_setting('ledger.joined')").fetchone()
         conn.commit()
-        assert copied is not None and copied[0]
+        assert copied is not None
+        assert copied[0]
         for prelude in (
             "SELECT set_config('ledger.joined', %s, true)",
             "SELECT set_config('ledger.joined', %s, false)",
