@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 import tempfile
 from typing import TYPE_CHECKING
@@ -10,7 +9,7 @@ from typing import TYPE_CHECKING
 import click
 
 from workers.cli.options import database_url_option, env_option
-from workers.config import Settings
+from workers.config import Settings, export
 from workers.config import streams_auth as parse_streams_auth
 
 if TYPE_CHECKING:
@@ -22,7 +21,7 @@ FACTORY = "workers.cli.events_api:app_from_env"
 
 
 def _config(
-    settings: Settings, database_url: str, public_url: str | None, streams_auth: str
+    settings: Settings, database_url: str, public_url: str | None, streams_auth: tuple[str, ...]
 ) -> EventsApiConfig:
     from workers.errors import ConfigurationError
     from workers.events.api import EventsApiConfig
@@ -33,7 +32,7 @@ def _config(
         database_url,
         public_url,
         auth_token=settings.events_auth_token,
-        streams_auth=parse_streams_auth(streams_auth),
+        streams_auth=streams_auth,
         basic_auth=settings.events_basic_auth,
         batch_max=settings.events_batch_max,
         writers=settings.events_writers,
@@ -43,20 +42,13 @@ def _config(
 
 def app_from_env() -> EventsApp:
     """One ``--workers`` process's app, from the options its parent checked and exported."""
-    from workers.config import DEFAULT_DATABASE_URL
     from workers.events.api import create_app
     from workers.logs import setup_process
 
     settings = Settings.from_env()
     setup_process(settings.log_format, settings.log_level)
-    env = os.environ
     return create_app(
-        _config(
-            settings,
-            env.get("DATABASE_URL", DEFAULT_DATABASE_URL),
-            settings.events_public_url,
-            env.get("EVENTS_STREAMS_AUTH", "signature"),
-        )
+        _config(settings, settings.database_url, settings.events_public_url, settings.events_streams_auth)
     )
 
 
@@ -112,7 +104,7 @@ def events_api(
 
     try:
         settings = Settings.from_env()
-        config = _config(settings, database_url, public_url, streams_auth)
+        config = _config(settings, database_url, public_url, parse_streams_auth(streams_auth))
         config.checked_token()
     except ConfigurationError as exc:
         click.echo(f"error: {exc}", err=True)
@@ -121,12 +113,16 @@ def events_api(
         serve(create_app(config), host, port, settings)
         return
     # The processes read what was checked here; /metrics adds up every process's numbers.
-    os.environ.update(
-        DATABASE_URL=database_url, EVENTS_PUBLIC_URL=config.public_url, EVENTS_STREAMS_AUTH=streams_auth
+    export(
+        {
+            "DATABASE_URL": database_url,
+            "EVENTS_PUBLIC_URL": config.public_url,
+            "EVENTS_STREAMS_AUTH": streams_auth,
+        }
     )
     if settings.prometheus_multiproc_dir:
         serve(FACTORY, host, port, settings, workers=workers)
         return
     with tempfile.TemporaryDirectory(prefix="events-api-metrics-") as private:
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = private
+        export({"PROMETHEUS_MULTIPROC_DIR": private})
         serve(FACTORY, host, port, settings, workers=workers)
