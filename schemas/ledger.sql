@@ -300,14 +300,17 @@ RETURN CASE status WHEN 'pending' THEN 0 WHEN 'accepted' THEN 1 WHEN 'wrapping' 
 -- ledger.visible_horizon). A transaction that already holds an xid without holding the lock
 -- would be invisible to them, so it may not append (SQLSTATE RL003). The setting
 -- ledger.writing (transaction-local) only spares the chain trigger a second look; the check
--- itself never trusts it.
+-- itself never trusts it. The mark ledger.joined (0006) names this backend and this transaction:
+-- an append that finds its own transaction's mark has joined, and skips the read of pg_locks.
 CREATE FUNCTION ledger.join_writers() RETURNS void
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    mark text := pg_backend_pid()::text || ' ' || extract(epoch FROM transaction_timestamp())::text;
 BEGIN
     IF pg_current_xact_id_if_assigned() IS NULL THEN
         PERFORM pg_advisory_xact_lock_shared(1279607881, 0);
-    ELSIF NOT EXISTS (
+    ELSIF current_setting('ledger.joined', true) IS DISTINCT FROM mark AND NOT EXISTS (
         SELECT FROM pg_locks l
          WHERE l.pid = pg_backend_pid() AND l.locktype = 'advisory' AND l.granted
            AND l.database = (SELECT d.oid FROM pg_database d WHERE d.datname = current_database())
@@ -318,6 +321,7 @@ BEGIN
                   HINT = 'append in a transaction of its own (the ledger''s functions in autocommit)';
     END IF;
     PERFORM set_config('ledger.writing', 'on', true);
+    PERFORM set_config('ledger.joined', mark, true);
 END
 $$;
 
