@@ -127,6 +127,11 @@ def _deliveries(count: int, port: int) -> list[Delivery]:
     return out[:count]
 
 
+class _Closed(ConnectionError):
+    """The server closed a keep-alive connection before it answered (an idle connection past
+    uvicorn's keep-alive timeout): a client sends the request again on a new one, as urllib3 does."""
+
+
 class _Connection:
     """One keep-alive HTTP/1.1 connection that sends a prepared request and reads the status:
     a few microseconds of Python per request, where aiohttp's client spent as much CPU as the
@@ -141,7 +146,10 @@ class _Connection:
 
     async def post(self, request: bytes) -> int:
         self._writer.write(request)
-        status = int((await self._reader.readline()).split()[1])
+        first = await self._reader.readline()
+        if not first:
+            raise _Closed("the server closed the connection before answering")
+        status = int(first.split()[1])
         length = 0
         while (line := await self._reader.readline()) not in (b"\r\n", b""):
             name, _, value = line.partition(b":")
@@ -171,12 +179,21 @@ async def _offer(port: int, deliveries: list[Delivery], rate: float) -> dict[str
             started = time.perf_counter()
             connection = None
             try:
-                if idle:
+                reused = bool(idle)
+                if reused:
                     connection = idle.pop()
                 else:
                     connection = await _Connection.open(port)
                     opened += 1
-                status = await asyncio.wait_for(connection.post(deliveries[index][2]), 15)
+                try:
+                    status = await asyncio.wait_for(connection.post(deliveries[index][2]), 15)
+                except _Closed:
+                    if not reused:
+                        raise
+                    connection.close()
+                    connection = await _Connection.open(port)
+                    opened += 1
+                    status = await asyncio.wait_for(connection.post(deliveries[index][2]), 15)
                 idle.append(connection)
                 if status == 204:
                     answered.append(time.perf_counter() - started)
