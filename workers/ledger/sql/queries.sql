@@ -302,3 +302,88 @@ SELECT checkpoint_id, taken_at, chains, max_position
   FROM ledger.checkpoints
  ORDER BY checkpoint_id DESC
  LIMIT 1;
+
+-- name: checkpoint_horizon
+-- One checkpoint with the read horizon it was sealed at (NULL for checkpoints before 0005).
+SELECT checkpoint_id, max_position, horizon::text AS horizon
+  FROM ledger.checkpoints
+ WHERE checkpoint_id = %(checkpoint_id)s;
+
+-- name: verify_rows_since
+-- verify_rows for the rows a checkpoint did not seal: those at or above its horizon (the
+-- ledger-order index) past their chain's head sealed by that checkpoint or before, each chain
+-- starting from that sealed head (or from nothing for a chain born since). Each row in trouble,
+-- and one more row (any) that carries the count of rows checked.
+SELECT position, chain_key, chain_seq, altered, broken_link, missing_before, checked
+  FROM (
+    SELECT position, chain_key, chain_seq, row_hash <> computed AS altered,
+           prev_hash <> expected_prev AS broken_link,
+           chain_seq - previous_seq - 1 AS missing_before,
+           count(*) OVER () AS checked,
+           row_number() OVER () AS nth
+      FROM (
+        SELECT e.position, e.chain_key, e.chain_seq, e.prev_hash, e.row_hash,
+               ledger.event_hash(e) AS computed,
+               coalesce(lag(e.row_hash) OVER chain, s.head_hash,
+                        '\x0000000000000000000000000000000000000000000000000000000000000000'::bytea) AS expected_prev,
+               coalesce(lag(e.chain_seq) OVER chain, s.chain_seq, 0) AS previous_seq
+          FROM ledger.events e
+          LEFT JOIN LATERAL (
+            SELECT c.chain_seq, c.head_hash
+              FROM ledger.checkpoint_heads c
+             WHERE c.chain_key = e.chain_key AND c.checkpoint_id <= %(checkpoint_id)s
+             ORDER BY c.checkpoint_id DESC
+             LIMIT 1
+          ) AS s ON true
+         WHERE e.tx_id >= %(horizon)s::text::xid8
+           AND e.chain_seq > coalesce(s.chain_seq, 0)
+        WINDOW chain AS (PARTITION BY e.chain_key ORDER BY e.chain_seq)
+      ) AS rows_since
+  ) AS checked
+ WHERE altered OR broken_link OR missing_before <> 0 OR nth = 1
+ ORDER BY position;
+
+-- name: verify_heads_since
+-- verify_heads for the chains that moved since a checkpoint: each must end on its head.
+SELECT h.chain_key, h.chain_seq AS head_seq, h.head_position,
+       t.chain_seq AS tail_seq, t.position AS tail_position
+  FROM (SELECT DISTINCT e.chain_key FROM ledger.events e WHERE e.tx_id >= %(horizon)s::text::xid8) AS moved
+  JOIN ledger.chain_heads h ON h.chain_key = moved.chain_key
+  LEFT JOIN LATERAL (
+    SELECT e.chain_seq, e.position, e.row_hash
+      FROM ledger.events e
+     WHERE e.chain_key = h.chain_key AND e.chain_seq <= h.chain_seq
+     ORDER BY e.chain_seq DESC
+     LIMIT 1
+  ) AS t ON true
+ WHERE t.chain_seq IS NULL OR t.chain_seq <> h.chain_seq OR t.row_hash <> h.head_hash
+ ORDER BY h.head_position;
+
+-- name: verify_unheaded_rows_since
+-- verify_unheaded_rows for the rows since a checkpoint's horizon.
+SELECT e.position, e.chain_key, e.chain_seq, h.chain_seq AS head_seq
+  FROM ledger.events e
+  LEFT JOIN ledger.chain_heads h ON h.chain_key = e.chain_key
+ WHERE e.tx_id >= %(horizon)s::text::xid8
+   AND (h.chain_key IS NULL OR e.chain_seq > h.chain_seq)
+ ORDER BY e.position;
+
+-- name: verify_checkpoints_since
+-- verify_checkpoints for a checkpoint and the ones after it.
+SELECT c.checkpoint_id, c.max_position
+  FROM ledger.checkpoints c
+  LEFT JOIN ledger.checkpoints p ON p.checkpoint_id = c.checkpoint_id - 1
+  LEFT JOIN LATERAL (
+    SELECT coalesce(array_agg(h.chain_key ORDER BY h.chain_key), '{}') AS keys,
+           coalesce(array_agg(h.chain_seq ORDER BY h.chain_key), '{}') AS seqs,
+           coalesce(array_agg(encode(h.head_hash, 'hex') ORDER BY h.chain_key), '{}') AS hashes,
+           count(*) AS chains
+      FROM ledger.checkpoint_heads h
+     WHERE h.checkpoint_id = c.checkpoint_id
+  ) AS s ON true
+ WHERE c.checkpoint_id >= %(checkpoint_id)s
+   AND (c.prev_digest <> coalesce(p.digest, '\x0000000000000000000000000000000000000000000000000000000000000000'::bytea)
+    OR (p.checkpoint_id IS NULL AND c.checkpoint_id <> 1)
+    OR s.chains <> c.chains
+    OR c.digest <> ledger.checkpoint_digest(c.prev_digest, c.checkpoint_id, c.max_position, s.keys, s.seqs, s.hashes))
+ ORDER BY c.checkpoint_id;
