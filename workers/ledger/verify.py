@@ -70,6 +70,8 @@ def verify_since(
     """
     with translated(), conn.transaction():
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        # The new rows are sorted by chain, whole: in memory rather than in files on disk.
+        conn.execute("SET LOCAL work_mem = '128MB'")
         found = _rows(conn, "checkpoint_horizon", {"checkpoint_id": checkpoint_id})
         if not found:
             raise VerificationError(f"there is no checkpoint {checkpoint_id}")

@@ -108,11 +108,27 @@ CREATE TABLE ledger.archives (
     file_name text NOT NULL,
     sha256 bytea NOT NULL,
     manifest jsonb NOT NULL,
+    -- Whether the month's partition was detached (a ledger that is not partitioned keeps the rows).
+    detached boolean NOT NULL,
     archived_at timestamptz NOT NULL DEFAULT clock_timestamp()
 );
 
 CREATE TRIGGER archives_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON ledger.archives
     FOR EACH STATEMENT EXECUTE FUNCTION ledger.refuse_change();
 
-REVOKE ALL ON ledger.archives FROM PUBLIC;
-GRANT SELECT ON ledger.archives TO reservations_writer, reservations_reader;
+-- Each chain's last archived row of each archived month: where verification picks the chain up
+-- again once the month is no longer in ledger.events.
+CREATE TABLE ledger.archive_heads (
+    month date NOT NULL REFERENCES ledger.archives,
+    chain_key text NOT NULL,
+    chain_seq bigint NOT NULL,
+    row_hash bytea NOT NULL,
+    head_position bigint NOT NULL,
+    PRIMARY KEY (chain_key, month)
+);
+
+CREATE TRIGGER archive_heads_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON ledger.archive_heads
+    FOR EACH STATEMENT EXECUTE FUNCTION ledger.refuse_change();
+
+REVOKE ALL ON ledger.archives, ledger.archive_heads FROM PUBLIC;
+GRANT SELECT ON ledger.archives, ledger.archive_heads TO reservations_writer, reservations_reader;
