@@ -13,7 +13,9 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
+from tests.audit.support import TestClient
 from tests.ledger.conftest import superuser
+from workers.audit.api import AuditApiConfig, create_app
 from workers.cli import main
 from workers.errors import VerificationError
 from workers.ledger import archive
@@ -104,18 +106,22 @@ def _checkpoint(conn: Connection, checkpoint_id: int) -> Checkpoint:
     return Checkpoint(*row)
 
 
+def _detach_all(url: str, before: date) -> None:
+    """What a detach does to ledger.events, on a ledger that is not partitioned."""
+    with superuser(url) as conn:
+        conn.execute("SET session_replication_role = replica")
+        start = datetime(before.year, before.month, 1, tzinfo=UTC)
+        conn.execute("DELETE FROM ledger.events WHERE recorded_at < %s", [start])
+        conn.execute("UPDATE ledger.archives SET detached = true")
+
+
 def test_the_ledger_still_verifies_once_archived_months_are_gone(ledger_url: str, tmp_path: Path) -> None:
     """As after a detach: the archived rows leave ledger.events, and each chain picks up from its
     last archived row (without that, every chain would be reported cut)."""
     before = _this_month()
     done = archive.archive_before(ledger_url, before, tmp_path)
+    _detach_all(ledger_url, before)
     with superuser(ledger_url) as conn:
-        conn.execute("SET session_replication_role = replica")
-        conn.execute(
-            "DELETE FROM ledger.events WHERE recorded_at < %s",
-            [datetime(before.year, before.month, 1, tzinfo=UTC)],
-        )
-        conn.execute("UPDATE ledger.archives SET detached = true")
         left = conn.execute("SELECT count(*) FROM ledger.events").fetchone()
     assert left is not None
     assert left[0] > 0
@@ -226,3 +232,40 @@ def test_the_commands(ledger_url: str, tmp_path: Path) -> None:
 def test_an_unfinished_month_is_refused(ledger_url: str, tmp_path: Path) -> None:
     with pytest.raises(VerificationError, match="not over yet"):
         archive.archive_before(ledger_url, archive.next_month(_this_month()), tmp_path)
+
+
+def test_history_the_api_and_the_console_say_when_a_query_reaches_archived_months(
+    ledger_url: str, tmp_path: Path
+) -> None:
+    before = _this_month()
+    done = archive.archive_before(ledger_url, before, tmp_path)
+    oldest = f"{done[0].month:%Y-%m}"
+    runner = CliRunner()
+    reached = runner.invoke(
+        main, ["history", "--since", f"{oldest}-02T00:00:00Z", "--limit", "1", "--database-url", ledger_url]
+    )
+    assert reached.exit_code == 0, reached.output
+    assert "archived months" not in reached.output  # archived, but still in the ledger
+    _detach_all(ledger_url, before)
+    reached = runner.invoke(
+        main, ["history", "--since", f"{oldest}-02T00:00:00Z", "--limit", "1", "--database-url", ledger_url]
+    )
+    assert reached.exit_code == 0, reached.output
+    assert f"reaches into archived months ({oldest}" in reached.output
+    this_month = f"{before:%Y-%m}-01T00:00:00Z"
+    recent = runner.invoke(main, ["history", "--since", this_month, "--database-url", ledger_url])
+    assert recent.exit_code == 0, recent.output
+    assert "archived" not in recent.output
+    app = create_app(AuditApiConfig(ledger_url, "archive-test-token", pool_max=2))
+    with TestClient(app, headers={"Authorization": "Bearer archive-test-token"}) as client:
+        page = client.get("/v1/events", params={"since": f"{oldest}-02T00:00:00Z", "limit": 5}).json()
+        assert page["archived_months"][0] == oldest
+        assert "no longer in the ledger" in page["notice"]
+        later = client.get("/v1/events", params={"since": f"{before:%Y-%m}-01T00:00:00Z", "limit": 5}).json()
+        assert later["archived_months"] == []
+        assert later["notice"] is None
+        everything = client.get("/v1/events", params={"limit": 5}).json()
+        assert len(everything["archived_months"]) == len(done)
+        console = client.get("/ui/search", params={"since": f"{oldest}-02T00:00"})
+        assert console.status_code == 200
+        assert 'id="archived-notice"' in console.text

@@ -480,3 +480,7 @@ SELECT DISTINCT ON (e.chain_key) (SELECT month FROM month), e.chain_key, e.chain
 -- name: checkpoint_prev_digest
 -- The digest a checkpoint follows, for an archive's manifest.
 SELECT encode(prev_digest, 'hex') AS prev_digest FROM ledger.checkpoints WHERE checkpoint_id = %(checkpoint_id)s;
+
+-- name: detached_months
+-- The archived months whose rows are no longer in ledger.events (their partitions were detached).
+SELECT month FROM ledger.archives WHERE detached ORDER BY month;
