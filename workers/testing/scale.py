@@ -17,10 +17,11 @@ import hashlib
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from importlib import resources
 
 from workers.ledger.connector import connect
+from workers.ledger.models import Role
 from workers.ledger.queries import parse
 
 ROWS_PER_RESERVATION = 8
@@ -84,6 +85,20 @@ def plan(url: str, rows: int, tail: int, t0: datetime, end: datetime, in_flight:
         max(0, xid_now - 10) / top,
         window,
     )
+
+
+def make_partitions(url: str, shape: Shape) -> None:
+    """The monthly partitions the rows need, where the ledger is partitioned (migration 0004):
+    made by the owner, as ``reservations migrate`` makes them, for the past months too."""
+    end = shape.t0 + timedelta(microseconds=shape.step_us * shape.top)
+    with connect(url, Role.OWNER) as conn:
+        found = conn.execute(
+            "SELECT to_regprocedure('ledger.create_events_partitions(integer, integer, timestamptz)')"
+            " IS NOT NULL"
+        ).fetchone()
+        if found and found[0]:
+            months = (end.year - shape.t0.year) * 12 + end.month - shape.t0.month + 1
+            conn.execute("SELECT ledger.create_events_partitions(%s, 1, %s)", [months, shape.t0])
 
 
 def load(url: str, shape: Shape, lo: int, hi: int, jobs: int = 2) -> None:
