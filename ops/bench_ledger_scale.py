@@ -97,7 +97,8 @@ def time_history(
 def time_api(
     url: str, port: int, reservations: int, queries: int, t0: datetime, span: timedelta
 ) -> list[float]:
-    """The audit API's page of a reservation's history and of an hour's events, over HTTP."""
+    """The audit API's page of a reservation's history and of an hour's events (the first 100
+    rows of a random hour), over HTTP."""
     rng = random.Random(20)
     process = serve(url, port)
     samples: list[float] = []
@@ -106,9 +107,11 @@ def time_api(
             base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60
         ) as client:
             for round_ in range(queries + 1):
-                since = (t0 + span * rng.random() * 0.95).isoformat()
+                start = t0 + span * rng.random() * 0.95
+                since, until = start.isoformat(), (start + timedelta(hours=1)).isoformat()
                 r = rng.randrange(reservations)
-                for path in (f"/v1/events?reservation_sid=WR{r:032x}", f"/v1/events?since={since}&limit=100"):
+                hour = f"/v1/events?since={since}&until={until}&limit=100"
+                for path in (f"/v1/events?reservation_sid=WR{r:032x}", hour):
                     began = time.perf_counter()
                     answer = client.get(path.replace("+", "%2B"))
                     took = (time.perf_counter() - began) * 1000

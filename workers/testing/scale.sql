@@ -76,6 +76,7 @@ WITH added AS (
     INSERT INTO ledger.events
     SELECT * FROM pg_temp.bench_rows(%(first)s, %(last)s, %(lo)s, %(hi)s, %(tail_from)s, %(t0)s,
                                      %(step_us)s, %(xid_per_position)s, %(in_flight)s)
+     ORDER BY position  -- in time order on disk, as the workers write them
     RETURNING chain_key, chain_seq, row_hash, position
 )
 INSERT INTO ledger.chain_heads (chain_key, chain_seq, head_hash, head_position)

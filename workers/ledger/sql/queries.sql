@@ -334,20 +334,20 @@ SELECT checkpoint_id, max_position, horizon::text AS horizon
 -- verify_rows for the rows a checkpoint did not seal: those at or above its horizon (the
 -- ledger-order index) past their chain's head sealed by that checkpoint or before, each chain
 -- starting from that sealed head (or from nothing for a chain born since). Each row in trouble,
--- and one more row (any) that carries the count of rows checked.
+-- and one more row (any) that carries the count of rows checked. Rows are hashed as they are
+-- read, so that only their keys and hashes are sorted into chain order.
 SELECT position, chain_key, chain_seq, altered, broken_link, missing_before, checked
   FROM (
-    SELECT position, chain_key, chain_seq, row_hash <> computed AS altered,
-           prev_hash <> expected_prev AS broken_link,
-           chain_seq - previous_seq - 1 AS missing_before,
+    SELECT position, chain_key, chain_seq, altered,
+           prev_hash <> coalesce(lag(row_hash) OVER chain, sealed_hash,
+                                 '\x0000000000000000000000000000000000000000000000000000000000000000'::bytea)
+               AS broken_link,
+           chain_seq - coalesce(lag(chain_seq) OVER chain, sealed_seq, 0) - 1 AS missing_before,
            count(*) OVER () AS checked,
            row_number() OVER () AS nth
       FROM (
         SELECT e.position, e.chain_key, e.chain_seq, e.prev_hash, e.row_hash,
-               ledger.event_hash(e) AS computed,
-               coalesce(lag(e.row_hash) OVER chain, s.head_hash,
-                        '\x0000000000000000000000000000000000000000000000000000000000000000'::bytea) AS expected_prev,
-               coalesce(lag(e.chain_seq) OVER chain, s.chain_seq, 0) AS previous_seq
+               e.row_hash <> ledger.event_hash(e) AS altered, s.chain_seq AS sealed_seq, s.head_hash AS sealed_hash
           FROM ledger.events e
           LEFT JOIN LATERAL (
             SELECT c.chain_seq, c.head_hash
@@ -358,18 +358,22 @@ SELECT position, chain_key, chain_seq, altered, broken_link, missing_before, che
           ) AS s ON true
          WHERE e.tx_id >= %(horizon)s::text::xid8
            AND e.chain_seq > coalesce(s.chain_seq, 0)
-        WINDOW chain AS (PARTITION BY e.chain_key ORDER BY e.chain_seq)
+        OFFSET 0
       ) AS rows_since
+    WINDOW chain AS (PARTITION BY chain_key ORDER BY chain_seq)
   ) AS checked
  WHERE altered OR broken_link OR missing_before <> 0 OR nth = 1
  ORDER BY position;
 
 -- name: verify_heads_since
--- verify_heads for the chains that moved since a checkpoint: each must end on its head.
+-- verify_heads for the chains that moved since a checkpoint: each must end on its head. (Each
+-- chain's head is looked up by key: the moved chains are few, chain_heads holds them all.)
 SELECT h.chain_key, h.chain_seq AS head_seq, h.head_position,
        t.chain_seq AS tail_seq, t.position AS tail_position
   FROM (SELECT DISTINCT e.chain_key FROM ledger.events e WHERE e.tx_id >= %(horizon)s::text::xid8) AS moved
-  JOIN ledger.chain_heads h ON h.chain_key = moved.chain_key
+  CROSS JOIN LATERAL (
+    SELECT * FROM ledger.chain_heads c WHERE c.chain_key = moved.chain_key LIMIT 1
+  ) AS h
   LEFT JOIN LATERAL (
     SELECT e.chain_seq, e.position, e.row_hash
       FROM ledger.events e
@@ -384,13 +388,17 @@ SELECT h.chain_key, h.chain_seq AS head_seq, h.head_position,
 -- verify_unheaded_rows for the rows since a checkpoint's horizon.
 SELECT e.position, e.chain_key, e.chain_seq, h.chain_seq AS head_seq
   FROM ledger.events e
-  LEFT JOIN ledger.chain_heads h ON h.chain_key = e.chain_key
+  LEFT JOIN LATERAL (
+    SELECT c.chain_key, c.chain_seq FROM ledger.chain_heads c WHERE c.chain_key = e.chain_key LIMIT 1
+  ) AS h ON true
  WHERE e.tx_id >= %(horizon)s::text::xid8
    AND (h.chain_key IS NULL OR e.chain_seq > h.chain_seq)
  ORDER BY e.position;
 
 -- name: verify_checkpoints_since
--- verify_checkpoints for a checkpoint and the ones after it.
+-- verify_checkpoints for the checkpoints after a checkpoint (the first one's link to it
+-- included). That one was checked by the verify that ran before it was sealed: re-hashing its
+-- heads would cost as much as the chains it sealed.
 SELECT c.checkpoint_id, c.max_position
   FROM ledger.checkpoints c
   LEFT JOIN ledger.checkpoints p ON p.checkpoint_id = c.checkpoint_id - 1
@@ -402,7 +410,7 @@ SELECT c.checkpoint_id, c.max_position
       FROM ledger.checkpoint_heads h
      WHERE h.checkpoint_id = c.checkpoint_id
   ) AS s ON true
- WHERE c.checkpoint_id >= %(checkpoint_id)s
+ WHERE c.checkpoint_id > %(checkpoint_id)s
    AND (c.prev_digest <> coalesce(p.digest, '\x0000000000000000000000000000000000000000000000000000000000000000'::bytea)
     OR (p.checkpoint_id IS NULL AND c.checkpoint_id <> 1)
     OR s.chains <> c.chains
