@@ -37,19 +37,30 @@ CREATE TABLE ledger.schema_migrations (
     applied_at timestamptz NOT NULL DEFAULT clock_timestamp()
 );
 
+-- Append-only tables refuse, statement by statement (so also TRUNCATE and statements that touch
+-- no row), any change to their rows.
+CREATE FUNCTION ledger.refuse_change() RETURNS trigger
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    RAISE EXCEPTION 'ledger.% is append-only: % refused', TG_TABLE_NAME, TG_OP
+        USING ERRCODE = 'RL001';
+END
+$$;
+
 -- The ledger: one row per thing that happened. Columns from chain_key to row_hash are set by
 -- the trigger ledger.events_chain(), whatever the writer sends.
 CREATE SEQUENCE ledger.events_position_seq AS bigint;
 
 CREATE TABLE ledger.events (
-    position bigint PRIMARY KEY,
+    position bigint NOT NULL,
     tx_id xid8 NOT NULL,
-    recorded_at timestamptz NOT NULL,
+    recorded_at timestamptz NOT NULL DEFAULT clock_timestamp(),
     chain_key text NOT NULL,
     chain_seq bigint NOT NULL,
     prev_hash bytea NOT NULL,
     row_hash bytea NOT NULL,
-    kind text NOT NULL CHECK (
+    kind text NOT NULL CONSTRAINT events_kind_check CHECK (
         kind IN (
             'received', 'attempt', 'conflict', 'transition', 'outcome', 'rejected_input', 'redrive',
             'intent'
@@ -61,10 +72,10 @@ CREATE TABLE ledger.events (
     reservation_sid text,
     task_sid text,
     worker_sid text,
-    from_status text CHECK (from_status IN (
+    from_status text CONSTRAINT events_from_status_check CHECK (from_status IN (
         'pending', 'accepted', 'rejected', 'timeout', 'canceled', 'rescinded', 'wrapping', 'completed'
     )),
-    to_status text CHECK (to_status IN (
+    to_status text CONSTRAINT events_to_status_check CHECK (to_status IN (
         'pending', 'accepted', 'rejected', 'timeout', 'canceled', 'rescinded', 'wrapping', 'completed'
     )),
     etag_before text,
@@ -74,7 +85,7 @@ CREATE TABLE ledger.events (
     twilio_error_code integer,
     twilio_request_id text,
     duration_ms integer,
-    outcome text CHECK (outcome IN (
+    outcome text CONSTRAINT events_outcome_check CHECK (outcome IN (
         'applied', 'already_applied', 'invalid_transition', 'expired', 'failed', 'rejected_input',
         'dead_lettered', 'indeterminate'
     )),
@@ -91,22 +102,131 @@ CREATE TABLE ledger.events (
     trace_id text CONSTRAINT events_trace_id_check CHECK (
         trace_id ~ '^[0-9a-f]{32}$' AND trace_id <> '00000000000000000000000000000000'
     ),
-    UNIQUE (chain_key, chain_seq),
     CONSTRAINT events_source_kind_check CHECK (source IS NULL OR kind = 'transition')
-);
+) PARTITION BY RANGE (recorded_at);
 ALTER SEQUENCE ledger.events_position_seq OWNED BY ledger.events.position;
 
+-- Partitions (migration 0004): one a month of recorded_at (UTC), named events_YYYY_MM, made ahead by
+-- ledger.create_events_partitions(); the DEFAULT partition keeps any row no partition takes.
+CREATE TABLE ledger.events_default PARTITION OF ledger.events DEFAULT;
+
+-- Guard one partition of ledger.events as the parent is guarded (idempotent).
+CREATE FUNCTION ledger.guard_events_partition(p_partition regclass) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF NOT EXISTS (
+        SELECT FROM pg_trigger t WHERE t.tgrelid = p_partition AND t.tgname = 'events_append_only'
+    ) THEN
+        EXECUTE format(
+            'CREATE TRIGGER events_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON %s'
+            ' FOR EACH STATEMENT EXECUTE FUNCTION ledger.refuse_change()',
+            p_partition
+        );
+    END IF;
+    EXECUTE format('REVOKE ALL ON %s FROM PUBLIC', p_partition);
+    EXECUTE format('GRANT SELECT ON %s TO reservations_writer, reservations_reader', p_partition);
+END
+$$;
+
+SELECT ledger.guard_events_partition('ledger.events_default');
+
+-- Make sure partitions of p_months month(s) each cover the month of p_from and the p_ahead
+-- months after it (UTC months; each named events_YYYY_MM after its first month); returns the
+-- partitions it made. A month already covered is left alone; a month whose rows went to the
+-- DEFAULT partition (no partition existed) is left there, reported by a warning: the default
+-- partition is append-only like the rest, and its rows verify like any other.
+CREATE FUNCTION ledger.create_events_partitions(
+    p_ahead integer DEFAULT 3, p_months integer DEFAULT 1, p_from timestamptz DEFAULT now()
+) RETURNS SETOF text
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_month timestamptz := date_trunc('month', p_from AT TIME ZONE 'UTC') AT TIME ZONE 'UTC';
+    v_stop timestamptz;
+    v_upper timestamptz;
+    v_covered timestamptz;
+    v_next timestamptz;
+    v_name text;
+BEGIN
+    IF p_ahead < 0 OR p_months < 1 THEN
+        RAISE EXCEPTION 'partitions: ahead must be 0 or more and months 1 or more (got %, %)', p_ahead, p_months
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    v_stop := (v_month AT TIME ZONE 'UTC' + make_interval(months => p_ahead + 1)) AT TIME ZONE 'UTC';
+    WHILE v_month < v_stop LOOP
+        SELECT b.upper INTO v_covered FROM ledger.events_partition_bounds() b
+         WHERE b.lower <= v_month AND v_month < b.upper;
+        IF v_covered IS NOT NULL THEN
+            v_month := v_covered;
+            CONTINUE;
+        END IF;
+        SELECT min(b.lower) INTO v_next FROM ledger.events_partition_bounds() b WHERE b.lower > v_month;
+        v_upper := least(
+            (v_month AT TIME ZONE 'UTC' + make_interval(months => p_months)) AT TIME ZONE 'UTC', v_next
+        );
+        v_name := 'events_' || to_char(v_month AT TIME ZONE 'UTC', 'YYYY_MM');
+        IF EXISTS (SELECT FROM ledger.events_default d WHERE d.recorded_at >= v_month AND d.recorded_at < v_upper) THEN
+            RAISE WARNING 'ledger.events: rows from % to % are in the DEFAULT partition (no partition existed '
+                'when they were written); they stay there and no partition is made for them', v_month, v_upper;
+        ELSIF to_regclass('ledger.' || quote_ident(v_name)) IS NOT NULL THEN
+            RAISE EXCEPTION 'ledger.%: a table of that name exists but is not a partition of ledger.events'
+                ' (a detached month?): it is left alone', v_name
+                USING ERRCODE = 'RL005';
+        ELSE
+            EXECUTE format(
+                'CREATE TABLE ledger.%I (LIKE ledger.events INCLUDING DEFAULTS INCLUDING CONSTRAINTS)', v_name
+            );
+            EXECUTE format(
+                'ALTER TABLE ledger.events ATTACH PARTITION ledger.%I FOR VALUES FROM (%L) TO (%L)',
+                v_name, v_month, v_upper
+            );
+            PERFORM ledger.guard_events_partition(('ledger.' || quote_ident(v_name))::regclass);
+            RETURN NEXT v_name;
+        END IF;
+        v_month := v_upper;
+    END LOOP;
+END
+$$;
+
+-- The range of each partition of ledger.events but the default one.
+CREATE FUNCTION ledger.events_partition_bounds()
+RETURNS TABLE (partition_name text, lower timestamptz, upper timestamptz)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT c.relname::text, m[1]::timestamptz, m[2]::timestamptz
+      FROM pg_inherits i
+      JOIN pg_class c ON c.oid = i.inhrelid
+      CROSS JOIN LATERAL regexp_match(
+          pg_get_expr(c.relpartbound, c.oid), 'FROM \(''([^'']+)''\) TO \(''([^'']+)''\)'
+      ) AS m
+     WHERE i.inhparent = 'ledger.events'::regclass AND m IS NOT NULL
+$$;
+
+SELECT ledger.create_events_partitions(3, 1);
+
+-- A 64-bit key of a text value (the first 16 hex digits of its MD5), for the indexes of the
+-- task, worker and correlation histories: 8 bytes where the value takes 35, an index entry of 36
+-- bytes instead of 68. Readers look up key64(column) = key64(value) AND column = value, so a
+-- collision only costs a row read and dropped. MD5 because it never changes across releases.
+CREATE FUNCTION ledger.key64(value text) RETURNS bigint
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+RETURN ('x' || left(md5(value), 16))::bit(64)::bigint;
+
 -- Ledger order is (tx_id, position); every history query filters on one column and pages in it.
+-- A filter by workspace walks ledger order (a contact centre has a handful of workspaces).
 CREATE INDEX events_ledger_order ON ledger.events (tx_id, position);
-CREATE INDEX events_reservation ON ledger.events (reservation_sid, tx_id, position);
-CREATE INDEX events_task ON ledger.events (task_sid, tx_id, position) WHERE task_sid IS NOT NULL;
-CREATE INDEX events_worker ON ledger.events (worker_sid, tx_id, position) WHERE worker_sid IS NOT NULL;
-CREATE INDEX events_workspace ON ledger.events (workspace_sid, tx_id, position);
+-- Each chain in chain order: verify, the console's chain check, sealed heads, and a reservation's
+-- history (its rows are its chain; a few rows to sort into ledger order).
+CREATE INDEX events_chain ON ledger.events (chain_key, chain_seq);
+CREATE INDEX events_task ON ledger.events (ledger.key64(task_sid), tx_id, position) WHERE task_sid IS NOT NULL;
+CREATE INDEX events_worker ON ledger.events (ledger.key64(worker_sid), tx_id, position)
+    WHERE worker_sid IS NOT NULL;
 CREATE INDEX events_action ON ledger.events (action_id, tx_id, position) WHERE action_id IS NOT NULL;
-CREATE INDEX events_correlation ON ledger.events (correlation_id, tx_id, position)
+CREATE INDEX events_correlation ON ledger.events (ledger.key64(correlation_id), tx_id, position)
     WHERE correlation_id IS NOT NULL;
--- recorded_at grows with position (the database clock at insert), so a BRIN index is enough.
 CREATE INDEX events_outcome ON ledger.events (outcome, tx_id, position) WHERE outcome IS NOT NULL;
+-- recorded_at grows with position (the database clock at insert), so a BRIN index is enough.
 CREATE INDEX events_recorded_at ON ledger.events USING brin (recorded_at);
 CREATE INDEX events_params ON ledger.events USING gin (params jsonb_path_ops) WHERE params IS NOT NULL;
 
@@ -219,16 +339,21 @@ AS $$
 DECLARE
     head ledger.chain_heads;
 BEGIN
+    IF NEW.recorded_at < statement_timestamp() - interval '1 minute'
+       OR NEW.recorded_at > clock_timestamp() + interval '1 minute' THEN
+        RAISE EXCEPTION 'ledger.events: recorded_at is the database clock at insert, not %', NEW.recorded_at
+            USING ERRCODE = 'RL001';
+    END IF;
     NEW.chain_key := coalesce(NEW.reservation_sid, 'rejected_input');
     IF current_setting('ledger.writing', true) IS DISTINCT FROM 'on' THEN
         PERFORM ledger.join_writers();
     END IF;
     PERFORM pg_advisory_xact_lock(1279607879, hashtext(NEW.chain_key));
-    -- The advisory lock serialises this chain's appends, so no row lock is needed here.
+    -- The advisory lock serialises this chain's appends, so no row lock is needed here, and
+    -- chain_seq is unique in its chain (no unique index can say so across partitions).
     SELECT * INTO head FROM ledger.chain_heads WHERE chain_key = NEW.chain_key;
     NEW.position := nextval('ledger.events_position_seq');
     NEW.tx_id := pg_current_xact_id();
-    NEW.recorded_at := clock_timestamp();
     IF NOT FOUND THEN
         NEW.chain_seq := 1;
         NEW.prev_hash := '\x0000000000000000000000000000000000000000000000000000000000000000'::bytea;
@@ -247,22 +372,19 @@ BEGIN
 END
 $$;
 
+-- A row trigger on the partitioned table is cloned onto every partition, one made later too.
 CREATE TRIGGER events_chain BEFORE INSERT ON ledger.events
     FOR EACH ROW EXECUTE FUNCTION ledger.events_chain();
 
--- Append-only: statement-level, so that it also fires for TRUNCATE and for statements that
--- touch no row.
-CREATE FUNCTION ledger.refuse_change() RETURNS trigger
-LANGUAGE plpgsql
-AS $$
-BEGIN
-    RAISE EXCEPTION 'ledger.% is append-only: % refused', TG_TABLE_NAME, TG_OP
-        USING ERRCODE = 'RL001';
-END
-$$;
-
+-- Append-only: statement-level on the partitioned table (TRUNCATE, statements that touch no
+-- row) and on each partition (a statement may name a partition directly; statement triggers
+-- are not cloned, so ledger.guard_events_partition adds it), and row-level, which every
+-- partition inherits whoever made it.
 CREATE TRIGGER events_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON ledger.events
     FOR EACH STATEMENT EXECUTE FUNCTION ledger.refuse_change();
+CREATE TRIGGER events_append_only_row BEFORE UPDATE OR DELETE ON ledger.events
+    FOR EACH ROW EXECUTE FUNCTION ledger.refuse_change();
+
 
 -- The read horizon for a statement whose snapshot is s: readers show the rows whose tx_id is
 -- below it. It is the oldest of
@@ -620,7 +742,8 @@ BEGIN
     SELECT * INTO r FROM ledger.reservations WHERE reservation_sid = p_reservation_sid;
     SELECT e.position INTO t_pos
       FROM ledger.events e
-     WHERE e.reservation_sid = p_reservation_sid AND e.kind = 'transition' AND e.to_status = p_to_status
+     WHERE e.chain_key = p_reservation_sid AND e.reservation_sid = p_reservation_sid
+       AND e.kind = 'transition' AND e.to_status = p_to_status
        AND (src = 'event' OR e.source = 'event')
      ORDER BY e.position
      LIMIT 1;
@@ -628,7 +751,8 @@ BEGIN
         IF src = 'event' AND from_status IS NULL THEN
             SELECT e.to_status INTO from_status
               FROM ledger.events e
-             WHERE e.reservation_sid = p_reservation_sid AND e.kind = 'transition'
+             WHERE e.chain_key = p_reservation_sid AND e.reservation_sid = p_reservation_sid
+               AND e.kind = 'transition'
                AND ledger.status_rank(e.to_status) < ledger.status_rank(p_to_status)
              ORDER BY ledger.status_rank(e.to_status) DESC, e.position DESC
              LIMIT 1;
@@ -899,6 +1023,8 @@ GRANT SELECT ON ALL TABLES IN SCHEMA ledger TO reservations_writer, reservations
 GRANT EXECUTE ON FUNCTION ledger.event_canonical(ledger.events), ledger.event_hash(ledger.events)
     TO reservations_writer, reservations_reader;
 GRANT EXECUTE ON FUNCTION ledger.lock_chain(text) TO reservations_writer;
+GRANT EXECUTE ON FUNCTION ledger.events_partition_bounds() TO reservations_writer, reservations_reader;
+GRANT EXECUTE ON FUNCTION ledger.key64(text) TO reservations_writer, reservations_reader;
 GRANT EXECUTE ON FUNCTION ledger.status_rank(text) TO reservations_writer, reservations_reader;
 GRANT EXECUTE ON FUNCTION
     ledger.record_received(

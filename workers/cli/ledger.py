@@ -10,10 +10,10 @@ from typing import NoReturn
 import click
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from workers.cli.options import database_url_option
+from workers.cli.options import F, database_url_option, env_option
 from workers.config import Settings
 from workers.errors import ReservationsError
-from workers.ledger import archive, digests, migrations
+from workers.ledger import archive, digests, migrations, partitions
 from workers.ledger.connector import connect
 from workers.ledger.models import Checkpoint, Problem, Role
 from workers.ledger.verify import latest_checkpoint, seal_checkpoint, verify, verify_since
@@ -40,13 +40,34 @@ def _fail(message: str, code: int = 2) -> NoReturn:
     sys.exit(code)
 
 
+def _partition_options(command: F) -> F:
+    """--ahead and --months: how far ahead ledger.events' partitions are made, and how wide."""
+    command = env_option(
+        "--partition-months",
+        "months",
+        envvar="LEDGER_PARTITION_MONTHS",
+        type=click.IntRange(1, 12),
+        default=partitions.DEFAULT_MONTHS,
+        help="Months of ledger rows per partition of ledger.events.",
+    )(command)
+    return env_option(
+        "--ahead",
+        envvar="LEDGER_PARTITIONS_AHEAD",
+        type=click.IntRange(0, 120),
+        default=partitions.DEFAULT_AHEAD,
+        help="Months after this one that must have their partition of ledger.events already.",
+    )(command)
+
+
 @click.command(epilog=ROLES_HELP)
 @database_url_option(
     "Where to migrate, as a role that is a member of reservations_owner (or a superuser).", migrations=True
 )
 @click.option("--check", is_flag=True, help="Only list the pending migrations; exit 1 if there are any.")
-def migrate(database_url: str, check: bool) -> None:
-    """Apply the ledger's SQL migrations (idempotent), creating the database if needed.
+@_partition_options
+def migrate(database_url: str, check: bool, ahead: int, months: int) -> None:
+    """Apply the ledger's SQL migrations (idempotent), creating the database if needed, then make
+    ledger.events' partitions that are missing up to --ahead months ahead.
 
     Refuses (exit 2) to touch a database that has applied migrations this release does not know.
     """
@@ -57,17 +78,45 @@ def migrate(database_url: str, check: bool) -> None:
                 click.echo(f"pending: {migration}")
             sys.exit(1 if todo else 0)
         applied = migrations.migrate(database_url)
+        with connect(database_url, None) as conn:
+            made = partitions.ensure_partitions(conn, ahead, months)
     except ReservationsError as exc:
         _fail(str(exc))
     for migration in applied:
         click.echo(f"applied: {migration}")
     if not applied:
         click.echo("the ledger is up to date")
+    for name in made:
+        click.echo(f"partition made: ledger.{name}")
 
 
 @click.group(epilog=ROLES_HELP)
 def ledger() -> None:
     """Verify, checkpoint, rebuild and query the ledger."""
+
+
+@ledger.command("partitions")
+@database_url_option(
+    "The ledger, as a role that is a member of reservations_owner (or a superuser).", migrations=True
+)
+@_partition_options
+def partitions_command(database_url: str, ahead: int, months: int) -> None:
+    """Make ledger.events' missing partitions up to --ahead months ahead, and list them all.
+
+    Run it from cron (monthly is enough with the default --ahead 3): a row that finds no partition
+    lands in the DEFAULT partition and stays there (ops/LEDGER.md, "Partitions").
+    """
+    try:
+        with connect(database_url, None) as conn:
+            made = partitions.ensure_partitions(conn, ahead, months)
+            listed = partitions.list_partitions(conn)
+    except ReservationsError as exc:
+        _fail(str(exc))
+    for name in made:
+        click.echo(f"partition made: ledger.{name}")
+    for part in listed:
+        span = f"{part.lower:%Y-%m-%d} to {part.upper:%Y-%m-%d}" if part.lower and part.upper else "DEFAULT"
+        click.echo(f"ledger.{part.partition_name}: {span}{'' if part.has_rows else ' (empty)'}")
 
 
 @ledger.command("verify")

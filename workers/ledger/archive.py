@@ -242,6 +242,9 @@ def archive_before(url: str, before: date, folder: Path, *, now: date | None = N
                     },
                 )
                 if detach:
+                    # The detach waits for every statement on ledger.events and holds up new ones
+                    # meanwhile: give up rather than stall the workers (run it again later).
+                    conn.execute("SET LOCAL lock_timeout = '10s'")
                     conn.execute(
                         sql.SQL("ALTER TABLE ledger.events DETACH PARTITION ledger.{}").format(
                             sql.Identifier(partition_name(month))

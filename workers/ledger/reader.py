@@ -47,6 +47,8 @@ HISTORY_COLUMNS: tuple[LiteralString, ...] = (
     "outcome",
     "twilio_error_code",
 )
+# Columns whose index is on ledger.key64(column), not on the column itself.
+_KEYED_COLUMNS = frozenset({"task_sid", "worker_sid", "correlation_id"})
 _PII_NAMES = tuple(sorted({name for p in PARAMETERS if p.pii for name in (p.wire, p.keyword)}))
 _START = Cursor(0, 0)
 
@@ -206,6 +208,16 @@ class LedgerReader(Pooled):
                     sql.SQL("AND e.{} = {}").format(sql.Identifier(column), sql.Placeholder(column))
                 )
                 params[column] = given[column]
+                if column in _KEYED_COLUMNS:
+                    # Their indexes hold a 64-bit key of the value (migration 0004, ledger.key64).
+                    clauses.append(
+                        sql.SQL("AND ledger.key64(e.{}) = ledger.key64({})").format(
+                            sql.Identifier(column), sql.Placeholder(column)
+                        )
+                    )
+        if given.get("reservation_sid") is not None:
+            # A reservation's rows are its hash chain: the chain's index finds them (migration 0004).
+            clauses.append(sql.SQL("AND e.chain_key = {}").format(sql.Placeholder("reservation_sid")))
         if given.get("since") is not None:
             clauses.append(sql.SQL("AND e.recorded_at >= {}").format(sql.Placeholder("since")))
             params["since"] = given["since"]

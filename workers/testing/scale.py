@@ -104,6 +104,8 @@ def make_partitions(url: str, shape: Shape) -> None:
 def load(url: str, shape: Shape, lo: int, hi: int, jobs: int = 2) -> None:
     """The rows at positions in (lo, hi] (the registry and projection too when ``lo`` is 0),
     ``jobs`` connections in parallel; ``url`` must be a superuser's."""
+    if lo == 0:
+        make_partitions(url, shape)
     first_res = lo // (shape.in_flight * ROWS_PER_RESERVATION) * shape.in_flight
     batches = [
         (b, min(b + BATCH, shape.reservations) - 1) for b in range(first_res, shape.reservations, BATCH)

@@ -492,3 +492,19 @@ SELECT encode(prev_digest, 'hex') AS prev_digest FROM ledger.checkpoints WHERE c
 -- name: detached_months
 -- The archived months whose rows are no longer in ledger.events (their partitions were detached).
 SELECT month FROM ledger.archives WHERE detached ORDER BY month;
+
+-- name: create_events_partitions
+-- Make the monthly partitions of ledger.events that are missing, from this month to ahead months
+-- after it, each of months month(s) (owner only); returns the ones made.
+SELECT partition_name FROM ledger.create_events_partitions(%(ahead)s, %(months)s) AS partition_name;
+
+-- name: events_partitions
+-- Each partition of ledger.events with its range (the DEFAULT partition has none) and its rows'
+-- presence, in time order.
+SELECT c.relname AS partition_name, b.lower, b.upper,
+       EXISTS (SELECT FROM ledger.events e WHERE e.tableoid = c.oid) AS has_rows
+  FROM pg_inherits i
+  JOIN pg_class c ON c.oid = i.inhrelid
+  LEFT JOIN ledger.events_partition_bounds() b ON b.partition_name = c.relname
+ WHERE i.inhparent = 'ledger.events'::regclass
+ ORDER BY b.lower NULLS LAST;
