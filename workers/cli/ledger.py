@@ -149,8 +149,8 @@ def partitions_command(database_url: str, ahead: int, months: int) -> None:
     type=click.IntRange(min=1),
     metavar="N",
     help="Check only what was written after checkpoint N (sealed since migration 0005), each chain"
-    " from its sealed head: time proportional to the new rows. Checkpoint N and those after it"
-    " must hold; the rows it sealed were checked by an earlier verify.",
+    " from its sealed head: time proportional to the new rows. The checkpoints after N must hold;"
+    " N and the rows it sealed were checked by an earlier verify.",
 )
 @click.option(
     "--archive",

@@ -52,7 +52,7 @@ def verify(conn: Connection, expected: Sequence[tuple[int, bytes]] = ()) -> list
                     f" {what}",
                 )
             )
-        problems.extend(_checkpoint_problems(_rows(conn, "verify_checkpoints")))
+        problems.extend(_checkpoint_problems(_rows(conn, "verify_checkpoints", {"after": 0})))
     return problems
 
 
@@ -64,8 +64,9 @@ def verify_since(
 
     Each chain starts from its head sealed by that checkpoint or an earlier one (which a full
     verify, or an earlier incremental one, checked); the rows read are those at or above the
-    checkpoint's horizon, which holds every row the seal did not see. Checkpoint
-    ``checkpoint_id`` and those after it must match their digests and follow each other.
+    checkpoint's horizon, which holds every row the seal did not see. The checkpoints after
+    ``checkpoint_id`` must match their digests and follow it (that one was checked by the verify
+    that ran before it was sealed).
     Raises :class:`VerificationError` when the checkpoint is missing or predates migration 0005.
     """
     with translated(), conn.transaction():
@@ -88,7 +89,7 @@ def verify_since(
             problems.extend(_row_problems(row))
         problems.extend(_unheaded_problems(_rows(conn, "verify_unheaded_rows_since", params)))
         problems.extend(_head_problem(row) for row in _rows(conn, "verify_heads_since", params))
-        problems.extend(_checkpoint_problems(_rows(conn, "verify_checkpoints_since", params)))
+        problems.extend(_checkpoint_problems(_rows(conn, "verify_checkpoints", {"after": checkpoint_id})))
     return problems, checked
 
 

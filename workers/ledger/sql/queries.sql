@@ -192,7 +192,10 @@ SELECT s.checkpoint_id, s.chain_key, s.chain_seq, s.head_position,
  ORDER BY s.head_position;
 
 -- name: verify_checkpoints
--- Checkpoints whose digest or link to the previous one does not hold.
+-- Checkpoints after checkpoint %(after)s (0: all of them) whose digest or link to the previous
+-- one does not hold. An incremental verify starts after the checkpoint it starts from: the verify
+-- before it was sealed checked that one, and re-hashing its heads costs as much as the chains it
+-- sealed.
 SELECT c.checkpoint_id, c.max_position
   FROM ledger.checkpoints c
   LEFT JOIN ledger.checkpoints p ON p.checkpoint_id = c.checkpoint_id - 1
@@ -204,10 +207,11 @@ SELECT c.checkpoint_id, c.max_position
       FROM ledger.checkpoint_heads h
      WHERE h.checkpoint_id = c.checkpoint_id
   ) AS s ON true
- WHERE c.prev_digest <> coalesce(p.digest, '\x0000000000000000000000000000000000000000000000000000000000000000'::bytea)
+ WHERE c.checkpoint_id > %(after)s
+   AND (c.prev_digest <> coalesce(p.digest, '\x0000000000000000000000000000000000000000000000000000000000000000'::bytea)
     OR (p.checkpoint_id IS NULL AND c.checkpoint_id <> 1)
     OR s.chains <> c.chains
-    OR c.digest <> ledger.checkpoint_digest(c.prev_digest, c.checkpoint_id, c.max_position, s.keys, s.seqs, s.hashes)
+    OR c.digest <> ledger.checkpoint_digest(c.prev_digest, c.checkpoint_id, c.max_position, s.keys, s.seqs, s.hashes))
  ORDER BY c.checkpoint_id;
 
 -- name: count_events
@@ -394,28 +398,6 @@ SELECT e.position, e.chain_key, e.chain_seq, h.chain_seq AS head_seq
  WHERE e.tx_id >= %(horizon)s::text::xid8
    AND (h.chain_key IS NULL OR e.chain_seq > h.chain_seq)
  ORDER BY e.position;
-
--- name: verify_checkpoints_since
--- verify_checkpoints for the checkpoints after a checkpoint (the first one's link to it
--- included). That one was checked by the verify that ran before it was sealed: re-hashing its
--- heads would cost as much as the chains it sealed.
-SELECT c.checkpoint_id, c.max_position
-  FROM ledger.checkpoints c
-  LEFT JOIN ledger.checkpoints p ON p.checkpoint_id = c.checkpoint_id - 1
-  LEFT JOIN LATERAL (
-    SELECT coalesce(array_agg(h.chain_key ORDER BY h.chain_key), '{}') AS keys,
-           coalesce(array_agg(h.chain_seq ORDER BY h.chain_key), '{}') AS seqs,
-           coalesce(array_agg(encode(h.head_hash, 'hex') ORDER BY h.chain_key), '{}') AS hashes,
-           count(*) AS chains
-      FROM ledger.checkpoint_heads h
-     WHERE h.checkpoint_id = c.checkpoint_id
-  ) AS s ON true
- WHERE c.checkpoint_id > %(checkpoint_id)s
-   AND (c.prev_digest <> coalesce(p.digest, '\x0000000000000000000000000000000000000000000000000000000000000000'::bytea)
-    OR (p.checkpoint_id IS NULL AND c.checkpoint_id <> 1)
-    OR s.chains <> c.chains
-    OR c.digest <> ledger.checkpoint_digest(c.prev_digest, c.checkpoint_id, c.max_position, s.keys, s.seqs, s.hashes))
- ORDER BY c.checkpoint_id;
 
 -- name: archive_first_month
 -- The month of the ledger's first row (positions grow with recorded_at), to list the months to archive.
