@@ -183,21 +183,42 @@ class Mix:
     def settle(self, action: Action, outcome: Outcome, **extra: object) -> None:
         self.ledger.append(Settle(action.action_id, outcome, trace_id=self.trace(), **extra))  # type: ignore[arg-type]
 
+    def first_run(
+        self, kind: ActionKind, sid: str, task: str, worker: str, target: str, **extra: object
+    ) -> Action:
+        """An action received for a reservation first seen on a fetch, and the intent of its update."""
+        a = self.receive(kind, sid, task, worker, **extra)
+        self.fetched(sid, task, worker, "pending", 1, None)
+        self.intent(a, 1, 1, "pending", target)
+        return a
+
+    def refused(self, a: Action, status: int, code: int | None, detail: str, duration_ms: int) -> None:
+        """TaskRouter's answer to the update: an error."""
+        self.ledger.append(
+            Attempt(
+                a.action_id,
+                1,
+                "1",
+                http_status=status,
+                twilio_error_code=code,
+                twilio_request_id=self.request(),
+                duration_ms=duration_ms,
+                detail=detail,
+                trace_id=self.trace(),
+            )
+        )
+
     def story(self) -> None:
         sid, task, worker = new_sid("WR"), new_sid("WT"), self.rng.choice(self.workers)
         roll = self.rng.random()
         accepted = False
         if roll < 0.45:
-            a = self.receive(ActionKind.ACCEPT, sid, task, worker)
-            self.fetched(sid, task, worker, "pending", 1, None)
-            self.intent(a, 1, 1, "pending", "accepted")
+            a = self.first_run(ActionKind.ACCEPT, sid, task, worker, "accepted")
             self.applied(a, 1, "pending", "accepted", 1, source=Source.ACTION)
             self.event(sid, "accepted")  # the echo of our own accept: no new row
             accepted = True
         elif roll < 0.55:
-            a = self.receive(ActionKind.REJECT, sid, task, worker)
-            self.fetched(sid, task, worker, "pending", 1, None)
-            self.intent(a, 1, 1, "pending", "rejected")
+            a = self.first_run(ActionKind.REJECT, sid, task, worker, "rejected")
             self.applied(a, 1, "pending", "rejected", 1)
         elif roll < 0.65:
             params = {
@@ -208,9 +229,7 @@ class Mix:
                 "call_accept": True,
                 "call_status_callback_url": "https://example.com/status",
             }
-            a = self.receive(ActionKind.CALL, sid, task, worker, params=params)
-            self.fetched(sid, task, worker, "pending", 1, None)
-            self.intent(a, 1, 1, "pending", "accepted")
+            a = self.first_run(ActionKind.CALL, sid, task, worker, "accepted", params=params)
             self.applied(a, 1, "pending", "accepted", 1)
             accepted = True
         elif roll < 0.75:
@@ -235,22 +254,8 @@ class Mix:
             self.applied(a, 1, "pending", "accepted", 3)
             accepted = True
         elif roll < 0.80:
-            a = self.receive(ActionKind.ACCEPT, sid, task, worker)
-            self.fetched(sid, task, worker, "pending", 1, None)
-            self.intent(a, 1, 1, "pending", "accepted")
-            self.ledger.append(
-                Attempt(
-                    a.action_id,
-                    1,
-                    "1",
-                    http_status=404,
-                    twilio_error_code=20404,
-                    twilio_request_id=self.request(),
-                    duration_ms=88,
-                    detail="HTTP 404: the requested resource was not found",
-                    trace_id=self.trace(),
-                )
-            )
+            a = self.first_run(ActionKind.ACCEPT, sid, task, worker, "accepted")
+            self.refused(a, 404, 20404, "HTTP 404: the requested resource was not found", 88)
             self.settle(
                 a,
                 Outcome.FAILED,
@@ -270,9 +275,7 @@ class Mix:
                 "timeout": 20,
                 "record": True,
             }
-            a = self.receive(ActionKind.CONFERENCE, sid, task, worker, params=params)
-            self.fetched(sid, task, worker, "pending", 1, None)
-            self.intent(a, 1, 1, "pending", "accepted")
+            a = self.first_run(ActionKind.CONFERENCE, sid, task, worker, "accepted", params=params)
             self.applied(a, 1, "pending", "accepted", 1)
             accepted = True
         elif roll < 0.95:
@@ -281,28 +284,13 @@ class Mix:
                 "dequeue_from": "+15550003333",
                 "dequeue_post_work_activity_sid": "WA" + "1" * 32,
             }
-            a = self.receive(ActionKind.DEQUEUE, sid, task, worker, params=params)
-            self.fetched(sid, task, worker, "pending", 1, None)
-            self.intent(a, 1, 1, "pending", "accepted")
-            self.ledger.append(
-                Attempt(
-                    a.action_id,
-                    1,
-                    "1",
-                    http_status=503,
-                    twilio_request_id=self.request(),
-                    duration_ms=1200,
-                    detail="HTTP 503: service unavailable",
-                    trace_id=self.trace(),
-                )
-            )
+            a = self.first_run(ActionKind.DEQUEUE, sid, task, worker, "accepted", params=params)
+            self.refused(a, 503, None, "HTTP 503: service unavailable", 1200)
             self.intent(a, 2, 1, "pending", "accepted")
             self.applied(a, 2, "pending", "accepted", 1)
             accepted = True
         else:
-            a = self.receive(ActionKind.ACCEPT, sid, task, worker)
-            self.fetched(sid, task, worker, "pending", 1, None)
-            self.intent(a, 1, 1, "pending", "accepted")
+            a = self.first_run(ActionKind.ACCEPT, sid, task, worker, "accepted")
             # The answer was lost; the next run finds the reservation accepted on a fetch.
             self.applied(
                 a, 1, "pending", "accepted", 1, source=Source.FETCH, detail="confirmed after a lost answer"

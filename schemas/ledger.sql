@@ -300,14 +300,17 @@ RETURN CASE status WHEN 'pending' THEN 0 WHEN 'accepted' THEN 1 WHEN 'wrapping' 
 -- ledger.visible_horizon). A transaction that already holds an xid without holding the lock
 -- would be invisible to them, so it may not append (SQLSTATE RL003). The setting
 -- ledger.writing (transaction-local) only spares the chain trigger a second look; the check
--- itself never trusts it.
+-- itself never trusts it. The mark ledger.joined (0006) names this backend and this transaction:
+-- an append that finds its own transaction's mark has joined, and skips the read of pg_locks.
 CREATE FUNCTION ledger.join_writers() RETURNS void
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    mark text := pg_backend_pid()::text || ' ' || extract(epoch FROM transaction_timestamp())::text;
 BEGIN
     IF pg_current_xact_id_if_assigned() IS NULL THEN
         PERFORM pg_advisory_xact_lock_shared(1279607881, 0);
-    ELSIF NOT EXISTS (
+    ELSIF current_setting('ledger.joined', true) IS DISTINCT FROM mark AND NOT EXISTS (
         SELECT FROM pg_locks l
          WHERE l.pid = pg_backend_pid() AND l.locktype = 'advisory' AND l.granted
            AND l.database = (SELECT d.oid FROM pg_database d WHERE d.datname = current_database())
@@ -318,6 +321,7 @@ BEGIN
                   HINT = 'append in a transaction of its own (the ledger''s functions in autocommit)';
     END IF;
     PERFORM set_config('ledger.writing', 'on', true);
+    PERFORM set_config('ledger.joined', mark, true);
 END
 $$;
 
@@ -468,7 +472,8 @@ BEGIN
 END
 $$;
 
--- The action registry: action_id is the idempotency key.
+-- The action registry: action_id is the idempotency key. Its parameters are those of its
+-- 'received' (or 'rejected_input') row in ledger.events, stored there only (migration 0004).
 CREATE TABLE ledger.actions (
     action_id uuid PRIMARY KEY,
     action text,
@@ -476,7 +481,6 @@ CREATE TABLE ledger.actions (
     reservation_sid text,
     task_sid text,
     worker_sid text,
-    params jsonb,
     expected_status text,
     not_after timestamptz,
     correlation_id text,
@@ -491,6 +495,17 @@ CREATE TABLE ledger.actions (
     redrives integer NOT NULL DEFAULT 0
 );
 CREATE INDEX actions_reservation ON ledger.actions (reservation_sid);
+
+-- An action's parameters: those of its 'received' (or 'rejected_input') row, where they are
+-- stored once (migration 0004). For the registry's readers.
+CREATE FUNCTION ledger.action_params(p_action_id uuid) RETURNS jsonb
+LANGUAGE sql STABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT e.params FROM ledger.events e
+     WHERE e.action_id = p_action_id AND e.kind IN ('received', 'rejected_input')
+     ORDER BY e.position
+     LIMIT 1
+$$;
 
 -- The projection: each reservation's current status and ETag, rebuilt from the ledger at will.
 CREATE TABLE ledger.reservations (
@@ -610,10 +625,10 @@ AS $$
 BEGIN
     PERFORM ledger.lock_chain(p_reservation_sid);
     INSERT INTO ledger.actions (
-        action_id, action, workspace_sid, reservation_sid, task_sid, worker_sid, params,
+        action_id, action, workspace_sid, reservation_sid, task_sid, worker_sid,
         expected_status, not_after, correlation_id, producer
     ) VALUES (
-        p_action_id, p_action, p_workspace_sid, p_reservation_sid, p_task_sid, p_worker_sid, p_params,
+        p_action_id, p_action, p_workspace_sid, p_reservation_sid, p_task_sid, p_worker_sid,
         p_expected_status, p_not_after, p_correlation_id, p_producer
     ) ON CONFLICT (action_id) DO NOTHING;
     IF NOT FOUND THEN
@@ -848,11 +863,11 @@ BEGIN
     ) RETURNING position INTO pos;
     IF p_action_id IS NOT NULL THEN
         INSERT INTO ledger.actions (
-            action_id, action, workspace_sid, reservation_sid, task_sid, worker_sid, params,
+            action_id, action, workspace_sid, reservation_sid, task_sid, worker_sid,
             correlation_id, producer, outcome, outcome_at
         ) VALUES (
             p_action_id, p_action, p_workspace_sid, p_reservation_sid, p_task_sid, p_worker_sid,
-            p_params, p_correlation_id, p_producer, 'rejected_input', clock_timestamp()
+            p_correlation_id, p_producer, 'rejected_input', clock_timestamp()
         ) ON CONFLICT (action_id) DO NOTHING;
     END IF;
     RETURN pos;
@@ -867,10 +882,10 @@ LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     IF (NEW.action_id, NEW.action, NEW.workspace_sid, NEW.reservation_sid, NEW.task_sid, NEW.worker_sid,
-        NEW.params, NEW.expected_status, NEW.not_after, NEW.correlation_id, NEW.producer, NEW.received_at)
+        NEW.expected_status, NEW.not_after, NEW.correlation_id, NEW.producer, NEW.received_at)
        IS DISTINCT FROM
        (OLD.action_id, OLD.action, OLD.workspace_sid, OLD.reservation_sid, OLD.task_sid, OLD.worker_sid,
-        OLD.params, OLD.expected_status, OLD.not_after, OLD.correlation_id, OLD.producer, OLD.received_at)
+        OLD.expected_status, OLD.not_after, OLD.correlation_id, OLD.producer, OLD.received_at)
     THEN
         RAISE EXCEPTION 'ledger.actions: what action % received cannot change', OLD.action_id
             USING ERRCODE = 'RL001';
@@ -1025,6 +1040,7 @@ GRANT EXECUTE ON FUNCTION ledger.event_canonical(ledger.events), ledger.event_ha
 GRANT EXECUTE ON FUNCTION ledger.lock_chain(text) TO reservations_writer;
 GRANT EXECUTE ON FUNCTION ledger.events_partition_bounds() TO reservations_writer, reservations_reader;
 GRANT EXECUTE ON FUNCTION ledger.key64(text) TO reservations_writer, reservations_reader;
+GRANT EXECUTE ON FUNCTION ledger.action_params(uuid) TO reservations_writer, reservations_reader;
 GRANT EXECUTE ON FUNCTION ledger.status_rank(text) TO reservations_writer, reservations_reader;
 GRANT EXECUTE ON FUNCTION
     ledger.record_received(

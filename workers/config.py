@@ -171,6 +171,12 @@ class Settings:
         return self.ledger_migration_url or self.database_url
 
 
+def export(values: Mapping[str, str]) -> None:
+    """Leave ``values`` in this process's environment for the processes it starts, which read
+    their settings with :meth:`Settings.from_env` (``events-api --workers``: uvicorn spawns them)."""
+    os.environ.update(values)
+
+
 def broker_url_from_env(environ: Mapping[str, str] | None = None) -> str:
     """``CELERY_BROKER_URL`` alone: what a producer needs (it needs no other setting)."""
     env = os.environ if environ is None else environ

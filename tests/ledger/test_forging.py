@@ -175,6 +175,44 @@ def test_an_append_after_another_write_is_refused_even_with_a_forged_setting(db_
             conn.execute(QUERIES["record_received"], _received())
 
 
+def test_a_joined_mark_from_elsewhere_does_not_spare_the_check(db_url: str) -> None:
+    """join_writers trusts ``ledger.joined`` (0006) only when it names this very transaction: a mark
+    copied from an earlier transaction, or one left at session level, still meets RL003."""
+    with connect(db_url, Role.WRITER) as conn:
+        conn.autocommit = False
+        conn.execute(QUERIES["record_received"], _received())
+        copied = conn.execute("SELECT current_setting('ledger.joined')").fetchone()
+        conn.commit()
+        assert copied is not None
+        assert copied[0]
+        for prelude in (
+            "SELECT set_config('ledger.joined', %s, true)",
+            "SELECT set_config('ledger.joined', %s, false)",
+        ):
+            conn.execute("SELECT pg_current_xact_id()")
+            conn.execute(prelude, [copied[0]])
+            with pytest.raises(psycopg.Error) as caught:
+                conn.execute(QUERIES["record_received"], _received())
+            assert caught.value.sqlstate == "RL003"
+            conn.rollback()
+        conn.execute("RESET ledger.joined")
+        conn.commit()
+
+
+def test_many_appends_in_one_transaction_join_once(db_url: str) -> None:
+    """The events API's batches: every append after the first finds its own transaction's mark."""
+    with connect(db_url, Role.WRITER) as conn:
+        conn.autocommit = False
+        for _ in range(3):
+            conn.execute(QUERIES["record_received"], _received())
+        mark = conn.execute("SELECT current_setting('ledger.joined')").fetchone()
+        own = conn.execute(
+            "SELECT pg_backend_pid()::text || ' ' || extract(epoch FROM transaction_timestamp())::text"
+        ).fetchone()
+        conn.commit()
+    assert mark == own
+
+
 def _received() -> dict[str, object]:
     action = make_action()
     return {

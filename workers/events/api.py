@@ -32,6 +32,9 @@ from urllib.parse import parse_qsl
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.datastructures import State
+from starlette.requests import ClientDisconnect
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from workers import __version__, metrics
 from workers.core.taskrouter_events import (
@@ -69,6 +72,8 @@ class EventsApiConfig:
     batch_max: int = 200
     writers: int = 4
     pool_timeout: float = 5.0
+    # PROMETHEUS_MULTIPROC_DIR: /metrics adds up the files of every process (``--workers``).
+    metrics_dir: str | None = None
 
     def checked_token(self) -> str:
         """The auth token signatures are checked with; ConfigurationError unless the API can check
@@ -89,19 +94,44 @@ class EventsApiConfig:
         return self.auth_token
 
 
-def _no_content() -> Response:
-    """Twilio's expected answer: 204, ``Content-Type: application/json``."""
-    return Response(status_code=204, headers={"Content-Type": "application/json"})
+# Twilio's expected answer: 204, ``Content-Type: application/json`` (one instance: it holds no state).
+NO_CONTENT = Response(status_code=204, headers={"Content-Type": "application/json"})
+# The headers the callback handler reads, as ASGI spells them.
+_CALLBACK_HEADERS = frozenset(
+    {b"content-length", b"x-twilio-signature", b"x-twilio-webhooks-signature-settings"}
+)
 
 
 def _problem(status: int, error: str, message: str, **headers: str) -> JSONResponse:
     return JSONResponse({"error": error, "message": message}, status_code=status, headers=headers or None)
 
 
-def create_app(config: EventsApiConfig, *, committer: GroupCommitter | None = None) -> FastAPI:
+class EventsApp:
+    """The events API as uvicorn runs it. Event Callbacks, the hot path (Twilio sends one request
+    per event), go straight to a plain ASGI handler: FastAPI's middleware, routing and dependency
+    machinery cost as much CPU as the handler itself (py-spy, ops/bench_events.py). Everything
+    else, the lifespan included, is the FastAPI app ``api``."""
+
+    def __init__(self, api: FastAPI, callbacks: ASGIApp) -> None:
+        self.api = api
+        self._callbacks = callbacks
+
+    @property
+    def state(self) -> State:
+        return self.api.state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == CALLBACK_PATH and scope["method"] == "POST":
+            await self._callbacks(scope, receive, send)
+        else:
+            await self.api(scope, receive, send)
+
+
+def create_app(config: EventsApiConfig, *, committer: GroupCommitter | None = None) -> EventsApp:
     """The API over ``config.database_url`` as the writer role (or over ``committer``, in tests)."""
     check = SignatureCheck(config.checked_token(), config.public_url)
     basic = config.basic_auth.encode("utf-8") if config.basic_auth else None
+    exposed = metrics.registry(config.metrics_dir)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -134,13 +164,13 @@ def create_app(config: EventsApiConfig, *, committer: GroupCommitter | None = No
         title="TaskRouter events receiver", version=__version__, description=__doc__, lifespan=lifespan
     )
 
-    async def record(request: Request, channel: Channel, parsed: Sequence[Parsed]) -> Response:
+    async def record(channel: Channel, parsed: Sequence[Parsed]) -> Response:
         """Make every reservation event of one delivery durable, then acknowledge it."""
         events = [event for event in parsed if isinstance(event, ReservationEvent)]
         ignored = len(parsed) - len(events)
         if ignored:
             metrics.event(channel, "ignored", ignored)
-        group: GroupCommitter = request.app.state.committer
+        group: GroupCommitter = app.state.committer
         futures = [asyncio.wrap_future(group.submit(transition_of(event))) for event in events]
         try:
             results = await asyncio.gather(*futures)
@@ -155,7 +185,7 @@ def create_app(config: EventsApiConfig, *, committer: GroupCommitter | None = No
             metrics.event(channel, "recorded" if result.appended else "duplicate")
             if result.appended and event.occurred_at is not None:
                 metrics.event_delay(now - event.occurred_at.timestamp())
-        return _no_content()
+        return NO_CONTENT
 
     def refused(channel: Channel, why: str, **headers: str) -> JSONResponse:
         metrics.event(channel, "refused")
@@ -167,11 +197,18 @@ def create_app(config: EventsApiConfig, *, committer: GroupCommitter | None = No
         logger.warning("an event delivery on %s could not be read: %s", channel, exc)
         return _problem(400, "invalid_event", str(exc))
 
-    @app.post(CALLBACK_PATH, status_code=204, tags=["events"])
-    async def callback(request: Request) -> Response:
+    async def callback(scope: Scope, receive: Receive, send: Send) -> None:
         """A Workspace's Event Callback (``application/x-www-form-urlencoded``, signed with the
         account's auth token; read with the standard library's ``parse_qsl``)."""
-        raw = await _bounded_body(request)
+        headers = {name: value for name, value in scope["headers"] if name in _CALLBACK_HEADERS}
+        try:
+            raw = await _bounded_body(headers.get(b"content-length", b"").decode("latin-1"), _chunks(receive))
+        except ClientDisconnect:
+            return  # nobody to answer; nothing recorded
+        answer = await _callback(raw, scope, headers)
+        await answer(scope, receive, send)
+
+    async def _callback(raw: bytes | None, scope: Scope, headers: dict[bytes, bytes]) -> Response:
         if raw is None:
             return _problem(413, "too_large", f"a delivery is at most {MAX_BODY} bytes")
         try:
@@ -181,24 +218,26 @@ def create_app(config: EventsApiConfig, *, committer: GroupCommitter | None = No
         params: dict[str, list[str]] = {}
         for name, value in pairs:
             params.setdefault(name, []).append(value)
+        signature = headers.get(b"x-twilio-signature")
+        settings = headers.get(b"x-twilio-webhooks-signature-settings")
         if not check.form(
-            request.url.path,
-            request.url.query,
+            scope["path"],
+            scope["query_string"].decode("latin-1"),
             params,
-            request.headers.get(SIGNATURE_HEADER),
-            request.headers.get(SIGNATURE_SETTINGS_HEADER),
+            signature.decode("latin-1") if signature is not None else None,
+            settings.decode("latin-1") if settings is not None else None,
         ):
             return refused(Channel.CALLBACK, "X-Twilio-Signature is missing or does not match")
         try:
             parsed = from_callback({name: values[-1] for name, values in params.items() if values})
         except InvalidEvent as exc:
             return invalid(Channel.CALLBACK, exc)
-        return await record(request, Channel.CALLBACK, [parsed])
+        return await record(Channel.CALLBACK, [parsed])
 
     @app.post(STREAMS_PATH, status_code=204, tags=["events"])
     async def event_streams(request: Request) -> Response:
         """An Event Streams webhook sink's delivery: a JSON array of CloudEvents."""
-        raw = await _bounded_body(request)
+        raw = await _bounded_body(request.headers.get("content-length", ""), request.stream())
         if raw is None:
             return _problem(413, "too_large", f"a delivery is at most {MAX_BODY} bytes")
         if "basic" in config.streams_auth and not _basic_ok(request.headers.get("Authorization"), basic):
@@ -225,7 +264,7 @@ def create_app(config: EventsApiConfig, *, committer: GroupCommitter | None = No
             parsed = [from_cloud_event(item) for item in items]
         except (ValueError, InvalidEvent) as exc:
             return invalid(Channel.STREAM, exc)
-        return await record(request, Channel.STREAM, parsed)
+        return await record(Channel.STREAM, parsed)
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, str]:
@@ -245,9 +284,9 @@ def create_app(config: EventsApiConfig, *, committer: GroupCommitter | None = No
 
     @app.get("/metrics", tags=["health"])
     def prometheus() -> Response:
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+        return Response(generate_latest(exposed), media_type=CONTENT_TYPE_LATEST)
 
-    return app
+    return EventsApp(app, callback)
 
 
 def _basic_ok(header: str | None, expected: bytes | None) -> bool:
@@ -261,15 +300,25 @@ def _basic_ok(header: str | None, expected: bytes | None) -> bool:
     return hmac.compare_digest(given, expected)
 
 
-async def _bounded_body(request: Request) -> bytes | None:
+async def _chunks(receive: Receive) -> AsyncIterator[bytes]:
+    """A request's body as it arrives (what Starlette's ``Request.stream`` does, without a Request)."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect
+        yield message.get("body", b"")
+        if not message.get("more_body", False):
+            return
+
+
+async def _bounded_body(declared: str, stream: AsyncIterator[bytes]) -> bytes | None:
     """The body, or None once it passes MAX_BODY: read as it streams in, so that a hostile sender
-    never makes us hold more than that (a declared Content-Length over it is refused unread)."""
-    declared = request.headers.get("content-length", "")
+    never makes us hold more than that (a ``declared`` Content-Length over it is refused unread)."""
     if declared.isdigit() and int(declared) > MAX_BODY:
         return None
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
+    async for chunk in stream:
         size += len(chunk)
         if size > MAX_BODY:
             return None

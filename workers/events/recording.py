@@ -7,6 +7,11 @@ takes what has gathered (up to ``batch_max``), appends it in one transaction and
 load batches grow, so commits (and WAL flushes) stay few; idle, a lone callback commits at once.
 A batch that fails is rolled back whole and retried one transition at a time, so one bad event
 fails only its own request.
+
+Each thread has its own queue, and a reservation's transitions always go to the same one:
+TaskRouter reports a reservation's changes milliseconds apart (created, accepted, wrapup), and
+two batches holding them would wait on each other's chain lock until commit, so that under a
+backlog the batches ran one after the other (ops/bench_events.py, open loop at 1,000/s).
 """
 
 from __future__ import annotations
@@ -56,9 +61,10 @@ class GroupCommitter:
     def __init__(self, writer: TransitionsWriter, *, batch_max: int = 200, threads: int = 4) -> None:
         self._writer = writer
         self._batch_max = batch_max
-        self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
+        self._queues: list[queue.SimpleQueue[_Pending | None]] = [queue.SimpleQueue() for _ in range(threads)]
         self._threads = [
-            threading.Thread(target=self._run, name=f"events-commit-{n}", daemon=True) for n in range(threads)
+            threading.Thread(target=self._run, args=(mine,), name=f"events-commit-{n}", daemon=True)
+            for n, mine in enumerate(self._queues)
         ]
         self._stopped = False
 
@@ -72,30 +78,30 @@ class GroupCommitter:
         if self._stopped:
             future.set_exception(LedgerError("the events API is shutting down"))
         else:
-            self._queue.put((transition, future))
+            self._queues[hash(transition.reservation_sid) % len(self._queues)].put((transition, future))
         return future
 
     def stop(self) -> None:
         """Commit what is queued, then stop the threads."""
         self._stopped = True
-        for _ in self._threads:
-            self._queue.put(None)
+        for mine in self._queues:
+            mine.put(None)
         for thread in self._threads:
             thread.join()
 
-    def _run(self) -> None:
+    def _run(self, mine: queue.SimpleQueue[_Pending | None]) -> None:
         while True:
-            first = self._queue.get()
+            first = mine.get()
             if first is None:
                 return
             batch = [first]
             while len(batch) < self._batch_max:
                 try:
-                    item = self._queue.get_nowait()
+                    item = mine.get_nowait()
                 except queue.Empty:
                     break
                 if item is None:
-                    self._queue.put(None)  # our stop signal: finish this batch first
+                    mine.put(None)  # our stop signal: finish this batch first
                     break
                 batch.append(item)
             self._commit(batch)

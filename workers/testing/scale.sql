@@ -86,15 +86,15 @@ ON CONFLICT (chain_key) DO UPDATE
    SET chain_seq = excluded.chain_seq, head_hash = excluded.head_hash, head_position = excluded.head_position;
 
 -- name: load_actions
--- The registry of the same reservations.
+-- The registry of the same reservations (an action's parameters live on its received row).
 INSERT INTO ledger.actions (
-    action_id, action, workspace_sid, reservation_sid, task_sid, worker_sid, params, correlation_id,
+    action_id, action, workspace_sid, reservation_sid, task_sid, worker_sid, correlation_id,
     producer, received_at, attempts, outcome, outcome_at
 )
 SELECT md5(a::text)::uuid, (ARRAY['accept', 'complete'])[a %% 2 + 1], 'WS' || lpad(to_hex(a / 2 %% 4), 32, '0'),
        'WR' || lpad(to_hex(a / 2), 32, '0'), 'WT' || lpad(to_hex(a / 2), 32, '0'),
        'WK' || lpad(to_hex(a / 2 %% 5000), 32, '0'),
-       CASE WHEN a %% 2 = 0 THEN '{"instruction": "accept"}'::jsonb END, 'corr-' || a, 'routing',
+       'corr-' || a, 'routing',
        %(t0)s::timestamptz + make_interval(secs => a * 4 * %(step_us)s / 1e6), 1,
        CASE WHEN a / 2 %% 100 = 0 THEN 'failed' ELSE 'applied' END,
        %(t0)s::timestamptz + make_interval(secs => a * 4 * %(step_us)s / 1e6)

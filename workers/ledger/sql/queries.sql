@@ -37,11 +37,12 @@ SELECT received.created,
        ) AS i ON true;
 
 -- name: get_action
--- One action's registry entry.
-SELECT action_id, action, workspace_sid, reservation_sid, task_sid, worker_sid, params,
-       expected_status, not_after, correlation_id, producer, received_at, attempts, outcome,
-       outcome_at, redrives
-  FROM ledger.actions
+-- One action's registry entry, with the parameters of its 'received' row (stored there only).
+SELECT a.action_id, a.action, a.workspace_sid, a.reservation_sid, a.task_sid, a.worker_sid,
+       ledger.action_params(a.action_id) AS params,
+       a.expected_status, a.not_after, a.correlation_id, a.producer, a.received_at, a.attempts, a.outcome,
+       a.outcome_at, a.redrives
+  FROM ledger.actions AS a
  WHERE action_id = %(action_id)s;
 
 -- name: record_step
@@ -256,10 +257,11 @@ SELECT FROM ledger.events LIMIT 0;
 -- name: settled_actions
 -- Registry entries settled with one of the given outcomes and never redriven (redrive's
 -- candidates: an original is redriven at most once), oldest first.
-SELECT action_id, action, workspace_sid, reservation_sid, task_sid, worker_sid, params,
-       expected_status, not_after, correlation_id, producer, received_at, attempts, outcome,
-       outcome_at, redrives
-  FROM ledger.actions
+SELECT a.action_id, a.action, a.workspace_sid, a.reservation_sid, a.task_sid, a.worker_sid,
+       ledger.action_params(a.action_id) AS params,
+       a.expected_status, a.not_after, a.correlation_id, a.producer, a.received_at, a.attempts, a.outcome,
+       a.outcome_at, a.redrives
+  FROM ledger.actions AS a
  WHERE outcome = ANY(%(outcomes)s::text[])
    AND redrives = 0
    AND (%(reservation_sid)s::text IS NULL OR reservation_sid = %(reservation_sid)s::text)
@@ -312,10 +314,11 @@ SELECT outcome, greatest(ceil(extract(epoch FROM now() - bin) / %(bucket)s)::int
 
 -- name: attention_actions
 -- The latest actions that ended with one of the given outcomes and were never redriven.
-SELECT action_id, action, workspace_sid, reservation_sid, task_sid, worker_sid, params,
-       expected_status, not_after, correlation_id, producer, received_at, attempts, outcome,
-       outcome_at, redrives
-  FROM ledger.actions
+SELECT a.action_id, a.action, a.workspace_sid, a.reservation_sid, a.task_sid, a.worker_sid,
+       ledger.action_params(a.action_id) AS params,
+       a.expected_status, a.not_after, a.correlation_id, a.producer, a.received_at, a.attempts, a.outcome,
+       a.outcome_at, a.redrives
+  FROM ledger.actions AS a
  WHERE outcome = ANY(%(outcomes)s::text[])
    AND redrives = 0
  ORDER BY outcome_at DESC

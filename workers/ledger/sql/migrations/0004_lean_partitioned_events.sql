@@ -404,6 +404,120 @@ BEGIN
 END
 $$;
 
+-- An action's parameters are stored once, on its 'received' (or 'rejected_input') row, which the
+-- hash chain covers; the registry's copy goes, and readers take them from that row.
+ALTER TABLE ledger.actions DROP COLUMN params;
+
+CREATE OR REPLACE FUNCTION ledger.record_received(
+    p_action_id uuid, p_action text, p_workspace_sid text, p_reservation_sid text,
+    p_task_sid text, p_worker_sid text, p_params jsonb, p_expected_status text,
+    p_not_after timestamptz, p_correlation_id text, p_producer text,
+    p_worker_host text, p_worker_pid integer, p_trace_id text DEFAULT NULL
+) RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM ledger.lock_chain(p_reservation_sid);
+    INSERT INTO ledger.actions (
+        action_id, action, workspace_sid, reservation_sid, task_sid, worker_sid,
+        expected_status, not_after, correlation_id, producer
+    ) VALUES (
+        p_action_id, p_action, p_workspace_sid, p_reservation_sid, p_task_sid, p_worker_sid,
+        p_expected_status, p_not_after, p_correlation_id, p_producer
+    ) ON CONFLICT (action_id) DO NOTHING;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    INSERT INTO ledger.events (
+        kind, action_id, action, workspace_sid, reservation_sid, task_sid, worker_sid,
+        worker_host, worker_pid, correlation_id, producer, params, trace_id
+    ) VALUES (
+        'received', p_action_id, p_action, p_workspace_sid, p_reservation_sid, p_task_sid, p_worker_sid,
+        p_worker_host, p_worker_pid, p_correlation_id, p_producer, p_params, p_trace_id
+    );
+    RETURN true;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION ledger.record_rejected_input(
+    p_action_id uuid, p_action text, p_workspace_sid text, p_reservation_sid text,
+    p_task_sid text, p_worker_sid text, p_params jsonb, p_correlation_id text, p_producer text,
+    p_detail text, p_worker_host text, p_worker_pid integer, p_trace_id text DEFAULT NULL
+) RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    pos bigint;
+BEGIN
+    PERFORM ledger.lock_chain(p_reservation_sid);
+    INSERT INTO ledger.events (
+        kind, action_id, action, workspace_sid, reservation_sid, task_sid, worker_sid, outcome,
+        worker_host, worker_pid, correlation_id, producer, params, detail, trace_id
+    ) VALUES (
+        'rejected_input', p_action_id, p_action, p_workspace_sid, p_reservation_sid, p_task_sid,
+        p_worker_sid, 'rejected_input', p_worker_host, p_worker_pid, p_correlation_id, p_producer,
+        p_params, p_detail, p_trace_id
+    ) RETURNING position INTO pos;
+    IF p_action_id IS NOT NULL THEN
+        INSERT INTO ledger.actions (
+            action_id, action, workspace_sid, reservation_sid, task_sid, worker_sid,
+            correlation_id, producer, outcome, outcome_at
+        ) VALUES (
+            p_action_id, p_action, p_workspace_sid, p_reservation_sid, p_task_sid, p_worker_sid,
+            p_correlation_id, p_producer, 'rejected_input', clock_timestamp()
+        ) ON CONFLICT (action_id) DO NOTHING;
+    END IF;
+    RETURN pos;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION ledger.actions_guard() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF (NEW.action_id, NEW.action, NEW.workspace_sid, NEW.reservation_sid, NEW.task_sid, NEW.worker_sid,
+        NEW.expected_status, NEW.not_after, NEW.correlation_id, NEW.producer, NEW.received_at)
+       IS DISTINCT FROM
+       (OLD.action_id, OLD.action, OLD.workspace_sid, OLD.reservation_sid, OLD.task_sid, OLD.worker_sid,
+        OLD.expected_status, OLD.not_after, OLD.correlation_id, OLD.producer, OLD.received_at)
+    THEN
+        RAISE EXCEPTION 'ledger.actions: what action % received cannot change', OLD.action_id
+            USING ERRCODE = 'RL001';
+    END IF;
+    IF NEW.attempts < OLD.attempts OR NEW.redrives NOT IN (OLD.redrives, OLD.redrives + 1) THEN
+        RAISE EXCEPTION 'ledger.actions: attempts and redrives of action % only grow', OLD.action_id
+            USING ERRCODE = 'RL001';
+    END IF;
+    IF NEW.redrives = OLD.redrives + 1 AND NOT EXISTS (
+        SELECT FROM ledger.events e
+         WHERE e.action_id = OLD.action_id AND e.kind = 'redrive' AND e.tx_id = pg_current_xact_id()
+    ) THEN
+        RAISE EXCEPTION 'ledger.actions: action % is redriven only with a redrive row in the ledger',
+            OLD.action_id USING ERRCODE = 'RL001';
+    END IF;
+    IF OLD.outcome IS NOT NULL AND NEW.outcome IS DISTINCT FROM OLD.outcome THEN
+        RAISE EXCEPTION 'ledger.actions: the outcome of action % is % and never changes',
+            OLD.action_id, OLD.outcome USING ERRCODE = 'RL001';
+    END IF;
+    IF NEW.outcome IS NOT DISTINCT FROM OLD.outcome AND NEW.outcome_at IS DISTINCT FROM OLD.outcome_at THEN
+        RAISE EXCEPTION 'ledger.actions: outcome_at of action % changes only with its outcome', OLD.action_id
+            USING ERRCODE = 'RL001';
+    END IF;
+    RETURN NEW;
+END
+$$;
+
+-- An action's parameters: those of its 'received' (or 'rejected_input') row, where they are
+-- stored once (migration 0004). For the registry's readers.
+CREATE FUNCTION ledger.action_params(p_action_id uuid) RETURNS jsonb
+LANGUAGE sql STABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT e.params FROM ledger.events e
+     WHERE e.action_id = p_action_id AND e.kind IN ('received', 'rejected_input')
+     ORDER BY e.position
+     LIMIT 1
+$$;
+
 REVOKE ALL ON ledger.events FROM PUBLIC;
 GRANT SELECT ON ledger.events TO reservations_writer, reservations_reader;
 REVOKE ALL ON FUNCTION ledger.event_canonical(ledger.events), ledger.event_hash(ledger.events),
@@ -414,3 +528,5 @@ GRANT EXECUTE ON FUNCTION ledger.event_canonical(ledger.events), ledger.event_ha
 GRANT EXECUTE ON FUNCTION ledger.events_partition_bounds() TO reservations_writer, reservations_reader;
 REVOKE ALL ON FUNCTION ledger.key64(text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION ledger.key64(text) TO reservations_writer, reservations_reader;
+REVOKE ALL ON FUNCTION ledger.action_params(uuid) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION ledger.action_params(uuid) TO reservations_writer, reservations_reader;
