@@ -529,7 +529,9 @@ CREATE TABLE ledger.checkpoints (
     max_position bigint NOT NULL,
     chains integer NOT NULL,
     prev_digest bytea NOT NULL,
-    digest bytea NOT NULL
+    digest bytea NOT NULL,
+    -- The read horizon of the seal's snapshot (0005): every row it did not see lies at or above.
+    horizon xid8
 );
 
 CREATE TABLE ledger.checkpoint_heads (
@@ -569,36 +571,41 @@ DECLARE
     seqs bigint[];
     positions bigint[];
     hashes text[];
-    horizon bigint;
+    top bigint;
+    seen xid8;
     new_digest bytea;
 BEGIN
     PERFORM pg_advisory_xact_lock(1279607880, 0);
     SELECT * INTO prev FROM ledger.checkpoints c ORDER BY c.checkpoint_id DESC LIMIT 1;
     new_id := coalesce(prev.checkpoint_id, 0) + 1;
-    SELECT coalesce(array_agg(h.chain_key ORDER BY h.chain_key), '{}'),
-           coalesce(array_agg(h.chain_seq ORDER BY h.chain_key), '{}'),
-           coalesce(array_agg(h.head_position ORDER BY h.chain_key), '{}'),
-           coalesce(array_agg(encode(h.head_hash, 'hex') ORDER BY h.chain_key), '{}'),
-           (SELECT coalesce(max(a.head_position), 0) FROM ledger.chain_heads a)
-      INTO keys, seqs, positions, hashes, horizon
-      FROM ledger.chain_heads h
-     WHERE NOT EXISTS (
-        SELECT FROM ledger.checkpoint_heads s WHERE s.chain_key = h.chain_key AND s.chain_seq = h.chain_seq
-     );
-    horizon := greatest(horizon, coalesce(prev.max_position, 0));
+    -- One statement, one snapshot: the heads, the top position and the horizon agree.
+    SELECT coalesce(array_agg(m.chain_key), '{}'), coalesce(array_agg(m.chain_seq), '{}'),
+           coalesce(array_agg(m.head_position), '{}'), coalesce(array_agg(encode(m.head_hash, 'hex')), '{}'),
+           (SELECT coalesce(max(a.head_position), 0) FROM ledger.chain_heads a),
+           (SELECT ledger.visible_horizon(pg_current_snapshot()))
+      INTO keys, seqs, positions, hashes, top, seen
+      FROM (
+        SELECT h.chain_key, h.chain_seq, h.head_position, h.head_hash
+          FROM ledger.chain_heads h
+         WHERE NOT EXISTS (
+            SELECT FROM ledger.checkpoint_heads s WHERE s.chain_key = h.chain_key AND s.chain_seq = h.chain_seq
+         )
+         ORDER BY h.chain_key
+      ) AS m;
+    top := greatest(top, coalesce(prev.max_position, 0));
     new_digest := ledger.checkpoint_digest(
         coalesce(prev.digest, '\x0000000000000000000000000000000000000000000000000000000000000000'::bytea),
-        new_id, horizon, keys, seqs, hashes
+        new_id, top, keys, seqs, hashes
     );
-    INSERT INTO ledger.checkpoints (checkpoint_id, max_position, chains, prev_digest, digest)
+    INSERT INTO ledger.checkpoints (checkpoint_id, max_position, chains, prev_digest, digest, horizon)
     VALUES (
-        new_id, horizon, cardinality(keys),
+        new_id, top, cardinality(keys),
         coalesce(prev.digest, '\x0000000000000000000000000000000000000000000000000000000000000000'::bytea),
-        new_digest
+        new_digest, seen
     );
     INSERT INTO ledger.checkpoint_heads (checkpoint_id, chain_key, chain_seq, head_hash, head_position)
     SELECT new_id, k, q, decode(x, 'hex'), p FROM unnest(keys, seqs, hashes, positions) AS u(k, q, x, p);
-    RETURN QUERY SELECT new_id, cardinality(keys), horizon, new_digest;
+    RETURN QUERY SELECT new_id, cardinality(keys), top, new_digest;
 END
 $$;
 
@@ -992,6 +999,8 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     bad record;
+    problem text;
+    sealed bigint;
 BEGIN
     SELECT a.checkpoint_id, a.chain_key, a.chain_seq INTO bad
       FROM added a
@@ -1007,13 +1016,12 @@ BEGIN
         RAISE EXCEPTION 'checkpoint %: the sealed head of chain % (seq %) is not a row of that chain',
             bad.checkpoint_id, bad.chain_key, bad.chain_seq USING ERRCODE = 'RL004';
     END IF;
-    SELECT a.checkpoint_id, ledger.checkpoint_problem(a.checkpoint_id) AS problem INTO bad
-      FROM (SELECT DISTINCT checkpoint_id FROM added) a
-     WHERE ledger.checkpoint_problem(a.checkpoint_id) IS NOT NULL
-     LIMIT 1;
-    IF FOUND THEN
-        RAISE EXCEPTION '%', bad.problem USING ERRCODE = 'RL004';
-    END IF;
+    FOR sealed IN SELECT DISTINCT a.checkpoint_id FROM added a LOOP
+        problem := ledger.checkpoint_problem(sealed);
+        IF problem IS NOT NULL THEN
+            RAISE EXCEPTION '%', problem USING ERRCODE = 'RL004';
+        END IF;
+    END LOOP;
     RETURN NULL;
 END
 $$;
@@ -1105,3 +1113,40 @@ REVOKE ALL ON ledger.taskrouter_budget, ledger.taskrouter_leases FROM PUBLIC;
 GRANT SELECT, INSERT, UPDATE ON ledger.taskrouter_budget TO reservations_writer;
 GRANT SELECT, INSERT, UPDATE, DELETE ON ledger.taskrouter_leases TO reservations_writer;
 GRANT SELECT ON ledger.taskrouter_budget, ledger.taskrouter_leases TO reservations_reader;
+
+-- Months whose partitions were exported, checked against the database and detached by
+-- `reservations ledger archive`: the export's digest and row count, the checkpoint that sealed
+-- them, and each chain's last archived row (where verification picks the chain up again).
+CREATE TABLE ledger.archives (
+    month date PRIMARY KEY CHECK (month = date_trunc('month', month)),
+    checkpoint_id bigint NOT NULL REFERENCES ledger.checkpoints,
+    row_count bigint NOT NULL,
+    first_position bigint,
+    last_position bigint,
+    file_name text NOT NULL,
+    sha256 bytea NOT NULL,
+    manifest jsonb NOT NULL,
+    -- Whether the month's partition was detached (a ledger that is not partitioned keeps the rows).
+    detached boolean NOT NULL,
+    archived_at timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+
+CREATE TRIGGER archives_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON ledger.archives
+    FOR EACH STATEMENT EXECUTE FUNCTION ledger.refuse_change();
+
+-- Each chain's last archived row of each archived month: where verification picks the chain up
+-- again once the month is no longer in ledger.events.
+CREATE TABLE ledger.archive_heads (
+    month date NOT NULL REFERENCES ledger.archives,
+    chain_key text NOT NULL,
+    chain_seq bigint NOT NULL,
+    row_hash bytea NOT NULL,
+    head_position bigint NOT NULL,
+    PRIMARY KEY (chain_key, month)
+);
+
+CREATE TRIGGER archive_heads_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON ledger.archive_heads
+    FOR EACH STATEMENT EXECUTE FUNCTION ledger.refuse_change();
+
+REVOKE ALL ON ledger.archives, ledger.archive_heads FROM PUBLIC;
+GRANT SELECT ON ledger.archives, ledger.archive_heads TO reservations_writer, reservations_reader;

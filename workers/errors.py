@@ -165,6 +165,11 @@ class MigrationError(LedgerError):
     """The database's migrations cannot be reconciled with the ones this code ships."""
 
 
+class VerificationError(LedgerError):
+    """The ledger (or an archive of it) cannot be verified as asked: an unknown checkpoint, one
+    without a horizon, an archive that cannot be read."""
+
+
 class InvalidEvent(ReservationsError):
     """A TaskRouter event (a callback, an Event Streams delivery, an item of the Events resource)
     that cannot be read as one: no type, an unknown reservation event, no reservation SID."""

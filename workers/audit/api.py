@@ -31,7 +31,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, create_model
+from pydantic import BaseModel, Field, create_model
 
 from workers import __version__, api_metrics
 from workers.audit import auth, console, guard, queries
@@ -110,6 +110,12 @@ class EventPage(BaseModel):
     next_cursor: str | None
     has_more: bool
     limit: int
+    archived_months: list[str] = Field(
+        default_factory=list,
+        description="Archived months (YYYY-MM) the query reaches into: their rows are no longer in"
+        " the ledger and are not in this page (`reservations ledger archive`).",
+    )
+    notice: str | None = Field(default=None, description="Says so in words, when it does.")
 
 
 class ActionStory(BaseModel):
@@ -425,6 +431,8 @@ def history_page(reader: LedgerReader, common: CommonQuery, **resource: Any) -> 
         "next_cursor": str(found.next_cursor) if found.next_cursor is not None else None,
         "has_more": found.has_more,
         "limit": common.limit,
+        "archived_months": [f"{m:%Y-%m}" for m in found.archived],
+        "notice": queries.archived_notice(found.archived),
     }
 
 

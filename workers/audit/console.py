@@ -242,11 +242,13 @@ def install(app: FastAPI, reader_of: Callable[[Request], LedgerReader], secure_c
         return Shown(
             "search.html",
             {"form": form, "errors": errors, "rows": rows, "searched": found is not None,
-             "next_page": next_page, "outcomes": OUTCOMES, "columns": SEARCH_COLUMNS},
+             "next_page": next_page, "outcomes": OUTCOMES, "columns": SEARCH_COLUMNS,
+             "archived_notice": queries.archived_notice(found.archived) if found else None},
             SEARCH_COLUMNS,
             rows,
             {"items": rows, "next_cursor": str(found.next_cursor) if found and found.next_cursor else None,
-             "has_more": bool(found and found.has_more)},
+             "has_more": bool(found and found.has_more),
+             "archived_months": [f"{m:%Y-%m}" for m in found.archived] if found else []},
         )  # fmt: skip
 
     @page("/reservations/{reservation_sid}")

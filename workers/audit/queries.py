@@ -10,7 +10,7 @@ import re
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 from workers.ledger.models import ActionRecord, Cursor, EventKind, LedgerRow
@@ -61,11 +61,35 @@ class Filters:
 @dataclass(frozen=True, slots=True)
 class Page:
     """One page of history. ``next_cursor`` is where to resume (``after`` when the page is empty),
-    ``has_more`` whether the page was full (more rows may already be waiting)."""
+    ``has_more`` whether the page was full (more rows may already be waiting). ``archived``: the
+    archived months the query's time range reaches, whose rows the ledger no longer holds."""
 
     events: list[LedgerRow]
     next_cursor: Cursor | None
     has_more: bool
+    archived: list[date] = field(default_factory=list)
+
+
+def archived_reached(months: list[date], since: datetime | None, until: datetime | None) -> list[date]:
+    """The months of ``months`` that [since, until) overlaps (no bound: the whole ledger)."""
+    reached = []
+    for month in months:
+        start = datetime(month.year, month.month, 1, tzinfo=UTC)
+        end = datetime(month.year + month.month // 12, month.month % 12 + 1, 1, tzinfo=UTC)
+        if (since is None or since < end) and (until is None or until > start):
+            reached.append(month)
+    return reached
+
+
+def archived_notice(months: list[date]) -> str | None:
+    """What to tell someone whose query reaches into archived months, or None."""
+    if not months:
+        return None
+    named = ", ".join(f"{m:%Y-%m}" for m in months)
+    return (
+        f"this query reaches into archived months ({named}): their rows are no longer in the ledger"
+        " and are not shown; read them from the archive (`reservations ledger archive`, ops/LEDGER.md)"
+    )
 
 
 def page(ledger: LedgerReader, filters: Filters, *, after: Cursor | None = None, limit: int = 100) -> Page:
@@ -74,7 +98,8 @@ def page(ledger: LedgerReader, filters: Filters, *, after: Cursor | None = None,
         raise ValueError(f"limit must be between 1 and {MAX_PAGE}, not {limit}")
     events = ledger.history(after=after, limit=limit, **filters.as_history_kwargs())
     next_cursor = events[-1].cursor if events else after
-    return Page(events, next_cursor, has_more=len(events) == limit)
+    archived = archived_reached(ledger.detached_months(), filters.since, filters.until)
+    return Page(events, next_cursor, has_more=len(events) == limit, archived=archived)
 
 
 def iterate(

@@ -241,6 +241,7 @@ def history(
     fmt = chosen_format(output_format)
     try:
         with open_reader(database_url) as reader:
+            archived = queries.archived_reached(reader.detached_months(), since, until)
             events = queries.iterate(reader, filters, after=cursor)
             if limit:
                 events = (event for _, event in zip(range(limit), events, strict=False))
@@ -249,6 +250,9 @@ def history(
         fail(str(exc))
     if fmt == "table":
         click.echo(f"{count} row(s)", err=True)
+    notice = queries.archived_notice(archived)
+    if notice is not None:
+        click.echo(f"note: {notice}", err=True)
 
 
 @click.command()

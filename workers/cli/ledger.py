@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from datetime import date
 from pathlib import Path
 from typing import NoReturn
 
@@ -12,10 +13,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from workers.cli.options import F, database_url_option, env_option
 from workers.config import Settings
 from workers.errors import ReservationsError
-from workers.ledger import digests, migrations, partitions
+from workers.ledger import archive, digests, migrations, partitions
 from workers.ledger.connector import connect
 from workers.ledger.models import Checkpoint, Problem, Role
-from workers.ledger.verify import latest_checkpoint, seal_checkpoint, verify
+from workers.ledger.verify import latest_checkpoint, seal_checkpoint, verify, verify_since
 
 ROLES_HELP = """
 \b
@@ -142,9 +143,28 @@ def partitions_command(database_url: str, ahead: int, months: int) -> None:
     help="The Ed25519 public key of the digests' signatures (PEM, a PEM file, or base64 raw);"
     " default: derived from LEDGER_SIGNING_KEY when that is set.",
 )
+@click.option(
+    "--since-checkpoint",
+    "since",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="Check only what was written after checkpoint N (sealed since migration 0005), each chain"
+    " from its sealed head: time proportional to the new rows. The checkpoints after N must hold;"
+    " N and the rows it sealed were checked by an earlier verify.",
+)
+@click.option(
+    "--archive",
+    "archive_path",
+    type=click.Path(exists=True, path_type=Path),
+    help="Verify an archive offline instead (no database): a manifest written by `ledger archive`,"
+    " or a folder of them (chains followed from month to month): file digests, every row's hash,"
+    " the chains' links and the heads sealed by the archive's checkpoint.",
+)
 def verify_command(
     database_url: str,
     checkpoint: bool,
+    since: int | None,
+    archive_path: Path | None,
     expected: list[tuple[int, bytes]],
     digests_file: Path | None,
     public_key: str | None,
@@ -156,13 +176,20 @@ def verify_command(
     printed checkpoint digest somewhere outside the database (`ledger checkpoint --digests`):
     it is what proves that whole chains were not rewritten since.
     """
+    if archive_path is not None:
+        _verify_archive(archive_path)
+        return
     outside: list[str] = []
     if digests_file is not None:
         outside, noted = _read_digests(digests_file, public_key)
         expected = [*expected, *noted]
     try:
+        checked = None
         with connect(database_url, Role.READER) as conn:
-            problems = verify(conn, expected)
+            if since is None:
+                problems = verify(conn, expected)
+            else:
+                problems, checked = verify_since(conn, since, expected)
             for message in outside:
                 click.echo(f"digest: {message}")
             for problem in problems:
@@ -183,7 +210,13 @@ def verify_command(
             latest = latest_checkpoint(conn)
     except ReservationsError as exc:
         _fail(str(exc))
-    click.echo("ledger verified: every chain is intact")
+    if checked is None:
+        click.echo("ledger verified: every chain is intact")
+    else:
+        click.echo(
+            f"ledger verified since checkpoint {since}: {checked} row(s) written after it checked,"
+            " every chain intact from its sealed head"
+        )
     if digests_file is not None:
         click.echo(f"every digest noted in {digests_file} matches ({len(expected)} checkpoint(s))")
     if latest is not None:
@@ -191,6 +224,65 @@ def verify_command(
             f"latest checkpoint {latest.checkpoint_id}: {latest.chains} chain head(s) sealed,"
             f" up to position {latest.max_position}, digest {latest.digest.hex()}"
         )
+
+
+def _verify_archive(path: Path) -> None:
+    try:
+        problems, months = archive.verify_archive(path)
+    except ReservationsError as exc:
+        _fail(str(exc))
+    for problem in problems:
+        click.echo(problem)
+    if problems:
+        click.echo(f"archive verification FAILED: {len(problems)} problem(s)", err=True)
+        sys.exit(1)
+    click.echo(f"archive verified: {months} month(s), every row's hash and every chain's link hold")
+
+
+@ledger.command("archive")
+@database_url_option(
+    "The ledger, as a role that is a member of reservations_owner (it detaches partitions).", migrations=True
+)
+@click.option(
+    "--before",
+    required=True,
+    metavar="YYYY-MM",
+    callback=lambda _ctx, _param, value: _month(value),
+    help="Archive every month before this one (only months that are over).",
+)
+@click.option(
+    "--to",
+    "folder",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="The folder the exports and manifests are written to.",
+)
+def archive_command(database_url: str, before: date, folder: Path) -> None:
+    """Seal a checkpoint, export each month before --before (gzip JSON lines and a manifest),
+    check each export against the database, then record the month and detach its partition.
+
+    Idempotent: months already archived are left alone. Partitions are detached, never dropped:
+    dropping one is the operator's decision (ops/LEDGER.md, "Archive and retention").
+    """
+    try:
+        done = archive.archive_before(database_url, before, folder)
+    except ReservationsError as exc:
+        _fail(str(exc))
+    for month in done:
+        where = "partition detached" if month.detached else "rows kept: the ledger is not partitioned"
+        click.echo(
+            f"archived {month.month:%Y-%m}: {month.row_count} row(s) in {folder / month.file_name}"
+            f" (sha256 {month.sha256}), sealed by checkpoint {month.checkpoint_id}; {where}"
+        )
+    if not done:
+        click.echo(f"nothing to archive before {before:%Y-%m}: every such month is archived already")
+
+
+def _month(value: str) -> date:
+    try:
+        return archive.parse_month(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 @ledger.command("checkpoint")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any, LiteralString, TypedDict, Unpack
 
 from psycopg import sql
@@ -110,6 +110,11 @@ class LedgerReader(Pooled):
         with self._connector.connection() as conn, conn.cursor(row_factory=class_row(LedgerRow)) as cur:
             cur.execute(query, params)
             return cur.fetchall()
+
+    def detached_months(self) -> list[date]:
+        """The archived months whose rows left ``ledger.events`` (``reservations ledger archive``)."""
+        with self._connector.connection() as conn:
+            return [row[0] for row in conn.execute(QUERIES["detached_months"])]
 
     def explain_history(
         self, *, after: Cursor | None = None, limit: int = 1000, **filters: Unpack[HistoryFilters]

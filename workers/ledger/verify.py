@@ -14,14 +14,15 @@ from typing import Any
 
 from psycopg.rows import class_row, dict_row
 
+from workers.errors import VerificationError
 from workers.ledger.connector import Connection, translated
 from workers.ledger.models import Checkpoint, Problem
 from workers.ledger.queries import QUERIES
 
 
-def _rows(conn: Connection, query: str) -> list[dict[str, Any]]:
+def _rows(conn: Connection, query: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     with translated(), conn.cursor(row_factory=dict_row) as cur:
-        cur.execute(QUERIES[query])
+        cur.execute(QUERIES[query], params)
         return cur.fetchall()
 
 
@@ -32,34 +33,13 @@ def verify(conn: Connection, expected: Sequence[tuple[int, bytes]] = ()) -> list
     still be there, unchanged. Runs in one REPEATABLE READ READ ONLY transaction, so
     concurrent appends cannot make a sound ledger look broken.
     """
-    problems: list[Problem] = []
     with translated(), conn.transaction():
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        for checkpoint_id, digest in expected:
-            with conn.cursor(row_factory=class_row(Checkpoint)) as cur:
-                found = cur.execute(QUERIES["get_checkpoint"], {"checkpoint_id": checkpoint_id}).fetchone()
-            if found is None or found.digest != digest:
-                what = "is missing" if found is None else f"has digest {found.digest.hex()}"
-                problems.append(
-                    Problem(
-                        "checkpoint",
-                        None,
-                        found.max_position if found else None,
-                        f"checkpoint {checkpoint_id} {what}, expected {digest.hex()}",
-                    )
-                )
+        problems = _expected_problems(conn, expected)
         for row in _rows(conn, "verify_rows"):
             problems.extend(_row_problems(row))
-        for row in _rows(conn, "verify_unheaded_rows"):
-            if row["head_seq"] is None:
-                message = "row in a chain that has no head: it was not appended by the ledger"
-            else:
-                message = (
-                    f"row at chain seq {row['chain_seq']} lies past its chain's head (seq {row['head_seq']})"
-                )
-            problems.append(Problem("inserted", row["chain_key"], row["position"], message))
-        for row in _rows(conn, "verify_heads"):
-            problems.append(_head_problem(row))
+        problems.extend(_unheaded_problems(_rows(conn, "verify_unheaded_rows")))
+        problems.extend(_head_problem(row) for row in _rows(conn, "verify_heads"))
         for row in _rows(conn, "verify_sealed_heads"):
             kind = "removed" if row["missing"] else "altered"
             what = "is missing" if row["missing"] else "differs from the sealed head"
@@ -72,16 +52,89 @@ def verify(conn: Connection, expected: Sequence[tuple[int, bytes]] = ()) -> list
                     f" {what}",
                 )
             )
-        for row in _rows(conn, "verify_checkpoints"):
+        problems.extend(_checkpoint_problems(_rows(conn, "verify_checkpoints", {"after": 0})))
+    return problems
+
+
+def verify_since(
+    conn: Connection, checkpoint_id: int, expected: Sequence[tuple[int, bytes]] = ()
+) -> tuple[list[Problem], int]:
+    """What :func:`verify` finds among the rows written after checkpoint ``checkpoint_id``, and
+    how many rows were checked: in time proportional to those rows.
+
+    Each chain starts from its head sealed by that checkpoint or an earlier one (which a full
+    verify, or an earlier incremental one, checked); the rows read are those at or above the
+    checkpoint's horizon, which holds every row the seal did not see. The checkpoints after
+    ``checkpoint_id`` must match their digests and follow it (that one was checked by the verify
+    that ran before it was sealed).
+    Raises :class:`VerificationError` when the checkpoint is missing or predates migration 0005.
+    """
+    with translated(), conn.transaction():
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        # The new rows are sorted by chain, whole: in memory rather than in files on disk.
+        conn.execute("SET LOCAL work_mem = '128MB'")
+        found = _rows(conn, "checkpoint_horizon", {"checkpoint_id": checkpoint_id})
+        if not found:
+            raise VerificationError(f"there is no checkpoint {checkpoint_id}")
+        if found[0]["horizon"] is None:
+            raise VerificationError(
+                f"checkpoint {checkpoint_id} was sealed before migration 0005 and has no horizon:"
+                " seal a new checkpoint (after a full verify) and start from that one"
+            )
+        params = {"checkpoint_id": checkpoint_id, "horizon": found[0]["horizon"]}
+        problems = _expected_problems(conn, expected)
+        checked = 0
+        for row in _rows(conn, "verify_rows_since", params):
+            checked = row["checked"]
+            problems.extend(_row_problems(row))
+        problems.extend(_unheaded_problems(_rows(conn, "verify_unheaded_rows_since", params)))
+        problems.extend(_head_problem(row) for row in _rows(conn, "verify_heads_since", params))
+        problems.extend(_checkpoint_problems(_rows(conn, "verify_checkpoints", {"after": checkpoint_id})))
+    return problems, checked
+
+
+def _expected_problems(conn: Connection, expected: Sequence[tuple[int, bytes]]) -> list[Problem]:
+    """Each checkpoint noted outside that is missing now, or has another digest."""
+    problems = []
+    for checkpoint_id, digest in expected:
+        with conn.cursor(row_factory=class_row(Checkpoint)) as cur:
+            found = cur.execute(QUERIES["get_checkpoint"], {"checkpoint_id": checkpoint_id}).fetchone()
+        if found is None or found.digest != digest:
+            what = "is missing" if found is None else f"has digest {found.digest.hex()}"
             problems.append(
                 Problem(
                     "checkpoint",
                     None,
-                    row["max_position"],
-                    f"checkpoint {row['checkpoint_id']} does not match its sealed heads or its predecessor",
+                    found.max_position if found else None,
+                    f"checkpoint {checkpoint_id} {what}, expected {digest.hex()}",
                 )
             )
     return problems
+
+
+def _unheaded_problems(rows: list[dict[str, Any]]) -> list[Problem]:
+    problems = []
+    for row in rows:
+        if row["head_seq"] is None:
+            message = "row in a chain that has no head: it was not appended by the ledger"
+        else:
+            message = (
+                f"row at chain seq {row['chain_seq']} lies past its chain's head (seq {row['head_seq']})"
+            )
+        problems.append(Problem("inserted", row["chain_key"], row["position"], message))
+    return problems
+
+
+def _checkpoint_problems(rows: list[dict[str, Any]]) -> list[Problem]:
+    return [
+        Problem(
+            "checkpoint",
+            None,
+            row["max_position"],
+            f"checkpoint {row['checkpoint_id']} does not match its sealed heads or its predecessor",
+        )
+        for row in rows
+    ]
 
 
 def _row_problems(row: dict[str, Any]) -> list[Problem]:

@@ -126,27 +126,35 @@ SELECT *
 SELECT checkpoint_id, chains, max_position, digest FROM ledger.seal_checkpoint();
 
 -- name: verify_rows
--- Every row whose hash, link or sequence number is wrong, with what was expected.
+-- Every row whose hash, link or sequence number is wrong, with what was expected. A chain whose
+-- first rows were archived and detached starts from its last archived row.
 SELECT position, chain_key, chain_seq, row_hash <> computed AS altered,
-       prev_hash <> coalesce(expected_prev, '\x0000000000000000000000000000000000000000000000000000000000000000'::bytea) AS broken_link,
-       chain_seq - coalesce(previous_seq, 0) - 1 AS missing_before
+       prev_hash <> expected_prev AS broken_link,
+       chain_seq - previous_seq - 1 AS missing_before
   FROM (
     SELECT e.position, e.chain_key, e.chain_seq, e.prev_hash, e.row_hash,
            ledger.event_hash(e) AS computed,
-           lag(e.row_hash) OVER chain AS expected_prev,
-           lag(e.chain_seq) OVER chain AS previous_seq
+           coalesce(lag(e.row_hash) OVER chain, a.row_hash,
+                    '\x0000000000000000000000000000000000000000000000000000000000000000'::bytea) AS expected_prev,
+           coalesce(lag(e.chain_seq) OVER chain, a.chain_seq, 0) AS previous_seq
       FROM ledger.events e
+      LEFT JOIN (
+        SELECT DISTINCT ON (h.chain_key) h.chain_key, h.chain_seq, h.row_hash
+          FROM ledger.archive_heads h JOIN ledger.archives m ON m.month = h.month AND m.detached
+         ORDER BY h.chain_key, h.month DESC
+      ) AS a ON a.chain_key = e.chain_key
     WINDOW chain AS (PARTITION BY e.chain_key ORDER BY e.chain_seq)
   ) AS checked
  WHERE row_hash <> computed
-    OR prev_hash <> coalesce(expected_prev, '\x0000000000000000000000000000000000000000000000000000000000000000'::bytea)
-    OR chain_seq <> coalesce(previous_seq, 0) + 1
+    OR prev_hash <> expected_prev
+    OR chain_seq <> previous_seq + 1
  ORDER BY position;
 
 -- name: verify_heads
--- Chains that end short of their head, or on another row than their head, or not at all.
+-- Chains that end short of their head, or on another row than their head, or not at all (a
+-- chain whose rows were all archived and detached ends on its last archived row).
 SELECT h.chain_key, h.chain_seq AS head_seq, h.head_position,
-       t.chain_seq AS tail_seq, t.position AS tail_position
+       coalesce(t.chain_seq, a.chain_seq) AS tail_seq, coalesce(t.position, a.head_position) AS tail_position
   FROM ledger.chain_heads h
   LEFT JOIN LATERAL (
     SELECT e.chain_seq, e.position, e.row_hash
@@ -155,11 +163,20 @@ SELECT h.chain_key, h.chain_seq AS head_seq, h.head_position,
      ORDER BY e.chain_seq DESC
      LIMIT 1
   ) AS t ON true
- WHERE t.chain_seq IS NULL OR t.chain_seq <> h.chain_seq OR t.row_hash <> h.head_hash
+  LEFT JOIN LATERAL (
+    SELECT ah.chain_seq, ah.row_hash, ah.head_position
+      FROM ledger.archive_heads ah JOIN ledger.archives m ON m.month = ah.month AND m.detached
+     WHERE ah.chain_key = h.chain_key AND t.chain_seq IS NULL
+     ORDER BY ah.month DESC
+     LIMIT 1
+  ) AS a ON true
+ WHERE coalesce(t.chain_seq, a.chain_seq) IS NULL OR coalesce(t.chain_seq, a.chain_seq) <> h.chain_seq
+    OR coalesce(t.row_hash, a.row_hash) <> h.head_hash
  ORDER BY h.head_position;
 
 -- name: verify_sealed_heads
--- Each chain's latest sealed head that the ledger no longer holds as sealed.
+-- Each chain's latest sealed head that the ledger no longer holds as sealed (a head in a month
+-- archived and detached was checked against the export when it was archived).
 SELECT s.checkpoint_id, s.chain_key, s.chain_seq, s.head_position,
        e.position IS NULL AS missing
   FROM (
@@ -168,11 +185,18 @@ SELECT s.checkpoint_id, s.chain_key, s.chain_seq, s.head_position,
      ORDER BY chain_key, checkpoint_id DESC
   ) AS s
   LEFT JOIN ledger.events e ON e.chain_key = s.chain_key AND e.chain_seq = s.chain_seq
- WHERE e.position IS NULL OR e.row_hash <> s.head_hash
+ WHERE (e.position IS NULL OR e.row_hash <> s.head_hash)
+   AND NOT EXISTS (
+    SELECT FROM ledger.archive_heads ah JOIN ledger.archives m ON m.month = ah.month AND m.detached
+     WHERE ah.chain_key = s.chain_key AND ah.chain_seq >= s.chain_seq AND e.position IS NULL
+   )
  ORDER BY s.head_position;
 
 -- name: verify_checkpoints
--- Checkpoints whose digest or link to the previous one does not hold.
+-- Checkpoints after checkpoint %(after)s (0: all of them) whose digest or link to the previous
+-- one does not hold. An incremental verify starts after the checkpoint it starts from: the verify
+-- before it was sealed checked that one, and re-hashing its heads costs as much as the chains it
+-- sealed.
 SELECT c.checkpoint_id, c.max_position
   FROM ledger.checkpoints c
   LEFT JOIN ledger.checkpoints p ON p.checkpoint_id = c.checkpoint_id - 1
@@ -184,10 +208,11 @@ SELECT c.checkpoint_id, c.max_position
       FROM ledger.checkpoint_heads h
      WHERE h.checkpoint_id = c.checkpoint_id
   ) AS s ON true
- WHERE c.prev_digest <> coalesce(p.digest, '\x0000000000000000000000000000000000000000000000000000000000000000'::bytea)
+ WHERE c.checkpoint_id > %(after)s
+   AND (c.prev_digest <> coalesce(p.digest, '\x0000000000000000000000000000000000000000000000000000000000000000'::bytea)
     OR (p.checkpoint_id IS NULL AND c.checkpoint_id <> 1)
     OR s.chains <> c.chains
-    OR c.digest <> ledger.checkpoint_digest(c.prev_digest, c.checkpoint_id, c.max_position, s.keys, s.seqs, s.hashes)
+    OR c.digest <> ledger.checkpoint_digest(c.prev_digest, c.checkpoint_id, c.max_position, s.keys, s.seqs, s.hashes))
  ORDER BY c.checkpoint_id;
 
 -- name: count_events
@@ -305,6 +330,153 @@ SELECT checkpoint_id, taken_at, chains, max_position
   FROM ledger.checkpoints
  ORDER BY checkpoint_id DESC
  LIMIT 1;
+
+-- name: checkpoint_horizon
+-- One checkpoint with the read horizon it was sealed at (NULL for checkpoints before 0005).
+SELECT checkpoint_id, max_position, horizon::text AS horizon
+  FROM ledger.checkpoints
+ WHERE checkpoint_id = %(checkpoint_id)s;
+
+-- name: verify_rows_since
+-- verify_rows for the rows a checkpoint did not seal: those at or above its horizon (the
+-- ledger-order index) past their chain's head sealed by that checkpoint or before, each chain
+-- starting from that sealed head (or from nothing for a chain born since). Each row in trouble,
+-- and one more row (any) that carries the count of rows checked. Rows are hashed as they are
+-- read, so that only their keys and hashes are sorted into chain order.
+SELECT position, chain_key, chain_seq, altered, broken_link, missing_before, checked
+  FROM (
+    SELECT position, chain_key, chain_seq, altered,
+           prev_hash <> coalesce(lag(row_hash) OVER chain, sealed_hash,
+                                 '\x0000000000000000000000000000000000000000000000000000000000000000'::bytea)
+               AS broken_link,
+           chain_seq - coalesce(lag(chain_seq) OVER chain, sealed_seq, 0) - 1 AS missing_before,
+           count(*) OVER () AS checked,
+           row_number() OVER () AS nth
+      FROM (
+        SELECT e.position, e.chain_key, e.chain_seq, e.prev_hash, e.row_hash,
+               e.row_hash <> ledger.event_hash(e) AS altered, s.chain_seq AS sealed_seq, s.head_hash AS sealed_hash
+          FROM ledger.events e
+          LEFT JOIN LATERAL (
+            SELECT c.chain_seq, c.head_hash
+              FROM ledger.checkpoint_heads c
+             WHERE c.chain_key = e.chain_key AND c.checkpoint_id <= %(checkpoint_id)s
+             ORDER BY c.checkpoint_id DESC
+             LIMIT 1
+          ) AS s ON true
+         WHERE e.tx_id >= %(horizon)s::text::xid8
+           AND e.chain_seq > coalesce(s.chain_seq, 0)
+        OFFSET 0
+      ) AS rows_since
+    WINDOW chain AS (PARTITION BY chain_key ORDER BY chain_seq)
+  ) AS checked
+ WHERE altered OR broken_link OR missing_before <> 0 OR nth = 1
+ ORDER BY position;
+
+-- name: verify_heads_since
+-- verify_heads for the chains that moved since a checkpoint: each must end on its head. (Each
+-- chain's head is looked up by key: the moved chains are few, chain_heads holds them all.)
+SELECT h.chain_key, h.chain_seq AS head_seq, h.head_position,
+       t.chain_seq AS tail_seq, t.position AS tail_position
+  FROM (SELECT DISTINCT e.chain_key FROM ledger.events e WHERE e.tx_id >= %(horizon)s::text::xid8) AS moved
+  CROSS JOIN LATERAL (
+    SELECT * FROM ledger.chain_heads c WHERE c.chain_key = moved.chain_key LIMIT 1
+  ) AS h
+  LEFT JOIN LATERAL (
+    SELECT e.chain_seq, e.position, e.row_hash
+      FROM ledger.events e
+     WHERE e.chain_key = h.chain_key AND e.chain_seq <= h.chain_seq
+     ORDER BY e.chain_seq DESC
+     LIMIT 1
+  ) AS t ON true
+ WHERE t.chain_seq IS NULL OR t.chain_seq <> h.chain_seq OR t.row_hash <> h.head_hash
+ ORDER BY h.head_position;
+
+-- name: verify_unheaded_rows_since
+-- verify_unheaded_rows for the rows since a checkpoint's horizon.
+SELECT e.position, e.chain_key, e.chain_seq, h.chain_seq AS head_seq
+  FROM ledger.events e
+  LEFT JOIN LATERAL (
+    SELECT c.chain_key, c.chain_seq FROM ledger.chain_heads c WHERE c.chain_key = e.chain_key LIMIT 1
+  ) AS h ON true
+ WHERE e.tx_id >= %(horizon)s::text::xid8
+   AND (h.chain_key IS NULL OR e.chain_seq > h.chain_seq)
+ ORDER BY e.position;
+
+-- name: archive_first_month
+-- The month of the ledger's first row (positions grow with recorded_at), to list the months to archive.
+SELECT date_trunc('month', recorded_at AT TIME ZONE 'UTC')::date AS month
+  FROM ledger.events
+ ORDER BY position
+ LIMIT 1;
+
+-- name: archived_months
+-- The months archived so far, oldest first.
+SELECT month, checkpoint_id, row_count, file_name, sha256, detached, archived_at
+  FROM ledger.archives
+ ORDER BY month;
+
+-- name: archive_rows
+-- One month's rows in ledger position order, as the archive writes them: the canonical text the
+-- hash covers, and the whole row as JSON for people (its hashes as hex).
+SELECT e.position, e.chain_key, e.chain_seq, encode(e.prev_hash, 'hex') AS prev_hash,
+       encode(e.row_hash, 'hex') AS row_hash, ledger.event_canonical(e) AS canonical,
+       to_jsonb(e) - 'prev_hash' - 'row_hash' AS row
+  FROM ledger.events e
+ WHERE e.recorded_at >= %(start)s AND e.recorded_at < %(end)s
+ ORDER BY e.position;
+
+-- name: archive_summary
+-- What an export of a month must match: its rows, first and last positions, and the SHA-256 of
+-- its row hashes in position order.
+SELECT count(*) AS row_count, min(position) AS first_position, max(position) AS last_position,
+       sha256(coalesce(string_agg(row_hash, ''::bytea ORDER BY position), ''::bytea)) AS rows_digest
+  FROM ledger.events
+ WHERE recorded_at >= %(start)s AND recorded_at < %(end)s;
+
+-- name: archive_heads
+-- Each chain's last row in a month, with its head sealed by the archive's checkpoint (or before).
+SELECT m.chain_key, m.chain_seq, encode(m.row_hash, 'hex') AS row_hash, m.position,
+       s.chain_seq AS sealed_seq, encode(s.head_hash, 'hex') AS sealed_hash
+  FROM (
+    SELECT DISTINCT ON (e.chain_key) e.chain_key, e.chain_seq, e.row_hash, e.position
+      FROM ledger.events e
+     WHERE e.recorded_at >= %(start)s AND e.recorded_at < %(end)s
+     ORDER BY e.chain_key, e.chain_seq DESC
+  ) AS m
+  LEFT JOIN LATERAL (
+    SELECT c.chain_seq, c.head_hash
+      FROM ledger.checkpoint_heads c
+     WHERE c.chain_key = m.chain_key AND c.checkpoint_id <= %(checkpoint_id)s
+     ORDER BY c.checkpoint_id DESC
+     LIMIT 1
+  ) AS s ON true
+ ORDER BY m.chain_key;
+
+-- name: record_archive
+-- Record an archived month and its chains' last rows (the owner, in the transaction that detaches it).
+WITH month AS (
+    INSERT INTO ledger.archives (
+        month, checkpoint_id, row_count, first_position, last_position, file_name, sha256, manifest,
+        detached
+    ) VALUES (
+        %(month)s, %(checkpoint_id)s, %(row_count)s, %(first_position)s, %(last_position)s,
+        %(file_name)s, %(sha256)s, %(manifest)s, %(detached)s
+    )
+    RETURNING month
+)
+INSERT INTO ledger.archive_heads (month, chain_key, chain_seq, row_hash, head_position)
+SELECT DISTINCT ON (e.chain_key) (SELECT month FROM month), e.chain_key, e.chain_seq, e.row_hash, e.position
+  FROM ledger.events e
+ WHERE e.recorded_at >= %(start)s AND e.recorded_at < %(end)s
+ ORDER BY e.chain_key, e.chain_seq DESC;
+
+-- name: checkpoint_prev_digest
+-- The digest a checkpoint follows, for an archive's manifest.
+SELECT encode(prev_digest, 'hex') AS prev_digest FROM ledger.checkpoints WHERE checkpoint_id = %(checkpoint_id)s;
+
+-- name: detached_months
+-- The archived months whose rows are no longer in ledger.events (their partitions were detached).
+SELECT month FROM ledger.archives WHERE detached ORDER BY month;
 
 -- name: create_events_partitions
 -- Make the monthly partitions of ledger.events that are missing, from this month to ahead months

@@ -1,0 +1,127 @@
+"""A ledger at scale, loaded in minutes: for ops/bench_ledger_scale.py and the archive's tests.
+
+Every row is generated in the database by a temporary function that hashes each chain with the
+ledger's own ``ledger.event_hash`` (so every chain verifies, in the canonical form the migrations
+define), and is inserted with the guards off (``session_replication_role = replica``, as a
+superuser: the chain trigger would hash each row again, and take an hour for ten million rows
+on two cores), with the chain heads the trigger would have kept. Reservations of two actions
+(accept, then complete), each of four rows (received, intent, transition, outcome),
+``IN_FLIGHT`` reservations interleaved in ledger order, spread evenly over a time span. The rows
+from ``Shape.tail_from`` on get the loading transaction's own xid, as if written after a
+checkpoint sealed the rest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from importlib import resources
+
+from workers.ledger.connector import connect
+from workers.ledger.models import Role
+from workers.ledger.queries import parse
+
+ROWS_PER_RESERVATION = 8
+ROWS_PER_ACTION = 4
+IN_FLIGHT = 1000
+BATCH = 2500  # reservations per statement
+
+SQL = parse(resources.files("workers.testing").joinpath("scale.sql").read_text(encoding="utf-8"))
+
+
+@dataclass(frozen=True, slots=True)
+class Shape:
+    """Where each row goes: ``reservations`` chains, positions up to ``top``, times from ``t0``."""
+
+    reservations: int
+    top: int
+    tail_from: int
+    t0: datetime
+    step_us: float
+    xid_per_position: float
+    in_flight: int
+
+    def params(self) -> dict[str, object]:
+        return {
+            "t0": self.t0,
+            "step_us": self.step_us,
+            "xid_per_position": self.xid_per_position,
+            "tail_from": self.tail_from,
+            "in_flight": self.in_flight,
+        }
+
+
+def position(shape_in_flight: int, r: int, s: int) -> int:
+    """The position of row ``s`` (1..8) of reservation ``r``, as the generator sets it."""
+    window = shape_in_flight
+    return (r // window) * window * ROWS_PER_RESERVATION + (s - 1) * window + r % window + 1
+
+
+def action_id(n: int) -> uuid.UUID:
+    """The ``n``-th action's id, as the generator sets it (md5 of n: a fixed, well-spread id)."""
+    return uuid.UUID(hex=hashlib.md5(str(n).encode(), usedforsecurity=False).hexdigest())
+
+
+def plan(url: str, rows: int, tail: int, t0: datetime, end: datetime, in_flight: int = IN_FLIGHT) -> Shape:
+    """A ledger of about ``rows`` rows from ``t0`` to ``end``, its last ``tail`` positions written
+    after the rest (and below the current xid: the rest must be older than any checkpoint)."""
+    reservations = max(1, rows // ROWS_PER_RESERVATION)
+    window = min(in_flight, reservations)
+    top = max(
+        position(window, r, ROWS_PER_RESERVATION) for r in {reservations - 1, max(0, reservations - window)}
+    )
+    with connect(url, None) as conn:
+        found = conn.execute("SELECT pg_current_xact_id()::text::bigint").fetchone()
+    xid_now = int(found[0]) if found else 10
+    return Shape(
+        reservations,
+        top,
+        top - tail + 1,
+        t0,
+        (end - t0).total_seconds() * 1e6 / top,
+        max(0, xid_now - 10) / top,
+        window,
+    )
+
+
+def make_partitions(url: str, shape: Shape) -> None:
+    """The monthly partitions the rows need, where the ledger is partitioned (migration 0004):
+    made by the owner, as ``reservations migrate`` makes them, for the past months too."""
+    end = shape.t0 + timedelta(microseconds=shape.step_us * shape.top)
+    with connect(url, Role.OWNER) as conn:
+        found = conn.execute(
+            "SELECT to_regprocedure('ledger.create_events_partitions(integer, integer, timestamptz)')"
+            " IS NOT NULL"
+        ).fetchone()
+        if found and found[0]:
+            months = (end.year - shape.t0.year) * 12 + end.month - shape.t0.month + 1
+            conn.execute("SELECT ledger.create_events_partitions(%s, 1, %s)", [months, shape.t0])
+
+
+def load(url: str, shape: Shape, lo: int, hi: int, jobs: int = 2) -> None:
+    """The rows at positions in (lo, hi] (the registry and projection too when ``lo`` is 0),
+    ``jobs`` connections in parallel; ``url`` must be a superuser's."""
+    if lo == 0:
+        make_partitions(url, shape)
+    first_res = lo // (shape.in_flight * ROWS_PER_RESERVATION) * shape.in_flight
+    batches = [
+        (b, min(b + BATCH, shape.reservations) - 1) for b in range(first_res, shape.reservations, BATCH)
+    ]
+
+    def run(job: int) -> None:
+        with connect(url, None) as conn:
+            conn.execute("SET session_replication_role = replica")
+            conn.execute(SQL["generator"])
+            for first, last in batches[job::jobs]:
+                params = {**shape.params(), "first": first, "last": last, "lo": lo, "hi": hi}
+                with conn.transaction():
+                    conn.execute(SQL["load_batch"], params)
+                    if lo == 0:
+                        conn.execute(SQL["load_actions"], params)
+                        conn.execute(SQL["load_projection"], params)
+
+    with ThreadPoolExecutor(jobs) as pool:
+        list(pool.map(run, range(jobs)))
