@@ -181,6 +181,27 @@ def export_month(conn: Connection, month: date, checkpoint: Checkpoint, folder: 
     return manifest
 
 
+def _check_unchanged(conn: Connection, month: date, manifest: dict[str, Any], *, lock: bool) -> None:
+    """The month's rows are still those exported. A row written before the month ended may commit
+    after the export read the month (its writer was in flight at midnight): detached unexported,
+    it would be lost to the archive. With ``lock``, the partition is first locked against writes
+    (SHARE: only such late writers wait, and this waits for them), so what is checked is what the
+    detach takes."""
+    if lock:
+        conn.execute(
+            sql.SQL("LOCK TABLE ledger.{} IN SHARE MODE").format(sql.Identifier(partition_name(month)))
+        )
+    with conn.cursor(row_factory=dict_row) as cur:
+        now = cur.execute(QUERIES["archive_summary"], bounds(month)).fetchone()
+    assert now is not None
+    if (now["row_count"], now["rows_digest"].hex()) != (manifest["rows"], manifest["rows_digest"]):
+        raise VerificationError(
+            f"{month:%Y-%m} changed while it was archived ({now['row_count']} row(s) now, {manifest['rows']}"
+            " exported: a writer committed a row of that month meanwhile); nothing was recorded or"
+            " detached: run the archive again"
+        )
+
+
 def _attached(conn: Connection, month: date) -> bool:
     found = conn.execute(
         "SELECT EXISTS (SELECT FROM pg_inherits i WHERE i.inhparent = 'ledger.events'::regclass"
@@ -226,6 +247,10 @@ def archive_before(url: str, before: date, folder: Path, *, now: date | None = N
             manifest = export_month(conn, month, checkpoint, folder)
             detach = _attached(conn, month)
             with translated(), conn.transaction():
+                # The detach waits for every statement on ledger.events and holds up new ones
+                # meanwhile: give up rather than stall the workers (run it again later).
+                conn.execute("SET LOCAL lock_timeout = '10s'")
+                _check_unchanged(conn, month, manifest, lock=detach)
                 conn.execute(
                     QUERIES["record_archive"],
                     {
@@ -242,9 +267,6 @@ def archive_before(url: str, before: date, folder: Path, *, now: date | None = N
                     },
                 )
                 if detach:
-                    # The detach waits for every statement on ledger.events and holds up new ones
-                    # meanwhile: give up rather than stall the workers (run it again later).
-                    conn.execute("SET LOCAL lock_timeout = '10s'")
                     conn.execute(
                         sql.SQL("ALTER TABLE ledger.events DETACH PARTITION ledger.{}").format(
                             sql.Identifier(partition_name(month))
