@@ -13,14 +13,14 @@ from typing import Any
 import psycopg
 from psycopg.conninfo import make_conninfo
 
-from tests.ledger.conftest import superuser
+from tests.ledger.conftest import seal, superuser
 from tests.ledger.test_archive import _db_rows, _file_rows, _rewrite, _this_month, ledger_url  # noqa: F401
 from workers.core.sids import new_sid
 from workers.errors import VerificationError
 from workers.ledger import archive
 from workers.ledger.connector import connect
 from workers.ledger.models import Role
-from workers.ledger.verify import verify
+from workers.ledger.verify import verify, verify_since
 
 RECEIVE = (
     "SELECT ledger.record_received(%s, 'accept', %s, %s, NULL, NULL, NULL, NULL, NULL, NULL, 'tests',"
@@ -89,6 +89,57 @@ def test_a_writer_committing_during_the_archive_loses_no_row(fresh_db_url: str, 
     assert len(_file_rows(tmp_path)) == 2
     with connect(fresh_db_url, Role.READER) as conn:
         assert verify(conn) == []
+
+
+def test_since_a_checkpoint_older_than_an_archived_month(fresh_db_url: str, tmp_path: Path) -> None:
+    """A chain sealed at seq 1 by checkpoint 1, then rows 2-3 archived and detached, then row 4:
+    --since-checkpoint 1 picks the chain up from its last archived row, not from seq 1."""
+    this_month = _this_month()
+    after = archive.next_month(this_month)
+    sid = new_sid("WR")
+    _receive(fresh_db_url, sid)
+    first = seal(fresh_db_url)
+    _receive(fresh_db_url, sid)
+    _receive(fresh_db_url, sid)
+    done = archive.archive_before(fresh_db_url, after, tmp_path, now=after)
+    assert [m.detached for m in done] == [True]
+    _receive(fresh_db_url, sid)  # in the DEFAULT partition: this month's is detached
+    with connect(fresh_db_url, Role.READER) as conn:
+        assert verify(conn) == []
+        assert verify_since(conn, first.checkpoint_id) == ([], 1)
+        assert verify_since(conn, done[0].checkpoint_id) == ([], 1)
+    # The new row must still follow the archived one.
+    with superuser(fresh_db_url) as conn:
+        conn.execute("SET session_replication_role = replica")
+        conn.execute(
+            "UPDATE ledger.events e SET prev_hash = decode(repeat('22', 32), 'hex')"
+            " WHERE reservation_sid = %s",
+            [sid],
+        )
+        conn.execute(
+            "UPDATE ledger.events e SET row_hash = ledger.event_hash(e) WHERE reservation_sid = %s", [sid]
+        )
+    with connect(fresh_db_url, Role.READER) as conn:
+        problems, _ = verify_since(conn, first.checkpoint_id)
+    assert "broken_link" in [p.kind for p in problems], problems
+
+
+def test_verify_since_trusts_what_the_checkpoint_sealed(fresh_db_url: str) -> None:
+    """A row altered before checkpoint N is not seen by --since-checkpoint N (the docs say so:
+    it trusts what an earlier verify checked); the full verify finds it."""
+    sid = new_sid("WR")
+    _receive(fresh_db_url, sid)
+    _receive(fresh_db_url, sid)
+    sealed = seal(fresh_db_url)
+    _receive(fresh_db_url, sid)
+    with superuser(fresh_db_url) as conn:
+        conn.execute("SET session_replication_role = replica")
+        conn.execute(
+            "UPDATE ledger.events SET producer = 'forged' WHERE reservation_sid = %s AND chain_seq = 1", [sid]
+        )
+    with connect(fresh_db_url, Role.READER) as conn:
+        assert verify_since(conn, sealed.checkpoint_id) == ([], 1)
+        assert [p.kind for p in verify(conn)] == ["altered"]
 
 
 def _events_lock(url: str) -> psycopg.Connection[Any]:

@@ -337,7 +337,9 @@ SELECT checkpoint_id, max_position, horizon::text AS horizon
 -- name: verify_rows_since
 -- verify_rows for the rows a checkpoint did not seal: those at or above its horizon (the
 -- ledger-order index) past their chain's head sealed by that checkpoint or before, each chain
--- starting from that sealed head (or from nothing for a chain born since). Each row in trouble,
+-- starting from that sealed head, or from its last archived row when a detached month holds a
+-- later one (checked against the database when it was archived), or from nothing for a chain
+-- born since. Each row in trouble,
 -- and one more row (any) that carries the count of rows checked. Rows are hashed as they are
 -- read, so that only their keys and hashes are sorted into chain order.
 SELECT position, chain_key, chain_seq, altered, broken_link, missing_before, checked
@@ -354,10 +356,21 @@ SELECT position, chain_key, chain_seq, altered, broken_link, missing_before, che
                e.row_hash <> ledger.event_hash(e) AS altered, s.chain_seq AS sealed_seq, s.head_hash AS sealed_hash
           FROM ledger.events e
           LEFT JOIN LATERAL (
-            SELECT c.chain_seq, c.head_hash
-              FROM ledger.checkpoint_heads c
-             WHERE c.chain_key = e.chain_key AND c.checkpoint_id <= %(checkpoint_id)s
-             ORDER BY c.checkpoint_id DESC
+            SELECT k.chain_seq, k.head_hash
+              FROM (
+                (SELECT c.chain_seq, c.head_hash
+                   FROM ledger.checkpoint_heads c
+                  WHERE c.chain_key = e.chain_key AND c.checkpoint_id <= %(checkpoint_id)s
+                  ORDER BY c.checkpoint_id DESC
+                  LIMIT 1)
+                UNION ALL
+                (SELECT ah.chain_seq, ah.row_hash
+                   FROM ledger.archive_heads ah JOIN ledger.archives m ON m.month = ah.month AND m.detached
+                  WHERE ah.chain_key = e.chain_key
+                  ORDER BY ah.month DESC
+                  LIMIT 1)
+              ) AS k
+             ORDER BY k.chain_seq DESC
              LIMIT 1
           ) AS s ON true
          WHERE e.tx_id >= %(horizon)s::text::xid8
