@@ -7,10 +7,12 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import psycopg
+import pytest
 from psycopg.conninfo import make_conninfo
 
 from tests.ledger.conftest import seal, superuser
@@ -21,6 +23,7 @@ from workers.ledger import archive
 from workers.ledger.connector import connect
 from workers.ledger.models import Role
 from workers.ledger.verify import verify, verify_since
+from workers.testing import scale
 
 RECEIVE = (
     "SELECT ledger.record_received(%s, 'accept', %s, %s, NULL, NULL, NULL, NULL, NULL, NULL, 'tests',"
@@ -155,3 +158,35 @@ def _appended(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     copy = dict(rows[5])
     copy["chain_seq"] += 1
     return [*rows[:6], copy, *rows[6:]]
+
+
+def test_a_partition_of_two_months_is_archived_whole(fresh_db_url: str, tmp_path: Path) -> None:
+    """With --partition-months 2, archiving the first month of a partition must not detach the
+    second one with it, unexported: the partition goes once both months are exported."""
+    first = _months_back(3)
+    with connect(fresh_db_url, Role.OWNER) as conn:
+        conn.execute(
+            "SELECT ledger.create_events_partitions(0, 2, %s)",
+            [datetime(first.year, first.month, 1, tzinfo=UTC)],
+        )
+    end = datetime.now(UTC) - timedelta(minutes=1)
+    shape = scale.plan(fresh_db_url, 3000, 0, datetime(first.year, first.month, 2, tzinfo=UTC), end)
+    scale.load(fresh_db_url, shape, 0, shape.top, jobs=1)
+    second, third = archive.next_month(first), archive.next_month(archive.next_month(first))
+    expected = _db_rows(fresh_db_url, third)
+    with pytest.raises(VerificationError, match=f"--before {third:%Y-%m}"):
+        archive.archive_before(fresh_db_url, second, tmp_path)
+    assert _db_rows(fresh_db_url, third) == expected  # nothing detached
+    done = archive.archive_before(fresh_db_url, third, tmp_path)
+    assert [(m.month, m.detached) for m in done] == [(first, True), (second, True)]
+    assert _file_rows(tmp_path) == expected
+    assert _db_rows(fresh_db_url, third) == []
+    with connect(fresh_db_url, Role.READER) as conn:
+        assert verify(conn) == []
+
+
+def _months_back(n: int) -> date:
+    month = _this_month()
+    for _ in range(n):
+        month = (month - timedelta(days=1)).replace(day=1)
+    return month

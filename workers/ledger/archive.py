@@ -181,16 +181,12 @@ def export_month(conn: Connection, month: date, checkpoint: Checkpoint, folder: 
     return manifest
 
 
-def _check_unchanged(conn: Connection, month: date, manifest: dict[str, Any], *, lock: bool) -> None:
+def _check_unchanged(conn: Connection, month: date, manifest: dict[str, Any]) -> None:
     """The month's rows are still those exported. A row written before the month ended may commit
     after the export read the month (its writer was in flight at midnight): detached unexported,
-    it would be lost to the archive. With ``lock``, the partition is first locked against writes
-    (SHARE: only such late writers wait, and this waits for them), so what is checked is what the
+    it would be lost to the archive. The caller locks the partition against writes first (SHARE:
+    only such late writers wait, and the lock waits for them), so what is checked is what the
     detach takes."""
-    if lock:
-        conn.execute(
-            sql.SQL("LOCK TABLE ledger.{} IN SHARE MODE").format(sql.Identifier(partition_name(month)))
-        )
     with conn.cursor(row_factory=dict_row) as cur:
         now = cur.execute(QUERIES["archive_summary"], bounds(month)).fetchone()
     assert now is not None
@@ -200,15 +196,6 @@ def _check_unchanged(conn: Connection, month: date, manifest: dict[str, Any], *,
             " exported: a writer committed a row of that month meanwhile); nothing was recorded or"
             " detached: run the archive again"
         )
-
-
-def _attached(conn: Connection, month: date) -> bool:
-    found = conn.execute(
-        "SELECT EXISTS (SELECT FROM pg_inherits i WHERE i.inhparent = 'ledger.events'::regclass"
-        " AND i.inhrelid = to_regclass(%s))",
-        [f"ledger.{partition_name(month)}"],
-    ).fetchone()
-    return bool(found and found[0])
 
 
 def months_to_archive(conn: Connection, before: date) -> list[date]:
@@ -225,11 +212,49 @@ def months_to_archive(conn: Connection, before: date) -> list[date]:
     return months
 
 
+def _partition_of(conn: Connection, month: date) -> tuple[str, date, date] | None:
+    """The partition of ledger.events that holds ``month`` (its name and months [lower, upper)),
+    or None when the month's rows are in the DEFAULT partition or the ledger is not partitioned."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        found = cur.execute(QUERIES["archive_partition"], bounds(month)).fetchone()
+    if found is None:
+        return None
+    return found["partition_name"], found["lower_month"], found["upper_month"]
+
+
+def _groups(conn: Connection, months: list[date], before: date) -> list[tuple[str | None, list[date]]]:
+    """``months`` in the groups that are recorded (and detached) together: the months of one
+    partition (a partition is detached whole), or a month whose rows stay (DEFAULT partition, or
+    no partitions). Raises VerificationError when the partition of a month reaches past
+    ``before``: detaching it would take months that are not exported."""
+    groups: list[tuple[str | None, list[date]]] = []
+    for month in months:
+        found = _partition_of(conn, month)
+        if found is None:
+            groups.append((None, [month]))
+            continue
+        name, lower, upper = found
+        if upper > before:
+            if groups:
+                break  # the months before it are archived; this partition waits for its last month
+            raise VerificationError(
+                f"ledger.{name} holds {lower:%Y-%m} to {upper:%Y-%m} (exclusive), and is detached"
+                f" whole: archive with --before {upper:%Y-%m} or later once that month is over"
+            )
+        if groups and groups[-1][0] == name:
+            groups[-1][1].append(month)
+        else:
+            groups.append((name, [month]))
+    return groups
+
+
 def archive_before(url: str, before: date, folder: Path, *, now: date | None = None) -> list[ArchivedMonth]:
     """Archive every month before ``before`` not archived yet: seal a checkpoint, export each month,
-    verify the export against the database, then record the month and detach its partition in one
-    transaction (a ledger that is not partitioned keeps the rows: exported, verified, recorded).
-    Run again, it archives nothing new and rewrites nothing. Needs the owner role."""
+    verify the export against the database, then record the months of a partition and detach it
+    in one transaction (a month in the DEFAULT partition, or a ledger that is not partitioned,
+    keeps its rows: exported, verified, recorded). A partition of several months waits until all
+    of them are before ``before``. Run again, it archives nothing new and rewrites nothing. Needs
+    the owner role."""
     current = (now or datetime.now(UTC).date()).replace(day=1)
     if before > current:
         raise VerificationError(
@@ -238,49 +263,55 @@ def archive_before(url: str, before: date, folder: Path, *, now: date | None = N
     folder.mkdir(parents=True, exist_ok=True)
     done: list[ArchivedMonth] = []
     with connect(url, Role.OWNER) as conn:
-        months = months_to_archive(conn, before)
-        if not months:
+        with translated():
+            groups = _groups(conn, months_to_archive(conn, before), before)
+        if not groups:
             return done
         with translated():
             checkpoint = seal_checkpoint(conn)
-        for month in months:
-            manifest = export_month(conn, month, checkpoint, folder)
-            detach = _attached(conn, month)
+        for partition, months in groups:
+            manifests = [export_month(conn, month, checkpoint, folder) for month in months]
             with translated(), conn.transaction():
                 # The detach waits for every statement on ledger.events and holds up new ones
                 # meanwhile: give up rather than stall the workers (run it again later).
                 conn.execute("SET LOCAL lock_timeout = '10s'")
-                _check_unchanged(conn, month, manifest, lock=detach)
-                conn.execute(
-                    QUERIES["record_archive"],
-                    {
-                        **bounds(month),
-                        "month": month,
-                        "checkpoint_id": checkpoint.checkpoint_id,
-                        "row_count": manifest["rows"],
-                        "first_position": manifest["first_position"],
-                        "last_position": manifest["last_position"],
-                        "file_name": manifest["events"]["file"],
-                        "sha256": bytes.fromhex(manifest["events"]["sha256"]),
-                        "manifest": Jsonb(manifest),
-                        "detached": detach,
-                    },
-                )
-                if detach:
+                if partition is not None:
+                    conn.execute(
+                        sql.SQL("LOCK TABLE ledger.{} IN SHARE MODE").format(sql.Identifier(partition))
+                    )
+                for month, manifest in zip(months, manifests, strict=True):
+                    _check_unchanged(conn, month, manifest)
+                    conn.execute(
+                        QUERIES["record_archive"],
+                        {
+                            **bounds(month),
+                            "month": month,
+                            "checkpoint_id": checkpoint.checkpoint_id,
+                            "row_count": manifest["rows"],
+                            "first_position": manifest["first_position"],
+                            "last_position": manifest["last_position"],
+                            "file_name": manifest["events"]["file"],
+                            "sha256": bytes.fromhex(manifest["events"]["sha256"]),
+                            "manifest": Jsonb(manifest),
+                            "detached": partition is not None,
+                        },
+                    )
+                if partition is not None:
                     conn.execute(
                         sql.SQL("ALTER TABLE ledger.events DETACH PARTITION ledger.{}").format(
-                            sql.Identifier(partition_name(month))
+                            sql.Identifier(partition)
                         )
                     )
-            done.append(
+            done.extend(
                 ArchivedMonth(
                     month,
                     manifest["rows"],
                     manifest["events"]["file"],
                     manifest["events"]["sha256"],
                     checkpoint.checkpoint_id,
-                    detach,
+                    partition is not None,
                 )
+                for month, manifest in zip(months, manifests, strict=True)
             )
     return done
 

@@ -462,6 +462,14 @@ SELECT m.chain_key, m.chain_seq, encode(m.row_hash, 'hex') AS row_hash, m.positi
   ) AS s ON true
  ORDER BY m.chain_key;
 
+-- name: archive_partition
+-- The partition of ledger.events (not the DEFAULT one) that holds a month, with its first month
+-- and the month after its last.
+SELECT b.partition_name, (b.lower AT TIME ZONE 'UTC')::date AS lower_month,
+       (b.upper AT TIME ZONE 'UTC')::date AS upper_month
+  FROM ledger.events_partition_bounds() b
+ WHERE b.lower <= %(start)s AND %(start)s < b.upper;
+
 -- name: record_archive
 -- Record an archived month and its chains' last rows (the owner, in the transaction that detaches it).
 WITH month AS (
