@@ -269,7 +269,11 @@ def archive_command(database_url: str, before: date, folder: Path) -> None:
     except ReservationsError as exc:
         _fail(str(exc))
     for month in done:
-        where = "partition detached" if month.detached else "rows kept: the ledger is not partitioned"
+        where = (
+            "partition detached"
+            if month.detached
+            else "rows kept (the month is in the DEFAULT partition, or the ledger is not partitioned)"
+        )
         click.echo(
             f"archived {month.month:%Y-%m}: {month.row_count} row(s) in {folder / month.file_name}"
             f" (sha256 {month.sha256}), sealed by checkpoint {month.checkpoint_id}; {where}"

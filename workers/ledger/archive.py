@@ -222,6 +222,13 @@ def _partition_of(conn: Connection, month: date) -> tuple[str, date, date] | Non
     return found["partition_name"], found["lower_month"], found["upper_month"]
 
 
+def _default_partition(conn: Connection) -> str | None:
+    """The DEFAULT partition of ledger.events (a month without a partition of its own keeps its
+    rows there), or None when the ledger is not partitioned."""
+    found = conn.execute(QUERIES["events_default_partition"]).fetchone()
+    return str(found[0]) if found else None
+
+
 def _groups(conn: Connection, months: list[date], before: date) -> list[tuple[str | None, list[date]]]:
     """``months`` in the groups that are recorded (and detached) together: the months of one
     partition (a partition is detached whole), or a month whose rows stay (DEFAULT partition, or
@@ -275,10 +282,9 @@ def archive_before(url: str, before: date, folder: Path, *, now: date | None = N
                 # The detach waits for every statement on ledger.events and holds up new ones
                 # meanwhile: give up rather than stall the workers (run it again later).
                 conn.execute("SET LOCAL lock_timeout = '10s'")
-                if partition is not None:
-                    conn.execute(
-                        sql.SQL("LOCK TABLE ledger.{} IN SHARE MODE").format(sql.Identifier(partition))
-                    )
+                locked = partition if partition is not None else _default_partition(conn)
+                if locked is not None:
+                    conn.execute(sql.SQL("LOCK TABLE ledger.{} IN SHARE MODE").format(sql.Identifier(locked)))
                 for month, manifest in zip(months, manifests, strict=True):
                     _check_unchanged(conn, month, manifest)
                     conn.execute(

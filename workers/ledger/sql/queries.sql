@@ -470,6 +470,13 @@ SELECT b.partition_name, (b.lower AT TIME ZONE 'UTC')::date AS lower_month,
   FROM ledger.events_partition_bounds() b
  WHERE b.lower <= %(start)s AND %(start)s < b.upper;
 
+-- name: events_default_partition
+-- The DEFAULT partition of ledger.events (none when the ledger is not partitioned).
+SELECT c.relname
+  FROM pg_partitioned_table p
+  JOIN pg_class c ON c.oid = p.partdefid
+ WHERE p.partrelid = to_regclass('ledger.events');
+
 -- name: record_archive
 -- Record an archived month and its chains' last rows (the owner, in the transaction that detaches it).
 WITH month AS (
