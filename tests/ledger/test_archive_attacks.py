@@ -4,6 +4,9 @@ an archive, tampered exports, roles that may not archive, and hostile input."""
 
 from __future__ import annotations
 
+import gzip
+import hashlib
+import json
 import threading
 import time
 import uuid
@@ -13,10 +16,12 @@ from typing import Any
 
 import psycopg
 import pytest
+from click.testing import CliRunner
 from psycopg.conninfo import make_conninfo
 
 from tests.ledger.conftest import seal, superuser
 from tests.ledger.test_archive import _db_rows, _file_rows, _rewrite, _this_month, ledger_url  # noqa: F401
+from workers.cli import main
 from workers.core.sids import new_sid
 from workers.errors import VerificationError
 from workers.ledger import archive
@@ -167,6 +172,46 @@ def _appended(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     copy = dict(rows[5])
     copy["chain_seq"] += 1
     return [*rows[:6], copy, *rows[6:]]
+
+
+def test_an_export_rewritten_with_its_manifest_is_found_against_the_database(
+    ledger_url: str,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """The month's last row removed, with the events file, heads file and manifest made to match:
+    offline it is coherent (the documented limit); against the database's record it is not."""
+    done = archive.archive_before(ledger_url, _this_month(), tmp_path)
+    events_name, heads_name, manifest_name = archive.file_names(done[0].month)
+    argv = ["ledger", "verify", "--archive", str(tmp_path / manifest_name), "--database-url", ledger_url]
+    honest = CliRunner().invoke(main, [*argv, "--against-database"])
+    assert honest.exit_code == 0, honest.output
+    assert "each manifest the one the database recorded" in honest.output
+    _rewrite(tmp_path, done[0].month, lambda rows: rows[:-1])
+    with gzip.open(tmp_path / events_name, "rt", encoding="utf-8") as lines:
+        last = {row["chain_key"]: row for row in map(json.loads, lines)}
+    with gzip.open(tmp_path / heads_name, "rt", encoding="utf-8") as lines:
+        heads = [json.loads(line) for line in lines]
+    with gzip.open(tmp_path / heads_name, "wt", encoding="utf-8") as out:
+        out.writelines(
+            json.dumps(
+                {
+                    **h,
+                    "chain_seq": last[h["chain_key"]]["chain_seq"],
+                    "row_hash": last[h["chain_key"]]["row_hash"],
+                }
+            )
+            + "\n"
+            for h in heads
+            if h["chain_key"] in last
+        )
+    manifest = json.loads((tmp_path / manifest_name).read_text())
+    manifest["heads"]["sha256"] = hashlib.sha256((tmp_path / heads_name).read_bytes()).hexdigest()
+    (tmp_path / manifest_name).write_text(json.dumps(manifest))
+    assert archive.verify_archive(tmp_path / manifest_name) == ([], 1)
+    assert CliRunner().invoke(main, argv).exit_code == 0
+    result = CliRunner().invoke(main, [*argv, "--against-database"])
+    assert result.exit_code == 1, result.output
+    assert "not the export the database recorded" in result.output
 
 
 def test_a_partition_of_two_months_is_archived_whole(fresh_db_url: str, tmp_path: Path) -> None:

@@ -408,9 +408,7 @@ def verify_manifest(path: Path, chains: dict[str, tuple[int, str]] | None = None
 def verify_archive(path: Path) -> tuple[list[str], int]:
     """Verify a manifest, or every manifest of a folder (oldest month first, chains followed from
     one month to the next); the problems and the number of months checked."""
-    manifests = sorted(path.glob("ledger-events-*.manifest.json")) if path.is_dir() else [path]
-    if not manifests:
-        raise VerificationError(f"{path} holds no archive manifest")
+    manifests = _manifests(path)
     chains: dict[str, tuple[int, str]] = {}
     problems = []
     for manifest in manifests:
@@ -418,9 +416,50 @@ def verify_archive(path: Path) -> tuple[list[str], int]:
     return problems, len(manifests)
 
 
+def _manifests(path: Path) -> list[Path]:
+    manifests = sorted(path.glob("ledger-events-*.manifest.json")) if path.is_dir() else [path]
+    if not manifests:
+        raise VerificationError(f"{path} holds no archive manifest")
+    return manifests
+
+
+def recorded_problems(conn: Connection, path: Path) -> list[str]:
+    """Each manifest under ``path`` that is not the one the database recorded when it archived
+    that month (``ledger.archives``, append-only). With the offline check (the files' digests are
+    the manifest's), this catches an export rewritten together with its manifest, which the
+    offline check alone cannot tell from the original."""
+    problems = []
+    with translated(), conn.cursor(row_factory=dict_row) as cur:
+        for manifest_path in _manifests(path):
+            try:
+                manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+                month = parse_month(str(manifest["month"]))
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                problems.append(f"{manifest_path.name}: cannot be read: {exc}")
+                continue
+            found = cur.execute(QUERIES["recorded_archive"], {"month": month}).fetchone()
+            if found is None:
+                problems.append(
+                    f"{manifest_path.name}: the database has no record of archiving {month:%Y-%m}"
+                )
+            elif found["manifest"] != manifest:
+                problems.append(
+                    f"{manifest_path.name}: not the export the database recorded for {month:%Y-%m}"
+                    f" (its events file had SHA-256 {bytes(found['sha256']).hex()})"
+                )
+    return problems
+
+
 def archived_months(conn: Connection) -> list[date]:
     with translated(), conn.cursor(row_factory=dict_row) as cur:
         return [row["month"] for row in cur.execute(QUERIES["archived_months"]).fetchall()]
 
 
-__all__ = ["ArchivedMonth", "archive_before", "archived_months", "parse_month", "verify_archive"]
+__all__ = [
+    "ArchivedMonth",
+    "archive_before",
+    "archived_months",
+    "parse_month",
+    "recorded_problems",
+    "verify_archive",
+]

@@ -495,6 +495,10 @@ SELECT DISTINCT ON (e.chain_key) (SELECT month FROM month), e.chain_key, e.chain
  WHERE e.recorded_at >= %(start)s AND e.recorded_at < %(end)s
  ORDER BY e.chain_key, e.chain_seq DESC;
 
+-- name: recorded_archive
+-- What the database recorded when it archived a month: the manifest and the events file's digest.
+SELECT manifest, sha256 FROM ledger.archives WHERE month = %(month)s;
+
 -- name: checkpoint_prev_digest
 -- The digest a checkpoint follows, for an archive's manifest.
 SELECT encode(prev_digest, 'hex') AS prev_digest FROM ledger.checkpoints WHERE checkpoint_id = %(checkpoint_id)s;
