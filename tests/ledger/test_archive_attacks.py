@@ -7,6 +7,10 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -167,11 +171,60 @@ def _events_lock(url: str) -> psycopg.Connection[Any]:
     return holder
 
 
+def test_an_archive_killed_between_export_and_detach(ledger_url: str, tmp_path: Path) -> None:  # noqa: F811
+    before = _this_month()
+    expected = _db_rows(ledger_url, before)
+    holder = _events_lock(ledger_url)
+    env = {**os.environ, "LEDGER_MIGRATION_URL": _with_application(ledger_url, "killed-archive")}
+    command = [
+        sys.executable,
+        "-c",
+        "from workers.cli import main; main()",
+        "ledger",
+        "archive",
+        "--before",
+        f"{before:%Y-%m}",
+    ]
+    process = subprocess.Popen([*command, "--to", str(tmp_path)], env=env)
+    try:
+        _wait_until(lambda: _waiting_on_a_lock(ledger_url, "killed-archive"), "the archive waits to detach")
+        assert list(tmp_path.glob("*.manifest.json"))  # exported ...
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    finally:
+        holder.rollback()
+        holder.close()
+    with superuser(ledger_url) as conn:
+        _wait_until(
+            lambda: (
+                not conn.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'killed-archive'"
+                ).fetchone()[0]
+            ),  # type: ignore[index]
+            "the killed archive's session ends",
+        )
+        assert conn.execute("SELECT count(*) FROM ledger.archives").fetchone() == (0,)  # ... not recorded
+    assert _db_rows(ledger_url, before) == expected  # nothing detached
+    done = archive.archive_before(ledger_url, before, tmp_path)
+    assert _file_rows(tmp_path) == expected  # row by row
+    assert sum(m.row_count for m in done) == len(expected)
+    assert archive.verify_archive(tmp_path) == ([], len(done))
+    with connect(ledger_url, Role.READER) as conn:
+        assert verify(conn) == []
+
+
 def _appended(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """A forged row in the middle of a chain: a copy of a row, one seq later."""
     copy = dict(rows[5])
     copy["chain_seq"] += 1
     return [*rows[:6], copy, *rows[6:]]
+
+
+def test_an_added_row_is_found_offline(ledger_url: str, tmp_path: Path) -> None:  # noqa: F811
+    done = archive.archive_before(ledger_url, _this_month(), tmp_path)
+    _rewrite(tmp_path, done[0].month, _appended)
+    problems, _ = archive.verify_archive(tmp_path)
+    assert problems
 
 
 def test_an_export_rewritten_with_its_manifest_is_found_against_the_database(
@@ -212,6 +265,67 @@ def test_an_export_rewritten_with_its_manifest_is_found_against_the_database(
     result = CliRunner().invoke(main, [*argv, "--against-database"])
     assert result.exit_code == 1, result.output
     assert "not the export the database recorded" in result.output
+
+
+@pytest.mark.parametrize("before", ["2026-13", "../../etc", "99999-01", "9999-12", "0000-01", "2026-1", ""])
+def test_hostile_months_get_one_line_and_exit_2(fresh_db_url: str, tmp_path: Path, before: str) -> None:
+    result = CliRunner().invoke(
+        main, ["ledger", "archive", "--before", before, "--to", str(tmp_path), "--database-url", fresh_db_url]
+    )
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    assert (
+        len(
+            [
+                line
+                for line in result.output.splitlines()
+                if line.strip().startswith("Error") or line.startswith("error")
+            ]
+        )
+        == 1
+    )
+
+
+@pytest.mark.parametrize("role", ["reservations_reader", "reservations_writer"])
+def test_a_role_that_reads_the_ledger_cannot_archive_or_detach(
+    ledger_url: str,  # noqa: F811
+    tmp_path: Path,
+    role: str,
+) -> None:
+    login = f"r19_{role}_{uuid.uuid4().hex[:6]}"
+    with superuser(ledger_url) as conn:
+        conn.execute(f"CREATE ROLE {login} LOGIN IN ROLE {role}")
+    try:
+        url = make_conninfo(ledger_url, user=login)
+        result = CliRunner().invoke(
+            main,
+            [
+                "ledger",
+                "archive",
+                "--before",
+                f"{_this_month():%Y-%m}",
+                "--to",
+                str(tmp_path),
+                "--database-url",
+                url,
+            ],
+        )
+        assert result.exit_code == 2, result.output
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(f"SET ROLE {role}")
+            part = archive.partition_name(date(_this_month().year, _this_month().month, 1))
+            for statement in (
+                f"ALTER TABLE ledger.events DETACH PARTITION ledger.{part}",
+                "INSERT INTO ledger.archives (month, checkpoint_id, row_count, file_name, sha256, manifest,"
+                " detached) VALUES ('2000-01-01', 1, 0, 'x', '\\x', '{}', true)",
+                f"DROP TABLE ledger.{part}",
+            ):
+                with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                    conn.execute(statement)
+        assert not list(tmp_path.glob("*.manifest.json"))
+    finally:
+        with superuser(ledger_url) as conn:
+            conn.execute(f"DROP ROLE {login}")
 
 
 def test_a_partition_of_two_months_is_archived_whole(fresh_db_url: str, tmp_path: Path) -> None:
