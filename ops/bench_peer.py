@@ -11,11 +11,13 @@ one run (the order flips at each latency), so both see the same machine.
 For each emulator latency it prints both rates and their ratio, HTTP calls per action, CPU ms
 per action of each process group (workers, PostgreSQL, RabbitMQ, the emulator, the load
 generator; from /proc, so Linux only; PostgreSQL and RabbitMQ are the whole server's, other
-users' work included), and ``ours / min(CPU ceiling, C/(k*L))``: the CPU ceiling is this
-machine's cores over the CPU all processes spent per action, C the workers' threads, k HTTP
-calls per action and L the latency. At ``--pace-latency`` (50 ms) it then paces ours at a steady
-half of the rate it just reached and prints p50/p95/p99 publish->outcome, and at the end the
-workers' memory (PSS).
+users' work included; ``pg-own`` is the part spent by the backends connected to this run's
+database, which is this run's ledger and audit work alone), and ``ours / min(CPU ceiling,
+C/(k*L))``: the CPU ceiling is this machine's cores over the CPU all processes spent per action
+(then, stricter, with ``pg-own`` for PostgreSQL), C the workers' threads, k HTTP calls per action
+and L the latency; and the load average. At ``--pace-latency`` (50 ms) it then paces ours at a
+steady half of the rate it just reached and prints p50/p95/p99 publish->outcome, and at the end
+the workers' memory (PSS).
 
 Run from the repository root: ``.venv/bin/python ops/bench_peer.py`` (``--help`` for options).
 """
@@ -50,6 +52,7 @@ from psycopg import sql
 
 from workers.config import Settings
 from workers.core.action import Action, ActionKind
+from workers.ledger.connector import database_name, with_database
 from workers.testing.emulator.admin import EmulatorAdmin, ReservationInfo
 from workers.testing.emulator.process import EmulatorProcess
 from workers.testing.emulator.settings import emulator_env
@@ -146,17 +149,29 @@ def server_roots(name: str) -> list[int]:
     return roots
 
 
+def database_backends(db_url: str) -> list[int]:
+    """The PostgreSQL backends connected to ``db_url``'s database (the workers' pools hold theirs
+    for the whole run, so their CPU before and after it is this run's)."""
+    with psycopg.connect(with_database(db_url, "postgres"), autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = %s", [database_name(db_url)]
+        ).fetchall()
+    return [int(row[0]) for row in rows]
+
+
 @dataclass
 class Meter:
     """What each group of processes has spent so far: read before and after a run."""
 
     workers: Callable[[], list[int]]
     emulator_pid: int
+    db_url: str
 
     def read(self) -> dict[str, float]:
         return {
             "workers": cpu_seconds(self.workers()),
             "postgres": cpu_seconds(server_roots("postgres"), reaped=True),
+            "pg-own": cpu_seconds(database_backends(self.db_url)),
             "rabbitmq": cpu_seconds(server_roots("beam.smp"), reaped=True),
             "emulator": cpu_seconds([self.emulator_pid]),
         }
@@ -176,6 +191,11 @@ class Side:
     @property
     def cpu_ms_total(self) -> float:
         return sum(self.cpu_ms(g) for g in GROUPS)
+
+    @property
+    def cpu_ms_own(self) -> float:
+        """The total with only this run's PostgreSQL backends (not other users' work)."""
+        return self.cpu_ms_total - self.cpu_ms("postgres") + self.cpu_ms("pg-own")
 
     @property
     def http_per_action(self) -> float:
@@ -213,24 +233,28 @@ def measured(
 
 def cpu_line(label: str, side: Side) -> str:
     parts = "  ".join(f"{g} {side.cpu_ms(g):5.2f}" for g in GROUPS)
-    return f"  CPU ms/action {label:<6} {parts}  total {side.cpu_ms_total:5.2f}"
+    own = f"(pg-own {side.cpu_ms('pg-own'):5.2f}, total {side.cpu_ms_own:5.2f})"
+    return f"  CPU ms/action {label:<6} {parts}  total {side.cpu_ms_total:5.2f}  {own}"
 
 
 def report(latency: int, peer: Side, ours: Side, concurrency: int) -> None:
     print(peer.figures.line())
     print(ours.figures.line())
-    print(f"  ratio ours / peer at {latency} ms: {ours.figures.rate / peer.figures.rate:5.2f}x")
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    ratio = ours.figures.rate / peer.figures.rate
+    print(f"  ratio ours / peer at {latency} ms: {ratio:5.2f}x  (load average {load})")
     print(cpu_line("peer", peer))
     print(cpu_line("ours", ours))
     if latency:
         cores = os.cpu_count() or 1
-        ceiling = cores * 1000 / ours.cpu_ms_total
         in_flight = concurrency / (ours.http_per_action * latency / 1000)
-        bound = min(ceiling, in_flight)
-        print(
-            f"  ours / min(CPU ceiling {ceiling:.0f}, C/(k*L) {in_flight:.0f}) at {latency} ms:"
-            f" {ours.figures.rate / bound:5.2f}"
-        )
+        for which, cpu_ms in (("", ours.cpu_ms_total), (", pg-own", ours.cpu_ms_own)):
+            ceiling = cores * 1000 / cpu_ms
+            bound = min(ceiling, in_flight)
+            print(
+                f"  ours / min(CPU ceiling{which} {ceiling:.0f}, C/(k*L) {in_flight:.0f}) at {latency} ms:"
+                f" {ours.figures.rate / bound:5.2f}"
+            )
     sys.stdout.flush()
 
 
@@ -287,7 +311,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 WorkerProcess(side_env, concurrency=args.concurrency, loglevel="WARNING", app=app)
                 for _ in range(args.workers)
             ]
-            meter = Meter(lambda: [w.process.pid for w in processes if w.process is not None], emulator_pid)
+            meter = Meter(
+                lambda: [w.process.pid for w in processes if w.process is not None], emulator_pid, db_url
+            )
             with contextlib.ExitStack() as stack:
                 for worker in processes:
                     stack.enter_context(worker)

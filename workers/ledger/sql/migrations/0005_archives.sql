@@ -10,9 +10,13 @@ SET LOCAL ROLE reservations_owner;
 
 ALTER TABLE ledger.checkpoints ADD COLUMN horizon xid8;
 
--- The seal over a million chains took minutes: each of its four aggregates (and each check of
--- the digest) sorted the heads again, and the heads' check recomputed the digest twice. The heads
--- are now read and sorted once, in one statement whose snapshot also gives the horizon.
+-- The seal took minutes over tens of thousands of chains, and grew with their square: the heads'
+-- check (below) tested `ledger.checkpoint_problem(checkpoint_id) IS NOT NULL` on
+-- `(SELECT DISTINCT checkpoint_id FROM added)`, and PostgreSQL pushes such a test below the
+-- DISTINCT, so the digest (every head of the checkpoint, aggregated and sorted) was recomputed
+-- once per sealed head. It now runs once per checkpoint. The seal also reads and sorts the heads
+-- once (it sorted them for each of its four arrays), in one statement whose snapshot also gives
+-- the horizon.
 CREATE OR REPLACE FUNCTION ledger.seal_checkpoint()
 RETURNS TABLE (checkpoint_id bigint, chains integer, max_position bigint, digest bytea)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
@@ -63,7 +67,7 @@ END
 $$;
 
 -- The check of sealed heads, as before, but the digest check (ledger.checkpoint_problem, which
--- sorts every head) runs once per checkpoint rather than twice.
+-- aggregates and sorts every head of the checkpoint) runs once per checkpoint, not once per head.
 CREATE OR REPLACE FUNCTION ledger.checkpoint_heads_check() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
