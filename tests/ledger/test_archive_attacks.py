@@ -197,10 +197,11 @@ def test_an_archive_killed_between_export_and_detach(ledger_url: str, tmp_path: 
     with superuser(ledger_url) as conn:
         _wait_until(
             lambda: (
-                not conn.execute(
+                conn.execute(
                     "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'killed-archive'"
-                ).fetchone()[0]
-            ),  # type: ignore[index]
+                ).fetchone()
+                == (0,)
+            ),
             "the killed archive's session ends",
         )
         assert conn.execute("SELECT count(*) FROM ledger.archives").fetchone() == (0,)  # ... not recorded
