@@ -268,7 +268,20 @@ def test_an_export_rewritten_with_its_manifest_is_found_against_the_database(
     assert "not the export the database recorded" in result.output
 
 
-@pytest.mark.parametrize("before", ["2026-13", "../../etc", "99999-01", "9999-12", "0000-01", "2026-1", ""])
+@pytest.mark.parametrize(
+    "before",
+    [
+        "2026-13",
+        "../../etc",
+        "99999-01",
+        "9999-12",
+        "0000-01",
+        "2026-1",
+        "",
+        "\uff12\uff10\uff12\uff16-01",
+        "2026-01\n",
+    ],
+)
 def test_hostile_months_get_one_line_and_exit_2(fresh_db_url: str, tmp_path: Path, before: str) -> None:
     result = CliRunner().invoke(
         main, ["ledger", "archive", "--before", before, "--to", str(tmp_path), "--database-url", fresh_db_url]

@@ -43,7 +43,8 @@ from workers.ledger.verify import seal_checkpoint
 
 MANIFEST_VERSION = 1
 ZERO = "00" * 32
-_MONTH = re.compile(r"^(\d{4})-(\d{2})$")
+# ASCII digits, the whole text: "\d" takes any Unicode digit and "$" a trailing newline.
+_MONTH = re.compile(r"([0-9]{4})-([0-9]{2})")
 # The first five fields of a canonical text: version, position, tx_id, chain_key, chain_seq.
 _PREFIX = re.compile(r'^\((\d+),(\d+),(\d+),("(?:[^"\\]|""|\\.)*"|[^,"]*),(\d+),')
 
@@ -60,7 +61,7 @@ class ArchivedMonth:
 
 def parse_month(text: str) -> date:
     """``YYYY-MM`` as the first day of that month; ValueError otherwise."""
-    found = _MONTH.match(text)
+    found = _MONTH.fullmatch(text)
     if found is None or not 1 <= int(found.group(2)) <= 12:
         raise ValueError(f"expected a month as YYYY-MM, not {text!r}")
     return date(int(found.group(1)), int(found.group(2)), 1)
