@@ -160,8 +160,16 @@ def partitions_command(database_url: str, ahead: int, months: int) -> None:
     " or a folder of them (chains followed from month to month): file digests, every row's hash,"
     " the chains' links and the heads sealed by the archive's checkpoint.",
 )
+@click.option(
+    "--against-database",
+    is_flag=True,
+    help="With --archive: also check that each manifest is the one the database recorded when it"
+    " archived that month (ledger.archives): an export rewritten together with its manifest passes"
+    " the offline check, not this one.",
+)
 def verify_command(
     database_url: str,
+    against_database: bool,
     checkpoint: bool,
     since: int | None,
     archive_path: Path | None,
@@ -177,7 +185,7 @@ def verify_command(
     it is what proves that whole chains were not rewritten since.
     """
     if archive_path is not None:
-        _verify_archive(archive_path)
+        _verify_archive(archive_path, database_url if against_database else None)
         return
     outside: list[str] = []
     if digests_file is not None:
@@ -226,9 +234,12 @@ def verify_command(
         )
 
 
-def _verify_archive(path: Path) -> None:
+def _verify_archive(path: Path, database_url: str | None) -> None:
     try:
         problems, months = archive.verify_archive(path)
+        if database_url is not None:
+            with connect(database_url, Role.READER) as conn:
+                problems.extend(archive.recorded_problems(conn, path))
     except ReservationsError as exc:
         _fail(str(exc))
     for problem in problems:
@@ -236,7 +247,8 @@ def _verify_archive(path: Path) -> None:
     if problems:
         click.echo(f"archive verification FAILED: {len(problems)} problem(s)", err=True)
         sys.exit(1)
-    click.echo(f"archive verified: {months} month(s), every row's hash and every chain's link hold")
+    recorded = ", each manifest the one the database recorded" if database_url is not None else ""
+    click.echo(f"archive verified: {months} month(s), every row's hash and every chain's link hold{recorded}")
 
 
 @ledger.command("archive")
@@ -269,7 +281,11 @@ def archive_command(database_url: str, before: date, folder: Path) -> None:
     except ReservationsError as exc:
         _fail(str(exc))
     for month in done:
-        where = "partition detached" if month.detached else "rows kept: the ledger is not partitioned"
+        where = (
+            "partition detached"
+            if month.detached
+            else "rows kept (the month is in the DEFAULT partition, or the ledger is not partitioned)"
+        )
         click.echo(
             f"archived {month.month:%Y-%m}: {month.row_count} row(s) in {folder / month.file_name}"
             f" (sha256 {month.sha256}), sealed by checkpoint {month.checkpoint_id}; {where}"

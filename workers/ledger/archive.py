@@ -43,7 +43,8 @@ from workers.ledger.verify import seal_checkpoint
 
 MANIFEST_VERSION = 1
 ZERO = "00" * 32
-_MONTH = re.compile(r"^(\d{4})-(\d{2})$")
+# ASCII digits, the whole text: "\d" takes any Unicode digit and "$" a trailing newline.
+_MONTH = re.compile(r"([0-9]{4})-([0-9]{2})")
 # The first five fields of a canonical text: version, position, tx_id, chain_key, chain_seq.
 _PREFIX = re.compile(r'^\((\d+),(\d+),(\d+),("(?:[^"\\]|""|\\.)*"|[^,"]*),(\d+),')
 
@@ -60,7 +61,7 @@ class ArchivedMonth:
 
 def parse_month(text: str) -> date:
     """``YYYY-MM`` as the first day of that month; ValueError otherwise."""
-    found = _MONTH.match(text)
+    found = _MONTH.fullmatch(text)
     if found is None or not 1 <= int(found.group(2)) <= 12:
         raise ValueError(f"expected a month as YYYY-MM, not {text!r}")
     return date(int(found.group(1)), int(found.group(2)), 1)
@@ -181,13 +182,21 @@ def export_month(conn: Connection, month: date, checkpoint: Checkpoint, folder: 
     return manifest
 
 
-def _attached(conn: Connection, month: date) -> bool:
-    found = conn.execute(
-        "SELECT EXISTS (SELECT FROM pg_inherits i WHERE i.inhparent = 'ledger.events'::regclass"
-        " AND i.inhrelid = to_regclass(%s))",
-        [f"ledger.{partition_name(month)}"],
-    ).fetchone()
-    return bool(found and found[0])
+def _check_unchanged(conn: Connection, month: date, manifest: dict[str, Any]) -> None:
+    """The month's rows are still those exported. A row written before the month ended may commit
+    after the export read the month (its writer was in flight at midnight): detached unexported,
+    it would be lost to the archive. The caller locks the partition against writes first (SHARE:
+    only such late writers wait, and the lock waits for them), so what is checked is what the
+    detach takes."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        now = cur.execute(QUERIES["archive_summary"], bounds(month)).fetchone()
+    assert now is not None
+    if (now["row_count"], now["rows_digest"].hex()) != (manifest["rows"], manifest["rows_digest"]):
+        raise VerificationError(
+            f"{month:%Y-%m} changed while it was archived ({now['row_count']} row(s) now, {manifest['rows']}"
+            " exported: a writer committed a row of that month meanwhile); nothing was recorded or"
+            " detached: run the archive again"
+        )
 
 
 def months_to_archive(conn: Connection, before: date) -> list[date]:
@@ -204,11 +213,56 @@ def months_to_archive(conn: Connection, before: date) -> list[date]:
     return months
 
 
+def _partition_of(conn: Connection, month: date) -> tuple[str, date, date] | None:
+    """The partition of ledger.events that holds ``month`` (its name and months [lower, upper)),
+    or None when the month's rows are in the DEFAULT partition or the ledger is not partitioned."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        found = cur.execute(QUERIES["archive_partition"], bounds(month)).fetchone()
+    if found is None:
+        return None
+    return found["partition_name"], found["lower_month"], found["upper_month"]
+
+
+def _default_partition(conn: Connection) -> str | None:
+    """The DEFAULT partition of ledger.events (a month without a partition of its own keeps its
+    rows there), or None when the ledger is not partitioned."""
+    found = conn.execute(QUERIES["events_default_partition"]).fetchone()
+    return str(found[0]) if found else None
+
+
+def _groups(conn: Connection, months: list[date], before: date) -> list[tuple[str | None, list[date]]]:
+    """``months`` in the groups that are recorded (and detached) together: the months of one
+    partition (a partition is detached whole), or a month whose rows stay (DEFAULT partition, or
+    no partitions). Raises VerificationError when the partition of a month reaches past
+    ``before``: detaching it would take months that are not exported."""
+    groups: list[tuple[str | None, list[date]]] = []
+    for month in months:
+        found = _partition_of(conn, month)
+        if found is None:
+            groups.append((None, [month]))
+            continue
+        name, lower, upper = found
+        if upper > before:
+            if groups:
+                break  # the months before it are archived; this partition waits for its last month
+            raise VerificationError(
+                f"ledger.{name} holds {lower:%Y-%m} to {upper:%Y-%m} (exclusive), and is detached"
+                f" whole: archive with --before {upper:%Y-%m} or later once that month is over"
+            )
+        if groups and groups[-1][0] == name:
+            groups[-1][1].append(month)
+        else:
+            groups.append((name, [month]))
+    return groups
+
+
 def archive_before(url: str, before: date, folder: Path, *, now: date | None = None) -> list[ArchivedMonth]:
     """Archive every month before ``before`` not archived yet: seal a checkpoint, export each month,
-    verify the export against the database, then record the month and detach its partition in one
-    transaction (a ledger that is not partitioned keeps the rows: exported, verified, recorded).
-    Run again, it archives nothing new and rewrites nothing. Needs the owner role."""
+    verify the export against the database, then record the months of a partition and detach it
+    in one transaction (a month in the DEFAULT partition, or a ledger that is not partitioned,
+    keeps its rows: exported, verified, recorded). A partition of several months waits until all
+    of them are before ``before``. Run again, it archives nothing new and rewrites nothing. Needs
+    the owner role."""
     current = (now or datetime.now(UTC).date()).replace(day=1)
     if before > current:
         raise VerificationError(
@@ -217,48 +271,54 @@ def archive_before(url: str, before: date, folder: Path, *, now: date | None = N
     folder.mkdir(parents=True, exist_ok=True)
     done: list[ArchivedMonth] = []
     with connect(url, Role.OWNER) as conn:
-        months = months_to_archive(conn, before)
-        if not months:
+        with translated():
+            groups = _groups(conn, months_to_archive(conn, before), before)
+        if not groups:
             return done
         with translated():
             checkpoint = seal_checkpoint(conn)
-        for month in months:
-            manifest = export_month(conn, month, checkpoint, folder)
-            detach = _attached(conn, month)
+        for partition, months in groups:
+            manifests = [export_month(conn, month, checkpoint, folder) for month in months]
             with translated(), conn.transaction():
-                conn.execute(
-                    QUERIES["record_archive"],
-                    {
-                        **bounds(month),
-                        "month": month,
-                        "checkpoint_id": checkpoint.checkpoint_id,
-                        "row_count": manifest["rows"],
-                        "first_position": manifest["first_position"],
-                        "last_position": manifest["last_position"],
-                        "file_name": manifest["events"]["file"],
-                        "sha256": bytes.fromhex(manifest["events"]["sha256"]),
-                        "manifest": Jsonb(manifest),
-                        "detached": detach,
-                    },
-                )
-                if detach:
-                    # The detach waits for every statement on ledger.events and holds up new ones
-                    # meanwhile: give up rather than stall the workers (run it again later).
-                    conn.execute("SET LOCAL lock_timeout = '10s'")
+                # The detach waits for every statement on ledger.events and holds up new ones
+                # meanwhile: give up rather than stall the workers (run it again later).
+                conn.execute("SET LOCAL lock_timeout = '10s'")
+                locked = partition if partition is not None else _default_partition(conn)
+                if locked is not None:
+                    conn.execute(sql.SQL("LOCK TABLE ledger.{} IN SHARE MODE").format(sql.Identifier(locked)))
+                for month, manifest in zip(months, manifests, strict=True):
+                    _check_unchanged(conn, month, manifest)
+                    conn.execute(
+                        QUERIES["record_archive"],
+                        {
+                            **bounds(month),
+                            "month": month,
+                            "checkpoint_id": checkpoint.checkpoint_id,
+                            "row_count": manifest["rows"],
+                            "first_position": manifest["first_position"],
+                            "last_position": manifest["last_position"],
+                            "file_name": manifest["events"]["file"],
+                            "sha256": bytes.fromhex(manifest["events"]["sha256"]),
+                            "manifest": Jsonb(manifest),
+                            "detached": partition is not None,
+                        },
+                    )
+                if partition is not None:
                     conn.execute(
                         sql.SQL("ALTER TABLE ledger.events DETACH PARTITION ledger.{}").format(
-                            sql.Identifier(partition_name(month))
+                            sql.Identifier(partition)
                         )
                     )
-            done.append(
+            done.extend(
                 ArchivedMonth(
                     month,
                     manifest["rows"],
                     manifest["events"]["file"],
                     manifest["events"]["sha256"],
                     checkpoint.checkpoint_id,
-                    detach,
+                    partition is not None,
                 )
+                for month, manifest in zip(months, manifests, strict=True)
             )
     return done
 
@@ -349,9 +409,7 @@ def verify_manifest(path: Path, chains: dict[str, tuple[int, str]] | None = None
 def verify_archive(path: Path) -> tuple[list[str], int]:
     """Verify a manifest, or every manifest of a folder (oldest month first, chains followed from
     one month to the next); the problems and the number of months checked."""
-    manifests = sorted(path.glob("ledger-events-*.manifest.json")) if path.is_dir() else [path]
-    if not manifests:
-        raise VerificationError(f"{path} holds no archive manifest")
+    manifests = _manifests(path)
     chains: dict[str, tuple[int, str]] = {}
     problems = []
     for manifest in manifests:
@@ -359,9 +417,50 @@ def verify_archive(path: Path) -> tuple[list[str], int]:
     return problems, len(manifests)
 
 
+def _manifests(path: Path) -> list[Path]:
+    manifests = sorted(path.glob("ledger-events-*.manifest.json")) if path.is_dir() else [path]
+    if not manifests:
+        raise VerificationError(f"{path} holds no archive manifest")
+    return manifests
+
+
+def recorded_problems(conn: Connection, path: Path) -> list[str]:
+    """Each manifest under ``path`` that is not the one the database recorded when it archived
+    that month (``ledger.archives``, append-only). With the offline check (the files' digests are
+    the manifest's), this catches an export rewritten together with its manifest, which the
+    offline check alone cannot tell from the original."""
+    problems = []
+    with translated(), conn.cursor(row_factory=dict_row) as cur:
+        for manifest_path in _manifests(path):
+            try:
+                manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+                month = parse_month(str(manifest["month"]))
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                problems.append(f"{manifest_path.name}: cannot be read: {exc}")
+                continue
+            found = cur.execute(QUERIES["recorded_archive"], {"month": month}).fetchone()
+            if found is None:
+                problems.append(
+                    f"{manifest_path.name}: the database has no record of archiving {month:%Y-%m}"
+                )
+            elif found["manifest"] != manifest:
+                problems.append(
+                    f"{manifest_path.name}: not the export the database recorded for {month:%Y-%m}"
+                    f" (its events file had SHA-256 {bytes(found['sha256']).hex()})"
+                )
+    return problems
+
+
 def archived_months(conn: Connection) -> list[date]:
     with translated(), conn.cursor(row_factory=dict_row) as cur:
         return [row["month"] for row in cur.execute(QUERIES["archived_months"]).fetchall()]
 
 
-__all__ = ["ArchivedMonth", "archive_before", "archived_months", "parse_month", "verify_archive"]
+__all__ = [
+    "ArchivedMonth",
+    "archive_before",
+    "archived_months",
+    "parse_month",
+    "recorded_problems",
+    "verify_archive",
+]

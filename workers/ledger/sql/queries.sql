@@ -340,7 +340,9 @@ SELECT checkpoint_id, max_position, horizon::text AS horizon
 -- name: verify_rows_since
 -- verify_rows for the rows a checkpoint did not seal: those at or above its horizon (the
 -- ledger-order index) past their chain's head sealed by that checkpoint or before, each chain
--- starting from that sealed head (or from nothing for a chain born since). Each row in trouble,
+-- starting from that sealed head, or from its last archived row when a detached month holds a
+-- later one (checked against the database when it was archived), or from nothing for a chain
+-- born since. Each row in trouble,
 -- and one more row (any) that carries the count of rows checked. Rows are hashed as they are
 -- read, so that only their keys and hashes are sorted into chain order.
 SELECT position, chain_key, chain_seq, altered, broken_link, missing_before, checked
@@ -357,10 +359,21 @@ SELECT position, chain_key, chain_seq, altered, broken_link, missing_before, che
                e.row_hash <> ledger.event_hash(e) AS altered, s.chain_seq AS sealed_seq, s.head_hash AS sealed_hash
           FROM ledger.events e
           LEFT JOIN LATERAL (
-            SELECT c.chain_seq, c.head_hash
-              FROM ledger.checkpoint_heads c
-             WHERE c.chain_key = e.chain_key AND c.checkpoint_id <= %(checkpoint_id)s
-             ORDER BY c.checkpoint_id DESC
+            SELECT k.chain_seq, k.head_hash
+              FROM (
+                (SELECT c.chain_seq, c.head_hash
+                   FROM ledger.checkpoint_heads c
+                  WHERE c.chain_key = e.chain_key AND c.checkpoint_id <= %(checkpoint_id)s
+                  ORDER BY c.checkpoint_id DESC
+                  LIMIT 1)
+                UNION ALL
+                (SELECT ah.chain_seq, ah.row_hash
+                   FROM ledger.archive_heads ah JOIN ledger.archives m ON m.month = ah.month AND m.detached
+                  WHERE ah.chain_key = e.chain_key
+                  ORDER BY ah.month DESC
+                  LIMIT 1)
+              ) AS k
+             ORDER BY k.chain_seq DESC
              LIMIT 1
           ) AS s ON true
          WHERE e.tx_id >= %(horizon)s::text::xid8
@@ -452,6 +465,21 @@ SELECT m.chain_key, m.chain_seq, encode(m.row_hash, 'hex') AS row_hash, m.positi
   ) AS s ON true
  ORDER BY m.chain_key;
 
+-- name: archive_partition
+-- The partition of ledger.events (not the DEFAULT one) that holds a month, with its first month
+-- and the month after its last.
+SELECT b.partition_name, (b.lower AT TIME ZONE 'UTC')::date AS lower_month,
+       (b.upper AT TIME ZONE 'UTC')::date AS upper_month
+  FROM ledger.events_partition_bounds() b
+ WHERE b.lower <= %(start)s AND %(start)s < b.upper;
+
+-- name: events_default_partition
+-- The DEFAULT partition of ledger.events (none when the ledger is not partitioned).
+SELECT c.relname
+  FROM pg_partitioned_table p
+  JOIN pg_class c ON c.oid = p.partdefid
+ WHERE p.partrelid = to_regclass('ledger.events');
+
 -- name: record_archive
 -- Record an archived month and its chains' last rows (the owner, in the transaction that detaches it).
 WITH month AS (
@@ -469,6 +497,10 @@ SELECT DISTINCT ON (e.chain_key) (SELECT month FROM month), e.chain_key, e.chain
   FROM ledger.events e
  WHERE e.recorded_at >= %(start)s AND e.recorded_at < %(end)s
  ORDER BY e.chain_key, e.chain_seq DESC;
+
+-- name: recorded_archive
+-- What the database recorded when it archived a month: the manifest and the events file's digest.
+SELECT manifest, sha256 FROM ledger.archives WHERE month = %(month)s;
 
 -- name: checkpoint_prev_digest
 -- The digest a checkpoint follows, for an archive's manifest.
