@@ -94,8 +94,13 @@ class EventsApiConfig:
         return self.auth_token
 
 
-# Twilio's expected answer: 204, ``Content-Type: application/json`` (one instance: it holds no state).
-NO_CONTENT = Response(status_code=204, headers={"Content-Type": "application/json"})
+def _no_content() -> Response:
+    """Twilio's expected answer: 204, ``Content-Type: application/json``. A new one each time: a
+    Response is mutable (FastAPI sets ``background`` on the one an endpoint returns, middleware may
+    add headers), so one shared instance could carry one request's state into the next."""
+    return Response(status_code=204, headers={"Content-Type": "application/json"})
+
+
 # The headers the callback handler reads, as ASGI spells them.
 _CALLBACK_HEADERS = frozenset(
     {b"content-length", b"x-twilio-signature", b"x-twilio-webhooks-signature-settings"}
@@ -185,7 +190,7 @@ def create_app(config: EventsApiConfig, *, committer: GroupCommitter | None = No
             metrics.event(channel, "recorded" if result.appended else "duplicate")
             if result.appended and event.occurred_at is not None:
                 metrics.event_delay(now - event.occurred_at.timestamp())
-        return NO_CONTENT
+        return _no_content()
 
     def refused(channel: Channel, why: str, **headers: str) -> JSONResponse:
         metrics.event(channel, "refused")
