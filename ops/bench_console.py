@@ -14,7 +14,6 @@ Run from the repository root: ``.venv/bin/python ops/bench_console.py``.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import secrets
@@ -29,7 +28,6 @@ from pathlib import Path
 
 import httpx
 
-from workers.config import DEFAULT_DATABASE_URL
 from workers.core.action import Action, ActionKind
 from workers.core.planner import Outcome
 from workers.core.sids import new_sid
@@ -47,6 +45,7 @@ from workers.ledger.migrations import migrate
 from workers.ledger.models import Role
 from workers.ledger.verify import seal_checkpoint
 from workers.ledger.writer import PostgresLedgerWriter
+from workers.testing.benchmarks import ledger_bench_parser
 
 TARGET_MS = 200.0
 # A fresh token each run: the benchmark's own API is reachable by anyone on this machine meanwhile.
@@ -196,15 +195,7 @@ def time_pages(base: str, pages: dict[str, str], requests: int) -> dict[str, lis
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--database-url",
-        default=os.environ.get("DATABASE_URL", DEFAULT_DATABASE_URL),
-        help="a superuser connection; the benchmark creates and drops its own database next to it"
-        " (env DATABASE_URL)",
-    )
+    parser = ledger_bench_parser(__doc__)
     parser.add_argument("--rows", type=int, default=1_000_000, help="ledger rows (default 1,000,000)")
     parser.add_argument("--requests", type=int, default=30, help="requests per page (default 30)")
     parser.add_argument("--port", type=int, default=8767, help="where the audit API listens (default 8767)")

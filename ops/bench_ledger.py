@@ -17,7 +17,6 @@ Run from the repository root: ``.venv/bin/python ops/bench_ledger.py``.
 
 from __future__ import annotations
 
-import argparse
 import multiprocessing
 import os
 import statistics
@@ -27,7 +26,6 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from workers.config import DEFAULT_DATABASE_URL
 from workers.core.sids import new_sid
 from workers.ledger.connector import Connector, connect, database_name, drop_database, with_database
 from workers.ledger.events import Transition
@@ -36,6 +34,7 @@ from workers.ledger.models import Outcome, Role
 from workers.ledger.reader import LedgerReader
 from workers.ledger.verify import verify
 from workers.ledger.writer import PostgresLedgerWriter
+from workers.testing.benchmarks import ledger_bench_parser
 
 ACTIONS_PER_WRITER = 20_000
 
@@ -186,15 +185,7 @@ def history_latency(url: str, queries: int) -> tuple[float, float, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--database-url",
-        default=os.environ.get("DATABASE_URL", DEFAULT_DATABASE_URL),
-        help="a superuser connection; the benchmark creates and drops its own database next to it"
-        " (env DATABASE_URL)",
-    )
+    parser = ledger_bench_parser(__doc__)
     parser.add_argument("--writers", default="1,4,16", help="concurrent writer counts (default 1,4,16)")
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per writer count (default 5)")
     parser.add_argument("--rows", type=int, default=1_000_000, help="ledger rows for the history query")

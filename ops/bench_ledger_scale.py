@@ -32,7 +32,6 @@ from pathlib import Path
 import httpx
 from bench_console import TOKEN, serve
 
-from workers.config import DEFAULT_DATABASE_URL
 from workers.ledger import archive
 from workers.ledger.connector import Connector, connect, database_name, drop_database, with_database
 from workers.ledger.migrations import migrate
@@ -40,6 +39,7 @@ from workers.ledger.models import LedgerRow, Role
 from workers.ledger.reader import LedgerReader
 from workers.ledger.verify import seal_checkpoint, verify, verify_since
 from workers.testing import scale
+from workers.testing.benchmarks import ledger_bench_parser
 
 TARGETS = {"by reservation": 5.0, "by action": 5.0, "time range page": 50.0}
 
@@ -126,15 +126,7 @@ def time_api(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--database-url",
-        default=os.environ.get("DATABASE_URL", DEFAULT_DATABASE_URL),
-        help="a superuser connection; the benchmark creates and drops its own database next to it"
-        " (env DATABASE_URL)",
-    )
+    parser = ledger_bench_parser(__doc__)
     parser.add_argument("--rows", type=int, default=10_000_000, help="ledger rows (default 10,000,000)")
     parser.add_argument(
         "--tail", type=int, default=100_000, help="rows written after the checkpoint (default 100,000)"

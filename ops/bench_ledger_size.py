@@ -27,7 +27,6 @@ Run from the repository root: ``.venv/bin/python ops/bench_ledger_size.py``.
 
 from __future__ import annotations
 
-import argparse
 import os
 import random
 import secrets
@@ -37,7 +36,6 @@ from dataclasses import dataclass, field
 
 from psycopg import Connection, sql
 
-from workers.config import DEFAULT_DATABASE_URL
 from workers.core.action import Action, ActionKind
 from workers.core.planner import Outcome
 from workers.core.sids import new_sid
@@ -46,6 +44,7 @@ from workers.ledger.events import Attempt, Conflict, Intent, Settle, Transition
 from workers.ledger.migrations import migrate
 from workers.ledger.models import Role, Source
 from workers.ledger.writer import PostgresLedgerWriter
+from workers.testing.benchmarks import ledger_bench_parser
 
 SIZES = """
 WITH leaf AS (
@@ -388,15 +387,7 @@ def report(tables: dict[str, Table], empty_bytes: int, actions: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--database-url",
-        default=os.environ.get("DATABASE_URL", DEFAULT_DATABASE_URL),
-        help="a superuser connection; the benchmark creates and drops its own database next to it"
-        " (env DATABASE_URL)",
-    )
+    parser = ledger_bench_parser(__doc__)
     parser.add_argument("--actions", type=int, default=1000, help="actions to write (default 1000)")
     parser.add_argument("--seed", type=int, default=19, help="the mix's random seed (default 19)")
     parser.add_argument("--keep", action="store_true", help="keep the database (printed) for a look")
