@@ -6,6 +6,7 @@ emulator`` and ``reservations demo`` commands may import it (ruff's TID251 bans 
 - ``demo``: ``reservations demo``, the whole system end to end on this machine's services.
 - ``processes``: real Celery worker processes (and the emulator as a subprocess) for tests, the demo
   and the benchmarks.
+- ``benchmarks``, ``scale``: what the ledger benchmarks under ops/ share, and the 10 M-row loader.
 - ``cli``: the ``reservations emulator`` and ``reservations demo`` commands, which
   ``workers.cli`` imports only when they run.
 """
