@@ -71,8 +71,10 @@ def verify_since(
     """
     with translated(), conn.transaction():
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        # The new rows are sorted by chain, whole: in memory rather than in files on disk.
+        # The new rows are sorted by chain, whole: in memory rather than in files on disk. JIT
+        # compiling took 40 to 90 ms of it and saves nothing: the work is in ledger.event_hash.
         conn.execute("SET LOCAL work_mem = '128MB'")
+        conn.execute("SET LOCAL jit = off")
         found = _rows(conn, "checkpoint_horizon", {"checkpoint_id": checkpoint_id})
         if not found:
             raise VerificationError(f"there is no checkpoint {checkpoint_id}")

@@ -344,7 +344,9 @@ SELECT checkpoint_id, max_position, horizon::text AS horizon
 -- later one (checked against the database when it was archived), or from nothing for a chain
 -- born since. Each row in trouble,
 -- and one more row (any) that carries the count of rows checked. Rows are hashed as they are
--- read, so that only their keys and hashes are sorted into chain order.
+-- read, in a subquery of its own that PostgreSQL may run in parallel workers (hashing is most of
+-- the work), so that only their keys and hashes are joined with the sealed heads (one look-up
+-- per chain: Memoize) and sorted into chain order.
 SELECT position, chain_key, chain_seq, altered, broken_link, missing_before, checked
   FROM (
     SELECT position, chain_key, chain_seq, altered,
@@ -355,30 +357,34 @@ SELECT position, chain_key, chain_seq, altered, broken_link, missing_before, che
            count(*) OVER () AS checked,
            row_number() OVER () AS nth
       FROM (
-        SELECT e.position, e.chain_key, e.chain_seq, e.prev_hash, e.row_hash,
-               e.row_hash <> ledger.event_hash(e) AS altered, s.chain_seq AS sealed_seq, s.head_hash AS sealed_hash
-          FROM ledger.events e
+        SELECT r.position, r.chain_key, r.chain_seq, r.prev_hash, r.row_hash, r.altered,
+               s.chain_seq AS sealed_seq, s.head_hash AS sealed_hash
+          FROM (
+            SELECT e.position, e.chain_key, e.chain_seq, e.prev_hash, e.row_hash,
+                   e.row_hash <> ledger.event_hash(e) AS altered
+              FROM ledger.events e
+             WHERE e.tx_id >= %(horizon)s::text::xid8
+            OFFSET 0
+          ) AS r
           LEFT JOIN LATERAL (
             SELECT k.chain_seq, k.head_hash
               FROM (
                 (SELECT c.chain_seq, c.head_hash
                    FROM ledger.checkpoint_heads c
-                  WHERE c.chain_key = e.chain_key AND c.checkpoint_id <= %(checkpoint_id)s
+                  WHERE c.chain_key = r.chain_key AND c.checkpoint_id <= %(checkpoint_id)s
                   ORDER BY c.checkpoint_id DESC
                   LIMIT 1)
                 UNION ALL
                 (SELECT ah.chain_seq, ah.row_hash
                    FROM ledger.archive_heads ah JOIN ledger.archives m ON m.month = ah.month AND m.detached
-                  WHERE ah.chain_key = e.chain_key
+                  WHERE ah.chain_key = r.chain_key
                   ORDER BY ah.month DESC
                   LIMIT 1)
               ) AS k
              ORDER BY k.chain_seq DESC
              LIMIT 1
           ) AS s ON true
-         WHERE e.tx_id >= %(horizon)s::text::xid8
-           AND e.chain_seq > coalesce(s.chain_seq, 0)
-        OFFSET 0
+         WHERE r.chain_seq > coalesce(s.chain_seq, 0)
       ) AS rows_since
     WINDOW chain AS (PARTITION BY chain_key ORDER BY chain_seq)
   ) AS checked
@@ -386,14 +392,26 @@ SELECT position, chain_key, chain_seq, altered, broken_link, missing_before, che
  ORDER BY position;
 
 -- name: verify_heads_since
--- verify_heads for the chains that moved since a checkpoint: each must end on its head. (Each
--- chain's head is looked up by key: the moved chains are few, chain_heads holds them all.)
+-- verify_heads for the chains that moved since a checkpoint: each must end on its head. A chain
+-- whose head is one of the new rows ends on it (no row past the head: verify_unheaded_rows_since);
+-- only the others are looked up in the whole ledger (the chain index of every partition). Each
+-- chain's head is looked up by key: the moved chains are few, chain_heads holds them all.
+WITH new_rows AS MATERIALIZED (
+    SELECT e.chain_key, e.chain_seq, e.row_hash FROM ledger.events e WHERE e.tx_id >= %(horizon)s::text::xid8
+), unended AS MATERIALIZED (
+    SELECT h.chain_key, h.chain_seq, h.head_hash, h.head_position
+      FROM (SELECT DISTINCT n.chain_key FROM new_rows n) AS moved
+     CROSS JOIN LATERAL (
+        SELECT * FROM ledger.chain_heads c WHERE c.chain_key = moved.chain_key LIMIT 1
+     ) AS h
+     WHERE NOT EXISTS (
+        SELECT FROM new_rows n
+         WHERE n.chain_key = h.chain_key AND n.chain_seq = h.chain_seq AND n.row_hash = h.head_hash
+     )
+)
 SELECT h.chain_key, h.chain_seq AS head_seq, h.head_position,
        t.chain_seq AS tail_seq, t.position AS tail_position
-  FROM (SELECT DISTINCT e.chain_key FROM ledger.events e WHERE e.tx_id >= %(horizon)s::text::xid8) AS moved
-  CROSS JOIN LATERAL (
-    SELECT * FROM ledger.chain_heads c WHERE c.chain_key = moved.chain_key LIMIT 1
-  ) AS h
+  FROM unended h
   LEFT JOIN LATERAL (
     SELECT e.chain_seq, e.position, e.row_hash
       FROM ledger.events e
