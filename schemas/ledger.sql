@@ -409,7 +409,9 @@ CREATE TRIGGER events_append_only_row BEFORE UPDATE OR DELETE ON ledger.events
 -- horizon and sort after every cursor handed out from this read. Call it once per statement,
 -- with that statement's pg_current_snapshot(), in a scalar subquery:
 -- (SELECT ledger.visible_horizon(pg_current_snapshot())). VOLATILE plpgsql: each statement in
--- it takes a new snapshot at READ COMMITTED.
+-- it takes a new snapshot at READ COMMITTED. Since 0011 it reads no more than it needs: nothing
+-- in flight at s, no read at all; the backends of this database only when a transaction seen
+-- in the lock table is ending, and then the lock table once more.
 CREATE FUNCTION ledger.visible_horizon(s pg_snapshot) RETURNS xid8
 LANGUAGE plpgsql VOLATILE PARALLEL RESTRICTED
 SET search_path = pg_catalog, pg_temp
@@ -420,44 +422,54 @@ DECLARE
     settling xid8[];
     local_pids integer[];
 BEGIN
-    -- The backends connected to this database, read before the lock table: a writer in flight at
-    -- s is among them, unless it has disconnected, and then it has ended before that read.
-    SELECT array_agg(a.pid) INTO local_pids
-      FROM pg_stat_activity a
-     WHERE a.datid = (SELECT d.oid FROM pg_database d WHERE d.datname = current_database());
-    WITH locks AS MATERIALIZED (  -- one read of the lock table
-        SELECT l.locktype, l.transactionid, l.virtualtransaction, l.database, l.pid
-          FROM pg_locks l
-         WHERE l.granted
-           AND ((l.locktype = 'transactionid' AND l.mode = 'ExclusiveLock')
-             OR (l.locktype = 'advisory' AND l.classid = 1279607881 AND l.objid = 0 AND l.objsubid = 2))
-    ), running AS (
-        SELECT (l.transactionid::text)::bigint AS xid32, l.virtualtransaction, l.pid
-          FROM locks l
-         WHERE l.locktype = 'transactionid'
-    ), writing AS (
-        SELECT r.xid32
-          FROM running r
-          JOIN locks w ON w.virtualtransaction = r.virtualtransaction AND w.locktype = 'advisory'
-         WHERE w.database = (SELECT d.oid FROM pg_database d WHERE d.datname = current_database())
-    ), in_flight AS (
-        SELECT x, (x::text)::bigint % 4294967296 AS xid32 FROM pg_snapshot_xip(s) AS x
-    )
-    SELECT least(pg_snapshot_xmax(s), (SELECT min(f.x) FROM in_flight f WHERE f.xid32 IN (SELECT xid32 FROM writing))),
-           (SELECT array_agg(f.x) FROM in_flight f WHERE f.xid32 NOT IN (SELECT xid32 FROM running)),
-           (SELECT array_agg(f.x) FROM in_flight f
-             WHERE f.xid32 IN (SELECT r.xid32 FROM running r WHERE r.pid = ANY(local_pids))
-               AND f.xid32 NOT IN (SELECT xid32 FROM writing))
-      INTO horizon, ended, settling;
-    -- A new statement, after that read of the lock table: a transaction of this database that
-    -- held its xid lock without the writers' lock and that is no longer in progress is ending
-    -- (PostgreSQL records the commit, then leaves the running set, then releases its locks; the
-    -- writers' lock may go first): it may be a ledger writer whose rows s does not show, so it
-    -- holds the horizon back. One still in progress never appends (join_writers); one of another
-    -- database never holds a reader of this one back.
-    horizon := least(horizon, (
-        SELECT min(x) FROM unnest(settling) AS x WHERE pg_xact_status(x) IS DISTINCT FROM 'in progress'
-    ));
+    -- Nothing in flight at s: every transaction below its xmax had ended, and s shows its rows.
+    IF NOT EXISTS (SELECT FROM pg_snapshot_xip(s)) THEN
+        RETURN pg_snapshot_xmax(s);
+    END IF;
+    LOOP
+        WITH locks AS MATERIALIZED (  -- one read of the lock table
+            SELECT l.locktype, l.transactionid, l.virtualtransaction, l.database, l.pid
+              FROM pg_locks l
+             WHERE l.granted
+               AND ((l.locktype = 'transactionid' AND l.mode = 'ExclusiveLock')
+                 OR (l.locktype = 'advisory' AND l.classid = 1279607881 AND l.objid = 0 AND l.objsubid = 2))
+        ), running AS (
+            SELECT (l.transactionid::text)::bigint AS xid32, l.virtualtransaction, l.pid
+              FROM locks l
+             WHERE l.locktype = 'transactionid'
+        ), writing AS (
+            SELECT r.xid32
+              FROM running r
+              JOIN locks w ON w.virtualtransaction = r.virtualtransaction AND w.locktype = 'advisory'
+             WHERE w.database = (SELECT d.oid FROM pg_database d WHERE d.datname = current_database())
+        ), in_flight AS (
+            SELECT x, (x::text)::bigint % 4294967296 AS xid32 FROM pg_snapshot_xip(s) AS x
+        )
+        SELECT least(pg_snapshot_xmax(s), (SELECT min(f.x) FROM in_flight f WHERE f.xid32 IN (SELECT xid32 FROM writing))),
+               (SELECT array_agg(f.x) FROM in_flight f WHERE f.xid32 NOT IN (SELECT xid32 FROM running)),
+               (SELECT array_agg(f.x) FROM in_flight f
+                 WHERE f.xid32 IN (SELECT r.xid32 FROM running r WHERE local_pids IS NULL OR r.pid = ANY(local_pids))
+                   AND f.xid32 NOT IN (SELECT xid32 FROM writing))
+          INTO horizon, ended, settling;
+        -- A new statement, after that read of the lock table: a transaction that held its xid lock
+        -- without the writers' lock and that is no longer in progress is ending (PostgreSQL
+        -- records the commit, then leaves the running set, then releases its locks; the writers'
+        -- lock may go first): it may be a ledger writer whose rows s does not show. One still in
+        -- progress never appends (join_writers).
+        settling := ARRAY(
+            SELECT x FROM unnest(settling) AS x WHERE pg_xact_status(x) IS DISTINCT FROM 'in progress'
+        );
+        EXIT WHEN cardinality(settling) = 0 OR local_pids IS NOT NULL;
+        -- One is ending: only one of this database holds the horizon back. Read which backends are
+        -- connected to this database (afresh: not a copy this transaction read before), then the
+        -- lock table again: a writer in flight at s is among them, unless it has disconnected, and
+        -- then it has ended before that read.
+        PERFORM pg_stat_clear_snapshot();
+        SELECT coalesce(array_agg(pg_stat_get_backend_pid(b)), '{}') INTO local_pids
+          FROM pg_stat_get_backend_idset() AS b
+         WHERE pg_stat_get_backend_dbid(b) = (SELECT d.oid FROM pg_database d WHERE d.datname = current_database());
+    END LOOP;
+    horizon := least(horizon, (SELECT min(x) FROM unnest(settling) AS x));
     IF ended IS NULL THEN
         RETURN horizon;
     END IF;
