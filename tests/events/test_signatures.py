@@ -206,3 +206,20 @@ def test_a_delivery_over_the_size_limit_gets_413_and_records_nothing(
     )
     assert answer.status_code == 413
     assert transitions(reader, sid) == []
+
+
+def test_the_callback_path_is_documented_and_other_methods_get_405(
+    api: TestClient, reader: LedgerReader, db_url: str, committer: GroupCommitter
+) -> None:
+    answer = api.get(CALLBACK_PATH)
+    assert answer.status_code == 405
+    assert answer.headers["allow"] == "POST"
+    assert "post" in api.get("/openapi.json").json()["paths"][CALLBACK_PATH]
+    # The FastAPI app alone (without the fast handler ahead of it) answers a callback the same way.
+    alone = create_app(config(db_url), committer=committer).api
+    with TestClient(alone) as client:
+        sid = new_sid("WR")
+        form = callback_form(sid)
+        assert post_form(client, form, "forged") == 403
+        assert post_form(client, form, sign_form(f"{PUBLIC}{CALLBACK_PATH}", form, TOKEN)) == 204
+    assert [(r.to_status, r.source) for r in transitions(reader, sid)] == [("accepted", "event")]

@@ -4,6 +4,7 @@ and its checker on hand-made logs."""
 from __future__ import annotations
 
 import uuid
+from dataclasses import replace
 
 import pytest
 
@@ -82,6 +83,23 @@ def test_the_checker_finds_each_broken_invariant() -> None:
     explained = check([supervise], outcomes, updates, [30.4], window=1.0)
     assert explained.indeterminate_unexplained == []
     assert explained.failures() == []
+
+
+def test_a_412_whose_worker_died_explains_an_indeterminate() -> None:
+    # A conflict storm moved the ETag and answered 412; the worker was SIGKILLed before it recorded
+    # the 412, so the next run finds an intent and a moved ETag on a call: indeterminate, with no
+    # update of ours landed. The same 412 far from any disruption explains nothing.
+    call = planned("call")
+    sid = call.action.reservation_sid
+    refused = replace(
+        landed(sid, 50.0, answer=412), landed=False, landed_version=None, faults=["conflict_storm"]
+    )
+    outcomes = {call.action.action_id: "indeterminate"}
+    near = check([call], outcomes, [refused], [50.3], window=1.0)
+    assert near.indeterminate_unexplained == []
+    far = check([call], outcomes, [refused], [80.0], window=1.0)
+    assert far.indeterminate_unexplained == [call.action.action_id]
+    assert far.landed_updates == 0
 
 
 @pytest.mark.slow

@@ -239,6 +239,16 @@ def create_app(config: EventsApiConfig, *, committer: GroupCommitter | None = No
             return invalid(Channel.CALLBACK, exc)
         return await record(Channel.CALLBACK, [parsed])
 
+    @app.post(CALLBACK_PATH, status_code=204, tags=["events"])
+    async def event_callback(request: Request) -> Response:
+        """A Workspace's Event Callback: form-encoded, signed with ``X-Twilio-Signature``. Served by
+        the plain ASGI handler ahead of this app (:class:`EventsApp`); this route documents it in
+        the OpenAPI schema, makes other methods get 405, and serves it the same way should the
+        FastAPI app run alone."""
+        raw = await _bounded_body(request.headers.get("content-length", ""), request.stream())
+        headers = {name: value for name, value in request.scope["headers"] if name in _CALLBACK_HEADERS}
+        return await _callback(raw, request.scope, headers)
+
     @app.post(STREAMS_PATH, status_code=204, tags=["events"])
     async def event_streams(request: Request) -> Response:
         """An Event Streams webhook sink's delivery: a JSON array of CloudEvents."""

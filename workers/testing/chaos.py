@@ -15,9 +15,12 @@ outcome and :func:`check` holds the ledger to the emulator's update log:
 - **landed, recorded otherwise**: an update landed and the outcome is neither ``applied`` nor
   ``indeterminate``;
 - **indeterminate without a lost answer**: ``indeterminate`` although no update of that reservation
-  lost its answer: none was dropped after apply, none landed within ``lost_answer_window`` seconds
-  before a SIGKILL or a connection cut (a time window: the emulator cannot tell which worker sent
-  a request, so this errs towards calling an indeterminate explained);
+  lost its answer: none was dropped after apply, none reached the emulator within
+  ``lost_answer_window`` seconds of a SIGKILL or a connection cut (a time window: the emulator cannot
+  tell which worker sent a request, so this errs towards calling an indeterminate explained). An
+  update that did not land counts too: a 412 whose worker died before recording it leaves an
+  intent behind, and a reservation whose ETag a conflict storm or a status race moved cannot
+  tell the next run that ours did not land (a call changes no status);
 - **applied, nothing landed**: ``applied`` although no update of ours landed (the ledger claims an
   effect someone else had).
 
@@ -285,7 +288,8 @@ def check(
             misrecorded.append((action_id, item.recipe.label, outcome))
         if outcome == "indeterminate":
             indeterminate.append(action_id)
-            if not any(u.answer_lost or near_disruption(u.at) for u in landed):
+            tried = by_reservation.get(item.action.reservation_sid, [])
+            if not any(u.answer_lost or near_disruption(u.at) for u in tried):
                 unexplained.append(action_id)
         if outcome == "applied" and not landed:
             not_landed.append(action_id)
