@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from workers.core.governor import BudgetPolicy, Report
+from workers.core.governor import BudgetPolicy, Lease, Report
 from workers.errors import LedgerPermissionDenied, SlotUnavailable
 from workers.ledger.connector import connect, translated
 from workers.ledger.leases import PostgresLeases
@@ -137,3 +137,68 @@ def test_a_governor_without_its_database_falls_back_to_one_slot(account: str) ->
             pass
     finally:
         governor.close()
+
+
+class _BusyMeanwhile:
+    """A store whose heartbeat takes a while, during which the process's requests keep coming:
+    they fill every slot of the share in force, as a busy worker's threads do."""
+
+    def __init__(self, store: PostgresLeases) -> None:
+        self.store = store
+        self.ttl = store.ttl
+        self.governor: Governor | None = None
+        self.fill = False
+
+    def heartbeat(self, report: Report) -> Lease:
+        assert self.governor is not None
+        slots = self.governor.slots
+        while self.fill and slots.acquire(0.0) is not None:
+            pass
+        return self.store.heartbeat(report)
+
+    def drop(self, holder: str) -> None:
+        self.store.drop(holder)
+
+    def close(self) -> None:
+        self.store.close()
+
+
+def test_a_share_being_given_back_is_not_handed_on_while_the_process_may_still_fill_it(
+    db_url: str, account: str, stores: list[PostgresLeases]
+) -> None:
+    busy = _BusyMeanwhile(_store(stores, db_url, account))
+    first = Governor(busy, slot_wait=0.1, interval=30.0, holder="a-first")
+    busy.governor = first
+    first.beat()
+    assert first.slots.limit == 20  # alone: the whole budget
+    other = _store(stores, db_url, account)
+    assert other.heartbeat(Report("b-other", demand=32, in_flight=0)).granted == 0
+    for _ in range(20):  # it was busy: it asks for its fair share, half the budget
+        assert first.slots.acquire(0.0) is not None
+    for _ in range(20):
+        first.slots.release()
+    # It gives back half; while it asks, its threads fill the 20 slots it still has.
+    busy.fill = True
+    first.beat()
+    assert first.slots.limit == 10
+    assert first.slots.in_flight == 20
+    # The other process must not be given slots that are in flight already.
+    granted = other.heartbeat(Report("b-other", demand=32, in_flight=0)).granted
+    assert first.slots.in_flight + granted <= 20
+
+
+def test_a_governor_whose_renewal_is_late_stops_admitting_before_its_lease_expires(
+    db_url: str, account: str, stores: list[PostgresLeases]
+) -> None:
+    now = [1000.0]
+    store = _store(stores, db_url, account, ttl=10.0)
+    governor = Governor(store, slot_wait=0.05, interval=30.0, clock=lambda: now[0])
+    governor.beat()
+    with governor.slot():
+        pass
+    now[0] += 10.0  # no renewal for a whole lease: the database may have given the share away
+    with pytest.raises(SlotUnavailable), governor.slot():
+        pass  # pragma: no cover - never entered
+    governor.beat()  # renewed: admitted again
+    with governor.slot():
+        assert governor.slots.in_flight == 1

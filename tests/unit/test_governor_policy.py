@@ -108,8 +108,8 @@ def test_slots_admit_up_to_the_limit_and_wait_a_bounded_time() -> None:
     wake = threading.Event()
     assert slots.acquire(0.01, wake) is None  # full: gives up, never blocks for good
     assert wake.is_set()  # and asked the heartbeat for more
-    assert slots.take_demand() == (3, 2)
-    assert slots.take_demand() == (2, 2)
+    assert slots.take_demand() == (3, 2, 2)
+    assert slots.take_demand() == (2, 2, 2)
 
 
 def test_a_release_or_a_bigger_share_lets_a_waiter_in() -> None:
@@ -128,3 +128,15 @@ def test_a_release_or_a_bigger_share_lets_a_waiter_in() -> None:
     slots.release()
     slots.release()
     assert slots.in_flight == 0
+
+
+def test_slots_admit_nobody_once_their_lease_has_lapsed_until_it_is_renewed() -> None:
+    now = [100.0]
+    slots = Slots(clock=lambda: now[0])
+    slots.resize(3, valid_until=105.0)
+    assert slots.acquire(1.0) == 0.0
+    now[0] = 105.0  # the lease's time is up: another process may hold this share by now
+    assert slots.acquire(0.01) is None
+    slots.resize(3, valid_until=110.0)  # renewed
+    assert slots.acquire(1.0) == 0.0
+    assert slots.in_flight == 2

@@ -103,6 +103,10 @@ class Report:
     in_flight: int  # in flight now (its lease never records less)
     throttled: int = 0  # 429s since its last heartbeat
     retry_after: float | None = None  # the longest Retry-After among them
+    # The slots it may fill until it has applied this heartbeat's answer (its lease never records
+    # less: a share shrinks at the process only after the answer, so the fleet must not hand the
+    # difference to another process before then).
+    limit: int = 0
 
 
 @dataclass(frozen=True, slots=True)

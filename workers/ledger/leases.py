@@ -88,8 +88,9 @@ class PostgresLeases:
                 **account,
                 "holder": report.holder,
                 "demand": report.demand,
-                # What is in flight stays counted until it lands, even above a shrunken grant.
-                "granted": max(granted, report.in_flight),
+                # What is in flight stays counted until it lands, even above a shrunken grant, and
+                # so does the share the process may still fill until it has read this answer.
+                "granted": max(granted, report.in_flight, report.limit),
                 "in_flight": report.in_flight,
                 "ttl": self.ttl,
             },

@@ -11,7 +11,9 @@ and its 429s; the pure core (``workers.core.governor``) moves the budget and spl
 Never a deadlock: a slot is held for one HTTP call only (no lock of ours is taken while holding
 one), and the wait for a slot is bounded (``TASKROUTER_SLOT_WAIT``): a run that holds its
 reservation's lock gives up with :class:`~workers.errors.SlotUnavailable` and is retried later.
-A process that dies stops renewing; its lease expires and its share goes to the others.
+A process that dies stops renewing; its lease expires and its share goes to the others. A live
+process whose renewal is late stops admitting before its lease can expire (``LEASE_USE``), and a
+share being given back stays leased until the process has shrunk to its new one.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Protocol
 
@@ -40,6 +42,10 @@ UNKNOWN_DEMAND = 1 << 16
 # a busy fleet's demands then stay above their fair shares, the split stays even, and no share
 # is stranded while the leases move slots from one process to another.
 DEMAND_MEMORY = 4
+# A process admits requests under its lease for this part of the lease's time, counted from when
+# it asked for it (the database counts from later): the calls in flight then land before the
+# database lets the lease expire and hands its share to another process.
+LEASE_USE = 0.8
 
 
 class LeaseStore(Protocol):
@@ -55,20 +61,26 @@ class LeaseStore(Protocol):
 
 
 class Slots:
-    """A semaphore whose size the heartbeat changes; it also remembers the peak demand (requests
-    in flight plus waiting) since it was last asked, which is what the process leases for."""
+    """A semaphore whose size the heartbeat changes and that admits nobody once the lease behind
+    it has lapsed (``valid_until`` on ``clock``); it also remembers the peak demand (requests in
+    flight plus waiting) since it was last asked, which is what the process leases for."""
 
-    def __init__(self, limit: int = 0) -> None:
+    def __init__(self, limit: int = 0, clock: Callable[[], float] = time.monotonic) -> None:
         self._ready = threading.Condition(threading.Lock())
+        self._clock = clock
         self.limit = limit
+        self.valid_until = math.inf
         self.in_flight = 0
         self.waiting = 0
         self._peak = 0
 
+    def _open(self) -> bool:
+        return self.in_flight < self.limit and self._clock() < self.valid_until
+
     def acquire(self, timeout: float, on_wait: threading.Event | None = None) -> float | None:
         """Take a slot: the seconds waited (0.0 at once), or None when none came in ``timeout``."""
         with self._ready:
-            if self.in_flight < self.limit:
+            if self._open():
                 self.in_flight += 1
                 self._peak = max(self._peak, self.in_flight + self.waiting)
                 return 0.0
@@ -79,7 +91,7 @@ class Slots:
             started = time.monotonic()
             deadline = started + timeout
             try:
-                while self.in_flight >= self.limit:
+                while not self._open():
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
                         return None
@@ -95,19 +107,21 @@ class Slots:
             if self.waiting:
                 self._ready.notify()
 
-    def resize(self, limit: int) -> None:
+    def resize(self, limit: int, valid_until: float = math.inf) -> None:
+        """A new share, to be used until ``valid_until`` (a renewal may also lift a lapse)."""
         with self._ready:
-            grown = limit - self.limit
-            self.limit = limit
-            if grown > 0 and self.waiting:
-                self._ready.notify(grown)
+            self.limit, self.valid_until = limit, valid_until
+            free = limit - self.in_flight
+            if free > 0 and self.waiting:
+                self._ready.notify(free)
 
-    def take_demand(self) -> tuple[int, int]:
-        """The peak demand since the last call and the requests in flight now; restarts the peak."""
+    def take_demand(self) -> tuple[int, int, int]:
+        """The peak demand since the last call, the requests in flight now and the limit in force
+        (what the process may fill until it resizes); restarts the peak."""
         with self._ready:
             now = self.in_flight + self.waiting
             peak, self._peak = max(self._peak, now), now
-            return peak, self.in_flight
+            return peak, self.in_flight, self.limit
 
 
 class Governor:
@@ -120,13 +134,15 @@ class Governor:
         slot_wait: float,
         interval: float | None = None,
         holder: str | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
         self.slot_wait = slot_wait
         # Five renewals per lease: one lost heartbeat never lets a live lease expire.
         self.interval = interval if interval is not None else store.ttl / 5
         self.holder = holder or default_holder()
-        self.slots = Slots()
+        self._clock = clock
+        self.slots = Slots(clock=clock)
         self.lease: Lease | None = None
         self._demands: deque[int] = deque(maxlen=DEMAND_MEMORY)
         self._wake = threading.Event()
@@ -178,15 +194,17 @@ class Governor:
 
     def beat(self) -> Lease | None:
         """Renew the lease once: the new grant, or None when the store failed (the process keeps
-        its share until its lease would have expired, then falls back to one slot)."""
+        its share for ``LEASE_USE`` of the lease, admits nobody until the lease would have expired,
+        then falls back to one slot while the database stays out of reach)."""
         with self._state:
             throttled, retry_after = self._throttled, self._retry_after
             self._throttled, self._retry_after = 0, None
-        peak, in_flight = self.slots.take_demand()
+        asked_at = self._clock()  # the lease runs from no earlier than this
+        peak, in_flight, limit = self.slots.take_demand()
         self._demands.append(peak)
         # Nothing measured yet: ask for a full share, not one slot.
         demand = UNKNOWN_DEMAND if self.lease is None else max(self._demands)
-        report = Report(self.holder, max(1, demand), in_flight, throttled, retry_after)
+        report = Report(self.holder, max(1, demand), in_flight, throttled, retry_after, limit)
         try:
             lease = self.store.heartbeat(report)
         except LedgerError as exc:
@@ -196,9 +214,9 @@ class Governor:
                     self._retry_after = max(self._retry_after or 0.0, retry_after)
             self._lost(exc)
             return None
-        self._renewed_at = time.monotonic()
+        self._renewed_at = asked_at
         self.lease = lease
-        self.slots.resize(lease.granted)
+        self.slots.resize(lease.granted, asked_at + self.store.ttl * LEASE_USE)
         metrics.governor_lease(lease.granted, lease.budget, lease.fleet_in_flight)
         if lease.expired:
             logger.warning(
@@ -210,8 +228,9 @@ class Governor:
 
     def _lost(self, exc: LedgerError) -> None:
         renewed = self._renewed_at
-        if renewed is None or time.monotonic() - renewed > self.store.ttl:
-            # Our lease has expired (or never was): others may hold our share; one slot is safe.
+        if renewed is None or self._clock() - renewed > self.store.ttl:
+            # Our lease has expired (or never was) and the database that shares the budget is out
+            # of reach: one slot at a time keeps the process going (others may hold our share).
             self.slots.resize(1)
         logger.warning("TaskRouter governor: could not renew the lease: %s", exc)
 
