@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from tests.ledger.conftest import open_reader, superuser
+from workers.ledger.queries import QUERIES
 from workers.ledger.reader import LedgerReader
 
 ROWS = 50_000
@@ -111,3 +112,25 @@ def test_a_page_of_everything_walks_the_ledger_order_index(big_reader: LedgerRea
     plan = big_reader.explain_history(limit=100)
     assert "events_ledger_order" in index_used(plan), plan
     assert "Seq Scan" not in scans(plan), plan
+
+
+def test_the_chain_index_holds_a_64_bit_key_of_the_chain(db_url: str) -> None:
+    """Migration 0012: an entry of the chain index (the ledger's largest) takes the chain key's
+    64-bit key, not its 34-character text; readers match both."""
+    with superuser(db_url) as conn:
+        found = conn.execute("SELECT pg_get_indexdef('ledger.events_chain'::regclass)").fetchone()
+    assert found is not None
+    assert "key64(chain_key), chain_seq" in found[0], found
+
+
+@pytest.mark.parametrize("query", ["chain_rows", "verify_heads", "verify_sealed_heads"])
+def test_a_chain_is_read_through_the_chain_index(big_reader: LedgerReader, db_url: str, query: str) -> None:
+    """The console's chain check and verify's look-ups of each chain's head and sealed head match
+    the chain key's 64-bit key and the key itself: the chain index serves them (0012)."""
+    with superuser(db_url) as conn:
+        found = conn.execute(
+            f"EXPLAIN (FORMAT JSON) {QUERIES[query]}", {"chain_key": "WR" + "0" * 29 + "3e8"}
+        ).fetchone()
+    assert found is not None
+    plan: dict[str, Any] = found[0][0]["Plan"]
+    assert "events_chain" in index_used(plan), plan

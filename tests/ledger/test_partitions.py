@@ -206,16 +206,16 @@ def test_the_owner_is_refused_a_direct_change_of_a_partition_with_the_projects_e
 
 
 def test_a_ledger_migrated_before_0004_keeps_its_months_and_chains(admin_url: str) -> None:
-    """A ledger that ran every other migration (0009 included) with rows from past months: 0004
-    makes a partition for each month since the first row, copies every row into its month, keeps
-    0009's index, and every chain verifies as before."""
+    """A ledger that ran every other migration up to 0011 (0009 included) with rows from past
+    months: 0004 makes a partition for each month since the first row, copies every row into its
+    month, keeps 0009's index, 0012 follows, and every chain verifies as before."""
     url = with_database(admin_url, f"ledger_pre4_{uuid.uuid4().hex[:8]}")
     ensure_database(url)
     try:
         with superuser(url) as conn:
             for migration in known_migrations():
-                if migration.version == 4:
-                    continue
+                if migration.version == 4 or migration.version >= 12:
+                    continue  # 0012 builds on 0004 (ledger.key64): a late 0004 comes before it
                 with conn.transaction():
                     conn.execute(migration.text.encode())
                     conn.execute(
@@ -246,8 +246,11 @@ def test_a_ledger_migrated_before_0004_keeps_its_months_and_chains(admin_url: st
                 )
             conn.execute("SET session_replication_role = DEFAULT")
             before = conn.execute("SELECT count(*) FROM ledger.events").fetchone()
-            assert verify(conn) == []
-        assert [m.version for m in migrate(url)] == [4]
+            # Every row's hash holds (verify's queries read the chain index of 0012, not here yet).
+            assert conn.execute(
+                "SELECT count(*) FROM ledger.events e WHERE e.row_hash <> ledger.event_hash(e)"
+            ).fetchone() == (0,)
+        assert [m.version for m in migrate(url)] == [4, 12]
         with superuser(url) as conn:
             where = dict(
                 conn.execute(

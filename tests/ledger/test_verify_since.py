@@ -256,7 +256,7 @@ def test_a_moved_chain_that_ends_on_its_head_is_not_looked_up_in_the_whole_ledge
         fresh_writer.receive(make_action(reservation_sid=row.reservation_sid))
     accept_applied(fresh_writer)
     plan = _plan(fresh_db_url, "verify_heads_since", _since_params(fresh_db_url, sealed.checkpoint_id))
-    chain_reads = [n for n in _nodes(plan) if "chain_key_chain_seq" in n.get("Index Name", "")]
+    chain_reads = [n for n in _nodes(plan) if "key64_chain_seq" in n.get("Index Name", "")]
     assert chain_reads, plan
     assert all(n["Actual Loops"] == 0 for n in chain_reads), plan
 

@@ -216,8 +216,13 @@ class LedgerReader(Pooled):
                         )
                     )
         if given.get("reservation_sid") is not None:
-            # A reservation's rows are its hash chain: the chain's index finds them (migration 0004).
-            clauses.append(sql.SQL("AND e.chain_key = {}").format(sql.Placeholder("reservation_sid")))
+            # A reservation's rows are its hash chain: the chain's index finds them (migration 0004),
+            # by the chain key's 64-bit key (migration 0012) and the key itself.
+            clauses.append(
+                sql.SQL("AND ledger.key64(e.chain_key) = ledger.key64({}::text) AND e.chain_key = {}").format(
+                    sql.Placeholder("reservation_sid"), sql.Placeholder("reservation_sid")
+                )
+            )
         if given.get("since") is not None:
             clauses.append(sql.SQL("AND e.recorded_at >= {}").format(sql.Placeholder("since")))
             params["since"] = given["since"]

@@ -159,7 +159,8 @@ SELECT h.chain_key, h.chain_seq AS head_seq, h.head_position,
   LEFT JOIN LATERAL (
     SELECT e.chain_seq, e.position, e.row_hash
       FROM ledger.events e
-     WHERE e.chain_key = h.chain_key AND e.chain_seq <= h.chain_seq
+     WHERE ledger.key64(e.chain_key) = ledger.key64(h.chain_key) AND e.chain_key = h.chain_key
+       AND e.chain_seq <= h.chain_seq
      ORDER BY e.chain_seq DESC
      LIMIT 1
   ) AS t ON true
@@ -184,7 +185,9 @@ SELECT s.checkpoint_id, s.chain_key, s.chain_seq, s.head_position,
       FROM ledger.checkpoint_heads
      ORDER BY chain_key, checkpoint_id DESC
   ) AS s
-  LEFT JOIN ledger.events e ON e.chain_key = s.chain_key AND e.chain_seq = s.chain_seq
+  LEFT JOIN ledger.events e
+    ON ledger.key64(e.chain_key) = ledger.key64(s.chain_key) AND e.chain_key = s.chain_key
+   AND e.chain_seq = s.chain_seq
  WHERE (e.position IS NULL OR e.row_hash <> s.head_hash)
    AND NOT EXISTS (
     SELECT FROM ledger.archive_heads ah JOIN ledger.archives m ON m.month = ah.month AND m.detached
@@ -272,14 +275,14 @@ SELECT a.action_id, a.action, a.workspace_sid, a.reservation_sid, a.task_sid, a.
 
 -- name: chain_rows
 -- One hash chain (a reservation's), in chain order, each row checked as verify_rows checks it:
--- for the console's per-reservation verification state (the (chain_key, chain_seq) index).
+-- for the console's per-reservation verification state (the chain index: key64(chain_key), chain_seq).
 SELECT position, chain_seq, row_hash = ledger.event_hash(e) AS hash_ok,
        prev_hash = coalesce(lag(row_hash) OVER chain,
                             '\x0000000000000000000000000000000000000000000000000000000000000000'::bytea) AS link_ok,
        chain_seq = coalesce(lag(chain_seq) OVER chain, 0) + 1 AS seq_ok,
        row_hash
   FROM ledger.events e
- WHERE chain_key = %(chain_key)s
+ WHERE ledger.key64(chain_key) = ledger.key64(%(chain_key)s::text) AND chain_key = %(chain_key)s
 WINDOW chain AS (ORDER BY chain_seq)
  ORDER BY chain_seq;
 
@@ -415,7 +418,8 @@ SELECT h.chain_key, h.chain_seq AS head_seq, h.head_position,
   LEFT JOIN LATERAL (
     SELECT e.chain_seq, e.position, e.row_hash
       FROM ledger.events e
-     WHERE e.chain_key = h.chain_key AND e.chain_seq <= h.chain_seq
+     WHERE ledger.key64(e.chain_key) = ledger.key64(h.chain_key) AND e.chain_key = h.chain_key
+       AND e.chain_seq <= h.chain_seq
      ORDER BY e.chain_seq DESC
      LIMIT 1
   ) AS t ON true

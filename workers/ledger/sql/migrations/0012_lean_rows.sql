@@ -1,0 +1,139 @@
+-- 0012: a leaner ledger row (issue 19: bytes per action).
+--
+-- The chain index held each row's chain key as text (a reservation SID, 35 bytes): an entry of 56
+-- bytes, the largest index of the ledger. It now holds ledger.key64(chain_key) (8 bytes, as the
+-- task, worker and correlation indexes since 0004) and chain_seq. Every reader of a chain matches
+-- the key and the text (a collision costs a row read, never a wrong row): the history of a
+-- reservation, verify's head checks, the console's chain check, record_transition's look-up of a
+-- reservation's transitions and the seal's check of its heads below.
+SET LOCAL ROLE reservations_owner;
+
+-- After 0004, which made ledger.key64 and events_chain (a ledger that ran 0004 late runs this
+-- after it: tests/ledger/test_partitions.py).
+DROP INDEX ledger.events_chain;
+CREATE INDEX events_chain ON ledger.events (ledger.key64(chain_key), chain_seq);
+
+CREATE OR REPLACE FUNCTION ledger.record_transition(
+    p_action_id uuid, p_reservation_sid text, p_workspace_sid text, p_task_sid text,
+    p_worker_sid text, p_from_status text, p_to_status text, p_etag_before text, p_etag_after text,
+    p_attempt integer, p_http_status integer, p_twilio_request_id text, p_duration_ms integer,
+    p_outcome text, p_detail text, p_worker_host text, p_worker_pid integer,
+    p_source text DEFAULT NULL, p_trace_id text DEFAULT NULL
+) RETURNS TABLE (transition_position bigint, outcome_position bigint, outcome text, appended boolean)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    a ledger.actions;
+    r ledger.reservations;
+    src text := coalesce(p_source, CASE WHEN p_action_id IS NULL THEN 'fetch' ELSE 'action' END);
+    from_status text := p_from_status;
+    t_pos bigint;
+    t_at timestamptz;
+    o_pos bigint;
+    o_detail text := p_detail;
+BEGIN
+    PERFORM ledger.lock_chain(p_reservation_sid);
+    IF p_action_id IS NOT NULL THEN
+        a := ledger.registered(p_action_id);
+        IF a.reservation_sid IS DISTINCT FROM p_reservation_sid THEN
+            RAISE EXCEPTION 'action % is for reservation %, not %', p_action_id, a.reservation_sid,
+                p_reservation_sid USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+    END IF;
+    SELECT * INTO r FROM ledger.reservations WHERE reservation_sid = p_reservation_sid;
+    SELECT e.position INTO t_pos
+      FROM ledger.events e
+     WHERE ledger.key64(e.chain_key) = ledger.key64(p_reservation_sid) AND e.chain_key = p_reservation_sid
+       AND e.reservation_sid = p_reservation_sid
+       AND e.kind = 'transition' AND e.to_status = p_to_status
+       AND (src = 'event' OR e.source = 'event')
+     ORDER BY e.position
+     LIMIT 1;
+    IF t_pos IS NULL THEN
+        IF src = 'event' AND from_status IS NULL THEN
+            SELECT e.to_status INTO from_status
+              FROM ledger.events e
+             WHERE ledger.key64(e.chain_key) = ledger.key64(p_reservation_sid) AND e.chain_key = p_reservation_sid
+               AND e.reservation_sid = p_reservation_sid
+               AND e.kind = 'transition'
+               AND ledger.status_rank(e.to_status) < ledger.status_rank(p_to_status)
+             ORDER BY ledger.status_rank(e.to_status) DESC, e.position DESC
+             LIMIT 1;
+        END IF;
+        INSERT INTO ledger.events (
+            kind, action_id, action, workspace_sid, reservation_sid, task_sid, worker_sid,
+            from_status, to_status, etag_before, etag_after, attempt, http_status,
+            twilio_request_id, duration_ms, worker_host, worker_pid, correlation_id, producer, detail,
+            source, trace_id
+        ) VALUES (
+            'transition', p_action_id, a.action,
+            coalesce(p_workspace_sid, a.workspace_sid, r.workspace_sid), p_reservation_sid,
+            coalesce(p_task_sid, a.task_sid, r.task_sid), coalesce(p_worker_sid, a.worker_sid, r.worker_sid),
+            from_status, p_to_status, p_etag_before, p_etag_after, p_attempt, p_http_status,
+            p_twilio_request_id, p_duration_ms, p_worker_host, p_worker_pid, a.correlation_id, a.producer,
+            p_detail, src, p_trace_id
+        ) RETURNING position, recorded_at INTO t_pos, t_at;
+        -- The chain lock is held, so nobody else can create or change this reservation's row.
+        IF r.reservation_sid IS NULL THEN
+            INSERT INTO ledger.reservations (
+                reservation_sid, workspace_sid, task_sid, worker_sid, status, etag, last_position, updated_at
+            ) VALUES (
+                p_reservation_sid, coalesce(p_workspace_sid, a.workspace_sid),
+                coalesce(p_task_sid, a.task_sid), coalesce(p_worker_sid, a.worker_sid),
+                p_to_status, p_etag_after, t_pos, t_at
+            );
+        ELSIF ledger.status_rank(p_to_status) >= ledger.status_rank(r.status) THEN
+            UPDATE ledger.reservations SET
+                workspace_sid = coalesce(p_workspace_sid, a.workspace_sid, r.workspace_sid),
+                task_sid = coalesce(p_task_sid, a.task_sid, r.task_sid),
+                worker_sid = coalesce(p_worker_sid, a.worker_sid, r.worker_sid),
+                status = p_to_status, etag = p_etag_after, last_position = t_pos, updated_at = t_at
+             WHERE reservation_sid = p_reservation_sid;
+        END IF;
+    ELSE
+        o_detail := concat_ws('; ', p_detail, format('the transition is the row at position %s', t_pos));
+    END IF;
+    IF p_outcome IS NOT NULL AND p_action_id IS NOT NULL THEN
+        o_pos := ledger.settle(
+            a, p_outcome, p_http_status, NULL, p_twilio_request_id, o_detail, p_worker_host, p_worker_pid,
+            p_trace_id
+        );
+    END IF;
+    RETURN QUERY SELECT t_pos, o_pos, (SELECT y.outcome FROM ledger.actions y WHERE y.action_id = p_action_id),
+        t_at IS NOT NULL;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION ledger.checkpoint_heads_check() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    bad record;
+    problem text;
+    sealed bigint;
+BEGIN
+    SELECT a.checkpoint_id, a.chain_key, a.chain_seq INTO bad
+      FROM added a
+      LEFT JOIN ledger.events e
+        ON ledger.key64(e.chain_key) = ledger.key64(a.chain_key) AND e.chain_key = a.chain_key
+       AND e.chain_seq = a.chain_seq
+     WHERE e.position IS NULL OR e.position <> a.head_position OR e.row_hash <> a.head_hash
+        OR e.row_hash <> ledger.event_hash(e)
+        OR EXISTS (
+            SELECT FROM ledger.checkpoint_heads s
+             WHERE s.chain_key = a.chain_key AND s.checkpoint_id < a.checkpoint_id AND s.chain_seq > a.chain_seq
+        )
+     LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'checkpoint %: the sealed head of chain % (seq %) is not a row of that chain',
+            bad.checkpoint_id, bad.chain_key, bad.chain_seq USING ERRCODE = 'RL004';
+    END IF;
+    FOR sealed IN SELECT DISTINCT a.checkpoint_id FROM added a LOOP
+        problem := ledger.checkpoint_problem(sealed);
+        IF problem IS NOT NULL THEN
+            RAISE EXCEPTION '%', problem USING ERRCODE = 'RL004';
+        END IF;
+    END LOOP;
+    RETURN NULL;
+END
+$$;
