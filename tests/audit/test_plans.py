@@ -39,7 +39,18 @@ def big_reader(db_url: str) -> Iterator[LedgerReader]:
             """,
             {"rows": ROWS},
         )
+        # The registry of the received rows' actions (history by correlation id reads it since 0012).
+        conn.execute(
+            """
+            INSERT INTO ledger.actions (action_id, action, reservation_sid, task_sid, correlation_id)
+            SELECT md5(g::text)::uuid, 'accept', 'WR' || lpad(to_hex(g / 10), 32, '0'),
+                   'WT' || lpad(to_hex(g / 10), 32, '0'), 'c' || (g / 10)
+              FROM generate_series(4, %(rows)s, 4) AS g
+            """,
+            {"rows": ROWS},
+        )
         conn.execute("ANALYZE ledger.events")
+        conn.execute("ANALYZE ledger.actions")
     with open_reader(db_url) as reader:
         yield reader
 
@@ -105,6 +116,16 @@ def test_history_of_one_thing_uses_its_index(
 ) -> None:
     plan = big_reader.explain_history(limit=100, **filters)
     assert index in index_used(plan), plan
+    assert "Seq Scan" not in scans(plan), plan
+
+
+def test_history_by_correlation_id_finds_the_actions_rows_through_the_registry(
+    big_reader: LedgerReader,
+) -> None:
+    """Since 0012 an action's rows after the received one do not repeat its correlation id: the
+    registry's index finds its actions, events_action their rows."""
+    plan = big_reader.explain_history(limit=100, correlation_id="c1000")
+    assert {"actions_correlation", "events_action", "events_correlation"} <= index_used(plan), plan
     assert "Seq Scan" not in scans(plan), plan
 
 

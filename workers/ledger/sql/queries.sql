@@ -93,8 +93,26 @@ SELECT reservation_sid, workspace_sid, task_sid, worker_sid, status, etag, last_
  ORDER BY reservation_sid;
 
 -- name: transitions_in_chain_order
--- What the projection is folded from: every transition, each reservation's in chain order.
-SELECT * FROM ledger.events WHERE kind = 'transition' ORDER BY chain_key, chain_seq;
+-- What the projection is folded from: every transition, each reservation's in chain order, read
+-- as history reads rows (an action's facts from the registry since 0012).
+SELECT e.position, e.tx_id, e.recorded_at, e.chain_key, e.chain_seq, e.prev_hash, e.row_hash, e.kind,
+       e.action_id,
+       CASE WHEN e.kind IN ('received', 'rejected_input') THEN e.action ELSE coalesce(e.action, a.action) END
+           AS action,
+       CASE WHEN e.kind IN ('received', 'rejected_input') THEN e.workspace_sid
+            ELSE coalesce(e.workspace_sid, a.workspace_sid) END AS workspace_sid,
+       e.reservation_sid, e.task_sid, e.worker_sid, e.from_status, e.to_status, e.etag_before,
+       e.etag_after, e.attempt, e.http_status, e.twilio_error_code, e.twilio_request_id, e.duration_ms,
+       e.outcome, e.worker_host, e.worker_pid,
+       CASE WHEN e.kind IN ('received', 'rejected_input') THEN e.correlation_id
+            ELSE coalesce(e.correlation_id, a.correlation_id) END AS correlation_id,
+       CASE WHEN e.kind IN ('received', 'rejected_input') THEN e.producer
+            ELSE coalesce(e.producer, a.producer) END AS producer,
+       e.params, e.detail, e.source, e.trace_id
+  FROM ledger.events e
+  LEFT JOIN ledger.actions a ON a.action_id = e.action_id
+ WHERE e.kind = 'transition'
+ ORDER BY e.chain_key, e.chain_seq;
 
 -- name: clear_projection
 -- Empty the projection before a rebuild (owner only).
@@ -112,9 +130,26 @@ INSERT INTO ledger.reservations (
 -- name: history
 -- Ledger rows in ledger order, after a cursor, only below the horizon of the oldest ledger
 -- writer still in flight (ledger.visible_horizon: evaluated once, against this statement's
--- snapshot). {filters} is composed with psycopg.sql from fixed columns.
-SELECT *
+-- snapshot). {filters} is composed with psycopg.sql from fixed columns. An action's facts
+-- (action, workspace SID, correlation id, producer) come from its registry entry for every row
+-- but its received row, which stores them (and a rejected input, which keeps its own): rows
+-- appended since 0012 do not repeat them, older rows hold the same values (migration 0012).
+SELECT e.position, e.tx_id, e.recorded_at, e.chain_key, e.chain_seq, e.prev_hash, e.row_hash, e.kind,
+       e.action_id,
+       CASE WHEN e.kind IN ('received', 'rejected_input') THEN e.action ELSE coalesce(e.action, a.action) END
+           AS action,
+       CASE WHEN e.kind IN ('received', 'rejected_input') THEN e.workspace_sid
+            ELSE coalesce(e.workspace_sid, a.workspace_sid) END AS workspace_sid,
+       e.reservation_sid, e.task_sid, e.worker_sid, e.from_status, e.to_status, e.etag_before,
+       e.etag_after, e.attempt, e.http_status, e.twilio_error_code, e.twilio_request_id, e.duration_ms,
+       e.outcome, e.worker_host, e.worker_pid,
+       CASE WHEN e.kind IN ('received', 'rejected_input') THEN e.correlation_id
+            ELSE coalesce(e.correlation_id, a.correlation_id) END AS correlation_id,
+       CASE WHEN e.kind IN ('received', 'rejected_input') THEN e.producer
+            ELSE coalesce(e.producer, a.producer) END AS producer,
+       e.params, e.detail, e.source, e.trace_id
   FROM ledger.events e
+  LEFT JOIN ledger.actions a ON a.action_id = e.action_id
  WHERE e.tx_id < (SELECT ledger.visible_horizon(pg_current_snapshot()))
    AND (e.tx_id, e.position) > (%(after_tx_id)s::text::xid8, %(after_position)s)
    {filters}

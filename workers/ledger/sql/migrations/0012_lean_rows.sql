@@ -1,4 +1,4 @@
--- 0012: a leaner ledger row (issue 19: bytes per action).
+-- 0012: a leaner ledger row (issue 19: bytes per action), every row as readable as before.
 --
 -- The chain index held each row's chain key as text (a reservation SID, 35 bytes): an entry of 56
 -- bytes, the largest index of the ledger. It now holds ledger.key64(chain_key) (8 bytes, as the
@@ -6,12 +6,92 @@
 -- the key and the text (a collision costs a row read, never a wrong row): the history of a
 -- reservation, verify's head checks, the console's chain check, record_transition's look-up of a
 -- reservation's transitions and the seal's check of its heads below.
+--
+-- An action's facts (action, workspace SID, correlation id, producer) were repeated on every row
+-- of the action, each time copied from its registry entry (ledger.actions), where they never
+-- change (actions_guard), and stored on its received row, which the chain covers. Rows appended
+-- from now on after the received row leave them out (a transition stores its workspace only where
+-- it is not the action's); readers (queries.sql: history, transitions_in_chain_order) take them
+-- from the registry for every row but received and rejected_input rows (whose action id may be
+-- registered by another message). A row written before keeps its copy, which is the registry's
+-- (every function wrote it from there): both shapes read alike. The history by correlation id
+-- finds an action's rows through the registry (actions_correlation, then events_action), so
+-- events_correlation keeps only the received rows and the rows without an action.
 SET LOCAL ROLE reservations_owner;
 
 -- After 0004, which made ledger.key64 and events_chain (a ledger that ran 0004 late runs this
 -- after it: tests/ledger/test_partitions.py).
 DROP INDEX ledger.events_chain;
 CREATE INDEX events_chain ON ledger.events (ledger.key64(chain_key), chain_seq);
+CREATE INDEX actions_correlation ON ledger.actions (ledger.key64(correlation_id)) WHERE correlation_id IS NOT NULL;
+
+CREATE OR REPLACE FUNCTION ledger.settle(
+    a ledger.actions, p_outcome text, p_http_status integer, p_twilio_error_code integer,
+    p_twilio_request_id text, p_detail text, p_worker_host text, p_worker_pid integer,
+    p_trace_id text
+) RETURNS bigint
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    pos bigint;
+BEGIN
+    UPDATE ledger.actions SET outcome = p_outcome, outcome_at = clock_timestamp()
+     WHERE action_id = a.action_id AND outcome IS NULL;
+    IF NOT FOUND THEN
+        RETURN NULL;
+    END IF;
+    -- The action's facts (action, workspace, correlation id, producer) are its registry entry's
+    -- and its received row's (migration 0012): readers take them from the registry.
+    INSERT INTO ledger.events (
+        kind, action_id, reservation_sid, task_sid, worker_sid, outcome,
+        attempt, http_status, twilio_error_code, twilio_request_id, worker_host, worker_pid,
+        detail, trace_id
+    ) VALUES (
+        'outcome', a.action_id, a.reservation_sid, a.task_sid, a.worker_sid,
+        p_outcome, nullif(a.attempts, 0), p_http_status, p_twilio_error_code, p_twilio_request_id,
+        p_worker_host, p_worker_pid, p_detail, p_trace_id
+    ) RETURNING position INTO pos;
+    RETURN pos;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION ledger.record_step(
+    p_kind text, p_action_id uuid, p_attempt integer, p_http_status integer,
+    p_twilio_error_code integer, p_twilio_request_id text, p_duration_ms integer,
+    p_from_status text, p_to_status text, p_etag_before text, p_etag_after text,
+    p_detail text, p_worker_host text, p_worker_pid integer, p_trace_id text DEFAULT NULL
+) RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    a ledger.actions := ledger.registered(p_action_id);
+    pos bigint;
+BEGIN
+    IF p_kind NOT IN ('attempt', 'conflict', 'redrive', 'intent') THEN
+        RAISE EXCEPTION 'record_step records attempts, conflicts, intents and redrives, not %', p_kind
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    PERFORM ledger.lock_chain(a.reservation_sid);
+    -- The action's facts are its registry entry's (migration 0012), as in ledger.settle.
+    INSERT INTO ledger.events (
+        kind, action_id, reservation_sid, task_sid, worker_sid,
+        from_status, to_status, etag_before, etag_after, attempt, http_status, twilio_error_code,
+        twilio_request_id, duration_ms, worker_host, worker_pid, detail, trace_id
+    ) VALUES (
+        p_kind, a.action_id, a.reservation_sid, a.task_sid, a.worker_sid,
+        p_from_status, p_to_status, p_etag_before, p_etag_after, p_attempt, p_http_status,
+        p_twilio_error_code, p_twilio_request_id, p_duration_ms, p_worker_host, p_worker_pid,
+        p_detail, p_trace_id
+    ) RETURNING position INTO pos;
+    IF p_kind = 'attempt' THEN
+        UPDATE ledger.actions SET attempts = greatest(attempts, coalesce(p_attempt, attempts + 1))
+         WHERE action_id = a.action_id;
+    ELSIF p_kind = 'redrive' THEN
+        UPDATE ledger.actions SET redrives = redrives + 1 WHERE action_id = a.action_id;
+    END IF;
+    RETURN pos;
+END
+$$;
 
 CREATE OR REPLACE FUNCTION ledger.record_transition(
     p_action_id uuid, p_reservation_sid text, p_workspace_sid text, p_task_sid text,
@@ -60,18 +140,19 @@ BEGIN
              ORDER BY ledger.status_rank(e.to_status) DESC, e.position DESC
              LIMIT 1;
         END IF;
+        -- An action's facts are its registry entry's (migration 0012): the workspace is stored
+        -- only where it is not the action's, and readers fill the rest from the registry.
         INSERT INTO ledger.events (
-            kind, action_id, action, workspace_sid, reservation_sid, task_sid, worker_sid,
+            kind, action_id, workspace_sid, reservation_sid, task_sid, worker_sid,
             from_status, to_status, etag_before, etag_after, attempt, http_status,
-            twilio_request_id, duration_ms, worker_host, worker_pid, correlation_id, producer, detail,
-            source, trace_id
+            twilio_request_id, duration_ms, worker_host, worker_pid, detail, source, trace_id
         ) VALUES (
-            'transition', p_action_id, a.action,
-            coalesce(p_workspace_sid, a.workspace_sid, r.workspace_sid), p_reservation_sid,
+            'transition', p_action_id,
+            nullif(coalesce(p_workspace_sid, a.workspace_sid, r.workspace_sid), a.workspace_sid),
+            p_reservation_sid,
             coalesce(p_task_sid, a.task_sid, r.task_sid), coalesce(p_worker_sid, a.worker_sid, r.worker_sid),
             from_status, p_to_status, p_etag_before, p_etag_after, p_attempt, p_http_status,
-            p_twilio_request_id, p_duration_ms, p_worker_host, p_worker_pid, a.correlation_id, a.producer,
-            p_detail, src, p_trace_id
+            p_twilio_request_id, p_duration_ms, p_worker_host, p_worker_pid, p_detail, src, p_trace_id
         ) RETURNING position, recorded_at INTO t_pos, t_at;
         -- The chain lock is held, so nobody else can create or change this reservation's row.
         IF r.reservation_sid IS NULL THEN

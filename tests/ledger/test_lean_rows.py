@@ -1,0 +1,125 @@
+"""Migration 0012: an action's facts are stored on its received row and in the registry only, and
+every reader sees each row as before, rows written before 0012 (which repeat them) included."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from tests.ledger.conftest import accept_applied, make_action, superuser
+from workers.ledger import projection
+from workers.ledger.events import Attempt, Intent, RejectedInput, Settle
+from workers.ledger.models import LedgerRow, Outcome
+from workers.ledger.reader import LedgerReader
+from workers.ledger.verify import verify
+from workers.ledger.writer import PostgresLedgerWriter
+
+FACTS = ("action", "workspace_sid", "correlation_id", "producer")
+
+
+def _stored(db_url: str, action_id: uuid.UUID) -> list[tuple[Any, ...]]:
+    with superuser(db_url) as conn:
+        return conn.execute(
+            "SELECT kind, action, workspace_sid, correlation_id, producer FROM ledger.events"
+            " WHERE action_id = %s ORDER BY position",
+            [action_id],
+        ).fetchall()
+
+
+def _facts(row: LedgerRow) -> tuple[Any, ...]:
+    return tuple(getattr(row, name) for name in FACTS)
+
+
+def test_rows_after_the_received_one_do_not_repeat_the_actions_facts(
+    writer: PostgresLedgerWriter, reader: LedgerReader, db_url: str
+) -> None:
+    action = make_action()
+    writer.receive(action)
+    writer.append(Intent(action.action_id, 1, "1", "pending", "accepted", {}))
+    writer.append(Attempt(action.action_id, attempt=1, etag_before="1", http_status=503))
+    accept_applied(writer, action)
+    stored = _stored(db_url, action.action_id)
+    assert stored[0] == (
+        "received",
+        "accept",
+        action.workspace_sid,
+        action.correlation_id,
+        action.producer,
+    )
+    assert [row[0] for row in stored[1:]] == ["intent", "attempt", "transition", "outcome"]
+    assert all(row[1:] == (None, None, None, None) for row in stored[1:]), stored
+    expected = ("accept", action.workspace_sid, action.correlation_id, action.producer)
+    rows = reader.history(action_id=action.action_id)
+    assert [_facts(r) for r in rows] == [expected] * 5
+    mine = [r.position for r in rows]
+    by_correlation = reader.history(correlation_id=action.correlation_id)
+    by_workspace = reader.history(workspace_sid=action.workspace_sid)
+    assert [r.position for r in by_correlation] == mine
+    assert [r.position for r in by_workspace if r.action_id == action.action_id] == mine
+    assert reader.history(reservation_sid=action.reservation_sid) == rows
+
+
+def test_rows_written_before_0012_read_and_verify_as_before(
+    writer: PostgresLedgerWriter, reader: LedgerReader, db_url: str
+) -> None:
+    """A row that repeats the action's facts (as every row did before 0012) reads the same, is
+    found by its correlation id and workspace, and its chain verifies."""
+    action = make_action()
+    writer.receive(action)
+    with superuser(db_url) as conn:
+        # As the functions before 0012 appended an attempt (through the chain trigger).
+        conn.execute(
+            "INSERT INTO ledger.events (kind, action_id, action, workspace_sid, reservation_sid, task_sid,"
+            " worker_sid, attempt, http_status, correlation_id, producer)"
+            " SELECT 'attempt', action_id, action, workspace_sid, reservation_sid, task_sid, worker_sid,"
+            " 1, 200, correlation_id, producer FROM ledger.actions WHERE action_id = %s",
+            [action.action_id],
+        )
+    writer.append(Settle(action.action_id, Outcome.FAILED, http_status=404))
+    stored = _stored(db_url, action.action_id)
+    assert [row[0] for row in stored] == ["received", "attempt", "outcome"]
+    assert stored[1][1:] == stored[0][1:]
+    assert stored[2][1:] == (None, None, None, None)
+    rows = reader.history(correlation_id=action.correlation_id)
+    assert [r.kind for r in rows] == ["received", "attempt", "outcome"]
+    assert len({_facts(r) for r in rows}) == 1
+    assert [r.kind for r in reader.history(workspace_sid=action.workspace_sid)][-3:] == [
+        "received",
+        "attempt",
+        "outcome",
+    ]
+    with superuser(db_url) as conn:
+        assert [p for p in verify(conn) if p.chain_key == action.reservation_sid] == []
+
+
+def test_a_rejected_input_keeps_its_own_facts(
+    writer: PostgresLedgerWriter, reader: LedgerReader, db_url: str
+) -> None:
+    """A rejected message whose action id another message registered keeps what it carried: the
+    registry's facts are not read into it."""
+    action = make_action()
+    writer.receive(action)
+    message = {
+        "action_id": str(action.action_id),
+        "action": "accept",
+        "reservation_sid": action.reservation_sid,
+        "correlation_id": "other",
+    }
+    writer.append(RejectedInput(message, "broke the schema"))
+    rows = reader.history(action_id=action.action_id)
+    assert [r.kind for r in rows] == ["received", "rejected_input"]
+    assert (rows[1].workspace_sid, rows[1].correlation_id, rows[1].producer) == (None, "other", None)
+    assert [r.kind for r in reader.history(correlation_id="other")] == ["rejected_input"]
+    assert [r.kind for r in reader.history(correlation_id=action.correlation_id)] == ["received"]
+
+
+def test_the_projection_rebuilds_with_the_workspace_from_the_registry(
+    fresh_writer: PostgresLedgerWriter, fresh_db_url: str
+) -> None:
+    """The rebuild folds transitions as history reads them: a transition of an action stores no
+    workspace (0012), the registry gives it."""
+    action = accept_applied(fresh_writer)
+    with superuser(fresh_db_url) as conn:
+        stored, rebuilt = projection.current(conn), projection.rebuild(conn)
+    assert stored[action.reservation_sid].workspace_sid == action.workspace_sid
+    assert projection.differences(stored, rebuilt) == []
