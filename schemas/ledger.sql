@@ -509,9 +509,10 @@ CREATE TABLE ledger.actions (
     redrives integer NOT NULL DEFAULT 0
 );
 CREATE INDEX actions_reservation ON ledger.actions (reservation_sid);
--- The history by correlation id: an action's rows after its received row do not repeat it
--- (migration 0012); they are found through the registry (and events_action).
+-- The history by correlation id or task: an action's rows after its received row do not repeat
+-- them (migration 0012); they are found through the registry (and events_action).
 CREATE INDEX actions_correlation ON ledger.actions (ledger.key64(correlation_id)) WHERE correlation_id IS NOT NULL;
+CREATE INDEX actions_task ON ledger.actions (ledger.key64(task_sid)) WHERE task_sid IS NOT NULL;
 
 -- An action's parameters: those of its 'received' (or 'rejected_input') row, where they are
 -- stored once (migration 0004). For the registry's readers.
@@ -678,14 +679,14 @@ BEGIN
     IF NOT FOUND THEN
         RETURN NULL;
     END IF;
-    -- The action's facts (action, workspace, correlation id, producer) are its registry entry's
-    -- and its received row's (migration 0012): readers take them from the registry.
+    -- The action's facts (action, workspace, task, correlation id, producer) are its registry
+    -- entry's and its received row's (migration 0012): readers take them from the registry.
     INSERT INTO ledger.events (
         kind, action_id, reservation_sid, task_sid, worker_sid, outcome,
         attempt, http_status, twilio_error_code, twilio_request_id, worker_host, worker_pid,
         detail, trace_id
     ) VALUES (
-        'outcome', a.action_id, a.reservation_sid, a.task_sid, a.worker_sid,
+        'outcome', a.action_id, a.reservation_sid, NULL, a.worker_sid,
         p_outcome, nullif(a.attempts, 0), p_http_status, p_twilio_error_code, p_twilio_request_id,
         p_worker_host, p_worker_pid, p_detail, p_trace_id
     ) RETURNING position INTO pos;
@@ -731,7 +732,7 @@ BEGIN
         from_status, to_status, etag_before, etag_after, attempt, http_status, twilio_error_code,
         twilio_request_id, duration_ms, worker_host, worker_pid, detail, trace_id
     ) VALUES (
-        p_kind, a.action_id, a.reservation_sid, a.task_sid, a.worker_sid,
+        p_kind, a.action_id, a.reservation_sid, NULL, a.worker_sid,
         p_from_status, p_to_status, p_etag_before, p_etag_after, p_attempt, p_http_status,
         p_twilio_error_code, p_twilio_request_id, p_duration_ms, p_worker_host, p_worker_pid,
         p_detail, p_trace_id
@@ -794,8 +795,8 @@ BEGIN
              ORDER BY ledger.status_rank(e.to_status) DESC, e.position DESC
              LIMIT 1;
         END IF;
-        -- An action's facts are its registry entry's (migration 0012): the workspace is stored
-        -- only where it is not the action's, and readers fill the rest from the registry.
+        -- An action's facts are its registry entry's (migration 0012): the workspace and task are
+        -- stored only where they are not the action's, and readers fill the rest from the registry.
         INSERT INTO ledger.events (
             kind, action_id, workspace_sid, reservation_sid, task_sid, worker_sid,
             from_status, to_status, etag_before, etag_after, attempt, http_status,
@@ -804,7 +805,8 @@ BEGIN
             'transition', p_action_id,
             nullif(coalesce(p_workspace_sid, a.workspace_sid, r.workspace_sid), a.workspace_sid),
             p_reservation_sid,
-            coalesce(p_task_sid, a.task_sid, r.task_sid), coalesce(p_worker_sid, a.worker_sid, r.worker_sid),
+            nullif(coalesce(p_task_sid, a.task_sid, r.task_sid), a.task_sid),
+            coalesce(p_worker_sid, a.worker_sid, r.worker_sid),
             from_status, p_to_status, p_etag_before, p_etag_after, p_attempt, p_http_status,
             p_twilio_request_id, p_duration_ms, p_worker_host, p_worker_pid, p_detail, src, p_trace_id
         ) RETURNING position, recorded_at INTO t_pos, t_at;

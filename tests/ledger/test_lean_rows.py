@@ -14,13 +14,13 @@ from workers.ledger.reader import LedgerReader
 from workers.ledger.verify import verify
 from workers.ledger.writer import PostgresLedgerWriter
 
-FACTS = ("action", "workspace_sid", "correlation_id", "producer")
+FACTS = ("action", "workspace_sid", "task_sid", "correlation_id", "producer")
 
 
 def _stored(db_url: str, action_id: uuid.UUID) -> list[tuple[Any, ...]]:
     with superuser(db_url) as conn:
         return conn.execute(
-            "SELECT kind, action, workspace_sid, correlation_id, producer FROM ledger.events"
+            "SELECT kind, action, workspace_sid, task_sid, correlation_id, producer FROM ledger.events"
             " WHERE action_id = %s ORDER BY position",
             [action_id],
         ).fetchall()
@@ -43,17 +43,19 @@ def test_rows_after_the_received_one_do_not_repeat_the_actions_facts(
         "received",
         "accept",
         action.workspace_sid,
+        action.task_sid,
         action.correlation_id,
         action.producer,
     )
     assert [row[0] for row in stored[1:]] == ["intent", "attempt", "transition", "outcome"]
-    assert all(row[1:] == (None, None, None, None) for row in stored[1:]), stored
-    expected = ("accept", action.workspace_sid, action.correlation_id, action.producer)
+    assert all(row[1:] == (None,) * 5 for row in stored[1:]), stored
+    expected = ("accept", action.workspace_sid, action.task_sid, action.correlation_id, action.producer)
     rows = reader.history(action_id=action.action_id)
     assert [_facts(r) for r in rows] == [expected] * 5
     mine = [r.position for r in rows]
     by_correlation = reader.history(correlation_id=action.correlation_id)
     by_workspace = reader.history(workspace_sid=action.workspace_sid)
+    assert [r.position for r in reader.history(task_sid=action.task_sid)] == mine
     assert [r.position for r in by_correlation] == mine
     assert [r.position for r in by_workspace if r.action_id == action.action_id] == mine
     assert reader.history(reservation_sid=action.reservation_sid) == rows
@@ -79,9 +81,10 @@ def test_rows_written_before_0012_read_and_verify_as_before(
     stored = _stored(db_url, action.action_id)
     assert [row[0] for row in stored] == ["received", "attempt", "outcome"]
     assert stored[1][1:] == stored[0][1:]
-    assert stored[2][1:] == (None, None, None, None)
+    assert stored[2][1:] == (None,) * 5
     rows = reader.history(correlation_id=action.correlation_id)
     assert [r.kind for r in rows] == ["received", "attempt", "outcome"]
+    assert reader.history(task_sid=action.task_sid) == rows
     assert len({_facts(r) for r in rows}) == 1
     assert [r.kind for r in reader.history(workspace_sid=action.workspace_sid)][-3:] == [
         "received",

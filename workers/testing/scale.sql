@@ -37,7 +37,7 @@ BEGIN
             'action', CASE WHEN p.k = 0 THEN (ARRAY['accept', 'complete'])[p.a + 1] END,
             'workspace_sid', CASE WHEN p.k = 0 THEN 'WS' || lpad(to_hex(r % 4), 32, '0') END,
             'reservation_sid', p.sid,
-            'task_sid', 'WT' || lpad(to_hex(r), 32, '0'),
+            'task_sid', CASE WHEN p.k = 0 THEN 'WT' || lpad(to_hex(r), 32, '0') END,
             'worker_sid', 'WK' || lpad(to_hex(r % 5000), 32, '0'),
             'from_status', CASE WHEN p.k IN (1, 2) THEN (ARRAY['pending', 'accepted'])[p.a + 1] END,
             'to_status', CASE WHEN p.k IN (1, 2) THEN (ARRAY['accepted', 'completed'])[p.a + 1] END,

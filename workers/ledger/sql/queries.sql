@@ -101,7 +101,10 @@ SELECT e.position, e.tx_id, e.recorded_at, e.chain_key, e.chain_seq, e.prev_hash
            AS action,
        CASE WHEN e.kind IN ('received', 'rejected_input') THEN e.workspace_sid
             ELSE coalesce(e.workspace_sid, a.workspace_sid) END AS workspace_sid,
-       e.reservation_sid, e.task_sid, e.worker_sid, e.from_status, e.to_status, e.etag_before,
+       e.reservation_sid,
+       CASE WHEN e.kind IN ('received', 'rejected_input') THEN e.task_sid
+            ELSE coalesce(e.task_sid, a.task_sid) END AS task_sid,
+       e.worker_sid, e.from_status, e.to_status, e.etag_before,
        e.etag_after, e.attempt, e.http_status, e.twilio_error_code, e.twilio_request_id, e.duration_ms,
        e.outcome, e.worker_host, e.worker_pid,
        CASE WHEN e.kind IN ('received', 'rejected_input') THEN e.correlation_id
@@ -131,7 +134,7 @@ INSERT INTO ledger.reservations (
 -- Ledger rows in ledger order, after a cursor, only below the horizon of the oldest ledger
 -- writer still in flight (ledger.visible_horizon: evaluated once, against this statement's
 -- snapshot). {filters} is composed with psycopg.sql from fixed columns. An action's facts
--- (action, workspace SID, correlation id, producer) come from its registry entry for every row
+-- (action, workspace and task SIDs, correlation id, producer) come from its registry entry for every row
 -- but its received row, which stores them (and a rejected input, which keeps its own): rows
 -- appended since 0012 do not repeat them, older rows hold the same values (migration 0012).
 SELECT e.position, e.tx_id, e.recorded_at, e.chain_key, e.chain_seq, e.prev_hash, e.row_hash, e.kind,
@@ -140,7 +143,10 @@ SELECT e.position, e.tx_id, e.recorded_at, e.chain_key, e.chain_seq, e.prev_hash
            AS action,
        CASE WHEN e.kind IN ('received', 'rejected_input') THEN e.workspace_sid
             ELSE coalesce(e.workspace_sid, a.workspace_sid) END AS workspace_sid,
-       e.reservation_sid, e.task_sid, e.worker_sid, e.from_status, e.to_status, e.etag_before,
+       e.reservation_sid,
+       CASE WHEN e.kind IN ('received', 'rejected_input') THEN e.task_sid
+            ELSE coalesce(e.task_sid, a.task_sid) END AS task_sid,
+       e.worker_sid, e.from_status, e.to_status, e.etag_before,
        e.etag_after, e.attempt, e.http_status, e.twilio_error_code, e.twilio_request_id, e.duration_ms,
        e.outcome, e.worker_host, e.worker_pid,
        CASE WHEN e.kind IN ('received', 'rejected_input') THEN e.correlation_id

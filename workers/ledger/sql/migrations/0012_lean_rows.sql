@@ -7,16 +7,18 @@
 -- reservation, verify's head checks, the console's chain check, record_transition's look-up of a
 -- reservation's transitions and the seal's check of its heads below.
 --
--- An action's facts (action, workspace SID, correlation id, producer) were repeated on every row
+-- An action's facts (action, workspace and task SIDs, correlation id, producer) were repeated on every row
 -- of the action, each time copied from its registry entry (ledger.actions), where they never
 -- change (actions_guard), and stored on its received row, which the chain covers. Rows appended
--- from now on after the received row leave them out (a transition stores its workspace only where
--- it is not the action's); readers (queries.sql: history, transitions_in_chain_order) take them
+-- from now on after the received row leave them out (a transition stores its workspace and task
+-- only where they are not the action's); readers (queries.sql: history, transitions_in_chain_order) take them
 -- from the registry for every row but received and rejected_input rows (whose action id may be
 -- registered by another message). A row written before keeps its copy, which is the registry's
--- (every function wrote it from there): both shapes read alike. The history by correlation id
--- finds an action's rows through the registry (actions_correlation, then events_action), so
--- events_correlation keeps only the received rows and the rows without an action.
+-- (every function wrote it from there): both shapes read alike. The history by correlation id or
+-- task finds an action's rows through the registry (actions_correlation or actions_task, then
+-- events_action), so events_correlation and events_task keep only the received rows, the rows
+-- without an action and the rows written before. The worker SID stays on every row: a worker's
+-- history is long (every action it ever took), and is paged through its own index in ledger order.
 SET LOCAL ROLE reservations_owner;
 
 -- After 0004, which made ledger.key64 and events_chain (a ledger that ran 0004 late runs this
@@ -24,6 +26,7 @@ SET LOCAL ROLE reservations_owner;
 DROP INDEX ledger.events_chain;
 CREATE INDEX events_chain ON ledger.events (ledger.key64(chain_key), chain_seq);
 CREATE INDEX actions_correlation ON ledger.actions (ledger.key64(correlation_id)) WHERE correlation_id IS NOT NULL;
+CREATE INDEX actions_task ON ledger.actions (ledger.key64(task_sid)) WHERE task_sid IS NOT NULL;
 
 CREATE OR REPLACE FUNCTION ledger.settle(
     a ledger.actions, p_outcome text, p_http_status integer, p_twilio_error_code integer,
@@ -40,14 +43,14 @@ BEGIN
     IF NOT FOUND THEN
         RETURN NULL;
     END IF;
-    -- The action's facts (action, workspace, correlation id, producer) are its registry entry's
-    -- and its received row's (migration 0012): readers take them from the registry.
+    -- The action's facts (action, workspace, task, correlation id, producer) are its registry
+    -- entry's and its received row's (migration 0012): readers take them from the registry.
     INSERT INTO ledger.events (
         kind, action_id, reservation_sid, task_sid, worker_sid, outcome,
         attempt, http_status, twilio_error_code, twilio_request_id, worker_host, worker_pid,
         detail, trace_id
     ) VALUES (
-        'outcome', a.action_id, a.reservation_sid, a.task_sid, a.worker_sid,
+        'outcome', a.action_id, a.reservation_sid, NULL, a.worker_sid,
         p_outcome, nullif(a.attempts, 0), p_http_status, p_twilio_error_code, p_twilio_request_id,
         p_worker_host, p_worker_pid, p_detail, p_trace_id
     ) RETURNING position INTO pos;
@@ -78,7 +81,7 @@ BEGIN
         from_status, to_status, etag_before, etag_after, attempt, http_status, twilio_error_code,
         twilio_request_id, duration_ms, worker_host, worker_pid, detail, trace_id
     ) VALUES (
-        p_kind, a.action_id, a.reservation_sid, a.task_sid, a.worker_sid,
+        p_kind, a.action_id, a.reservation_sid, NULL, a.worker_sid,
         p_from_status, p_to_status, p_etag_before, p_etag_after, p_attempt, p_http_status,
         p_twilio_error_code, p_twilio_request_id, p_duration_ms, p_worker_host, p_worker_pid,
         p_detail, p_trace_id
@@ -140,8 +143,8 @@ BEGIN
              ORDER BY ledger.status_rank(e.to_status) DESC, e.position DESC
              LIMIT 1;
         END IF;
-        -- An action's facts are its registry entry's (migration 0012): the workspace is stored
-        -- only where it is not the action's, and readers fill the rest from the registry.
+        -- An action's facts are its registry entry's (migration 0012): the workspace and task are
+        -- stored only where they are not the action's, and readers fill the rest from the registry.
         INSERT INTO ledger.events (
             kind, action_id, workspace_sid, reservation_sid, task_sid, worker_sid,
             from_status, to_status, etag_before, etag_after, attempt, http_status,
@@ -150,7 +153,8 @@ BEGIN
             'transition', p_action_id,
             nullif(coalesce(p_workspace_sid, a.workspace_sid, r.workspace_sid), a.workspace_sid),
             p_reservation_sid,
-            coalesce(p_task_sid, a.task_sid, r.task_sid), coalesce(p_worker_sid, a.worker_sid, r.worker_sid),
+            nullif(coalesce(p_task_sid, a.task_sid, r.task_sid), a.task_sid),
+            coalesce(p_worker_sid, a.worker_sid, r.worker_sid),
             from_status, p_to_status, p_etag_before, p_etag_after, p_attempt, p_http_status,
             p_twilio_request_id, p_duration_ms, p_worker_host, p_worker_pid, p_detail, src, p_trace_id
         ) RETURNING position, recorded_at INTO t_pos, t_at;
