@@ -262,9 +262,9 @@ def _lost(url: str, deliveries: list[Delivery], acknowledged: list[int]) -> tupl
     }
     with psycopg.connect(url) as conn:
         rows = conn.execute(
-            "SELECT reservation_sid, to_status, count(*) FROM ledger.events"
-            " WHERE kind = 'transition' AND source = 'event' AND reservation_sid = ANY(%s)"
-            " GROUP BY reservation_sid, to_status",
+            "SELECT chain_key, to_status, count(*) FROM ledger.events"
+            " WHERE kind = 'transition' AND source = 'event' AND chain_key = ANY(%s)"
+            " GROUP BY chain_key, to_status",
             [sids],
         ).fetchall()
     held = {(sid, to): n for sid, to, n in rows}
@@ -384,8 +384,8 @@ def to_history(url: str, changes: int, rate: float) -> None:
         api.wait(timeout=30)
     with psycopg.connect(url) as conn:
         rows = conn.execute(
-            "SELECT reservation_sid, to_status, extract(epoch FROM recorded_at) FROM ledger.events"
-            " WHERE kind = 'transition' AND source = 'event' AND reservation_sid = ANY(%s)",
+            "SELECT chain_key, to_status, extract(epoch FROM recorded_at) FROM ledger.events"
+            " WHERE kind = 'transition' AND source = 'event' AND chain_key = ANY(%s)",
             [sids],
         ).fetchall()
     recorded = {(sid, to): at for sid, to, at in rows}

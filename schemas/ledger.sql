@@ -351,6 +351,12 @@ BEGIN
             USING ERRCODE = 'RL001';
     END IF;
     NEW.chain_key := coalesce(NEW.reservation_sid, 'rejected_input');
+    -- A reservation's rows are its chain: its SID is stored once, as the chain key (migration
+    -- 0012); readers read reservation_sid as coalesce(reservation_sid, nullif(chain_key,
+    -- 'rejected_input')), which gives every row, older ones included, its SID exactly.
+    IF NEW.reservation_sid <> 'rejected_input' THEN
+        NEW.reservation_sid := NULL;
+    END IF;
     IF current_setting('ledger.writing', true) IS DISTINCT FROM 'on' THEN
         PERFORM ledger.join_writers();
     END IF;
@@ -779,7 +785,6 @@ BEGIN
     SELECT e.position INTO t_pos
       FROM ledger.events e
      WHERE ledger.key64(e.chain_key) = ledger.key64(p_reservation_sid) AND e.chain_key = p_reservation_sid
-       AND e.reservation_sid = p_reservation_sid
        AND e.kind = 'transition' AND e.to_status = p_to_status
        AND (src = 'event' OR e.source = 'event')
      ORDER BY e.position
@@ -789,7 +794,6 @@ BEGIN
             SELECT e.to_status INTO from_status
               FROM ledger.events e
              WHERE ledger.key64(e.chain_key) = ledger.key64(p_reservation_sid) AND e.chain_key = p_reservation_sid
-               AND e.reservation_sid = p_reservation_sid
                AND e.kind = 'transition'
                AND ledger.status_rank(e.to_status) < ledger.status_rank(p_to_status)
              ORDER BY ledger.status_rank(e.to_status) DESC, e.position DESC

@@ -134,6 +134,6 @@ def test_the_events_api_serves_from_several_processes(db_url: str) -> None:
     assert 'reservations_events_total{channel="callback",result="refused"} 1.0' in exposed
     with connect(db_url, Role.READER) as conn:
         rows = conn.execute(
-            "SELECT count(*) FROM ledger.events WHERE source = 'event' AND reservation_sid = ANY(%s)", [sids]
+            "SELECT count(*) FROM ledger.events WHERE source = 'event' AND chain_key = ANY(%s)", [sids]
         ).fetchone()
     assert rows == (12,)

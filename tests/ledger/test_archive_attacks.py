@@ -133,13 +133,10 @@ def test_since_a_checkpoint_older_than_an_archived_month(fresh_db_url: str, tmp_
     with superuser(fresh_db_url) as conn:
         conn.execute("SET session_replication_role = replica")
         conn.execute(
-            "UPDATE ledger.events e SET prev_hash = decode(repeat('22', 32), 'hex')"
-            " WHERE reservation_sid = %s",
+            "UPDATE ledger.events e SET prev_hash = decode(repeat('22', 32), 'hex') WHERE chain_key = %s",
             [sid],
         )
-        conn.execute(
-            "UPDATE ledger.events e SET row_hash = ledger.event_hash(e) WHERE reservation_sid = %s", [sid]
-        )
+        conn.execute("UPDATE ledger.events e SET row_hash = ledger.event_hash(e) WHERE chain_key = %s", [sid])
     with connect(fresh_db_url, Role.READER) as conn:
         problems, _ = verify_since(conn, first.checkpoint_id)
     assert "broken_link" in [p.kind for p in problems], problems
@@ -156,7 +153,7 @@ def test_verify_since_trusts_what_the_checkpoint_sealed(fresh_db_url: str) -> No
     with superuser(fresh_db_url) as conn:
         conn.execute("SET session_replication_role = replica")
         conn.execute(
-            "UPDATE ledger.events SET producer = 'forged' WHERE reservation_sid = %s AND chain_seq = 1", [sid]
+            "UPDATE ledger.events SET producer = 'forged' WHERE chain_key = %s AND chain_seq = 1", [sid]
         )
     with connect(fresh_db_url, Role.READER) as conn:
         assert verify_since(conn, sealed.checkpoint_id) == ([], 1)

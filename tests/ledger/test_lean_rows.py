@@ -1,5 +1,6 @@
-"""Migration 0012: an action's facts are stored on its received row and in the registry only, and
-every reader sees each row as before, rows written before 0012 (which repeat them) included."""
+"""Migration 0012: an action's facts are stored on its received row and in the registry only, a
+row's reservation SID as its chain key only, and every reader sees each row as before, rows
+written before 0012 (which repeat them) included."""
 
 from __future__ import annotations
 
@@ -126,3 +127,35 @@ def test_the_projection_rebuilds_with_the_workspace_from_the_registry(
         stored, rebuilt = projection.current(conn), projection.rebuild(conn)
     assert stored[action.reservation_sid].workspace_sid == action.workspace_sid
     assert projection.differences(stored, rebuilt) == []
+
+
+def test_a_rows_reservation_sid_is_stored_once_as_its_chain_key(
+    fresh_writer: PostgresLedgerWriter, fresh_reader: LedgerReader, fresh_db_url: str
+) -> None:
+    action = accept_applied(fresh_writer)
+    fresh_writer.append(
+        RejectedInput({"action": "accept", "reservation_sid": "not a sid"}, "broke the schema")
+    )
+    with superuser(fresh_db_url) as conn:
+        stored = conn.execute(
+            "SELECT DISTINCT chain_key, reservation_sid FROM ledger.events WHERE chain_key = %s",
+            [action.reservation_sid],
+        ).fetchall()
+        # As a row written before 0012 (superuser, triggers off): both columns hold the SID.
+        conn.execute("SET session_replication_role = replica")
+        conn.execute(
+            "INSERT INTO ledger.events (position, tx_id, chain_key, chain_seq, prev_hash, row_hash, kind,"
+            " reservation_sid) VALUES (nextval('ledger.events_position_seq'), '3', 'WRold', 1, '\\x', '\\x',"
+            " 'transition', 'WRold')"
+        )
+    assert stored == [(action.reservation_sid, None)]
+    rows = fresh_reader.history(reservation_sid=action.reservation_sid)
+    assert [(r.kind, r.reservation_sid) for r in rows] == [
+        ("received", action.reservation_sid),
+        ("transition", action.reservation_sid),
+        ("outcome", action.reservation_sid),
+    ]
+    rejected = fresh_reader.history(kind="rejected_input")[-1]
+    assert (rejected.chain_key, rejected.reservation_sid) == ("rejected_input", None)
+    assert [r.reservation_sid for r in fresh_reader.history(reservation_sid="WRold")] == ["WRold"]
+    assert fresh_reader.history(reservation_sid="rejected_input") == []

@@ -145,9 +145,7 @@ def test_a_row_in_flight_while_the_checkpoint_was_sealed_is_checked(fresh_db_url
             slow.execute(RECEIVE, [uuid.uuid4(), new_sid("WS"), slow_sid])
             quick.execute(RECEIVE, [uuid.uuid4(), new_sid("WS"), quick_sid])
             sealed = seal(fresh_db_url)
-        found = slow.execute(
-            "SELECT position FROM ledger.events WHERE reservation_sid = %s", [slow_sid]
-        ).fetchone()
+        found = slow.execute("SELECT position FROM ledger.events WHERE chain_key = %s", [slow_sid]).fetchone()
     assert found is not None
     assert found[0] < sealed.max_position
     _tamper(fresh_db_url, "UPDATE ledger.events SET producer = 'forged' WHERE position = %s", found[0])

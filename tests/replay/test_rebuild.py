@@ -18,8 +18,7 @@ def test_rebuild_verifies_the_chains_first(fresh_db_url: str) -> None:
     with superuser(fresh_db_url) as conn:
         conn.execute("SET session_replication_role = replica")
         conn.execute(
-            "UPDATE ledger.events SET to_status = 'rejected'"
-            " WHERE reservation_sid = %s AND kind = 'transition'",
+            "UPDATE ledger.events SET to_status = 'rejected' WHERE chain_key = %s AND kind = 'transition'",
             [seeded.reservation_sids[1]],
         )
     tampered = cli(env, "replay", "rebuild")

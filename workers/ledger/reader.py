@@ -237,6 +237,8 @@ class LedgerReader(Pooled):
                 if column in _ACTION_FACTS:
                     clauses.append(_action_fact_filter(column))
                     continue
+                if column == "reservation_sid":
+                    continue  # its chain (below): a row stores its SID as its chain key (0012)
                 clauses.append(
                     sql.SQL("AND e.{} = {}").format(sql.Identifier(column), sql.Placeholder(column))
                 )
@@ -249,11 +251,13 @@ class LedgerReader(Pooled):
                     )
         if given.get("reservation_sid") is not None:
             # A reservation's rows are its hash chain: the chain's index finds them (migration 0004),
-            # by the chain key's 64-bit key (migration 0012) and the key itself.
+            # by the chain key's 64-bit key and the key itself; a row stores the SID as its chain
+            # key only (migration 0012), read as queries.sql's history reads it.
             clauses.append(
-                sql.SQL("AND ledger.key64(e.chain_key) = ledger.key64({}::text) AND e.chain_key = {}").format(
-                    sql.Placeholder("reservation_sid"), sql.Placeholder("reservation_sid")
-                )
+                sql.SQL(
+                    "AND ledger.key64(e.chain_key) = ledger.key64({sid}::text) AND e.chain_key = {sid}"
+                    " AND coalesce(e.reservation_sid, nullif(e.chain_key, 'rejected_input')) = {sid}"
+                ).format(sid=sql.Placeholder("reservation_sid"))
             )
         if given.get("since") is not None:
             clauses.append(sql.SQL("AND e.recorded_at >= {}").format(sql.Placeholder("since")))

@@ -36,7 +36,7 @@ BEGIN
             -- An action's facts on its received row only, as the ledger writes them since 0012.
             'action', CASE WHEN p.k = 0 THEN (ARRAY['accept', 'complete'])[p.a + 1] END,
             'workspace_sid', CASE WHEN p.k = 0 THEN 'WS' || lpad(to_hex(r % 4), 32, '0') END,
-            'reservation_sid', p.sid,
+            -- reservation_sid: stored as the chain key only, as the chain trigger does since 0012
             'task_sid', CASE WHEN p.k = 0 THEN 'WT' || lpad(to_hex(r), 32, '0') END,
             'worker_sid', 'WK' || lpad(to_hex(r % 5000), 32, '0'),
             'from_status', CASE WHEN p.k IN (1, 2) THEN (ARRAY['pending', 'accepted'])[p.a + 1] END,

@@ -101,7 +101,7 @@ SELECT e.position, e.tx_id, e.recorded_at, e.chain_key, e.chain_seq, e.prev_hash
            AS action,
        CASE WHEN e.kind IN ('received', 'rejected_input') THEN e.workspace_sid
             ELSE coalesce(e.workspace_sid, a.workspace_sid) END AS workspace_sid,
-       e.reservation_sid,
+       coalesce(e.reservation_sid, nullif(e.chain_key, 'rejected_input')) AS reservation_sid,
        CASE WHEN e.kind IN ('received', 'rejected_input') THEN e.task_sid
             ELSE coalesce(e.task_sid, a.task_sid) END AS task_sid,
        e.worker_sid, e.from_status, e.to_status, e.etag_before,
@@ -136,14 +136,15 @@ INSERT INTO ledger.reservations (
 -- snapshot). {filters} is composed with psycopg.sql from fixed columns. An action's facts
 -- (action, workspace and task SIDs, correlation id, producer) come from its registry entry for every row
 -- but its received row, which stores them (and a rejected input, which keeps its own): rows
--- appended since 0012 do not repeat them, older rows hold the same values (migration 0012).
+-- appended since 0012 do not repeat them, older rows hold the same values; a row's reservation
+-- SID is its chain key (migration 0012).
 SELECT e.position, e.tx_id, e.recorded_at, e.chain_key, e.chain_seq, e.prev_hash, e.row_hash, e.kind,
        e.action_id,
        CASE WHEN e.kind IN ('received', 'rejected_input') THEN e.action ELSE coalesce(e.action, a.action) END
            AS action,
        CASE WHEN e.kind IN ('received', 'rejected_input') THEN e.workspace_sid
             ELSE coalesce(e.workspace_sid, a.workspace_sid) END AS workspace_sid,
-       e.reservation_sid,
+       coalesce(e.reservation_sid, nullif(e.chain_key, 'rejected_input')) AS reservation_sid,
        CASE WHEN e.kind IN ('received', 'rejected_input') THEN e.task_sid
             ELSE coalesce(e.task_sid, a.task_sid) END AS task_sid,
        e.worker_sid, e.from_status, e.to_status, e.etag_before,

@@ -19,6 +19,13 @@
 -- events_action), so events_correlation and events_task keep only the received rows, the rows
 -- without an action and the rows written before. The worker SID stays on every row: a worker's
 -- history is long (every action it ever took), and is paged through its own index in ledger order.
+--
+-- A row's reservation SID was stored twice: as reservation_sid and as chain_key, which the chain
+-- trigger sets from it (coalesce(reservation_sid, 'rejected_input')). The trigger now stores it
+-- once, as the chain key, and readers read reservation_sid as coalesce(reservation_sid,
+-- nullif(chain_key, 'rejected_input')): exact for every row, older ones included (a row without a
+-- reservation SID is in the 'rejected_input' chain; the literal 'rejected_input' is kept as given).
+-- The canonical form is unchanged: a new row is hashed with the columns it stores.
 SET LOCAL ROLE reservations_owner;
 
 -- After 0004, which made ledger.key64 and events_chain (a ledger that ran 0004 late runs this
@@ -27,6 +34,51 @@ DROP INDEX ledger.events_chain;
 CREATE INDEX events_chain ON ledger.events (ledger.key64(chain_key), chain_seq);
 CREATE INDEX actions_correlation ON ledger.actions (ledger.key64(correlation_id)) WHERE correlation_id IS NOT NULL;
 CREATE INDEX actions_task ON ledger.actions (ledger.key64(task_sid)) WHERE task_sid IS NOT NULL;
+
+CREATE OR REPLACE FUNCTION ledger.events_chain() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    head ledger.chain_heads;
+BEGIN
+    IF NEW.recorded_at < statement_timestamp() - interval '1 minute'
+       OR NEW.recorded_at > clock_timestamp() + interval '1 minute' THEN
+        RAISE EXCEPTION 'ledger.events: recorded_at is the database clock at insert, not %', NEW.recorded_at
+            USING ERRCODE = 'RL001';
+    END IF;
+    NEW.chain_key := coalesce(NEW.reservation_sid, 'rejected_input');
+    -- A reservation's rows are its chain: its SID is stored once, as the chain key (migration
+    -- 0012); readers read reservation_sid as coalesce(reservation_sid, nullif(chain_key,
+    -- 'rejected_input')), which gives every row, older ones included, its SID exactly.
+    IF NEW.reservation_sid <> 'rejected_input' THEN
+        NEW.reservation_sid := NULL;
+    END IF;
+    IF current_setting('ledger.writing', true) IS DISTINCT FROM 'on' THEN
+        PERFORM ledger.join_writers();
+    END IF;
+    PERFORM pg_advisory_xact_lock(1279607879, hashtext(NEW.chain_key));
+    -- The advisory lock serialises this chain's appends, so no row lock is needed here, and
+    -- chain_seq is unique in its chain (no unique index can say so across partitions).
+    SELECT * INTO head FROM ledger.chain_heads WHERE chain_key = NEW.chain_key;
+    NEW.position := nextval('ledger.events_position_seq');
+    NEW.tx_id := pg_current_xact_id();
+    IF NOT FOUND THEN
+        NEW.chain_seq := 1;
+        NEW.prev_hash := '\x0000000000000000000000000000000000000000000000000000000000000000'::bytea;
+        NEW.row_hash := ledger.event_hash(NEW);
+        INSERT INTO ledger.chain_heads (chain_key, chain_seq, head_hash, head_position)
+        VALUES (NEW.chain_key, NEW.chain_seq, NEW.row_hash, NEW.position);
+    ELSE
+        NEW.chain_seq := head.chain_seq + 1;
+        NEW.prev_hash := head.head_hash;
+        NEW.row_hash := ledger.event_hash(NEW);
+        UPDATE ledger.chain_heads
+           SET chain_seq = NEW.chain_seq, head_hash = NEW.row_hash, head_position = NEW.position
+         WHERE chain_key = NEW.chain_key;
+    END IF;
+    RETURN NEW;
+END
+$$;
 
 CREATE OR REPLACE FUNCTION ledger.settle(
     a ledger.actions, p_outcome text, p_http_status integer, p_twilio_error_code integer,
@@ -127,7 +179,6 @@ BEGIN
     SELECT e.position INTO t_pos
       FROM ledger.events e
      WHERE ledger.key64(e.chain_key) = ledger.key64(p_reservation_sid) AND e.chain_key = p_reservation_sid
-       AND e.reservation_sid = p_reservation_sid
        AND e.kind = 'transition' AND e.to_status = p_to_status
        AND (src = 'event' OR e.source = 'event')
      ORDER BY e.position
@@ -137,7 +188,6 @@ BEGIN
             SELECT e.to_status INTO from_status
               FROM ledger.events e
              WHERE ledger.key64(e.chain_key) = ledger.key64(p_reservation_sid) AND e.chain_key = p_reservation_sid
-               AND e.reservation_sid = p_reservation_sid
                AND e.kind = 'transition'
                AND ledger.status_rank(e.to_status) < ledger.status_rank(p_to_status)
              ORDER BY ledger.status_rank(e.to_status) DESC, e.position DESC
