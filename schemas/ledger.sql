@@ -221,11 +221,15 @@ CREATE INDEX events_ledger_order ON ledger.events (tx_id, position);
 -- 64-bit key (migration 0012): an entry of 24 bytes instead of 56; readers match
 -- ledger.key64(chain_key) and chain_key, so a collision costs a row read, never a wrong row.
 CREATE INDEX events_chain ON ledger.events (ledger.key64(chain_key), chain_seq);
-CREATE INDEX events_task ON ledger.events (ledger.key64(task_sid), tx_id, position) WHERE task_sid IS NOT NULL;
+-- An action's, a task's and a correlation id's rows are few (0012: the last two through the
+-- registry, on the row only for received rows, rows of no action and rows written before 0012):
+-- their indexes find them, a sort puts them in ledger order. A worker's rows are many: its
+-- index is in ledger order, for paging.
+CREATE INDEX events_task ON ledger.events (ledger.key64(task_sid)) WHERE task_sid IS NOT NULL;
 CREATE INDEX events_worker ON ledger.events (ledger.key64(worker_sid), tx_id, position)
     WHERE worker_sid IS NOT NULL;
-CREATE INDEX events_action ON ledger.events (action_id, tx_id, position) WHERE action_id IS NOT NULL;
-CREATE INDEX events_correlation ON ledger.events (ledger.key64(correlation_id), tx_id, position)
+CREATE INDEX events_action ON ledger.events (action_id) WHERE action_id IS NOT NULL;
+CREATE INDEX events_correlation ON ledger.events (ledger.key64(correlation_id))
     WHERE correlation_id IS NOT NULL;
 CREATE INDEX events_outcome ON ledger.events (outcome, tx_id, position) WHERE outcome IS NOT NULL;
 -- recorded_at grows with position (the database clock at insert), so a BRIN index is enough.
