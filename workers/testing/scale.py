@@ -5,7 +5,9 @@ ledger's own ``ledger.event_hash`` (so every chain verifies, in the canonical fo
 define), and is inserted with the guards off (``session_replication_role = replica``, as a
 superuser: the chain trigger would hash each row again, and take an hour for ten million rows
 on two cores), with the chain heads the trigger would have kept. Reservations of two actions
-(accept, then complete), each of four rows (received, intent, transition, outcome),
+(accept, then complete), each of four rows (received, intent, transition, outcome) in the shape
+the ledger writes since migration 0012 (an action's facts on its received row only, a row's
+reservation SID as its chain key only),
 ``IN_FLIGHT`` reservations interleaved in ledger order, spread evenly over a time span. The rows
 from ``Shape.tail_from`` on get the loading transaction's own xid, as if written after a
 checkpoint sealed the rest.

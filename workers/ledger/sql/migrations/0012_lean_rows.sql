@@ -7,18 +7,19 @@
 -- reservation, verify's head checks, the console's chain check, record_transition's look-up of a
 -- reservation's transitions and the seal's check of its heads below.
 --
--- An action's facts (action, workspace and task SIDs, correlation id, producer) were repeated on every row
--- of the action, each time copied from its registry entry (ledger.actions), where they never
--- change (actions_guard), and stored on its received row, which the chain covers. Rows appended
--- from now on after the received row leave them out (a transition stores its workspace and task
--- only where they are not the action's); readers (queries.sql: history, transitions_in_chain_order) take them
--- from the registry for every row but received and rejected_input rows (whose action id may be
--- registered by another message). A row written before keeps its copy, which is the registry's
--- (every function wrote it from there): both shapes read alike. The history by correlation id or
--- task finds an action's rows through the registry (actions_correlation or actions_task, then
--- events_action), so events_correlation and events_task keep only the received rows, the rows
--- without an action and the rows written before. The worker SID stays on every row: a worker's
--- history is long (every action it ever took), and is paged through its own index in ledger order.
+-- An action's facts (action, workspace and task SIDs, correlation id, producer) were repeated on
+-- every row of the action, each time copied from its registry entry (ledger.actions), where they
+-- never change (actions_guard), and stored on its received row, which the chain covers. Rows
+-- appended from now on after the received row leave them out (a transition stores its workspace and
+-- task only where they are not the action's); readers (queries.sql: history,
+-- transitions_in_chain_order) take them from the registry for every row but received and
+-- rejected_input rows (whose action id may be registered by another message). A row written before
+-- keeps its copy, which is the registry's (every function wrote it from there): both shapes read
+-- alike. The history by correlation id or task finds an action's rows through the registry
+-- (actions_correlation or actions_task, then events_action), so events_correlation and events_task
+-- keep only the received rows, the rows without an action and the rows written before. The worker
+-- SID stays on every row: a worker's history is long (every action it ever took), and is paged
+-- through its own index in ledger order.
 --
 -- A row's reservation SID was stored twice: as reservation_sid and as chain_key, which the chain
 -- trigger sets from it (coalesce(reservation_sid, 'rejected_input')). The trigger now stores it
@@ -32,7 +33,8 @@ SET LOCAL ROLE reservations_owner;
 -- after it: tests/ledger/test_partitions.py).
 DROP INDEX ledger.events_chain;
 CREATE INDEX events_chain ON ledger.events (ledger.key64(chain_key), chain_seq);
-CREATE INDEX actions_correlation ON ledger.actions (ledger.key64(correlation_id)) WHERE correlation_id IS NOT NULL;
+CREATE INDEX actions_correlation ON ledger.actions (ledger.key64(correlation_id))
+    WHERE correlation_id IS NOT NULL;
 CREATE INDEX actions_task ON ledger.actions (ledger.key64(task_sid)) WHERE task_sid IS NOT NULL;
 
 -- An action's, a task's and a correlation id's rows are few (the last two found through the
