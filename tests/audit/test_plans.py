@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from datetime import datetime
 from typing import Any
 
 import pytest
 
 from tests.ledger.conftest import open_reader, superuser
+from workers.ledger import reader as reader_module
+from workers.ledger.models import Cursor
 from workers.ledger.queries import QUERIES
 from workers.ledger.reader import LedgerReader
 
@@ -49,7 +52,7 @@ def big_reader(db_url: str) -> Iterator[LedgerReader]:
             """,
             {"rows": ROWS},
         )
-        conn.execute("ANALYZE ledger.events")
+        conn.execute("VACUUM (ANALYZE) ledger.events")  # as autovacuum leaves it: the BRIN summarised
         conn.execute("ANALYZE ledger.actions")
     with open_reader(db_url) as reader:
         yield reader
@@ -163,3 +166,60 @@ def test_a_chain_is_read_through_the_chain_index(big_reader: LedgerReader, db_ur
     assert found is not None
     plan: dict[str, Any] = found[0][0]["Plan"]
     assert "events_chain" in index_used(plan), plan
+
+
+def rows_read(plan: dict[str, Any]) -> int:
+    """The ledger rows a run of the plan looked at: those its scans returned and those they threw away."""
+    return sum(
+        (node.get("Actual Rows", 0) + node.get("Rows Removed by Filter", 0)) * node.get("Actual Loops", 1)
+        + node.get("Rows Removed by Index Recheck", 0)
+        for node in nodes(plan)
+        if node.get("Relation Name", "").startswith("events")
+    )
+
+
+def _late_hour(db_url: str) -> tuple[datetime, datetime, int]:
+    """A range near the ledger's end: 5,000 rows written after 45,000 others (the planner, taking
+    time and ledger order for unrelated, expects a walk of the ledger's order to meet 100 of
+    them after a fiftieth of it)."""
+    with superuser(db_url) as conn:
+        since, until = conn.execute(
+            "SELECT min(recorded_at), max(recorded_at) FROM (SELECT recorded_at FROM ledger.events"
+            " ORDER BY position OFFSET 45000 LIMIT 5000) AS late"
+        ).fetchone() or (None, None)
+        assert since is not None
+        assert until is not None
+        count = conn.execute(
+            "SELECT count(*) FROM ledger.events WHERE recorded_at >= %s AND recorded_at < %s", [since, until]
+        ).fetchone()
+    assert count is not None
+    return since, until, count[0]
+
+
+def test_a_page_of_a_time_range_reads_the_range_not_the_ledger_before_it(
+    db_url: str, big_reader: LedgerReader
+) -> None:
+    since, until, in_range = _late_hour(db_url)
+    plan = big_reader.explain_history(limit=100, analyze=True, since=since, until=until)
+    # The range's rows and their neighbours on the same pages, never the 45,000 rows before them.
+    assert rows_read(plan) < 2 * in_range + 5_000, plan
+
+
+def test_a_dense_or_a_sparse_time_range_pages_through_the_same_rows(
+    db_url: str, big_reader: LedgerReader, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    since, until, in_range = _late_hour(db_url)
+    expected = [row.cursor for row in big_reader.history(limit=ROWS * 2) if since <= row.recorded_at < until]
+    assert len(expected) == in_range
+
+    def paged() -> list[Cursor]:
+        seen: list[Cursor] = []
+        after: Cursor | None = None
+        while page := big_reader.history(after=after, limit=70, since=since, until=until):
+            seen.extend(row.cursor for row in page)
+            after = page[-1].cursor
+        return seen
+
+    assert paged() == expected  # the range read first: fewer rows than RANGE_FIRST_ROWS
+    monkeypatch.setattr(reader_module, "RANGE_FIRST_ROWS", 50)
+    assert paged() == expected  # a range denser than that walks the ledger order

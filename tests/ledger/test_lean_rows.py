@@ -5,6 +5,7 @@ written before 0012 (which repeat them) included."""
 from __future__ import annotations
 
 import uuid
+from datetime import timedelta
 from typing import Any
 
 from tests.ledger.conftest import accept_applied, make_action, superuser
@@ -60,6 +61,11 @@ def test_rows_after_the_received_one_do_not_repeat_the_actions_facts(
     assert [r.position for r in by_correlation] == mine
     assert [r.position for r in by_workspace if r.action_id == action.action_id] == mine
     assert reader.history(reservation_sid=action.reservation_sid) == rows
+    # A time range is read first when its rows are few (history_in_range): the same rows.
+    since, until = rows[0].recorded_at, rows[-1].recorded_at + timedelta(microseconds=1)
+    assert [r for r in reader.history(since=since, until=until) if r.action_id == action.action_id] == rows
+    in_workspace = reader.history(since=since, until=until, workspace_sid=action.workspace_sid)
+    assert [r for r in in_workspace if r.action_id == action.action_id] == rows
 
 
 def test_rows_written_before_0012_read_and_verify_as_before(

@@ -56,6 +56,13 @@ _ACTION_FACTS = frozenset({"workspace_sid", "task_sid", "correlation_id"})
 _REGISTRY_FOUND = frozenset({"task_sid", "correlation_id"})
 _PII_NAMES = tuple(sorted({name for p in PARAMETERS if p.pii for name in (p.wire, p.keyword)}))
 _START = Cursor(0, 0)
+# A time range's page reads the range's rows first when there are fewer than this many (see the
+# history_in_range query); a denser range walks the ledger's order instead.
+RANGE_FIRST_ROWS = 10_000
+# Filters whose own index finds their rows: with any of them, a time range is not read first.
+_INDEXED_FILTERS = frozenset(
+    {"reservation_sid", "task_sid", "worker_sid", "action_id", "correlation_id", "outcome", "pii_value"}
+)
 
 
 class HistoryFilters(TypedDict, total=False):
@@ -146,12 +153,19 @@ class LedgerReader(Pooled):
             return [row[0] for row in conn.execute(QUERIES["detached_months"])]
 
     def explain_history(
-        self, *, after: Cursor | None = None, limit: int = 1000, **filters: Unpack[HistoryFilters]
+        self,
+        *,
+        after: Cursor | None = None,
+        limit: int = 1000,
+        analyze: bool = False,
+        **filters: Unpack[HistoryFilters],
     ) -> dict[str, Any]:
-        """The plan PostgreSQL chooses for ``history(**filters)`` (EXPLAIN, JSON; nothing runs)."""
+        """The plan PostgreSQL chooses for ``history(**filters)`` (EXPLAIN, JSON; nothing runs
+        unless ``analyze``: then the query runs and the plan says how many rows each step read)."""
         query, params = self._history_query(after, limit, filters)
+        explain = sql.SQL("EXPLAIN (ANALYZE, FORMAT JSON) {}" if analyze else "EXPLAIN (FORMAT JSON) {}")
         with self._connector.connection() as conn, conn.cursor() as cur:
-            cur.execute(sql.SQL("EXPLAIN (FORMAT JSON) {}").format(query), params)
+            cur.execute(explain.format(query), params)
             row = cur.fetchone()
         if row is None:  # pragma: no cover - EXPLAIN always answers
             raise LedgerError("EXPLAIN returned nothing")
@@ -273,5 +287,11 @@ class LedgerReader(Pooled):
                 params[placeholder] = Jsonb({name: digest})
                 alternatives.append(sql.SQL("e.params @> {}").format(sql.Placeholder(placeholder)))
             clauses.append(sql.SQL("AND ({})").format(sql.SQL(" OR ").join(alternatives)))
-        query = sql.SQL(QUERIES["history"]).format(filters=sql.SQL(" ").join(clauses))
+        timed = given.get("since") is not None or given.get("until") is not None
+        if timed and not any(given.get(name) is not None for name in _INDEXED_FILTERS):
+            params["range_rows"] = RANGE_FIRST_ROWS
+            template = QUERIES["history_in_range"]
+        else:
+            template = QUERIES["history"]
+        query = sql.SQL(template).format(filters=sql.SQL(" ").join(clauses))
         return query, params

@@ -163,6 +163,66 @@ SELECT e.position, e.tx_id, e.recorded_at, e.chain_key, e.chain_seq, e.prev_hash
  ORDER BY e.tx_id, e.position
  LIMIT %(limit)s;
 
+-- name: history_in_range
+-- history, for a time range with no more selective filter. The ledger's order index walked from
+-- the cursor would pass every row written before the range (in a month's partition, millions:
+-- the planner takes time and ledger order for unrelated, so it often chooses that walk); instead
+-- the range's own rows are read first (the recorded_at index), at most %(range_rows)s of them,
+-- and when they are fewer, all of them are there to sort. A denser range walks the order index,
+-- where its rows come soon. The same rows either way; the horizon is read once for both. The
+-- page's rows are read as history reads them (an action's facts from the registry: 0012).
+WITH horizon AS MATERIALIZED (
+    SELECT ledger.visible_horizon(pg_current_snapshot()) AS tx_id
+), in_range AS MATERIALIZED (
+    -- The registry is joined only for a filter on an action's fact (PostgreSQL drops an unused
+    -- join on its primary key); the page's rows are read as history reads them, below.
+    SELECT e.*
+      FROM ledger.events e
+      LEFT JOIN ledger.actions a ON a.action_id = e.action_id
+     WHERE e.tx_id < (SELECT h.tx_id FROM horizon h)
+       AND (e.tx_id, e.position) > (%(after_tx_id)s::text::xid8, %(after_position)s)
+       {filters}
+     LIMIT %(range_rows)s
+), sparse AS MATERIALIZED (
+    SELECT count(*) < %(range_rows)s AS all_read FROM in_range
+)
+SELECT e.position, e.tx_id, e.recorded_at, e.chain_key, e.chain_seq, e.prev_hash, e.row_hash, e.kind,
+       e.action_id,
+       CASE WHEN e.kind IN ('received', 'rejected_input') THEN e.action ELSE coalesce(e.action, a.action) END
+           AS action,
+       CASE WHEN e.kind IN ('received', 'rejected_input') THEN e.workspace_sid
+            ELSE coalesce(e.workspace_sid, a.workspace_sid) END AS workspace_sid,
+       coalesce(e.reservation_sid, nullif(e.chain_key, 'rejected_input')) AS reservation_sid,
+       CASE WHEN e.kind IN ('received', 'rejected_input') THEN e.task_sid
+            ELSE coalesce(e.task_sid, a.task_sid) END AS task_sid,
+       e.worker_sid, e.from_status, e.to_status, e.etag_before,
+       e.etag_after, e.attempt, e.http_status, e.twilio_error_code, e.twilio_request_id, e.duration_ms,
+       e.outcome, e.worker_host, e.worker_pid,
+       CASE WHEN e.kind IN ('received', 'rejected_input') THEN e.correlation_id
+            ELSE coalesce(e.correlation_id, a.correlation_id) END AS correlation_id,
+       CASE WHEN e.kind IN ('received', 'rejected_input') THEN e.producer
+            ELSE coalesce(e.producer, a.producer) END AS producer,
+       e.params, e.detail, e.source, e.trace_id
+  FROM (
+    (SELECT r.*
+       FROM in_range r
+      WHERE (SELECT s.all_read FROM sparse s)
+      ORDER BY r.tx_id, r.position
+      LIMIT %(limit)s)
+    UNION ALL
+    (SELECT e.*
+       FROM ledger.events e
+       LEFT JOIN ledger.actions a ON a.action_id = e.action_id
+      WHERE NOT (SELECT s.all_read FROM sparse s)
+        AND e.tx_id < (SELECT h.tx_id FROM horizon h)
+        AND (e.tx_id, e.position) > (%(after_tx_id)s::text::xid8, %(after_position)s)
+        {filters}
+      ORDER BY e.tx_id, e.position
+      LIMIT %(limit)s)
+  ) AS e
+  LEFT JOIN ledger.actions a ON a.action_id = e.action_id
+ ORDER BY e.tx_id, e.position;
+
 -- name: seal_checkpoint
 -- Seal the chain heads that moved since the last checkpoint.
 SELECT checkpoint_id, chains, max_position, digest FROM ledger.seal_checkpoint();
