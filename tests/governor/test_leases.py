@@ -202,3 +202,30 @@ def test_a_governor_whose_renewal_is_late_stops_admitting_before_its_lease_expir
     governor.beat()  # renewed: admitted again
     with governor.slot():
         assert governor.slots.in_flight == 1
+
+
+def test_a_governor_that_closes_with_calls_in_flight_neither_admits_more_nor_gives_their_slots_away(
+    db_url: str, account: str, stores: list[PostgresLeases]
+) -> None:
+    store = _store(stores, db_url, account)
+    governor = Governor(store, slot_wait=0.05, interval=30.0, holder="a-closing")
+    governor.beat()
+    assert governor.slots.limit == 20
+    assert governor.slots.acquire(0.0) is not None  # a call on the wire (another thread's)
+    closing = threading.Thread(target=governor.close)
+    closing.start()
+    try:
+        closing.join(0.3)
+        # Once it stops, the process admits no new call: its share is being given back.
+        assert governor.slots.acquire(0.0) is None
+        # The call still in flight keeps its slot: another process must not be handed all 20.
+        other = _store(stores, db_url, account)
+        granted = other.heartbeat(Report("b-other", demand=32, in_flight=0)).granted
+        assert granted + governor.slots.in_flight <= 20
+    finally:
+        while governor.slots.in_flight:
+            governor.slots.release()
+        closing.join(10.0)
+    assert not closing.is_alive()
+    # Once the call has landed the share is given back at once.
+    assert other.heartbeat(Report("b-other", demand=32, in_flight=0)).granted == 20

@@ -238,6 +238,7 @@ class LedgerReader(Pooled):
         unknown = set(given) - set(HISTORY_COLUMNS) - {"since", "until", "pii_value"}
         if unknown:
             raise TypeError(f"history() got unknown filters: {', '.join(sorted(unknown))}")
+        first_page = after is None
         after = after or _START
         params: dict[str, Any] = {
             "after_tx_id": str(after.tx_id),
@@ -287,8 +288,10 @@ class LedgerReader(Pooled):
                 params[placeholder] = Jsonb({name: digest})
                 alternatives.append(sql.SQL("e.params @> {}").format(sql.Placeholder(placeholder)))
             clauses.append(sql.SQL("AND ({})").format(sql.SQL(" OR ").join(alternatives)))
-        timed = given.get("since") is not None or given.get("until") is not None
-        if timed and not any(given.get(name) is not None for name in _INDEXED_FILTERS):
+        # The first page of a closed time range with no more selective filter: later pages start
+        # from a cursor inside the range, where the ledger's order walk meets its rows at once.
+        first_of_range = first_page and given.get("since") is not None and given.get("until") is not None
+        if first_of_range and not any(given.get(name) is not None for name in _INDEXED_FILTERS):
             params["range_rows"] = RANGE_FIRST_ROWS
             template = QUERIES["history_in_range"]
         else:

@@ -73,6 +73,7 @@ class Slots:
         self.in_flight = 0
         self.waiting = 0
         self._peak = 0
+        self._draining = False
 
     def _open(self) -> bool:
         return self.in_flight < self.limit and self._clock() < self.valid_until
@@ -104,16 +105,33 @@ class Slots:
     def release(self) -> None:
         with self._ready:
             self.in_flight -= 1
-            if self.waiting:
+            if self._draining:
+                self._ready.notify_all()  # the closing thread waits among the others
+            elif self.waiting:
                 self._ready.notify()
 
     def resize(self, limit: int, valid_until: float = math.inf) -> None:
         """A new share, to be used until ``valid_until`` (a renewal may also lift a lapse)."""
         with self._ready:
+            if self._draining:
+                return  # closing: the share is being given back
             self.limit, self.valid_until = limit, valid_until
             free = limit - self.in_flight
             if free > 0 and self.waiting:
                 self._ready.notify(free)
+
+    def drain(self, timeout: float) -> bool:
+        """Admit nobody from now on (no renewal lifts it) and wait at most ``timeout`` for the
+        calls in flight to land: whether they all did."""
+        with self._ready:
+            self.limit, self.valid_until, self._draining = 0, -math.inf, True
+            deadline = time.monotonic() + timeout
+            while self.in_flight > 0:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._ready.wait(remaining)
+            return True
 
     def take_demand(self) -> tuple[int, int, int]:
         """The peak demand since the last call, the requests in flight now and the limit in force
@@ -252,12 +270,22 @@ class Governor:
                 logger.exception("TaskRouter governor: the heartbeat failed")
 
     def close(self) -> None:
-        """Stop renewing and give the share back at once."""
+        """Stop renewing and admitting, and give the share back once the calls in flight have
+        landed (until then their slots are still in use: handing them to another process would
+        take the fleet past its budget). Calls that do not land within a lease leave the lease to
+        expire instead."""
         self._stop.set()
         self._wake.set()
         thread, self._thread = self._thread, None
         if thread is not None:
             thread.join(self.interval + 10)
+        if not self.slots.drain(self.store.ttl):
+            logger.warning(
+                "TaskRouter governor: %d calls still in flight at close; the lease is left to expire",
+                self.slots.in_flight,
+            )
+            self.store.close()
+            return
         try:
             self.store.drop(self.holder)
         except LedgerError as exc:

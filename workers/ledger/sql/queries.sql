@@ -164,7 +164,8 @@ SELECT e.position, e.tx_id, e.recorded_at, e.chain_key, e.chain_seq, e.prev_hash
  LIMIT %(limit)s;
 
 -- name: history_in_range
--- history, for a time range with no more selective filter. The ledger's order index walked from
+-- history, the first page of a closed time range with no more selective filter (reader.py says
+-- when). The ledger's order index walked from
 -- the cursor would pass every row written before the range (in a month's partition, millions:
 -- the planner takes time and ledger order for unrelated, so it often chooses that walk); instead
 -- the range's own rows are read first (the recorded_at index), at most %(range_rows)s of them,
