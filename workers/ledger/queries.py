@@ -27,4 +27,11 @@ def sql_text(name: str) -> str:
     return resources.files("workers.ledger").joinpath("sql").joinpath(name).read_text(encoding="utf-8")
 
 
-QUERIES: Mapping[str, LiteralString] = parse(sql_text("queries.sql"))
+def with_row_columns(queries: Mapping[str, LiteralString]) -> dict[str, LiteralString]:
+    """``queries`` with ``{row_columns}`` replaced by the ``row_columns`` fragment: the one
+    definition of how a reader reads a ledger row (history, the projection's rebuild)."""
+    columns = queries["row_columns"]
+    return {name: text.replace("{row_columns}", columns) for name, text in queries.items()}
+
+
+QUERIES: Mapping[str, LiteralString] = with_row_columns(parse(sql_text("queries.sql")))

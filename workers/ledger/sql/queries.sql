@@ -2,6 +2,31 @@
 -- "-- name: <name>" line; the comment lines that follow describe it. Write operations call the
 -- functions of the migrations, so that each is one transaction and one round trip.
 
+-- name: row_columns
+-- Not a query: the columns of a ledger row as the readers read it, from ledger.events e and its
+-- registry entry ledger.actions a (LEFT JOIN), put in place of {row_columns} in the queries below
+-- (workers.ledger.queries) when the file is loaded. An action's facts (action, workspace and task
+-- SIDs, correlation id, producer) come from its registry entry for every row but its received row,
+-- which stores them (and a rejected input, which keeps its own): rows appended since 0012 do not
+-- repeat them, older rows hold the same values; a row's reservation SID is its chain key (0012).
+e.position, e.tx_id, e.recorded_at, e.chain_key, e.chain_seq, e.prev_hash, e.row_hash, e.kind,
+e.action_id,
+CASE WHEN e.kind IN ('received', 'rejected_input') THEN e.action ELSE coalesce(e.action, a.action) END
+    AS action,
+CASE WHEN e.kind IN ('received', 'rejected_input') THEN e.workspace_sid
+     ELSE coalesce(e.workspace_sid, a.workspace_sid) END AS workspace_sid,
+coalesce(e.reservation_sid, nullif(e.chain_key, 'rejected_input')) AS reservation_sid,
+CASE WHEN e.kind IN ('received', 'rejected_input') THEN e.task_sid
+     ELSE coalesce(e.task_sid, a.task_sid) END AS task_sid,
+e.worker_sid, e.from_status, e.to_status, e.etag_before,
+e.etag_after, e.attempt, e.http_status, e.twilio_error_code, e.twilio_request_id, e.duration_ms,
+e.outcome, e.worker_host, e.worker_pid,
+CASE WHEN e.kind IN ('received', 'rejected_input') THEN e.correlation_id
+     ELSE coalesce(e.correlation_id, a.correlation_id) END AS correlation_id,
+CASE WHEN e.kind IN ('received', 'rejected_input') THEN e.producer
+     ELSE coalesce(e.producer, a.producer) END AS producer,
+e.params, e.detail, e.source, e.trace_id;
+
 -- name: record_received
 -- Register an action and append its 'received' row; false when action_id was already known.
 SELECT ledger.record_received(
@@ -95,23 +120,7 @@ SELECT reservation_sid, workspace_sid, task_sid, worker_sid, status, etag, last_
 -- name: transitions_in_chain_order
 -- What the projection is folded from: every transition, each reservation's in chain order, read
 -- as history reads rows (an action's facts from the registry since 0012).
-SELECT e.position, e.tx_id, e.recorded_at, e.chain_key, e.chain_seq, e.prev_hash, e.row_hash, e.kind,
-       e.action_id,
-       CASE WHEN e.kind IN ('received', 'rejected_input') THEN e.action ELSE coalesce(e.action, a.action) END
-           AS action,
-       CASE WHEN e.kind IN ('received', 'rejected_input') THEN e.workspace_sid
-            ELSE coalesce(e.workspace_sid, a.workspace_sid) END AS workspace_sid,
-       coalesce(e.reservation_sid, nullif(e.chain_key, 'rejected_input')) AS reservation_sid,
-       CASE WHEN e.kind IN ('received', 'rejected_input') THEN e.task_sid
-            ELSE coalesce(e.task_sid, a.task_sid) END AS task_sid,
-       e.worker_sid, e.from_status, e.to_status, e.etag_before,
-       e.etag_after, e.attempt, e.http_status, e.twilio_error_code, e.twilio_request_id, e.duration_ms,
-       e.outcome, e.worker_host, e.worker_pid,
-       CASE WHEN e.kind IN ('received', 'rejected_input') THEN e.correlation_id
-            ELSE coalesce(e.correlation_id, a.correlation_id) END AS correlation_id,
-       CASE WHEN e.kind IN ('received', 'rejected_input') THEN e.producer
-            ELSE coalesce(e.producer, a.producer) END AS producer,
-       e.params, e.detail, e.source, e.trace_id
+SELECT {row_columns}
   FROM ledger.events e
   LEFT JOIN ledger.actions a ON a.action_id = e.action_id
  WHERE e.kind = 'transition'
@@ -133,28 +142,9 @@ INSERT INTO ledger.reservations (
 -- name: history
 -- Ledger rows in ledger order, after a cursor, only below the horizon of the oldest ledger
 -- writer still in flight (ledger.visible_horizon: evaluated once, against this statement's
--- snapshot). {filters} is composed with psycopg.sql from fixed columns. An action's facts
--- (action, workspace and task SIDs, correlation id, producer) come from its registry entry for every row
--- but its received row, which stores them (and a rejected input, which keeps its own): rows
--- appended since 0012 do not repeat them, older rows hold the same values; a row's reservation
--- SID is its chain key (migration 0012).
-SELECT e.position, e.tx_id, e.recorded_at, e.chain_key, e.chain_seq, e.prev_hash, e.row_hash, e.kind,
-       e.action_id,
-       CASE WHEN e.kind IN ('received', 'rejected_input') THEN e.action ELSE coalesce(e.action, a.action) END
-           AS action,
-       CASE WHEN e.kind IN ('received', 'rejected_input') THEN e.workspace_sid
-            ELSE coalesce(e.workspace_sid, a.workspace_sid) END AS workspace_sid,
-       coalesce(e.reservation_sid, nullif(e.chain_key, 'rejected_input')) AS reservation_sid,
-       CASE WHEN e.kind IN ('received', 'rejected_input') THEN e.task_sid
-            ELSE coalesce(e.task_sid, a.task_sid) END AS task_sid,
-       e.worker_sid, e.from_status, e.to_status, e.etag_before,
-       e.etag_after, e.attempt, e.http_status, e.twilio_error_code, e.twilio_request_id, e.duration_ms,
-       e.outcome, e.worker_host, e.worker_pid,
-       CASE WHEN e.kind IN ('received', 'rejected_input') THEN e.correlation_id
-            ELSE coalesce(e.correlation_id, a.correlation_id) END AS correlation_id,
-       CASE WHEN e.kind IN ('received', 'rejected_input') THEN e.producer
-            ELSE coalesce(e.producer, a.producer) END AS producer,
-       e.params, e.detail, e.source, e.trace_id
+-- snapshot). {filters} is composed with psycopg.sql from fixed columns; the row is read as
+-- row_columns says.
+SELECT {row_columns}
   FROM ledger.events e
   LEFT JOIN ledger.actions a ON a.action_id = e.action_id
  WHERE e.tx_id < (SELECT ledger.visible_horizon(pg_current_snapshot()))
@@ -187,23 +177,7 @@ WITH horizon AS MATERIALIZED (
 ), sparse AS MATERIALIZED (
     SELECT count(*) < %(range_rows)s AS all_read FROM in_range
 )
-SELECT e.position, e.tx_id, e.recorded_at, e.chain_key, e.chain_seq, e.prev_hash, e.row_hash, e.kind,
-       e.action_id,
-       CASE WHEN e.kind IN ('received', 'rejected_input') THEN e.action ELSE coalesce(e.action, a.action) END
-           AS action,
-       CASE WHEN e.kind IN ('received', 'rejected_input') THEN e.workspace_sid
-            ELSE coalesce(e.workspace_sid, a.workspace_sid) END AS workspace_sid,
-       coalesce(e.reservation_sid, nullif(e.chain_key, 'rejected_input')) AS reservation_sid,
-       CASE WHEN e.kind IN ('received', 'rejected_input') THEN e.task_sid
-            ELSE coalesce(e.task_sid, a.task_sid) END AS task_sid,
-       e.worker_sid, e.from_status, e.to_status, e.etag_before,
-       e.etag_after, e.attempt, e.http_status, e.twilio_error_code, e.twilio_request_id, e.duration_ms,
-       e.outcome, e.worker_host, e.worker_pid,
-       CASE WHEN e.kind IN ('received', 'rejected_input') THEN e.correlation_id
-            ELSE coalesce(e.correlation_id, a.correlation_id) END AS correlation_id,
-       CASE WHEN e.kind IN ('received', 'rejected_input') THEN e.producer
-            ELSE coalesce(e.producer, a.producer) END AS producer,
-       e.params, e.detail, e.source, e.trace_id
+SELECT {row_columns}
   FROM (
     (SELECT r.*
        FROM in_range r
