@@ -777,6 +777,7 @@ DECLARE
     t_at timestamptz;
     o_pos bigint;
     o_detail text := p_detail;
+    settles boolean := false;
 BEGIN
     PERFORM ledger.lock_chain(p_reservation_sid);
     IF p_action_id IS NOT NULL THEN
@@ -795,6 +796,13 @@ BEGIN
      ORDER BY e.position
      LIMIT 1;
     IF t_pos IS NULL THEN
+        -- The action's own transition settles it in its own row (migration 0013), unless the
+        -- action has an outcome already: then the row is appended without one, as before.
+        IF p_outcome IS NOT NULL AND p_action_id IS NOT NULL THEN
+            UPDATE ledger.actions y SET outcome = p_outcome, outcome_at = clock_timestamp()
+             WHERE y.action_id = p_action_id AND y.outcome IS NULL;
+            settles := FOUND;
+        END IF;
         IF src = 'event' AND from_status IS NULL THEN
             SELECT e.to_status INTO from_status
               FROM ledger.events e
@@ -809,7 +817,7 @@ BEGIN
         INSERT INTO ledger.events (
             kind, action_id, workspace_sid, reservation_sid, task_sid, worker_sid,
             from_status, to_status, etag_before, etag_after, attempt, http_status,
-            twilio_request_id, duration_ms, worker_host, worker_pid, detail, source, trace_id
+            twilio_request_id, duration_ms, outcome, worker_host, worker_pid, detail, source, trace_id
         ) VALUES (
             'transition', p_action_id,
             nullif(coalesce(p_workspace_sid, a.workspace_sid, r.workspace_sid), a.workspace_sid),
@@ -817,8 +825,12 @@ BEGIN
             nullif(coalesce(p_task_sid, a.task_sid, r.task_sid), a.task_sid),
             coalesce(p_worker_sid, a.worker_sid, r.worker_sid),
             from_status, p_to_status, p_etag_before, p_etag_after, p_attempt, p_http_status,
-            p_twilio_request_id, p_duration_ms, p_worker_host, p_worker_pid, p_detail, src, p_trace_id
+            p_twilio_request_id, p_duration_ms, CASE WHEN settles THEN p_outcome END, p_worker_host,
+            p_worker_pid, p_detail, src, p_trace_id
         ) RETURNING position, recorded_at INTO t_pos, t_at;
+        IF settles THEN
+            o_pos := t_pos;
+        END IF;
         -- The chain lock is held, so nobody else can create or change this reservation's row.
         IF r.reservation_sid IS NULL THEN
             INSERT INTO ledger.reservations (
@@ -836,16 +848,17 @@ BEGIN
                 status = p_to_status, etag = p_etag_after, last_position = t_pos, updated_at = t_at
              WHERE reservation_sid = p_reservation_sid;
         END IF;
-    ELSE
+    ELSIF p_outcome IS NOT NULL AND p_action_id IS NOT NULL THEN
+        -- The transition is a row of TaskRouter's event already: the outcome gets a row of its own.
         o_detail := concat_ws('; ', p_detail, format('the transition is the row at position %s', t_pos));
-    END IF;
-    IF p_outcome IS NOT NULL AND p_action_id IS NOT NULL THEN
         o_pos := ledger.settle(
             a, p_outcome, p_http_status, NULL, p_twilio_request_id, o_detail, p_worker_host, p_worker_pid,
             p_trace_id
         );
     END IF;
-    RETURN QUERY SELECT t_pos, o_pos, (SELECT y.outcome FROM ledger.actions y WHERE y.action_id = p_action_id),
+    RETURN QUERY SELECT t_pos, o_pos,
+        CASE WHEN settles THEN p_outcome
+             ELSE (SELECT y.outcome FROM ledger.actions y WHERE y.action_id = p_action_id) END,
         t_at IS NOT NULL;
 END
 $$;

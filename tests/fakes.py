@@ -154,7 +154,10 @@ class FakeLedgerWriter:
         self._follow_intent(event)
         if event.action_id is None or event.outcome is None:
             return TransitionResult(held, None, None, appended)
-        return TransitionResult(held, *self._settle(event.action_id, event.outcome), appended)
+        # A transition appended now settles its action in its own row (migration 0013).
+        return TransitionResult(
+            held, *self._settle(event.action_id, event.outcome, held if appended else None), appended
+        )
 
     def _follow_intent(self, event: LedgerEvent) -> None:
         """An intent waits for a definite answer: a transition of the action, a 412, a 4xx, an
@@ -186,12 +189,15 @@ class FakeLedgerWriter:
         if action_id not in self.received:
             raise UnknownAction(str(action_id))
 
-    def _settle(self, action_id: uuid.UUID, outcome: Outcome) -> tuple[int | None, str]:
-        """The outcome's position (None when the action had settled already) and the winner."""
+    def _settle(
+        self, action_id: uuid.UUID, outcome: Outcome, row: int | None = None
+    ) -> tuple[int | None, str]:
+        """The outcome's position (None when the action had settled already) and the winner:
+        ``row`` when that row carries it, else a row of its own."""
         if action_id in self.outcomes:
             return None, self.outcomes[action_id].value
         self.outcomes[action_id] = outcome
-        return self._next(), outcome.value
+        return (self._next() if row is None else row), outcome.value
 
 
 def _kind(event: LedgerEvent) -> str:

@@ -112,8 +112,9 @@ def test_rows_use_the_audit_names(client: TestClient, seeded: Seeded) -> None:
 def test_reservation_history_is_its_chain_in_order(client: TestClient, seeded: Seeded) -> None:
     page = ok(client, f"/v1/reservations/{seeded.reservation_sids[0]}/history")
     kinds = [row["kind"] for row in page["items"]]
-    assert kinds == ["received", "attempt", "transition", "outcome"] * 2
-    assert [row["chain_seq"] for row in page["items"]] == list(range(1, 9))
+    assert kinds == ["received", "attempt", "transition"] * 2  # the transition settles (0013)
+    assert [row["outcome"] for row in page["items"]] == [None, None, "applied"] * 2
+    assert [row["chain_seq"] for row in page["items"]] == list(range(1, 7))
     assert page["has_more"] is False
     assert page["next_cursor"] == page["items"][-1]["cursor"]
     transitions = [r for r in page["items"] if r["kind"] == "transition"]
@@ -131,7 +132,7 @@ def test_task_worker_and_workspace_history(client: TestClient, seeded: Seeded) -
     task = ok(client, f"/v1/tasks/{seeded.task_sids[0]}/history")["items"]
     expected = {seeded.reservation_sids[0], seeded.reservation_sids[2]}
     assert {row["reservation_sid"] for row in task} == expected
-    assert len(task) == 11
+    assert len(task) == 9
     worker = ok(client, f"/v1/workers/{seeded.worker_sids[1]}/history")["items"]
     assert {row["reservation_sid"] for row in worker} == {seeded.reservation_sids[1]}
     workspace = ok(client, f"/v1/workspaces/{seeded.workspace_sid}/history")["items"]
@@ -148,9 +149,12 @@ def test_event_filters(client: TestClient, seeded: Seeded) -> None:
 
     assert [r["kind"] for r in events(kind="transition")] == ["transition"] * 3
     assert [r["action_id"] for r in events(outcome="failed")] == [str(seeded.failed)]
+    # An applied action's outcome is on the transition that settled it (migration 0013).
+    applied = events(outcome="applied")
+    assert [(r["kind"], r["action_id"]) for r in applied] == [("transition", str(a)) for a in seeded.applied]
     assert {r["kind"] for r in events(twilio_error_code=20404)} == {"attempt", "outcome"}
     assert {r["action_id"] for r in events(action_id=str(seeded.applied[1]))} == {str(seeded.applied[1])}
-    assert len(events(correlation_id=seeded.correlation_id)) == 12
+    assert len(events(correlation_id=seeded.correlation_id)) == 9
     assert [r["action_id"] for r in events(correlation_id="other", kind="received")] == [str(seeded.failed)]
     everything = events()
     middle = everything[5]["recorded_at"]
@@ -290,7 +294,7 @@ def test_paging_across_concurrent_inserts_misses_and_repeats_nothing(
         for etag in range(1, 51):
             apply(writer, action(stream, etag % 3), "pending", "accepted", etag)
             with lock:
-                written += 4  # received, attempt, transition, outcome
+                written += 3  # received, attempt, the transition that settles it
 
     # A slow transaction takes a small position first and commits last.
     with connect(db_url, Role.WRITER) as slow:

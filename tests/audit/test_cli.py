@@ -49,12 +49,12 @@ def test_history_as_json_lines_by_default_outside_a_terminal(db_url: str, seeded
 @pytest.mark.parametrize(
     ("option", "value", "count"),
     [
-        ("--reservation", "reservation_sids", 8),
-        ("--task", "task_sids", 11),
-        ("--worker", "worker_sids", 11),
+        ("--reservation", "reservation_sids", 6),
+        ("--task", "task_sids", 9),
+        ("--worker", "worker_sids", 9),
         ("--kind", "transition", 3),
         ("--twilio-error-code", "20404", 2),
-        ("--correlation-id", "correlation_id", 12),
+        ("--correlation-id", "correlation_id", 9),
     ],
 )
 def test_history_filters(db_url: str, seeded: Seeded, option: str, value: str, count: int) -> None:

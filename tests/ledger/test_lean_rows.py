@@ -49,11 +49,13 @@ def test_rows_after_the_received_one_do_not_repeat_the_actions_facts(
         action.correlation_id,
         action.producer,
     )
-    assert [row[0] for row in stored[1:]] == ["intent", "attempt", "transition", "outcome"]
+    # The transition that settles the action carries its outcome (0013): no outcome row.
+    assert [row[0] for row in stored[1:]] == ["intent", "attempt", "transition"]
     assert all(row[1:] == (None,) * 5 for row in stored[1:]), stored
     expected = ("accept", action.workspace_sid, action.task_sid, action.correlation_id, action.producer)
     rows = reader.history(action_id=action.action_id)
-    assert [_facts(r) for r in rows] == [expected] * 5
+    assert [_facts(r) for r in rows] == [expected] * 4
+    assert [r.outcome for r in rows] == [None, None, None, "applied"]
     mine = [r.position for r in rows]
     by_correlation = reader.history(correlation_id=action.correlation_id)
     by_workspace = reader.history(workspace_sid=action.workspace_sid)
@@ -159,7 +161,6 @@ def test_a_rows_reservation_sid_is_stored_once_as_its_chain_key(
     assert [(r.kind, r.reservation_sid) for r in rows] == [
         ("received", action.reservation_sid),
         ("transition", action.reservation_sid),
-        ("outcome", action.reservation_sid),
     ]
     rejected = fresh_reader.history(kind="rejected_input")[-1]
     assert (rejected.chain_key, rejected.reservation_sid) == ("rejected_input", None)

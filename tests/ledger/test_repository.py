@@ -108,9 +108,10 @@ def test_attempt_transition_and_outcome(writer: PostgresLedgerWriter, reader: Le
         "conflict",
         "attempt",
         "transition",
-        "outcome",
     ]
-    assert [e.chain_seq for e in history] == [1, 2, 3, 4, 5, 6]
+    assert history[-1].outcome == "applied"  # the transition settles the action (0013)
+    assert result.outcome_position == result.transition_position
+    assert [e.chain_seq for e in history] == [1, 2, 3, 4, 5]
     conflict = history[2]
     assert (conflict.http_status, conflict.etag_before, conflict.etag_after) == (412, "7", "8")
     transition = history[4]
@@ -135,6 +136,41 @@ def test_the_first_outcome_wins(writer: PostgresLedgerWriter, reader: LedgerRead
     assert again.outcome_position is None
     outcomes = [e for e in reader.history(action_id=action.action_id) if e.kind == EventKind.OUTCOME]
     assert [(e.outcome, e.http_status, e.twilio_error_code) for e in outcomes] == [("failed", 404, 20404)]
+
+
+def test_only_the_first_outcome_is_on_a_row_whatever_settles_it(
+    writer: PostgresLedgerWriter, reader: LedgerReader
+) -> None:
+    """The transition that settles an action carries its outcome (migration 0013); a transition
+    of an action that had settled already is appended without one, so exactly one row of an
+    action says how it ended, and it says what the registry says."""
+    action = make_action()
+    writer.receive(action)
+    writer.append(Settle(action.action_id, Outcome.DEAD_LETTERED, detail="retries exhausted"))
+    late = writer.append(
+        Transition(
+            action.reservation_sid,
+            action_id=action.action_id,
+            from_status="pending",
+            to_status="accepted",
+            etag_before="1",
+            etag_after="2",
+            outcome=Outcome.APPLIED,
+        )
+    )
+    assert (late.appended, late.outcome_position, late.outcome) == (True, None, "dead_lettered")
+    rows = reader.history(action_id=action.action_id)
+    assert [(e.kind, e.outcome) for e in rows] == [
+        ("received", None),
+        ("outcome", "dead_lettered"),
+        ("transition", None),
+    ]
+    applied = accept_applied(writer)
+    settling = [e for e in reader.history(action_id=applied.action_id) if e.settles]
+    assert [(e.kind, e.outcome) for e in settling] == [("transition", "applied")]
+    record = reader.action(applied.action_id)
+    assert record is not None
+    assert record.outcome == "applied"
 
 
 def test_a_redrive_is_counted_and_the_outcome_stays(

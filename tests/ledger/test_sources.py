@@ -73,7 +73,6 @@ def test_every_write_carries_its_trace_id(writer: PostgresLedgerWriter, reader: 
             "attempt",
             "conflict",
             "transition",
-            "outcome",
             "redrive",
             "rejected_input",
         )

@@ -41,7 +41,6 @@ def test_receive_registers_once_and_reports_outcome_and_projection(
     assert [e.kind for e in reader.history(action_id=action.action_id)] == [
         "received",
         "transition",
-        "outcome",
     ]
 
 

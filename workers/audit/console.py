@@ -281,7 +281,7 @@ def install(app: FastAPI, reader_of: Callable[[Request], LedgerReader], secure_c
             raise NotFound(f"the ledger never received action {wanted}")
         record = story.record
         message = {**action_row(record), "params": mask_params(record.params or {})}
-        settled = next((e for e in story.events if e.kind == EventKind.OUTCOME), None)
+        settled = next((e for e in story.events if e.settles), None)
         tries = [
             e for e in story.events if e.kind in (EventKind.INTENT, EventKind.ATTEMPT, EventKind.CONFLICT)
         ]

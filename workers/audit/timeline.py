@@ -42,9 +42,7 @@ def steps(events: list[LedgerRow]) -> list[Step]:
 
     Each step carries the outcome its action ended with, if the rows say.
     """
-    outcomes = {
-        e.action_id: e.outcome for e in events if e.kind == EventKind.OUTCOME and e.action_id is not None
-    }
+    outcomes = {e.action_id: e.outcome for e in events if e.settles and e.action_id is not None}
     return [
         Step(
             position=e.position,
@@ -92,7 +90,7 @@ def action_summaries(events: list[LedgerRow]) -> list[ActionSummary]:
             grouped.setdefault(event.action_id, []).append(event)
     summaries = []
     for action_id, rows in grouped.items():
-        settled = next((r for r in rows if r.kind == EventKind.OUTCOME), None)
+        settled = next((r for r in rows if r.settles), None)
         summaries.append(
             ActionSummary(
                 action_id=action_id,

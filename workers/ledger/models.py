@@ -112,6 +112,12 @@ class LedgerRow:
     def cursor(self) -> Cursor:
         return Cursor(self.tx_id, self.position)
 
+    @property
+    def settles(self) -> bool:
+        """The row says how its action ended: an outcome row, a rejected input, or the
+        transition that settled it (migration 0013: the applied transition carries it)."""
+        return self.outcome is not None
+
 
 @dataclass(frozen=True, slots=True)
 class ActionRecord:

@@ -45,7 +45,7 @@ def _settled_history(ledger: LedgerReader, expected_outcome_rows: int) -> list[L
     deadline = time.monotonic() + HISTORY_WAIT
     while True:
         events = _all_events(ledger)
-        rows = sum(1 for e in events if e.kind in (EventKind.OUTCOME, EventKind.REJECTED_INPUT))
+        rows = sum(1 for e in events if e.settles)
         if rows >= expected_outcome_rows or time.monotonic() > deadline:
             return events
         time.sleep(POLL_INTERVAL)
@@ -61,9 +61,9 @@ def inspect(
 ) -> None:
     events = _settled_history(ledger, sum(1 for s in result.sent if s.outcome is not None))
     for event in events:
-        if event.kind in (EventKind.OUTCOME, EventKind.REJECTED_INPUT) and event.action_id is not None:
+        if event.settles and event.action_id is not None:
             result.outcome_rows[event.action_id] += 1
-        elif event.kind == EventKind.CONFLICT:
+        if event.kind == EventKind.CONFLICT:
             result.conflicts += 1
         elif event.kind == EventKind.ATTEMPT:
             result.attempts_by_status[str(event.http_status or "no answer")] += 1
