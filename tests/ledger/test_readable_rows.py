@@ -14,11 +14,11 @@ import pytest
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from tests.ledger.conftest import accept_applied, make_action, superuser
+from tests.ledger.conftest import accept_applied, append_attempt_as_before_0012, make_action, superuser
 from workers.core.sids import new_sid
 from workers.errors import LedgerError
 from workers.ledger.connector import connect
-from workers.ledger.events import Attempt, RejectedInput, Settle, Transition
+from workers.ledger.events import RejectedInput, Settle, Transition
 from workers.ledger.models import LedgerRow, Outcome, Role, Source
 from workers.ledger.queries import QUERIES
 from workers.ledger.reader import LedgerReader
@@ -71,15 +71,7 @@ def _mixed_ledger(writer: PostgresLedgerWriter, db_url: str) -> None:
     accept_applied(writer, with_attempt=True)
     old = make_action()
     writer.receive(old)
-    with superuser(db_url) as conn:
-        # An attempt as the functions before 0012 appended it: the action's facts repeated.
-        conn.execute(
-            "INSERT INTO ledger.events (kind, action_id, action, workspace_sid, reservation_sid, task_sid,"
-            " worker_sid, attempt, http_status, correlation_id, producer)"
-            " SELECT 'attempt', action_id, action, workspace_sid, reservation_sid, task_sid, worker_sid,"
-            " 1, 200, correlation_id, producer FROM ledger.actions WHERE action_id = %s",
-            [old.action_id],
-        )
+    append_attempt_as_before_0012(db_url, old.action_id)
     writer.append(Settle(old.action_id, Outcome.FAILED, http_status=404))
     writer.append(
         RejectedInput(
@@ -93,21 +85,8 @@ def _mixed_ledger(writer: PostgresLedgerWriter, db_url: str) -> None:
         )
     )
     writer.append(RejectedInput({"action": "accept", "reservation_sid": "not a sid"}, "broke the schema"))
-    moved = make_action()
-    writer.receive(moved)
-    writer.append(Attempt(moved.action_id, attempt=1, etag_before="1", http_status=200))
-    writer.append(
-        Transition(
-            moved.reservation_sid,
-            action_id=moved.action_id,
-            from_status="pending",
-            to_status="accepted",
-            etag_before="1",
-            etag_after="2",
-            task_sid=new_sid("WT"),
-            outcome=Outcome.APPLIED,
-        )
-    )
+    # TaskRouter reported a task other than the action's: its transition stores it (0012).
+    moved = accept_applied(writer, with_attempt=True, task_sid=new_sid("WT"))
     writer.append(
         Transition(
             moved.reservation_sid,
