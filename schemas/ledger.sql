@@ -1199,3 +1199,35 @@ CREATE TRIGGER archive_heads_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON 
 
 REVOKE ALL ON ledger.archives, ledger.archive_heads FROM PUBLIC;
 GRANT SELECT ON ledger.archives, ledger.archive_heads TO reservations_writer, reservations_reader;
+
+-- 0014: every ledger row as the application reads it (queries.sql, row_columns), for SQL written by
+-- hand: an action's facts from its registry entry, the reservation SID from the chain key (0012).
+-- security_invoker: it grants nothing ledger.events and ledger.actions do not; not a barrier: it
+-- hides no row. A view over a join is not updatable, and nobody is granted to write it.
+CREATE VIEW ledger.rows WITH (security_invoker = true) AS
+SELECT e.position, e.tx_id, e.recorded_at, e.chain_key, e.chain_seq, e.prev_hash, e.row_hash, e.kind,
+       e.action_id,
+       CASE WHEN e.kind IN ('received', 'rejected_input') THEN e.action ELSE coalesce(e.action, a.action) END
+           AS action,
+       CASE WHEN e.kind IN ('received', 'rejected_input') THEN e.workspace_sid
+            ELSE coalesce(e.workspace_sid, a.workspace_sid) END AS workspace_sid,
+       coalesce(e.reservation_sid, nullif(e.chain_key, 'rejected_input')) AS reservation_sid,
+       CASE WHEN e.kind IN ('received', 'rejected_input') THEN e.task_sid
+            ELSE coalesce(e.task_sid, a.task_sid) END AS task_sid,
+       e.worker_sid, e.from_status, e.to_status, e.etag_before,
+       e.etag_after, e.attempt, e.http_status, e.twilio_error_code, e.twilio_request_id, e.duration_ms,
+       e.outcome, e.worker_host, e.worker_pid,
+       CASE WHEN e.kind IN ('received', 'rejected_input') THEN e.correlation_id
+            ELSE coalesce(e.correlation_id, a.correlation_id) END AS correlation_id,
+       CASE WHEN e.kind IN ('received', 'rejected_input') THEN e.producer
+            ELSE coalesce(e.producer, a.producer) END AS producer,
+       e.params, e.detail, e.source, e.trace_id
+  FROM ledger.events e
+  LEFT JOIN ledger.actions a ON a.action_id = e.action_id;
+
+COMMENT ON VIEW ledger.rows IS
+    'Every ledger row as the application reads it (migration 0014): an action''s facts from its '
+    'registry entry, the reservation SID from the chain key (0012). Hand SQL reads this, not ledger.events.';
+
+REVOKE ALL ON ledger.rows FROM PUBLIC;
+GRANT SELECT ON ledger.rows TO reservations_writer, reservations_reader;

@@ -15,7 +15,8 @@ import pytest
 
 from tests.ledger.conftest import open_reader, superuser
 from workers.ledger import reader as reader_module
-from workers.ledger.models import Cursor
+from workers.ledger.connector import connect
+from workers.ledger.models import Cursor, Role
 from workers.ledger.queries import QUERIES
 from workers.ledger.reader import LedgerReader
 
@@ -166,6 +167,28 @@ def test_a_chain_is_read_through_the_chain_index(big_reader: LedgerReader, db_ur
     assert found is not None
     plan: dict[str, Any] = found[0][0]["Plan"]
     assert "events_chain" in index_used(plan), plan
+
+
+@pytest.mark.parametrize(
+    ("where", "index"),
+    [
+        ("ledger.key64(chain_key) = ledger.key64('{sid}') AND chain_key = '{sid}'", "events_chain"),
+        ("action_id = 'c4ca4238-a0b9-2382-0dcc-509a6f75849b'", "events_action"),
+        ("ledger.key64(worker_sid) = ledger.key64('{worker}') AND worker_sid = '{worker}'", "events_worker"),
+    ],
+)
+def test_hand_sql_through_ledger_rows_finds_its_rows_through_the_ledgers_indexes(
+    big_reader: LedgerReader, db_url: str, where: str, index: str
+) -> None:
+    """ledger.rows (0014) is ledger.events and its registry entry: a filter on a column the row
+    stores reaches the table's index, as ops/LEDGER.md ("Reading the ledger by hand") says."""
+    condition = where.format(sid="WR" + "0" * 29 + "3e8", worker="WK" + "0" * 29 + "1f3")
+    with connect(db_url, Role.READER) as conn:
+        found = conn.execute(f"EXPLAIN (FORMAT JSON) SELECT * FROM ledger.rows WHERE {condition}").fetchone()
+    assert found is not None
+    plan: dict[str, Any] = found[0][0]["Plan"]
+    assert index in index_used(plan), plan
+    assert "Seq Scan" not in scans(plan), plan
 
 
 def rows_read(plan: dict[str, Any]) -> int:

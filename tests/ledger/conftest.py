@@ -85,10 +85,14 @@ def seal(url: str) -> Checkpoint:
 
 
 def accept_applied(
-    writer: PostgresLedgerWriter, action: Action | None = None, *, with_attempt: bool = False
+    writer: PostgresLedgerWriter,
+    action: Action | None = None,
+    *,
+    with_attempt: bool = False,
+    task_sid: str | None = None,
 ) -> Action:
     """Receive an accept and record it applied (pending -> accepted, ETag 1 -> 2), after an attempt
-    row if asked; the action."""
+    row if asked, with the task TaskRouter reported if given; the action."""
     action = action or make_action()
     writer.receive(action)
     if with_attempt:
@@ -101,7 +105,21 @@ def accept_applied(
             to_status="accepted",
             etag_before="1",
             etag_after="2",
+            task_sid=task_sid,
             outcome=Outcome.APPLIED,
         )
     )
     return action
+
+
+def append_attempt_as_before_0012(url: str, action_id: uuid.UUID) -> None:
+    """Append an attempt of a received action as the functions before migration 0012 did (through
+    the chain trigger): the action's facts repeated from its registry entry."""
+    with superuser(url) as conn:
+        conn.execute(
+            "INSERT INTO ledger.events (kind, action_id, action, workspace_sid, reservation_sid, task_sid,"
+            " worker_sid, attempt, http_status, correlation_id, producer)"
+            " SELECT 'attempt', action_id, action, workspace_sid, reservation_sid, task_sid, worker_sid,"
+            " 1, 200, correlation_id, producer FROM ledger.actions WHERE action_id = %s",
+            [action_id],
+        )

@@ -8,7 +8,7 @@ import uuid
 from datetime import timedelta
 from typing import Any
 
-from tests.ledger.conftest import accept_applied, make_action, superuser
+from tests.ledger.conftest import accept_applied, append_attempt_as_before_0012, make_action, superuser
 from workers.ledger import projection
 from workers.ledger.events import Attempt, Intent, RejectedInput, Settle
 from workers.ledger.models import LedgerRow, Outcome
@@ -77,15 +77,7 @@ def test_rows_written_before_0012_read_and_verify_as_before(
     found by its correlation id and workspace, and its chain verifies."""
     action = make_action()
     writer.receive(action)
-    with superuser(db_url) as conn:
-        # As the functions before 0012 appended an attempt (through the chain trigger).
-        conn.execute(
-            "INSERT INTO ledger.events (kind, action_id, action, workspace_sid, reservation_sid, task_sid,"
-            " worker_sid, attempt, http_status, correlation_id, producer)"
-            " SELECT 'attempt', action_id, action, workspace_sid, reservation_sid, task_sid, worker_sid,"
-            " 1, 200, correlation_id, producer FROM ledger.actions WHERE action_id = %s",
-            [action.action_id],
-        )
+    append_attempt_as_before_0012(db_url, action.action_id)
     writer.append(Settle(action.action_id, Outcome.FAILED, http_status=404))
     stored = _stored(db_url, action.action_id)
     assert [row[0] for row in stored] == ["received", "attempt", "outcome"]

@@ -211,7 +211,8 @@ def test_the_owner_is_refused_a_direct_change_of_a_partition_with_the_projects_e
 def test_a_ledger_migrated_before_0004_keeps_its_months_and_chains(admin_url: str) -> None:
     """A ledger that ran every other migration up to 0011 (0009 included) with rows from past
     months: 0004 makes a partition for each month since the first row, copies every row into its
-    month, keeps 0009's index, 0012 and 0013 follow, and every chain verifies as before."""
+    month, keeps 0009's index, 0012 and the migrations after it follow, and every chain verifies
+    as before."""
     url = with_database(admin_url, f"ledger_pre4_{uuid.uuid4().hex[:8]}")
     ensure_database(url)
     try:
@@ -253,7 +254,8 @@ def test_a_ledger_migrated_before_0004_keeps_its_months_and_chains(admin_url: st
             assert conn.execute(
                 "SELECT count(*) FROM ledger.events e WHERE e.row_hash <> ledger.event_hash(e)"
             ).fetchone() == (0,)
-        assert [m.version for m in migrate(url)] == [4, 12, 13]
+        later = [m.version for m in known_migrations() if m.version >= 12]
+        assert [m.version for m in migrate(url)] == [4, *later]
         with superuser(url) as conn:
             where = dict(
                 conn.execute(

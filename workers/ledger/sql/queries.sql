@@ -9,6 +9,10 @@
 -- SIDs, correlation id, producer) come from its registry entry for every row but its received row,
 -- which stores them (and a rejected input, which keeps its own): rows appended since 0012 do not
 -- repeat them, older rows hold the same values; a row's reservation SID is its chain key (0012).
+-- The view ledger.rows (migration 0014) reads rows alike for SQL written by hand. The readers keep
+-- the join: history by task or correlation id also filters on the stored column, whose index the
+-- view cannot reach (ops/LEDGER.md, "Reading the ledger by hand"). tests/ledger/test_readable_rows.py
+-- holds the two to one definition: a change here needs a migration that replaces ledger.rows.
 e.position, e.tx_id, e.recorded_at, e.chain_key, e.chain_seq, e.prev_hash, e.row_hash, e.kind,
 e.action_id,
 CASE WHEN e.kind IN ('received', 'rejected_input') THEN e.action ELSE coalesce(e.action, a.action) END
