@@ -9,7 +9,7 @@ import pytest
 
 from workers.audit.params import parse_rfc3339, parse_time
 from workers.audit.rows import EVENT_FIELDS, event_row
-from workers.audit.timeline import steps
+from workers.audit.timeline import action_summaries, steps
 from workers.ledger.models import LedgerRow
 
 T0 = datetime(2026, 1, 31, 12, 0, tzinfo=UTC)
@@ -93,3 +93,26 @@ def test_the_timeline_is_the_transitions_with_their_outcomes() -> None:
     ]
     assert [s.outcome for s in found] == [None, "applied", None]
     assert [s.action_id for s in found] == [None, accept, None]
+
+
+def test_a_step_shows_the_outcome_its_action_settled_with_not_a_later_refusal() -> None:
+    """Since 0013 the transition that settles an action carries its outcome. A malformed message
+    that reuses the action's id later is refused with a ``rejected_input`` row of that id in the
+    same chain, whose outcome is set too but settles nothing (the registry keeps the first): the
+    step keeps the outcome of the action's first settling row, as the action summaries do."""
+    accept = uuid.uuid4()
+    events = [
+        event(1, "received", action_id=accept, action="accept"),
+        event(
+            2,
+            "transition",
+            from_status="pending",
+            to_status="accepted",
+            etag_after="2",
+            action_id=accept,
+            outcome="applied",
+        ),
+        event(3, "rejected_input", action_id=accept, outcome="rejected_input", detail="bad params"),
+    ]
+    assert [(s.position, s.outcome) for s in steps(events)] == [(2, "applied")]
+    assert [(a.outcome, a.detail) for a in action_summaries(events)] == [("applied", None)]

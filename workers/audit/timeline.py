@@ -40,9 +40,14 @@ class Step:
 def steps(events: list[LedgerRow]) -> list[Step]:
     """The transitions among ``events`` (one reservation's rows, in ledger order). Pure.
 
-    Each step carries the outcome its action ended with, if the rows say.
+    Each step carries the outcome its action ended with, if the rows say: its first settling row's
+    (the first outcome wins; a later refusal of a malformed message that reused the action's id
+    is a row with an outcome too, but it settles nothing).
     """
-    outcomes = {e.action_id: e.outcome for e in events if e.settles and e.action_id is not None}
+    outcomes: dict[uuid.UUID, str | None] = {}
+    for e in events:
+        if e.settles and e.action_id is not None:
+            outcomes.setdefault(e.action_id, e.outcome)
     return [
         Step(
             position=e.position,

@@ -4,10 +4,11 @@ Every event may carry ``trace_id``, the W3C trace id (32 lowercase hex digits) o
 wrote it; the hash chain covers it.
 
 A writer appends these (``LedgerWriter.append``); each becomes one transaction and one ledger
-row (a transition with an outcome: two). Field names are the ledger's column names, so the
-words of the events, the SQL, the audit output and the logs are the same. The ``received`` row
-is not an event: ``LedgerWriter.receive`` registers the action and reports what the ledger
-already knows of it.
+row: a transition that settles its action carries the outcome itself (migration 0013), and only
+an answer whose transition TaskRouter's event recorded first settles with a row of its own.
+Field names are the ledger's column names, so the words of the events, the SQL, the audit
+output and the logs are the same. The ``received`` row is not an event: ``LedgerWriter.receive``
+registers the action and reports what the ledger already knows of it.
 """
 
 from __future__ import annotations

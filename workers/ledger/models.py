@@ -115,7 +115,10 @@ class LedgerRow:
     @property
     def settles(self) -> bool:
         """The row says how its action ended: an outcome row, a rejected input, or the
-        transition that settled it (migration 0013: the applied transition carries it)."""
+        transition that settled it (migration 0013: the applied transition carries it). Read an
+        action's first such row: a malformed message that reuses the id of an action that had
+        settled already is refused with a rejected input of that id, which settles nothing (the
+        registry keeps the first outcome)."""
         return self.outcome is not None
 
 
