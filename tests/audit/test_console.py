@@ -358,6 +358,22 @@ def test_the_action_page_tells_the_outcome_its_reason_and_how_to_redrive(
     assert [a.action_id for a in chosen] == [seeded.failed]
 
 
+def test_an_applied_action_is_settled_by_its_transition_row_on_its_pages(
+    signed_in: TestClient, seeded: Seeded
+) -> None:
+    """Since 0013 an applied action has no outcome row: its page tells the outcome from the
+    transition that settled it, and the pages mark that row as the one that settles."""
+    page = signed_in.get(f"/ui/actions/{seeded.applied[0]}").text
+    outcome = re.sub(r"<[^>]+>|\s+", " ", re.search(r'<p id="outcome">(.*?)</p>', page, re.S).group(1))  # type: ignore[union-attr]
+    assert "applied" in outcome
+    assert "HTTP 200" in outcome
+    reservation = signed_in.get(f"/ui/reservations/{seeded.reservation_sids[0]}").text
+    for shown in (page, reservation):
+        marked = re.findall(r'<tr class="kind-(\w+) settles">', shown)
+        assert marked, shown
+        assert set(marked) == {"transition"}, marked
+
+
 def test_the_action_page_masks_pii(signed_in: TestClient, seeded: Seeded) -> None:
     page = signed_in.get(f"/ui/actions/{seeded.applied[2]}").text
     found = re.search(r'<pre id="message">(.*?)</pre>', page, re.S)
