@@ -172,7 +172,14 @@ def common_query(
         str | None, Query(min_length=1, max_length=200, pattern=_TEXT, description="A correlation id.")
     ] = None,
     kind: Annotated[EventKind | None, Query(description="A ledger event kind.")] = None,
-    outcome: Annotated[Outcome | None, Query(description="An outcome.")] = None,
+    outcome: Annotated[
+        Outcome | None,
+        Query(
+            description="An outcome: the rows that settle an action with it (an outcome row, a rejected"
+            " input, or the transition that settled it: an applied action has no outcome row since"
+            " migration 0013)."
+        ),
+    ] = None,
     twilio_error_code: Annotated[
         int | None, Query(ge=0, le=_MAX_INT, description="A Twilio error code, e.g. 20001.")
     ] = None,

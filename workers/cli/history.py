@@ -179,7 +179,11 @@ def _text(value: object) -> str:
 )
 @click.option("--until", type=TimeType(), help="Up to this time (exclusive).")
 @click.option("--kind", type=click.Choice([k.value for k in EventKind]), help="Only rows of this kind.")
-@click.option("--outcome", type=click.Choice([o.value for o in Outcome]), help="Only rows with this outcome.")
+@click.option(
+    "--outcome",
+    type=click.Choice([o.value for o in Outcome]),
+    help="Only rows that settle an action with this outcome (an applied action's is its transition).",
+)
 @click.option(
     "--twilio-error-code", type=click.IntRange(0, 2**31 - 1), help="Only rows with this Twilio error code."
 )
