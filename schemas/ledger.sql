@@ -519,11 +519,6 @@ CREATE TABLE ledger.actions (
     redrives integer NOT NULL DEFAULT 0
 );
 CREATE INDEX actions_reservation ON ledger.actions (reservation_sid);
--- The history by correlation id or task: an action's rows after its received row do not repeat
--- them (migration 0012); they are found through the registry (and events_action).
-CREATE INDEX actions_correlation ON ledger.actions (ledger.key64(correlation_id))
-    WHERE correlation_id IS NOT NULL;
-CREATE INDEX actions_task ON ledger.actions (ledger.key64(task_sid)) WHERE task_sid IS NOT NULL;
 
 -- An action's parameters: those of its 'received' (or 'rejected_input') row, where they are
 -- stored once (migration 0004). For the registry's readers.

@@ -126,16 +126,16 @@ def test_history_of_one_thing_uses_its_index(
 @pytest.mark.parametrize(
     ("filters", "indexes"),
     [
-        ({"correlation_id": "c1000"}, {"actions_correlation", "events_action", "events_correlation"}),
-        ({"task_sid": "WT" + "0" * 29 + "3e8"}, {"actions_task", "events_action", "events_task"}),
+        ({"correlation_id": "c1000"}, {"events_action", "events_correlation"}),
+        ({"task_sid": "WT" + "0" * 29 + "3e8"}, {"events_action", "events_task"}),
     ],
 )
-def test_history_by_correlation_id_or_task_finds_the_actions_rows_through_the_registry(
+def test_history_by_correlation_id_or_task_finds_the_actions_rows_through_their_received_rows(
     big_reader: LedgerReader, filters: dict[str, Any], indexes: set[str]
 ) -> None:
     """Since 0012 an action's rows after the received one do not repeat its correlation id or
-    task: the registry's index finds its actions, events_action their rows (and the rows that
-    hold the value, through their own index)."""
+    task: its received row's index entry gives its action id (migration 0015), events_action its
+    other rows (and the rows that hold the value, through the same index)."""
     plan = big_reader.explain_history(limit=100, **filters)
     assert indexes <= index_used(plan), plan
     assert "Seq Scan" not in scans(plan), plan
