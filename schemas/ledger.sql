@@ -518,7 +518,6 @@ CREATE TABLE ledger.actions (
     outcome_at timestamptz,
     redrives integer NOT NULL DEFAULT 0
 );
-CREATE INDEX actions_reservation ON ledger.actions (reservation_sid);
 
 -- An action's parameters: those of its 'received' (or 'rejected_input') row, where they are
 -- stored once (migration 0004). For the registry's readers.

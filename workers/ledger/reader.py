@@ -185,7 +185,8 @@ class LedgerReader(Pooled):
     ) -> list[ActionRecord]:
         """Registry entries whose outcome is one of ``outcomes``, settled in [since, until).
 
-        For operator commands (redrive): a scan of the registry, oldest outcome first.
+        For operator commands (redrive): a scan of the registry, oldest outcome first; of one
+        reservation, the actions its chain received (the registry keeps no index of reservations).
         """
         params = {
             "outcomes": list(outcomes),
@@ -195,7 +196,8 @@ class LedgerReader(Pooled):
             "limit": limit,
         }
         with self._connector.connection() as conn, conn.cursor(row_factory=class_row(ActionRecord)) as cur:
-            cur.execute(QUERIES["settled_actions"], params)
+            query = "settled_actions" if reservation_sid is None else "settled_actions_of_reservation"
+            cur.execute(QUERIES[query], params)
             return cur.fetchall()
 
     def chain(self, chain_key: str) -> tuple[list[ChainRow], ChainSeals]:
