@@ -221,8 +221,9 @@ CREATE INDEX events_ledger_order ON ledger.events (tx_id, position);
 -- 64-bit key (migration 0012): an entry of 24 bytes instead of 56; readers match
 -- ledger.key64(chain_key) and chain_key, so a collision costs a row read, never a wrong row.
 CREATE INDEX events_chain ON ledger.events (ledger.key64(chain_key), chain_seq);
--- An action's, a task's and a correlation id's rows are few (0012: the last two through the
--- registry, on the row only for received rows, rows of no action and rows written before 0012):
+-- An action's, a task's and a correlation id's rows are few (the last two stored on the row only
+-- for received rows, rows of no action and rows written before 0012; an action's other rows are
+-- found through its received row, then events_action, since 0015):
 -- their indexes find them, a sort puts them in ledger order. A worker's rows are many: its
 -- index is in ledger order, for paging.
 CREATE INDEX events_task ON ledger.events (ledger.key64(task_sid)) WHERE task_sid IS NOT NULL;
