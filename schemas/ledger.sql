@@ -221,9 +221,8 @@ CREATE INDEX events_ledger_order ON ledger.events (tx_id, position);
 -- 64-bit key (migration 0012): an entry of 24 bytes instead of 56; readers match
 -- ledger.key64(chain_key) and chain_key, so a collision costs a row read, never a wrong row.
 CREATE INDEX events_chain ON ledger.events (ledger.key64(chain_key), chain_seq);
--- An action's, a task's and a correlation id's rows are few (the last two stored on the row only
--- for received rows, rows of no action and rows written before 0012; an action's other rows are
--- found through its received row, then events_action, since 0015):
+-- An action's, a task's and a correlation id's rows are few (0012: the last two through the
+-- registry, on the row only for received rows, rows of no action and rows written before 0012):
 -- their indexes find them, a sort puts them in ledger order. A worker's rows are many: its
 -- index is in ledger order, for paging.
 CREATE INDEX events_task ON ledger.events (ledger.key64(task_sid)) WHERE task_sid IS NOT NULL;
@@ -519,6 +518,12 @@ CREATE TABLE ledger.actions (
     outcome_at timestamptz,
     redrives integer NOT NULL DEFAULT 0
 );
+CREATE INDEX actions_reservation ON ledger.actions (reservation_sid);
+-- The history by correlation id or task: an action's rows after its received row do not repeat
+-- them (migration 0012); they are found through the registry (and events_action).
+CREATE INDEX actions_correlation ON ledger.actions (ledger.key64(correlation_id))
+    WHERE correlation_id IS NOT NULL;
+CREATE INDEX actions_task ON ledger.actions (ledger.key64(task_sid)) WHERE task_sid IS NOT NULL;
 
 -- An action's parameters: those of its 'received' (or 'rejected_input') row, where they are
 -- stored once (migration 0004). For the registry's readers.

@@ -126,44 +126,19 @@ def test_history_of_one_thing_uses_its_index(
 @pytest.mark.parametrize(
     ("filters", "indexes"),
     [
-        ({"correlation_id": "c1000"}, {"events_action", "events_correlation"}),
-        ({"task_sid": "WT" + "0" * 29 + "3e8"}, {"events_action", "events_task"}),
+        ({"correlation_id": "c1000"}, {"actions_correlation", "events_action", "events_correlation"}),
+        ({"task_sid": "WT" + "0" * 29 + "3e8"}, {"actions_task", "events_action", "events_task"}),
     ],
 )
-def test_history_by_correlation_id_or_task_finds_the_actions_rows_through_their_received_rows(
+def test_history_by_correlation_id_or_task_finds_the_actions_rows_through_the_registry(
     big_reader: LedgerReader, filters: dict[str, Any], indexes: set[str]
 ) -> None:
     """Since 0012 an action's rows after the received one do not repeat its correlation id or
-    task: its received row's index entry gives its action id (migration 0015), events_action its
-    other rows (and the rows that hold the value, through the same index)."""
+    task: the registry's index finds its actions, events_action their rows (and the rows that
+    hold the value, through their own index)."""
     plan = big_reader.explain_history(limit=100, **filters)
     assert indexes <= index_used(plan), plan
     assert "Seq Scan" not in scans(plan), plan
-
-
-def test_one_reservations_settled_actions_are_found_through_its_chain(
-    db_url: str, big_reader: LedgerReader
-) -> None:
-    """Redrive of one reservation (migration 0016: the registry has no index of reservations):
-    the chain index gives its actions, the registry's primary key their entries; nothing is
-    scanned whole."""
-    params = {
-        "outcomes": ["failed", "dead_lettered"],
-        "reservation_sid": "WR" + "0" * 29 + "3e8",
-        "since": None,
-        "until": None,
-        "limit": 100,
-    }
-    with connect(db_url, Role.READER) as conn:
-        row = conn.execute(
-            b"EXPLAIN (FORMAT JSON) " + QUERIES["settled_actions_of_reservation"].encode(), params
-        ).fetchone()
-    assert row is not None
-    plan: dict[str, Any] = row[0][0]["Plan"]
-    assert {"events_chain", "actions_pkey"} <= index_used(plan), plan
-    assert "Seq Scan" not in scans(plan), plan  # the ledger's partitions that hold rows
-    registry = {node["Node Type"] for node in nodes(plan) if node.get("Relation Name") == "actions"}
-    assert registry == {"Index Scan"}, plan
 
 
 def test_a_page_of_everything_walks_the_ledger_order_index(big_reader: LedgerReader) -> None:

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import html
 import json
-import re
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -17,9 +15,8 @@ from click.testing import CliRunner
 from psycopg import sql
 
 from tests.audit.support import TestClient
-from tests.ledger.conftest import open_reader, superuser
+from tests.ledger.conftest import superuser
 from workers.audit.api import AuditApiConfig, create_app
-from workers.audit.params import parse_time
 from workers.cli import main
 from workers.errors import VerificationError
 from workers.ledger import archive
@@ -252,42 +249,3 @@ def test_history_the_api_and_the_console_say_when_a_query_reaches_archived_month
         console = client.get("/ui/search", params={"since": f"{oldest}-02T00:00"})
         assert console.status_code == 200
         assert 'id="archived-notice"' in console.text
-
-
-def test_the_consoles_redrive_command_selects_an_action_received_in_an_archived_month(
-    ledger_url: str, tmp_path: Path
-) -> None:
-    """Since 0016 ``redrive --reservation`` finds an action through its received row in the
-    reservation's chain: the action page names the reservation only while that row is in the
-    ledger, so its command still selects the action once the row's month is archived."""
-    before = _this_month()
-    with superuser(ledger_url) as conn:
-        found = conn.execute(
-            "SELECT a.action_id FROM ledger.actions a"
-            " JOIN ledger.events r ON r.action_id = a.action_id AND r.kind = 'received'"
-            " WHERE a.outcome = 'failed' AND r.recorded_at < %s ORDER BY a.action_id LIMIT 1",
-            [datetime(before.year, before.month, 1, tzinfo=UTC)],
-        ).fetchone()
-    assert found is not None
-    archive.archive_before(ledger_url, before, tmp_path)
-    app = create_app(AuditApiConfig(ledger_url, "archive-test-token", pool_max=2))
-    with TestClient(app, headers={"Authorization": "Bearer archive-test-token"}) as client:
-        page = client.get(f"/ui/actions/{found[0]}").text
-    shown = re.search(r'<pre id="redrive">(.*?)</pre>', page)
-    assert shown is not None, page
-    args = html.unescape(shown.group(1)).split()
-
-    def arg(name: str) -> str | None:
-        return args[args.index(name) + 1] if name in args else None
-
-    since, until = arg("--since"), arg("--until")
-    assert since is not None
-    assert until is not None
-    with open_reader(ledger_url) as reader:
-        chosen = reader.settled_actions(
-            [str(arg("--outcome"))],
-            reservation_sid=arg("--reservation"),
-            since=parse_time(since),
-            until=parse_time(until),
-        )
-    assert [a.action_id for a in chosen] == [found[0]]

@@ -290,8 +290,7 @@ def install(app: FastAPI, reader_of: Callable[[Request], LedgerReader], secure_c
             "action.html",
             {"record": record, "message": json.dumps(plain(message), indent=2, ensure_ascii=False),
              "settled": settled, "tries": tries, "events": story.events, "story": story,
-             "dead_lettered": record.outcome in DEAD_LETTERED,
-             "redrive": redrive_command(record, story.events)},
+             "dead_lettered": record.outcome in DEAD_LETTERED, "redrive": redrive_command(record)},
             EVENT_FIELDS,
             rows,
             {"action": message, "events": rows, "redriven_as": story.redriven_as,
@@ -370,22 +369,13 @@ def search_filters(form: dict[str, str]) -> tuple[dict[str, str], queries.Filter
     return errors, queries.Filters(**values), after
 
 
-def redrive_command(record: Any, events: Sequence[Any]) -> str | None:
-    """The command that redrives just this action (its outcome, reservation and time), if any.
-
-    ``--reservation`` finds the action through its received row in the reservation's chain
-    (migration 0016): it is named only while ``events`` (the action's rows in the ledger) hold
-    that row; once its month is archived the outcome and its time alone select the action."""
+def redrive_command(record: Any) -> str | None:
+    """The command that redrives just this action (its outcome, reservation and time), if any."""
     if record.outcome not in (*DEAD_LETTERED, "indeterminate") or record.outcome_at is None:
         return None
     since = record.outcome_at.isoformat()
     until = (record.outcome_at + timedelta(microseconds=1)).isoformat()
-    in_chain = any(
-        e.kind in (EventKind.RECEIVED, EventKind.REJECTED_INPUT)
-        and e.reservation_sid == record.reservation_sid
-        for e in events
-    )
-    where = f" --reservation {record.reservation_sid}" if record.reservation_sid and in_chain else ""
+    where = f" --reservation {record.reservation_sid}" if record.reservation_sid else ""
     return (
         f"reservations replay redrive --dry-run --outcome {record.outcome}{where}"
         f" --since {since} --until {until}"

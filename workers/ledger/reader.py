@@ -52,9 +52,8 @@ _KEYED_COLUMNS = frozenset({"worker_sid"})
 # An action's facts that its rows after the received one leave to the registry (migration 0012):
 # a filter matches the value as read, the registry's for those rows.
 _ACTION_FACTS = frozenset({"workspace_sid", "task_sid", "correlation_id"})
-# Those found on the row itself and, for the rows of an action, through its received row (then
-# events_action): both through their own index (migration 0015).
-_FOUND_BY_RECEIVED_ROW = frozenset({"task_sid", "correlation_id"})
+# Those found through the registry's index of them (then events_action), and on the row itself.
+_REGISTRY_FOUND = frozenset({"task_sid", "correlation_id"})
 _PII_NAMES = tuple(sorted({name for p in PARAMETERS if p.pii for name in (p.wire, p.keyword)}))
 _START = Cursor(0, 0)
 # A time range's page reads the range's rows first when there are fewer than this many (see the
@@ -87,23 +86,22 @@ class HistoryFilters(TypedDict, total=False):
 def _action_fact_filter(column: LiteralString) -> sql.Composable:
     """The filter on an action's fact as history reads it (queries.sql): the row's own value for
     received and rejected_input rows and rows of no action, else the row's or its registry
-    entry's. A correlation id or task finds its rows on the row itself (``events_correlation``,
-    ``events_task``: received rows, rows of no action and rows written before 0012) and through its
-    actions, whose ids its received rows give (the same indexes, then ``events_action``: a task or
-    a correlation id has a few actions; migration 0015); a workspace walks ledger order, as before
-    (a contact centre has a handful)."""
+    entry's. A correlation id or task finds its rows through its actions in the registry
+    (``actions_correlation``, ``actions_task``, then ``events_action``: a task or a correlation id
+    has a few actions) or on the row itself (``events_correlation``, ``events_task``: received rows,
+    rows of no action and rows written before 0012); a workspace walks ledger order, as before (a
+    contact centre has a handful)."""
     value = sql.Placeholder(column)
     name = sql.Identifier(column)
     read_as = sql.SQL(
         "AND (CASE WHEN e.kind IN ('received', 'rejected_input') THEN e.{name}"
         " ELSE coalesce(e.{name}, a.{name}) END) = {value}"
     ).format(name=name, value=value)
-    if column not in _FOUND_BY_RECEIVED_ROW:
+    if column not in _REGISTRY_FOUND:
         return read_as
     found = sql.SQL(
-        "AND (e.action_id = ANY (ARRAY(SELECT x.action_id FROM ledger.events x"
-        " WHERE ledger.key64(x.{name}) = ledger.key64({value}::text) AND x.{name} = {value}"
-        " AND x.kind = 'received'))"
+        "AND (e.action_id = ANY (ARRAY(SELECT x.action_id FROM ledger.actions x"
+        " WHERE ledger.key64(x.{name}) = ledger.key64({value}::text) AND x.{name} = {value}))"
         " OR (ledger.key64(e.{name}) = ledger.key64({value}::text) AND e.{name} = {value}))"
     ).format(name=name, value=value)
     return sql.SQL(" ").join([found, read_as])
@@ -185,8 +183,7 @@ class LedgerReader(Pooled):
     ) -> list[ActionRecord]:
         """Registry entries whose outcome is one of ``outcomes``, settled in [since, until).
 
-        For operator commands (redrive): a scan of the registry, oldest outcome first; of one
-        reservation, the actions its chain received (the registry keeps no index of reservations).
+        For operator commands (redrive): a scan of the registry, oldest outcome first.
         """
         params = {
             "outcomes": list(outcomes),
@@ -196,8 +193,7 @@ class LedgerReader(Pooled):
             "limit": limit,
         }
         with self._connector.connection() as conn, conn.cursor(row_factory=class_row(ActionRecord)) as cur:
-            query = "settled_actions" if reservation_sid is None else "settled_actions_of_reservation"
-            cur.execute(QUERIES[query], params)
+            cur.execute(QUERIES["settled_actions"], params)
             return cur.fetchall()
 
     def chain(self, chain_key: str) -> tuple[list[ChainRow], ChainSeals]:

@@ -348,32 +348,10 @@ SELECT a.action_id, a.action, a.workspace_sid, a.reservation_sid, a.task_sid, a.
   FROM ledger.actions AS a
  WHERE outcome = ANY(%(outcomes)s::text[])
    AND redrives = 0
+   AND (%(reservation_sid)s::text IS NULL OR reservation_sid = %(reservation_sid)s::text)
    AND (%(since)s::timestamptz IS NULL OR outcome_at >= %(since)s::timestamptz)
    AND (%(until)s::timestamptz IS NULL OR outcome_at < %(until)s::timestamptz)
  ORDER BY outcome_at, action_id
- LIMIT %(limit)s;
-
--- name: settled_actions_of_reservation
--- settled_actions of one reservation: its actions are those its chain received (the chain index;
--- the registry keeps no index of reservations since 0016), each read by its primary key.
-SELECT a.action_id, a.action, a.workspace_sid, a.reservation_sid, a.task_sid, a.worker_sid,
-       ledger.action_params(a.action_id) AS params,
-       a.expected_status, a.not_after, a.correlation_id, a.producer, a.received_at, a.attempts, a.outcome,
-       a.outcome_at, a.redrives
-  FROM ledger.actions AS a
- WHERE a.action_id IN (
-        SELECT e.action_id
-          FROM ledger.events e
-         WHERE ledger.key64(e.chain_key) = ledger.key64(%(reservation_sid)s::text)
-           AND e.chain_key = %(reservation_sid)s::text
-           AND e.kind IN ('received', 'rejected_input')
-       )
-   AND a.reservation_sid = %(reservation_sid)s::text
-   AND a.outcome = ANY(%(outcomes)s::text[])
-   AND a.redrives = 0
-   AND (%(since)s::timestamptz IS NULL OR a.outcome_at >= %(since)s::timestamptz)
-   AND (%(until)s::timestamptz IS NULL OR a.outcome_at < %(until)s::timestamptz)
- ORDER BY a.outcome_at, a.action_id
  LIMIT %(limit)s;
 
 -- name: chain_rows
