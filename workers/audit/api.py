@@ -242,6 +242,7 @@ def authenticated(
 
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": Problem, "description": "The URL carries a credential (error credentials_in_url)."},
     401: {"model": Problem, "description": "No bearer token, or a wrong one."},
     422: {"model": Problem, "description": "A parameter is invalid; the message names it."},
     503: {"model": Problem, "description": "The ledger's database does not answer."},
