@@ -20,7 +20,8 @@ workers leave. Empty partitions (made ahead of time) cost a page or two per inde
 volume: they are printed apart and left out of the per-action figure. A last line gives the total
 once the dead versions of the rows updated in place (the registry, the projection, the chain
 heads) are reclaimed (their live rows copied into fresh tables with the same indexes): at scale
-autovacuum lets that space be reused, so that is what an action costs for good.
+autovacuum lets that space be reused. The very last line adds what ``reservations ledger compact``
+does to a month once it is over (its indexes rebuilt packed full): what an action costs for good.
 
 Run from the repository root: ``.venv/bin/python ops/bench_ledger_size.py``.
 """
@@ -39,6 +40,7 @@ from psycopg import Connection, sql
 from workers.core.action import Action, ActionKind
 from workers.core.planner import Outcome
 from workers.core.sids import new_sid
+from workers.ledger import partitions
 from workers.ledger.connector import Connector, connect, drop_database, with_database
 from workers.ledger.events import Attempt, Conflict, Intent, Settle, Transition
 from workers.ledger.migrations import migrate
@@ -408,6 +410,19 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"{'TOTAL once dead row versions are reclaimed':<52} {total / actions:8.1f}"
             f"  ({', '.join(UPDATED_IN_PLACE)} counted as their live rows take, copied into fresh tables)"
+        )
+        with connect(url, Role.OWNER) as conn:
+            for part in partitions.list_partitions(conn):
+                if part.has_rows:  # the month the rows are in, as `ledger compact` leaves it once it is over
+                    partitions.compact_partition(conn, part.partition_name)
+        compacted, _empty = measure(url)
+        settled["ledger.events"] = compacted["ledger.events"]
+        events = compacted["ledger.events"]
+        total = sum(table.total for table in settled.values())
+        print(
+            f"{'TOTAL once reclaimed and the month compacted':<52} {total / actions:8.1f}"
+            f"  (`reservations ledger compact`: ledger.events {events.total / actions:.1f},"
+            f" its indexes {sum(events.indexes.values()) / actions:.1f})"
         )
     finally:
         if args.keep:

@@ -23,18 +23,6 @@ from workers.ledger import archive
 from workers.ledger.connector import connect
 from workers.ledger.models import Role
 from workers.ledger.verify import verify
-from workers.testing import scale
-
-ROWS = 4000
-
-
-@pytest.fixture
-def ledger_url(fresh_db_url: str) -> str:
-    """A ledger of ROWS rows spread over the last three months (every chain spans them all)."""
-    end = datetime.now(UTC) - timedelta(minutes=1)
-    shape = scale.plan(fresh_db_url, ROWS, 0, end - timedelta(days=90), end)
-    scale.load(fresh_db_url, shape, 0, shape.top, jobs=1)
-    return fresh_db_url
 
 
 def _this_month() -> date:

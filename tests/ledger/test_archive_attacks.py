@@ -24,7 +24,7 @@ from click.testing import CliRunner
 from psycopg.conninfo import make_conninfo
 
 from tests.ledger.conftest import seal, superuser
-from tests.ledger.test_archive import _db_rows, _file_rows, _rewrite, _this_month, ledger_url  # noqa: F401
+from tests.ledger.test_archive import _db_rows, _file_rows, _rewrite, _this_month
 from workers.cli import main
 from workers.core.sids import new_sid
 from workers.errors import VerificationError
@@ -168,7 +168,7 @@ def _events_lock(url: str) -> psycopg.Connection[Any]:
     return holder
 
 
-def test_an_archive_killed_between_export_and_detach(ledger_url: str, tmp_path: Path) -> None:  # noqa: F811
+def test_an_archive_killed_between_export_and_detach(ledger_url: str, tmp_path: Path) -> None:
     before = _this_month()
     expected = _db_rows(ledger_url, before)
     holder = _events_lock(ledger_url)
@@ -218,7 +218,7 @@ def _appended(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [*rows[:6], copy, *rows[6:]]
 
 
-def test_an_added_row_is_found_offline(ledger_url: str, tmp_path: Path) -> None:  # noqa: F811
+def test_an_added_row_is_found_offline(ledger_url: str, tmp_path: Path) -> None:
     done = archive.archive_before(ledger_url, _this_month(), tmp_path)
     _rewrite(tmp_path, done[0].month, _appended)
     problems, _ = archive.verify_archive(tmp_path)
@@ -226,7 +226,7 @@ def test_an_added_row_is_found_offline(ledger_url: str, tmp_path: Path) -> None:
 
 
 def test_an_export_rewritten_with_its_manifest_is_found_against_the_database(
-    ledger_url: str,  # noqa: F811
+    ledger_url: str,
     tmp_path: Path,
 ) -> None:
     """The month's last row removed, with the events file, heads file and manifest made to match:
@@ -299,7 +299,7 @@ def test_hostile_months_get_one_line_and_exit_2(fresh_db_url: str, tmp_path: Pat
 
 @pytest.mark.parametrize("role", ["reservations_reader", "reservations_writer"])
 def test_a_role_that_reads_the_ledger_cannot_archive_or_detach(
-    ledger_url: str,  # noqa: F811
+    ledger_url: str,
     tmp_path: Path,
     role: str,
 ) -> None:

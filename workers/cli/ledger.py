@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import NoReturn
 
@@ -116,7 +116,51 @@ def partitions_command(database_url: str, ahead: int, months: int) -> None:
         click.echo(f"partition made: ledger.{name}")
     for part in listed:
         span = f"{part.lower:%Y-%m-%d} to {part.upper:%Y-%m-%d}" if part.lower and part.upper else "DEFAULT"
-        click.echo(f"ledger.{part.partition_name}: {span}{'' if part.has_rows else ' (empty)'}")
+        state = " (compacted)" if part.compacted else "" if part.has_rows else " (empty)"
+        click.echo(f"ledger.{part.partition_name}: {span}{state}")
+
+
+@ledger.command("compact")
+@database_url_option(
+    "The ledger, as a role that is a member of reservations_owner (it rebuilds indexes).", migrations=True
+)
+@click.option(
+    "--before",
+    metavar="YYYY-MM",
+    callback=lambda _ctx, _param, value: None if value is None else _month(value),
+    help="Compact the months before this one (default: this month, i.e. every month that is over).",
+)
+def compact_command(database_url: str, before: date | None) -> None:
+    """Rebuild the indexes of each month of ledger.events that is over, packed full, once.
+
+    A month that is over never takes another row, but its indexes keep the half-empty pages that
+    inserts left (about a third of their bytes). Each month's partition is reindexed CONCURRENTLY
+    (writers, readers and history go on; it waits for transactions already open in this database)
+    and marked compacted: run it monthly from cron, after `ledger partitions`. Rows and hashes are
+    not touched. A run cut short is finished by the next one.
+    """
+    month = before or datetime.now(UTC).date().replace(day=1)
+    until = datetime(month.year, month.month, 1, tzinfo=UTC)
+    try:
+        with connect(database_url, Role.OWNER) as conn:
+            done = partitions.compact_closed(
+                conn, until, lambda name: click.echo(f"compacting ledger.{name} (REINDEX CONCURRENTLY) ...")
+            )
+    except ReservationsError as exc:
+        _fail(str(exc))
+    for compaction in done:
+        before_mb, after_mb = compaction.index_bytes_before / 1e6, compaction.index_bytes_after / 1e6
+        saved = (
+            1 - compaction.index_bytes_after / compaction.index_bytes_before
+            if compaction.index_bytes_before
+            else 0
+        )
+        click.echo(
+            f"compacted ledger.{compaction.partition_name}: indexes {before_mb:,.1f} MB to {after_mb:,.1f} MB"
+            f" ({saved:.0%} smaller)"
+        )
+    if not done:
+        click.echo(f"nothing to compact before {month:%Y-%m}: every month that is over is compacted already")
 
 
 @ledger.command("verify")

@@ -3,12 +3,19 @@
 `reservations migrate` and `reservations ledger partitions` call :func:`ensure_partitions`; the
 SQL function it calls (migration 0004) names each partition ``events_YYYY_MM`` after its first
 UTC month and guards it as the parent is guarded.
+
+`reservations ledger compact` calls :func:`compact_closed`: a month that is over never takes a row
+again (a row's ``recorded_at`` is the database clock), yet its indexes keep the half-empty pages
+that inserts all over their key range left (the chain and worker indexes are about half full). It
+rebuilds them once, packed full, without stopping writers or readers, and marks the partition.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 from psycopg import Connection, sql
 from psycopg.rows import class_row
@@ -31,6 +38,7 @@ class Partition:
     lower: datetime | None
     upper: datetime | None
     has_rows: bool
+    compacted: bool
 
 
 def ensure_partitions(
@@ -50,3 +58,93 @@ def list_partitions(conn: Connection) -> list[Partition]:
     with translated(), conn.cursor(row_factory=class_row(Partition)) as cur:
         cur.execute(QUERIES["events_partitions"])
         return cur.fetchall()
+
+
+# What a REINDEX CONCURRENTLY cut short (cancelled, connection lost, process killed) leaves on the
+# table: the new copy of an index (..._ccnew), or the old one it was swapping out (..._ccold),
+# invalid, unused by any query, and only taking space.
+_LEFTOVER = re.compile(r"_cc(new|old)[0-9]*$")
+
+
+@dataclass(frozen=True, slots=True)
+class Compaction:
+    """One partition's indexes rebuilt packed full: their bytes before and after."""
+
+    partition_name: str
+    index_bytes_before: int
+    index_bytes_after: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Index:
+    index_name: str
+    method: str
+    valid: bool
+    bytes: int
+    attached: bool
+
+
+def partitions_to_compact(conn: Connection, before: datetime) -> list[str]:
+    """The partitions whose months are over by ``before``, hold rows and are not compacted yet."""
+    with translated():
+        rows = conn.execute(QUERIES["partitions_to_compact"], {"before": before}).fetchall()
+    return [str(row[0]) for row in rows]
+
+
+def _indexes(conn: Connection, partition: str) -> list[_Index]:
+    with translated(), conn.cursor(row_factory=class_row(_Index)) as cur:
+        cur.execute(QUERIES["partition_indexes"], {"partition": partition})
+        return cur.fetchall()
+
+
+def compact_partition(conn: Connection, partition: str) -> Compaction:
+    """Rebuild every index of ``partition`` packed full (fillfactor 100: no insert will ever need
+    the room) with ``REINDEX CONCURRENTLY``, writers and readers going on, then mark it compacted.
+
+    ``conn`` must be an autocommit connection as the owner (``connect(url, Role.OWNER)``). A run
+    cut short leaves invalid ``_ccnew``/``_ccold`` copies and no mark: the next run drops those and
+    starts again. The rows and their hashes are not touched: an index holds no evidence.
+    """
+    table = sql.Identifier(partition)
+    with translated():
+        for index in _indexes(conn, partition):
+            if not index.valid and not index.attached and _LEFTOVER.search(index.index_name):
+                conn.execute(
+                    sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(_qualified(index.index_name))
+                )
+        before = _indexes(conn, partition)
+        for index in (i for i in before if i.method == "btree"):  # BRIN and GIN have no fillfactor
+            conn.execute(
+                sql.SQL("ALTER INDEX {} SET (fillfactor = 100)").format(_qualified(index.index_name))
+            )
+        conn.execute(sql.SQL("REINDEX TABLE CONCURRENTLY ledger.{}").format(table))
+        after = _indexes(conn, partition)
+        compaction = Compaction(partition, sum(i.bytes for i in before), sum(i.bytes for i in after))
+        at = datetime.now(UTC).isoformat(timespec="seconds")
+        conn.execute(
+            sql.SQL("COMMENT ON TABLE ledger.{} IS {}").format(
+                table,
+                sql.Literal(
+                    f"compacted by reservations ledger compact at {at}:"
+                    f" indexes {compaction.index_bytes_before} to {compaction.index_bytes_after} bytes"
+                ),
+            )
+        )
+    return compaction
+
+
+def compact_closed(
+    conn: Connection, before: datetime, started: Callable[[str], None] = lambda _name: None
+) -> list[Compaction]:
+    """Compact every partition whose months are over by ``before`` and that is not compacted yet,
+    oldest first (idempotent); ``started`` is told each partition's name as its rebuild begins."""
+    done = []
+    for partition in partitions_to_compact(conn, before):
+        started(partition)
+        done.append(compact_partition(conn, partition))
+    return done
+
+
+def _qualified(index_name: str) -> sql.Composable:
+    """An index of the ledger's schema (partitions and their indexes live there only)."""
+    return sql.Identifier("ledger", index_name)

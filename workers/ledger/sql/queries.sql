@@ -622,9 +622,35 @@ SELECT partition_name FROM ledger.create_events_partitions(%(ahead)s, %(months)s
 -- Each partition of ledger.events with its range (the DEFAULT partition has none) and its rows'
 -- presence, in time order.
 SELECT c.relname AS partition_name, b.lower, b.upper,
-       EXISTS (SELECT FROM ledger.events e WHERE e.tableoid = c.oid) AS has_rows
+       EXISTS (SELECT FROM ledger.events e WHERE e.tableoid = c.oid) AS has_rows,
+       coalesce(starts_with(obj_description(c.oid, 'pg_class'), 'compacted '), false) AS compacted
   FROM pg_inherits i
   JOIN pg_class c ON c.oid = i.inhrelid
   LEFT JOIN ledger.events_partition_bounds() b ON b.partition_name = c.relname
  WHERE i.inhparent = 'ledger.events'::regclass
  ORDER BY b.lower NULLS LAST;
+
+-- name: partitions_to_compact
+-- The partitions of ledger.events whose months are over by %(before)s and hold rows, not compacted
+-- yet (ledger compact marks each it finishes with a comment), oldest first. The DEFAULT partition
+-- never: a row of any month may still land there.
+SELECT b.partition_name
+  FROM ledger.events_partition_bounds() b
+  JOIN pg_class c ON c.relname = b.partition_name AND c.relnamespace = 'ledger'::regnamespace
+ WHERE b.upper <= %(before)s
+   AND EXISTS (SELECT FROM ledger.events e WHERE e.tableoid = c.oid)
+   AND NOT coalesce(starts_with(obj_description(c.oid, 'pg_class'), 'compacted '), false)
+ ORDER BY b.lower;
+
+-- name: partition_indexes
+-- The indexes of one partition of ledger.events: each one's name, access method (only a B-tree has
+-- a fillfactor), whether it is valid (a REINDEX CONCURRENTLY cut short leaves an invalid copy named
+-- ..._ccnew or ..._ccold) and attached to ledger.events' index, and its bytes.
+SELECT c.relname AS index_name, a.amname AS method, i.indisvalid AS valid,
+       pg_relation_size(i.indexrelid) AS bytes,
+       EXISTS (SELECT FROM pg_inherits h WHERE h.inhrelid = i.indexrelid) AS attached
+  FROM pg_index i
+  JOIN pg_class c ON c.oid = i.indexrelid
+  JOIN pg_am a ON a.oid = c.relam
+ WHERE i.indrelid = to_regclass('ledger.' || quote_ident(%(partition)s))
+ ORDER BY 1;

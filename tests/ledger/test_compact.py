@@ -1,0 +1,164 @@
+"""`reservations ledger compact`: the months that are over get their indexes rebuilt packed full,
+once, while the ledger goes on; no row changes; a run cut short is finished by the next; only the
+owner may do it."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import UTC, datetime
+
+import psycopg
+import pytest
+from click.testing import CliRunner
+
+from tests.ledger.conftest import open_reader, superuser
+from workers.cli import main
+from workers.errors import ReservationsError
+from workers.ledger import partitions
+from workers.ledger.connector import connect
+from workers.ledger.models import Role
+from workers.ledger.verify import verify
+
+
+def _month_start() -> datetime:
+    return datetime.now(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+
+
+def _rows(url: str) -> list[tuple[object, ...]]:
+    with superuser(url) as conn:
+        return conn.execute("SELECT * FROM ledger.events ORDER BY position").fetchall()
+
+
+def _index_state(url: str) -> dict[str, tuple[int, bool, bool]]:
+    """Each index of each partition of ledger.events: its bytes, whether it is valid and attached
+    to ledger.events' own index."""
+    with superuser(url) as conn:
+        return {
+            name: (size, valid, attached)
+            for name, size, valid, attached in conn.execute(
+                "SELECT c.relname, pg_relation_size(c.oid), i.indisvalid,"
+                "       EXISTS (SELECT FROM pg_inherits h WHERE h.inhrelid = c.oid)"
+                "  FROM pg_inherits p JOIN pg_index i ON i.indrelid = p.inhrelid"
+                "  JOIN pg_class c ON c.oid = i.indexrelid"
+                " WHERE p.inhparent = 'ledger.events'::regclass"
+            )
+        }
+
+
+def _closed(url: str) -> list[partitions.Partition]:
+    with connect(url, Role.READER) as conn:
+        listed = partitions.list_partitions(conn)
+    return [p for p in listed if p.upper is not None and p.upper <= _month_start() and p.has_rows]
+
+
+def test_the_months_that_are_over_are_packed_once_and_no_row_changes(ledger_url: str) -> None:
+    rows, before = _rows(ledger_url), _index_state(ledger_url)
+    closed = _closed(ledger_url)
+    assert len(closed) >= 2
+    assert not any(p.compacted for p in closed)
+    some = [str(row[3]) for row in rows[:: len(rows) // 7]]  # chain keys spread over the months
+    with open_reader(ledger_url) as reader:
+        histories = [reader.history(reservation_sid=sid) for sid in some]
+
+    result = CliRunner().invoke(main, ["ledger", "compact", "--database-url", ledger_url])
+    assert result.exit_code == 0, result.output
+    for part in closed:
+        assert f"compacted ledger.{part.partition_name}: indexes" in result.output
+
+    after = _index_state(ledger_url)
+    assert set(after) == set(before)  # the same indexes, each valid and still attached
+    assert all(valid and attached for _size, valid, attached in after.values())
+    for part in closed:
+        mine = [name for name in after if name.startswith(part.partition_name + "_")]
+        assert sum(after[n][0] for n in mine) < sum(before[n][0] for n in mine)
+    listed = {p.partition_name: p for p in _closed(ledger_url)}
+    assert all(listed[p.partition_name].compacted for p in closed)
+    with connect(ledger_url, Role.READER) as conn:  # the month still going on is left as it is
+        current = [p for p in partitions.list_partitions(conn) if p.lower == _month_start()]
+        assert current
+        assert not current[0].compacted
+        assert verify(conn) == []
+    assert _rows(ledger_url) == rows
+    with open_reader(ledger_url) as reader:
+        assert [reader.history(reservation_sid=sid) for sid in some] == histories
+
+    again = CliRunner().invoke(main, ["ledger", "compact", "--database-url", ledger_url])
+    assert again.exit_code == 0, again.output
+    assert "nothing to compact" in again.output
+    assert _index_state(ledger_url) == after
+
+
+def test_before_limits_the_months_compacted(ledger_url: str) -> None:
+    oldest, *rest = _closed(ledger_url)
+    assert oldest.upper is not None
+    result = CliRunner().invoke(
+        main, ["ledger", "compact", "--database-url", ledger_url, "--before", f"{oldest.upper:%Y-%m}"]
+    )
+    assert result.exit_code == 0, result.output
+    listed = {p.partition_name: p.compacted for p in _closed(ledger_url)}
+    assert listed[oldest.partition_name]
+    assert rest
+    assert not any(listed[p.partition_name] for p in rest)
+
+
+def test_a_compaction_cut_short_is_finished_by_the_next_run(ledger_url: str) -> None:
+    """REINDEX CONCURRENTLY waits for the snapshots open in the database before it swaps; cancelled
+    there, it leaves invalid copies of the indexes (..._ccnew) and no mark. The next run drops
+    them and compacts the month."""
+    oldest = _closed(ledger_url)[0]
+    failure: list[BaseException] = []
+    with (
+        psycopg.connect(ledger_url, autocommit=True) as blocker,
+        connect(ledger_url, Role.OWNER) as owner,
+    ):
+        blocker.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        blocker.execute("SELECT count(*) FROM ledger.chain_heads")  # holds a snapshot
+
+        def compact() -> None:
+            try:
+                partitions.compact_partition(owner, oldest.partition_name)
+            except BaseException as exc:  # reported to the test
+                failure.append(exc)
+
+        pid = owner.info.backend_pid
+        worker = threading.Thread(target=compact)
+        worker.start()
+        with superuser(ledger_url) as admin:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                found = admin.execute(
+                    "SELECT wait_event FROM pg_stat_activity WHERE pid = %s", [pid]
+                ).fetchone()
+                if found and found[0] == "virtualxid":
+                    break
+                time.sleep(0.05)
+            else:
+                pytest.fail("the compaction never waited for the open snapshot")
+            admin.execute("SELECT pg_cancel_backend(%s)", [pid])
+        worker.join(30)
+        blocker.execute("ROLLBACK")
+    assert failure
+    assert isinstance(failure[0], ReservationsError)
+    left = _index_state(ledger_url)
+    assert any("_ccnew" in name and not valid for name, (_s, valid, _a) in left.items())
+    assert not {p.partition_name: p for p in _closed(ledger_url)}[oldest.partition_name].compacted
+
+    result = CliRunner().invoke(main, ["ledger", "compact", "--database-url", ledger_url])
+    assert result.exit_code == 0, result.output
+    final = _index_state(ledger_url)
+    assert not any("_cc" in name for name in final)
+    assert all(valid and attached for _size, valid, attached in final.values())
+    assert all(p.compacted for p in _closed(ledger_url))
+    with connect(ledger_url, Role.READER) as conn:
+        assert verify(conn) == []
+
+
+@pytest.mark.parametrize("role", [Role.WRITER, Role.READER])
+def test_only_the_owner_compacts(ledger_url: str, role: Role) -> None:
+    oldest = _closed(ledger_url)[0]
+    before = _index_state(ledger_url)
+    with connect(ledger_url, role) as conn, pytest.raises(ReservationsError, match=r"owner|permission"):
+        partitions.compact_partition(conn, oldest.partition_name)
+    assert _index_state(ledger_url) == before
+    assert not {p.partition_name: p for p in _closed(ledger_url)}[oldest.partition_name].compacted
