@@ -3,8 +3,10 @@ that it creates, migrates and drops.
 
 Loading (workers.testing.scale): rows generated in the database with valid hash chains (the
 ledger's own ``ledger.event_hash``), inserted with the guards off, with the chain heads kept;
-reservations of two actions of four rows each, spread over ``--months`` months up to now. A
-checkpoint seals all but the last ``--tail`` rows, which are written after it.
+reservations of two actions of three rows each (received, intent, and the transition that settles
+the action, as the ledger writes them since migration 0013; every hundredth complete fails, its
+third row an outcome row), spread over ``--months`` months up to now. A checkpoint seals all but
+the last ``--tail`` rows, which are written after it.
 
 Then it prints: bytes per action (heap, indexes and TOAST of every ledger table), the checkpoint's
 seal time, history p50/p99 by reservation, by action and by a time range (one page), the audit

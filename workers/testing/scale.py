@@ -5,12 +5,15 @@ ledger's own ``ledger.event_hash`` (so every chain verifies, in the canonical fo
 define), and is inserted with the guards off (``session_replication_role = replica``, as a
 superuser: the chain trigger would hash each row again, and take an hour for ten million rows
 on two cores), with the chain heads the trigger would have kept. Reservations of two actions
-(accept, then complete), each of four rows (received, intent, transition, outcome) in the shape
-the ledger writes since migration 0012 (an action's facts on its received row only, a row's
-reservation SID as its chain key only),
-``IN_FLIGHT`` reservations interleaved in ledger order, spread evenly over a time span. The rows
-from ``Shape.tail_from`` on get the loading transaction's own xid, as if written after a
-checkpoint sealed the rest.
+(accept, then complete), each of three rows in the shape the ledger writes since migration 0013:
+received, intent, and the transition that settles it (its outcome ``applied`` on the transition
+row, no outcome row), an action's facts on its received row only and a row's reservation SID as
+its chain key only (0012). The complete of every hundredth reservation fails instead: received,
+intent, and an ``outcome`` row (``failed``, HTTP 400, no transition), the reservation left
+accepted. The registry and the projection say what the rows say (outcomes, times, each
+reservation's last transition). ``IN_FLIGHT`` reservations interleaved in ledger order, spread
+evenly over a time span. The rows from ``Shape.tail_from`` on get the loading transaction's own
+xid, as if written after a checkpoint sealed the rest.
 """
 
 from __future__ import annotations
@@ -26,8 +29,9 @@ from workers.ledger.connector import connect
 from workers.ledger.models import Role
 from workers.ledger.queries import parse
 
-ROWS_PER_RESERVATION = 8
-ROWS_PER_ACTION = 4
+ROWS_PER_ACTION = 3  # received, intent, the transition (or failed outcome) that settles it
+ACTIONS_PER_RESERVATION = 2  # accept, then complete
+ROWS_PER_RESERVATION = ROWS_PER_ACTION * ACTIONS_PER_RESERVATION
 IN_FLIGHT = 1000
 BATCH = 2500  # reservations per statement
 
@@ -53,11 +57,13 @@ class Shape:
             "xid_per_position": self.xid_per_position,
             "tail_from": self.tail_from,
             "in_flight": self.in_flight,
+            "rows_per_action": ROWS_PER_ACTION,
         }
 
 
 def position(shape_in_flight: int, r: int, s: int) -> int:
-    """The position of row ``s`` (1..8) of reservation ``r``, as the generator sets it."""
+    """The position of row ``s`` (1 .. ROWS_PER_RESERVATION) of reservation ``r``, as the generator
+    sets it (``pg_temp.bench_position`` in scale.sql: the same formula)."""
     window = shape_in_flight
     return (r // window) * window * ROWS_PER_RESERVATION + (s - 1) * window + r % window + 1
 
@@ -128,6 +134,7 @@ def load(url: str, shape: Shape, lo: int, hi: int, jobs: int = 2) -> None:
         mine = set(months[job::jobs])
         with connect(url, None) as conn:
             conn.execute("SET session_replication_role = replica")
+            conn.execute(SQL["position"])
             conn.execute(SQL["generator"])
             for first, last in (b for b in batches if month_of(shape, b[0]) in mine):
                 params = {**shape.params(), "first": first, "last": last, "lo": lo, "hi": hi}
