@@ -10,8 +10,10 @@ the last ``--tail`` rows, which are written after it.
 
 Then it prints: bytes per action (heap, indexes and TOAST of every ledger table), the checkpoint's
 seal time, history p50/p99 by reservation, by action and by a time range (one page), the audit
-API's pages over HTTP, incremental verify of the tail and the full verify, and archiving time per
-million rows (``reservations ledger archive`` of the oldest month, when the ledger is partitioned).
+API's pages over HTTP, incremental verify of the tail and the full verify; then ``reservations
+ledger compact`` of the months that are over (its time, bytes per action and history again), and
+archiving time per million rows (``reservations ledger archive`` of the oldest month, when the
+ledger is partitioned).
 
 Run from the repository root: ``.venv/bin/python ops/bench_ledger_scale.py`` (``--rows 5000`` for
 a quick look; ``--keep NAME`` keeps the database).
@@ -34,7 +36,7 @@ from pathlib import Path
 import httpx
 from bench_console import TOKEN, serve
 
-from workers.ledger import archive
+from workers.ledger import archive, partitions
 from workers.ledger.connector import Connector, connect, database_name, drop_database, with_database
 from workers.ledger.migrations import migrate
 from workers.ledger.models import LedgerRow, Role
@@ -143,6 +145,9 @@ def main(argv: list[str] | None = None) -> int:
         "--reuse", action="store_true", help="with --keep: measure database NAME as it was left (no load)"
     )
     parser.add_argument("--no-archive", action="store_true", help="skip the archive (it detaches a month)")
+    parser.add_argument(
+        "--no-compact", action="store_true", help="skip `ledger compact` of the months that are over"
+    )
     args = parser.parse_args(argv)
 
     url = with_database(args.database_url, args.keep or f"reservations_bench_scale_{os.getpid()}")
@@ -153,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             t0, span, checkpoint_id = load(url, args)
         measure(url, args, t0, span, checkpoint_id)
+        if not args.no_compact:
+            compact_time(url, args, t0, span)
         if not args.no_archive:
             archive_time(url)
     finally:
@@ -204,12 +211,7 @@ def measure(url: str, args: argparse.Namespace, t0: datetime, span: timedelta, c
     reservations = max(1, rows // scale.ROWS_PER_RESERVATION)
     print(f"ledger: {rows:,} rows, {actions:,} actions, {reservations:,} reservations over {span.days} days")
     print(f"bytes per action: {size / max(actions, 1):,.0f} ({size / 2**20:,.0f} MiB in all ledger tables)")
-    samples = time_history(url, reservations, args.queries, t0, span)
-    print(f"{'history':<22}{'p50 ms':>9}{'p99 ms':>9}{'target':>9}")
-    for name, taken in samples.items():
-        p50, p99 = percentiles(taken)
-        verdict = "met" if p99 <= TARGETS[name] else "NOT met"
-        print(f"{name:<22}{p50:9.2f}{p99:9.2f}{TARGETS[name]:9.0f}  {verdict} ({len(taken)} queries)")
+    print_history(url, args, reservations, t0, span)
     api = time_api(url, args.port, reservations, max(10, args.queries // 10), t0, span)
     p50, p99 = percentiles(api)
     print(f"audit API /v1/events over HTTP (by reservation, by hour): p50 {p50:.1f} ms, p99 {p99:.1f} ms")
@@ -228,6 +230,37 @@ def measure(url: str, args: argparse.Namespace, t0: datetime, span: timedelta, c
             problems = verify(conn)
             took = time.perf_counter() - began
         print(f"full verify: {rows:,} rows in {took:.1f} s ({len(problems)} problem(s))")
+
+
+def print_history(
+    url: str, args: argparse.Namespace, reservations: int, t0: datetime, span: timedelta
+) -> None:
+    samples = time_history(url, reservations, args.queries, t0, span)
+    print(f"{'history':<22}{'p50 ms':>9}{'p99 ms':>9}{'target':>9}")
+    for name, taken in samples.items():
+        p50, p99 = percentiles(taken)
+        verdict = "met" if p99 <= TARGETS[name] else "NOT met"
+        print(f"{name:<22}{p50:9.2f}{p99:9.2f}{TARGETS[name]:9.0f}  {verdict} ({len(taken)} queries)")
+
+
+def compact_time(url: str, args: argparse.Namespace, t0: datetime, span: timedelta) -> None:
+    """``reservations ledger compact`` of every month that is over: its time, the indexes' bytes
+    before and after, bytes per action, and history timed again on the compacted months."""
+    with connect(url, Role.OWNER) as conn:
+        began = time.perf_counter()
+        done = partitions.compact_closed(conn, datetime.now(UTC).replace(day=1, hour=0, minute=0, second=0))
+        took = time.perf_counter() - began
+    before = sum(c.index_bytes_before for c in done) / 2**20
+    after = sum(c.index_bytes_after for c in done) / 2**20
+    print(
+        f"ledger compact: {len(done)} month(s) in {took:.1f} s,"
+        f" their indexes {before:,.0f} MiB to {after:,.0f} MiB"
+    )
+    size, actions, rows = bytes_per_action(url)
+    print(
+        f"bytes per action, those months compacted: {size / max(actions, 1):,.0f} ({size / 2**20:,.0f} MiB)"
+    )
+    print_history(url, args, max(1, rows // scale.ROWS_PER_RESERVATION), t0, span)
 
 
 def archive_time(url: str) -> None:

@@ -38,9 +38,12 @@ def test_the_scale_benchmark_runs_small(admin_url: str) -> None:
         "audit API /v1/events over HTTP",
         "incremental verify since checkpoint 1: 400 rows",
         "full verify: 4,200 rows",
+        "ledger compact: ",
+        "bytes per action, those months compacted:",
         "archive of ",
     ):
         assert promised in out, out
     assert "0 problem(s)" in out.split("incremental verify")[1]
     assert "full verify: 4,200 rows in" in out
     assert "(0 problem(s))" in out.split("full verify")[1]
+    assert "ledger compact: 0 month(s)" not in out  # the months before this one are compacted
