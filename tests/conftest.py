@@ -25,6 +25,7 @@ skipping it.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -39,6 +40,7 @@ from tests.support.services import (
     rabbitmq_vhost,
     unavailable,
 )
+from workers.testing import scale
 
 pytest_plugins = ["tests.support.e2e"]
 
@@ -107,6 +109,19 @@ def fresh_db_url(admin_url: str, template_url: str) -> Iterator[str]:
     url = clone(admin_url, template_url)
     yield url
     drop_database(url)
+
+
+SCALE_ROWS = 4000
+
+
+@pytest.fixture
+def ledger_url(fresh_db_url: str) -> str:
+    """A ledger of SCALE_ROWS rows spread over the last three months (every chain spans them all),
+    loaded by the scale loader: its indexes grown by inserts, as the workers grow them."""
+    end = datetime.now(UTC) - timedelta(minutes=1)
+    shape = scale.plan(fresh_db_url, SCALE_ROWS, 0, end - timedelta(days=90), end)
+    scale.load(fresh_db_url, shape, 0, shape.top, jobs=1)
+    return fresh_db_url
 
 
 @pytest.fixture(scope="session")

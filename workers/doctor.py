@@ -3,7 +3,9 @@
 Each check answers in one line (:class:`workers.health.Check`) and never raises: configuration,
 the ledger (reachable, its role, its migration level), RabbitMQ (virtual host, credentials, the
 exchanges and queues of :mod:`workers.broker.topology` with our arguments), TaskRouter (one
-authenticated read through the twilio SDK), the PII key, and the metrics and Flower ports.
+authenticated read through the twilio SDK), the PII key, and the metrics and Flower ports; and,
+for ``doctor`` only, the ledger's monthly upkeep (partitions made ahead, none of the DEFAULT
+partition's rows, the months that are over compacted).
 """
 
 from __future__ import annotations
@@ -12,12 +14,13 @@ import errno
 import socket
 import urllib.request
 from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 
 from workers.broker.reach import topology_problems
 from workers.config import Settings
 from workers.errors import ReservationsError, TaskRouterError, unreachable
 from workers.health import FAIL, OK, WARN, Check
-from workers.ledger import migrations
+from workers.ledger import migrations, partitions
 from workers.ledger.connector import connect, reach, where
 from workers.ledger.models import Role
 from workers.metrics import parse_address
@@ -61,6 +64,30 @@ def ledger(settings: Settings) -> Check:
             " run `reservations migrate`",
         )
     return Check("ledger", OK, f"{at}, migration {known[-1]} (all {len(known)} applied)")
+
+
+def upkeep(settings: Settings) -> Check:
+    """The ledger's monthly upkeep, as ops/RUNBOOK.md has cron do it: next month's partition made
+    (else its rows land in the DEFAULT partition for good), the DEFAULT partition empty, and the
+    months that are over compacted. A warning at most: nothing is lost meanwhile."""
+    with connect(settings.database_url, Role.WRITER, connect_timeout=round(TIMEOUT)) as conn:
+        listed = partitions.list_partitions(conn)
+    now = datetime.now(UTC)
+    this_month = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    next_month = this_month.replace(year=now.year + now.month // 12, month=now.month % 12 + 1)
+    ranges = [(p.lower, p.upper, p) for p in listed if p.lower is not None and p.upper is not None]
+    problems = []
+    if not any(lower <= next_month < upper for lower, upper, _p in ranges):
+        problems.append("no partition for next month yet: run `reservations ledger partitions`")
+    if any(p.has_rows for p in listed if p.lower is None):
+        problems.append("rows in ledger.events_default (a month had no partition; ops/LEDGER.md, Partitions)")
+    over = [p for _lower, upper, p in ranges if upper <= this_month and p.has_rows and not p.compacted]
+    if over:
+        problems.append(f"{len(over)} month(s) over and not compacted: run `reservations ledger compact`")
+    if problems:
+        return Check("upkeep", WARN, "; ".join(problems))
+    last = max((upper for _lower, upper, _p in ranges), default=next_month)
+    return Check("upkeep", OK, f"partitions made up to {last:%Y-%m}, every month that is over compacted")
 
 
 def broker(settings: Settings) -> Check:
@@ -141,9 +168,11 @@ def doctor(environ: Mapping[str, str] | None = None) -> list[Check]:
     config, settings = configuration(environ)
     if settings is None:
         return [config]
+    checked = services(settings)
     return [
         config,
-        *services(settings),
+        *checked,
+        *([] if checked[0].failed else [guarded("upkeep", upkeep, settings)]),
         guarded("pii_key", pii_key, settings),
         *ports(settings),
     ]

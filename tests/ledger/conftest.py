@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -19,7 +18,6 @@ from workers.ledger.models import Checkpoint, Outcome, Role
 from workers.ledger.reader import LedgerReader
 from workers.ledger.verify import seal_checkpoint
 from workers.ledger.writer import PostgresLedgerWriter
-from workers.testing import scale
 
 PII_KEY = "test-pii-key"
 
@@ -46,19 +44,6 @@ def writer(db_url: str) -> Iterator[PostgresLedgerWriter]:
 def reader(db_url: str) -> Iterator[LedgerReader]:
     with open_reader(db_url) as opened:
         yield opened
-
-
-SCALE_ROWS = 4000
-
-
-@pytest.fixture
-def ledger_url(fresh_db_url: str) -> str:
-    """A ledger of SCALE_ROWS rows spread over the last three months (every chain spans them all),
-    loaded by the scale loader: its indexes grown by inserts, as the workers grow them."""
-    end = datetime.now(UTC) - timedelta(minutes=1)
-    shape = scale.plan(fresh_db_url, SCALE_ROWS, 0, end - timedelta(days=90), end)
-    scale.load(fresh_db_url, shape, 0, shape.top, jobs=1)
-    return fresh_db_url
 
 
 @pytest.fixture

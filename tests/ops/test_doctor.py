@@ -13,6 +13,7 @@ import psycopg
 import pytest
 from click.testing import CliRunner
 from kombu.connection import Connection
+from psycopg import sql
 
 from workers.broker.topology import actions_queue, apply_queue, dead_letter_queue
 from workers.cli import main
@@ -61,11 +62,41 @@ def test_doctor_passes_against_a_migrated_ledger_a_declared_broker_and_taskroute
         "ledger": "ok",
         "broker": "ok",
         "taskrouter": "ok",
+        "upkeep": "ok",
         "pii_key": "ok",
         "flower_port": "ok",
     }
     latest = known_migrations()[-1]
     assert f"as reservations_writer, migration {latest} (all " in checks["ledger"]["detail"]
+    assert "every month that is over compacted" in checks["upkeep"]["detail"]
+
+
+def test_doctor_warns_of_the_ledgers_upkeep_left_undone(env: dict[str, str], ledger_url: str) -> None:
+    """Months over and not compacted, and next month without its partition: a warning naming the
+    command for each (exit 0: nothing is lost meanwhile), until cron's commands have run."""
+    with psycopg.connect(ledger_url, autocommit=True) as conn:  # next month's partition, empty, gone
+        found = conn.execute(
+            "SELECT partition_name FROM ledger.events_partition_bounds()"
+            " WHERE upper > date_trunc('month', now() AT TIME ZONE 'UTC') + interval '1 month'"
+            " ORDER BY lower LIMIT 1"
+        ).fetchone()
+        assert found is not None
+        conn.execute(
+            sql.SQL("ALTER TABLE ledger.events DETACH PARTITION ledger.{}").format(sql.Identifier(found[0]))
+        )
+        conn.execute(sql.SQL("DROP TABLE ledger.{}").format(sql.Identifier(found[0])))
+    stale = {**env, "DATABASE_URL": ledger_url}
+    code, checks, text = doctor(stale)
+    assert code == 0, text
+    assert checks["upkeep"]["status"] == "warn"
+    detail = checks["upkeep"]["detail"]
+    assert "no partition for next month yet: run `reservations ledger partitions`" in detail
+    assert "month(s) over and not compacted: run `reservations ledger compact`" in detail
+    runner = CliRunner()
+    assert runner.invoke(main, ["ledger", "compact", "--database-url", ledger_url]).exit_code == 0
+    assert runner.invoke(main, ["ledger", "partitions", "--database-url", ledger_url]).exit_code == 0
+    code, checks, text = doctor(stale)
+    assert checks["upkeep"]["status"] == "ok", text
 
 
 def test_doctor_names_a_ledger_out_of_reach_in_one_line(env: dict[str, str]) -> None:
