@@ -411,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{'TOTAL once dead row versions are reclaimed':<52} {total / actions:8.1f}"
             f"  ({', '.join(UPDATED_IN_PLACE)} counted as their live rows take, copied into fresh tables)"
         )
-        with connect(url, Role.OWNER) as conn:
+        with connect(url, Role.OWNER) as conn, partitions.compacting(conn):
             for part in partitions.list_partitions(conn):
                 if part.has_rows:  # the month the rows are in, as `ledger compact` leaves it once it is over
                     partitions.compact_partition(conn, part.partition_name)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
@@ -52,7 +52,34 @@ def _closed(url: str) -> list[partitions.Partition]:
     return [p for p in listed if p.upper is not None and p.upper <= _month_start() and p.has_rows]
 
 
+def _fillfactors(url: str, partition: str) -> dict[str, str | None]:
+    """Each B-tree index of ``partition``: its fillfactor option, None when it has none."""
+    with superuser(url) as conn:
+        return {
+            name: next((o.split("=")[1] for o in options or [] if o.startswith("fillfactor=")), None)
+            for name, options in conn.execute(
+                "SELECT c.relname, c.reloptions FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
+                " JOIN pg_am a ON a.oid = c.relam WHERE i.indrelid = %s::regclass AND a.amname = 'btree'",
+                [f"ledger.{partition}"],
+            )
+        }
+
+
+def _invalid_indexes(url: str) -> list[str]:
+    """Every invalid index of the database, TOAST tables' included."""
+    with superuser(url) as conn:
+        return [
+            str(r[0])
+            for r in conn.execute("SELECT indexrelid::regclass::text FROM pg_index WHERE NOT indisvalid")
+        ]
+
+
 def test_the_months_that_are_over_are_packed_once_and_no_row_changes(ledger_url: str) -> None:
+    with superuser(ledger_url) as conn:  # two empty months long past: nothing to compact in them
+        conn.execute("SET ROLE reservations_owner")
+        conn.execute(
+            "SELECT ledger.create_events_partitions(1, 1, date_trunc('month', now()) - interval '8 months')"
+        )
     rows, before = _rows(ledger_url), _index_state(ledger_url)
     closed = _closed(ledger_url)
     assert len(closed) >= 2
@@ -72,13 +99,28 @@ def test_the_months_that_are_over_are_packed_once_and_no_row_changes(ledger_url:
     for part in closed:
         mine = [name for name in after if name.startswith(part.partition_name + "_")]
         assert sum(after[n][0] for n in mine) < sum(before[n][0] for n in mine)
+        assert set(_fillfactors(ledger_url, part.partition_name).values()) == {"100"}  # packed full
     listed = {p.partition_name: p for p in _closed(ledger_url)}
     assert all(listed[p.partition_name].compacted for p in closed)
     with connect(ledger_url, Role.READER) as conn:  # the month still going on is left as it is
-        current = [p for p in partitions.list_partitions(conn) if p.lower == _month_start()]
+        everything = partitions.list_partitions(conn)
+        current = [p for p in everything if p.lower == _month_start()]
         assert current
         assert not current[0].compacted
+        assert set(_fillfactors(ledger_url, current[0].partition_name).values()) == {None}
+        empty = [
+            p for p in everything if p.upper is not None and p.upper <= _month_start() and not p.has_rows
+        ]
+        assert len(empty) == 2
+        assert not any(p.compacted for p in empty)
         assert verify(conn) == []
+    assert _invalid_indexes(ledger_url) == []
+    listing = CliRunner().invoke(main, ["ledger", "partitions", "--database-url", ledger_url])
+    for part in closed:
+        assert f"ledger.{part.partition_name}: " in listing.output
+        assert (
+            listing.output.split(f"ledger.{part.partition_name}: ")[1].splitlines()[0].endswith("(compacted)")
+        )
     assert _rows(ledger_url) == rows
     with open_reader(ledger_url) as reader:
         assert [reader.history(reservation_sid=sid) for sid in some] == histories
@@ -100,6 +142,30 @@ def test_before_limits_the_months_compacted(ledger_url: str) -> None:
     assert listed[oldest.partition_name]
     assert rest
     assert not any(listed[p.partition_name] for p in rest)
+
+
+def test_a_month_not_over_is_refused(ledger_url: str) -> None:
+    next_month = (_month_start() + timedelta(days=32)).replace(day=1)
+    result = CliRunner().invoke(
+        main, ["ledger", "compact", "--database-url", ledger_url, "--before", f"{next_month:%Y-%m}"]
+    )
+    assert result.exit_code == 2
+    assert f"error: {next_month:%Y-%m} is not over yet" in result.output
+    with connect(ledger_url, Role.READER) as conn:
+        assert not any(p.compacted for p in partitions.list_partitions(conn))
+
+
+def test_two_runs_at_once_are_refused(ledger_url: str) -> None:
+    """A run still at work (or its server process, after its client went away) holds the lock: a
+    second run would take its ..._ccnew copies, still being built, for leftovers."""
+    with connect(ledger_url, Role.OWNER) as first, partitions.compacting(first):
+        result = CliRunner().invoke(main, ["ledger", "compact", "--database-url", ledger_url])
+        assert result.exit_code == 2
+        assert "another `reservations ledger compact` is running" in result.output
+        assert not any(p.compacted for p in _closed(ledger_url))
+    result = CliRunner().invoke(main, ["ledger", "compact", "--database-url", ledger_url])
+    assert result.exit_code == 0, result.output
+    assert all(p.compacted for p in _closed(ledger_url))
 
 
 def test_a_compaction_cut_short_is_finished_by_the_next_run(ledger_url: str) -> None:
@@ -148,6 +214,7 @@ def test_a_compaction_cut_short_is_finished_by_the_next_run(ledger_url: str) -> 
     assert result.exit_code == 0, result.output
     final = _index_state(ledger_url)
     assert not any("_cc" in name for name in final)
+    assert _invalid_indexes(ledger_url) == []  # nothing left behind, in pg_toast either
     assert all(valid and attached for _size, valid, attached in final.values())
     assert all(p.compacted for p in _closed(ledger_url))
     with connect(ledger_url, Role.READER) as conn:

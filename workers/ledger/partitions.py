@@ -4,22 +4,25 @@
 SQL function it calls (migration 0004) names each partition ``events_YYYY_MM`` after its first
 UTC month and guards it as the parent is guarded.
 
-`reservations ledger compact` calls :func:`compact_closed`: a month that is over never takes a row
-again (a row's ``recorded_at`` is the database clock), yet its indexes keep the half-empty pages
-that inserts all over their key range left (the chain and worker indexes are about half full). It
-rebuilds them once, packed full, without stopping writers or readers, and marks the partition.
+`reservations ledger compact` calls :func:`compact_partition` for each month that is over: such a
+month takes no new row (a row's ``recorded_at`` is the database clock, within a minute of its
+insert), yet its indexes keep the half-empty pages that inserts all over their key range left (the
+chain and worker indexes are about half full). It rebuilds them once, packed full, without
+stopping writers or readers, and marks the partition.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from psycopg import Connection, sql
 from psycopg.rows import class_row
 
+from workers.errors import LedgerError
 from workers.ledger.connector import translated
 from workers.ledger.models import Role
 from workers.ledger.queries import QUERIES
@@ -60,7 +63,7 @@ def list_partitions(conn: Connection) -> list[Partition]:
         return cur.fetchall()
 
 
-# What a REINDEX CONCURRENTLY cut short (cancelled, connection lost, process killed) leaves on the
+# What a REINDEX CONCURRENTLY cut short (cancelled, connection lost, server restarted) leaves on the
 # table: the new copy of an index (..._ccnew), or the old one it was swapping out (..._ccold),
 # invalid, unused by any query, and only taking space.
 _LEFTOVER = re.compile(r"_cc(new|old)[0-9]*$")
@@ -84,6 +87,25 @@ class _Index:
     attached: bool
 
 
+@contextmanager
+def compacting(conn: Connection) -> Iterator[None]:
+    """Hold the compaction lock for the block (queries.sql, compact_lock: a second run would take
+    the first one's ``_ccnew`` copies, still being built, for leftovers); LedgerError at once when
+    another run holds it (its server process may still be at work after its client went away)."""
+    with translated():
+        found = conn.execute(QUERIES["compact_lock"]).fetchone()
+    if not (found and found[0]):
+        raise LedgerError(
+            "another `reservations ledger compact` is running on this ledger (or its server process"
+            " is still finishing after its client went away): let it finish"
+        )
+    try:
+        yield
+    finally:
+        with translated():
+            conn.execute(QUERIES["compact_unlock"])
+
+
 def partitions_to_compact(conn: Connection, before: datetime) -> list[str]:
     """The partitions whose months are over by ``before``, hold rows and are not compacted yet."""
     with translated():
@@ -98,12 +120,15 @@ def _indexes(conn: Connection, partition: str) -> list[_Index]:
 
 
 def compact_partition(conn: Connection, partition: str) -> Compaction:
-    """Rebuild every index of ``partition`` packed full (fillfactor 100: no insert will ever need
-    the room) with ``REINDEX CONCURRENTLY``, writers and readers going on, then mark it compacted.
+    """Rebuild each index of ``partition`` packed full (B-trees at fillfactor 100: no insert will
+    need the room) with ``REINDEX INDEX CONCURRENTLY``, writers and readers going on, then mark the
+    partition compacted. Its TOAST index is left alone (nearly empty, nothing to pack, and a
+    leftover copy of it could only be dropped by a superuser).
 
-    ``conn`` must be an autocommit connection as the owner (``connect(url, Role.OWNER)``). A run
-    cut short leaves invalid ``_ccnew``/``_ccold`` copies and no mark: the next run drops those and
-    starts again. The rows and their hashes are not touched: an index holds no evidence.
+    ``conn`` must be an autocommit connection as the owner (``connect(url, Role.OWNER)``), inside
+    :func:`compacting`. A run cut short leaves invalid ``_ccnew``/``_ccold`` copies and no mark:
+    the next run drops those and starts again. Rows and their hashes are not touched: an index
+    holds no evidence.
     """
     table = sql.Identifier(partition)
     with translated():
@@ -113,11 +138,12 @@ def compact_partition(conn: Connection, partition: str) -> Compaction:
                     sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(_qualified(index.index_name))
                 )
         before = _indexes(conn, partition)
-        for index in (i for i in before if i.method == "btree"):  # BRIN and GIN have no fillfactor
-            conn.execute(
-                sql.SQL("ALTER INDEX {} SET (fillfactor = 100)").format(_qualified(index.index_name))
-            )
-        conn.execute(sql.SQL("REINDEX TABLE CONCURRENTLY ledger.{}").format(table))
+        for index in before:
+            if index.method == "btree":  # BRIN and GIN have no fillfactor
+                conn.execute(
+                    sql.SQL("ALTER INDEX {} SET (fillfactor = 100)").format(_qualified(index.index_name))
+                )
+            conn.execute(sql.SQL("REINDEX INDEX CONCURRENTLY {}").format(_qualified(index.index_name)))
         after = _indexes(conn, partition)
         compaction = Compaction(partition, sum(i.bytes for i in before), sum(i.bytes for i in after))
         at = datetime.now(UTC).isoformat(timespec="seconds")
@@ -133,16 +159,11 @@ def compact_partition(conn: Connection, partition: str) -> Compaction:
     return compaction
 
 
-def compact_closed(
-    conn: Connection, before: datetime, started: Callable[[str], None] = lambda _name: None
-) -> list[Compaction]:
+def compact_closed(conn: Connection, before: datetime) -> list[Compaction]:
     """Compact every partition whose months are over by ``before`` and that is not compacted yet,
-    oldest first (idempotent); ``started`` is told each partition's name as its rebuild begins."""
-    done = []
-    for partition in partitions_to_compact(conn, before):
-        started(partition)
-        done.append(compact_partition(conn, partition))
-    return done
+    oldest first, holding the compaction lock (idempotent)."""
+    with compacting(conn):
+        return [compact_partition(conn, name) for name in partitions_to_compact(conn, before)]
 
 
 def _qualified(index_name: str) -> sql.Composable:

@@ -622,7 +622,10 @@ SELECT partition_name FROM ledger.create_events_partitions(%(ahead)s, %(months)s
 -- Each partition of ledger.events with its range (the DEFAULT partition has none) and its rows'
 -- presence, in time order.
 SELECT c.relname AS partition_name, b.lower, b.upper,
-       EXISTS (SELECT FROM ledger.events e WHERE e.tableoid = c.oid) AS has_rows,
+       CASE WHEN b.lower IS NULL THEN EXISTS (SELECT FROM ledger.events e WHERE e.tableoid = c.oid)
+            -- by its range: PostgreSQL then reads that partition only (run-time pruning)
+            ELSE EXISTS (SELECT FROM ledger.events e WHERE e.recorded_at >= b.lower AND e.recorded_at < b.upper)
+       END AS has_rows,
        coalesce(starts_with(obj_description(c.oid, 'pg_class'), 'compacted '), false) AS compacted
   FROM pg_inherits i
   JOIN pg_class c ON c.oid = i.inhrelid
@@ -631,14 +634,15 @@ SELECT c.relname AS partition_name, b.lower, b.upper,
  ORDER BY b.lower NULLS LAST;
 
 -- name: partitions_to_compact
--- The partitions of ledger.events whose months are over by %(before)s and hold rows, not compacted
--- yet (ledger compact marks each it finishes with a comment), oldest first. The DEFAULT partition
--- never: a row of any month may still land there.
+-- The partitions of ledger.events whose months are over by %(before)s and hold rows (found by their
+-- range: each partition read for one row, no other), not compacted yet (ledger compact marks each
+-- it finishes with a comment), oldest first. The DEFAULT partition never: a row of any month may
+-- still land there.
 SELECT b.partition_name
   FROM ledger.events_partition_bounds() b
   JOIN pg_class c ON c.relname = b.partition_name AND c.relnamespace = 'ledger'::regnamespace
  WHERE b.upper <= %(before)s
-   AND EXISTS (SELECT FROM ledger.events e WHERE e.tableoid = c.oid)
+   AND EXISTS (SELECT FROM ledger.events e WHERE e.recorded_at >= b.lower AND e.recorded_at < b.upper)
    AND NOT coalesce(starts_with(obj_description(c.oid, 'pg_class'), 'compacted '), false)
  ORDER BY b.lower;
 
@@ -654,3 +658,11 @@ SELECT c.relname AS index_name, a.amname AS method, i.indisvalid AS valid,
   JOIN pg_am a ON a.oid = c.relam
  WHERE i.indrelid = to_regclass('ledger.' || quote_ident(%(partition)s))
  ORDER BY 1;
+
+-- name: compact_lock
+-- The lock one `ledger compact` holds while it runs (session level: released by compact_unlock or
+-- when its server process ends); false when another run holds it.
+SELECT pg_try_advisory_lock(1279607889, 1);
+
+-- name: compact_unlock
+SELECT pg_advisory_unlock(1279607889, 1);
