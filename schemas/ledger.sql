@@ -518,7 +518,8 @@ CREATE TABLE ledger.actions (
     outcome_at timestamptz,
     redrives integer NOT NULL DEFAULT 0
 );
-CREATE INDEX actions_reservation ON ledger.actions (reservation_sid);
+-- A reservation's actions (replay redrive --reservation), on a 64-bit key of its SID (0017).
+CREATE INDEX actions_reservation ON ledger.actions (ledger.key64(reservation_sid));
 -- The history by correlation id or task: an action's rows after its received row do not repeat
 -- them (migration 0012); they are found through the registry (and events_action).
 CREATE INDEX actions_correlation ON ledger.actions (ledger.key64(correlation_id))

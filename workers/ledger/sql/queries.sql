@@ -348,7 +348,10 @@ SELECT a.action_id, a.action, a.workspace_sid, a.reservation_sid, a.task_sid, a.
   FROM ledger.actions AS a
  WHERE outcome = ANY(%(outcomes)s::text[])
    AND redrives = 0
-   AND (%(reservation_sid)s::text IS NULL OR reservation_sid = %(reservation_sid)s::text)
+   -- the key and the text: actions_reservation holds the key (0017)
+   AND (%(reservation_sid)s::text IS NULL
+        OR ledger.key64(reservation_sid) = ledger.key64(%(reservation_sid)s::text)
+           AND reservation_sid = %(reservation_sid)s::text)
    AND (%(since)s::timestamptz IS NULL OR outcome_at >= %(since)s::timestamptz)
    AND (%(until)s::timestamptz IS NULL OR outcome_at < %(until)s::timestamptz)
  ORDER BY outcome_at, action_id

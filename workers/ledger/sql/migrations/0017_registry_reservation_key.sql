@@ -1,0 +1,19 @@
+-- 0017: the registry's reservation index on a 64-bit key (issue 19: bytes per action).
+--
+-- (0015 and 0016 were built and taken back on 2026-12-01, ops/LEDGER.md "Bytes per action": their
+-- numbers are not used again, so a ledger that applied them is refused as one this release does not
+-- know, never taken for another.)
+--
+-- actions_reservation held each action's reservation SID as text (a 34-character SID: an entry of
+-- about 48 bytes). It is what lets `replay redrive --reservation` reach a reservation's actions,
+-- those whose received row is in an archived month included (the registry is never archived). It
+-- now holds ledger.key64(reservation_sid), as the registry's task and correlation indexes and the
+-- ledger's chain, task, worker and correlation indexes do: its one reader (queries.sql,
+-- settled_actions) matches the key and the text, so a collision costs a row read, never a wrong
+-- row. The index is rebuilt in this migration's transaction: writes to the registry wait for it
+-- (seconds a million actions; plan a window on a large registry, or build the new index
+-- CONCURRENTLY under another name beforehand and rename it).
+SET LOCAL ROLE reservations_owner;
+
+DROP INDEX ledger.actions_reservation;
+CREATE INDEX actions_reservation ON ledger.actions (ledger.key64(reservation_sid));
