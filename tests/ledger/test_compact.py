@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 import pytest
 from click.testing import CliRunner
+from psycopg import sql
 
 from tests.ledger.conftest import open_reader, superuser
 from workers.cli import main
@@ -168,10 +169,14 @@ def test_two_runs_at_once_are_refused(ledger_url: str) -> None:
     assert all(p.compacted for p in _closed(ledger_url))
 
 
-def test_a_compaction_cut_short_is_finished_by_the_next_run(ledger_url: str) -> None:
+@pytest.mark.parametrize(
+    ("cut", "cause"),
+    [("pg_cancel_backend", "canceling statement"), ("pg_terminate_backend", "terminating connection")],
+)
+def test_a_compaction_cut_short_is_finished_by_the_next_run(ledger_url: str, cut: str, cause: str) -> None:
     """REINDEX CONCURRENTLY waits for the snapshots open in the database before it swaps; cancelled
-    there, it leaves invalid copies of the indexes (..._ccnew) and no mark. The next run drops
-    them and compacts the month."""
+    there, or its connection cut, it leaves invalid copies of the indexes (..._ccnew) and no mark,
+    and the error names that cause. The next run drops them and compacts the month."""
     oldest = _closed(ledger_url)[0]
     failure: list[BaseException] = []
     with (
@@ -183,7 +188,8 @@ def test_a_compaction_cut_short_is_finished_by_the_next_run(ledger_url: str) -> 
 
         def compact() -> None:
             try:
-                partitions.compact_partition(owner, oldest.partition_name)
+                with partitions.compacting(owner):
+                    partitions.compact_partition(owner, oldest.partition_name)
             except BaseException as exc:  # reported to the test
                 failure.append(exc)
 
@@ -201,11 +207,12 @@ def test_a_compaction_cut_short_is_finished_by_the_next_run(ledger_url: str) -> 
                 time.sleep(0.05)
             else:
                 pytest.fail("the compaction never waited for the open snapshot")
-            admin.execute("SELECT pg_cancel_backend(%s)", [pid])
+            admin.execute(sql.SQL("SELECT {}(%s)").format(sql.Identifier(cut)), [pid])
         worker.join(30)
         blocker.execute("ROLLBACK")
     assert failure
     assert isinstance(failure[0], ReservationsError)
+    assert cause in str(failure[0])  # not the lock's release on the connection that was cut
     left = _index_state(ledger_url)
     assert any("_ccnew" in name and not valid for name, (_s, valid, _a) in left.items())
     assert not {p.partition_name: p for p in _closed(ledger_url)}[oldest.partition_name].compacted

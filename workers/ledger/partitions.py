@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+import psycopg
 from psycopg import Connection, sql
 from psycopg.rows import class_row
 
@@ -102,7 +103,8 @@ def compacting(conn: Connection) -> Iterator[None]:
     try:
         yield
     finally:
-        with translated():
+        # The lock ends with the session anyway: a connection lost mid-run must not hide its cause.
+        with suppress(psycopg.Error):
             conn.execute(QUERIES["compact_unlock"])
 
 
