@@ -116,10 +116,14 @@ SCALE_ROWS = 4000
 
 @pytest.fixture
 def ledger_url(fresh_db_url: str) -> str:
-    """A ledger of SCALE_ROWS rows spread over the last three months (every chain spans them all),
-    loaded by the scale loader: its indexes grown by inserts, as the workers grow them."""
+    """A ledger of about SCALE_ROWS rows (whole reservations) spread over the last three months
+    (every chain spans them all), loaded by the scale loader: its indexes grown by inserts, as the
+    workers grow them. Its first month holds at least three days of rows, whatever the date."""
     end = datetime.now(UTC) - timedelta(minutes=1)
-    shape = scale.plan(fresh_db_url, SCALE_ROWS, 0, end - timedelta(days=90), end)
+    start = end - timedelta(days=90)
+    if (start + timedelta(days=3)).month != start.month:
+        start -= timedelta(days=3)
+    shape = scale.plan(fresh_db_url, SCALE_ROWS, 0, start, end)
     scale.load(fresh_db_url, shape, 0, shape.top, jobs=1)
     return fresh_db_url
 

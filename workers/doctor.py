@@ -78,15 +78,20 @@ def upkeep(settings: Settings) -> Check:
     ranges = [(p.lower, p.upper, p) for p in listed if p.lower is not None and p.upper is not None]
     problems = []
     if not any(lower <= next_month < upper for lower, upper, _p in ranges):
-        problems.append("no partition for next month yet: run `reservations ledger partitions`")
+        problems.append(
+            "no partition for next month yet: run `reservations ledger partitions` (as the owner:"
+            " LEDGER_MIGRATION_URL)"
+        )
     if any(p.has_rows for p in listed if p.lower is None):
         problems.append("rows in ledger.events_default (a month had no partition; ops/LEDGER.md, Partitions)")
     over = [p for _lower, upper, p in ranges if upper <= this_month and p.has_rows and not p.compacted]
     if over:
-        problems.append(f"{len(over)} month(s) over and not compacted: run `reservations ledger compact`")
+        problems.append(
+            f"{len(over)} month(s) over and not compacted: run `reservations ledger compact` (as the owner)"
+        )
     if problems:
         return Check("upkeep", WARN, "; ".join(problems))
-    last = max((upper for _lower, upper, _p in ranges), default=next_month)
+    last = max((lower for lower, _upper, _p in ranges), default=next_month).astimezone(UTC)
     return Check("upkeep", OK, f"partitions made up to {last:%Y-%m}, every month that is over compacted")
 
 

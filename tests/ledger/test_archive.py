@@ -158,8 +158,9 @@ def _moved(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         (_altered, "altered", 0),
         # The last archived month: a whole month inside the span, where chains have rows after
         # their first (the removed row's chain is followed from the months before). The first month
-        # starts when the ledger does, 90 days ago, on any day of its month: it holds a chain's
-        # third row only when it is 30 days or more (a reservation's six rows are 15 days apart).
+        # starts when the ledger does, 90 days ago (three more in a month's last three days: the
+        # ledger_url fixture), on any day of its month: it holds a chain's third row only when it
+        # is 30 days or more (a reservation's six rows are 15 days apart).
         (_removed, "missing before it", -1),
         (_moved, "differs from its canonical text", 0),
     ],

@@ -19,6 +19,7 @@ from workers.ledger.connector import Connector, connect, drop_database, ensure_d
 from workers.ledger.migrations import known_migrations, migrate
 from workers.ledger.models import Role
 from workers.ledger.partitions import ensure_partitions, list_partitions
+from workers.ledger.queries import QUERIES
 from workers.ledger.verify import verify
 from workers.ledger.writer import PostgresLedgerWriter
 
@@ -274,3 +275,27 @@ def test_a_ledger_migrated_before_0004_keeps_its_months_and_chains(admin_url: st
             assert verify(conn) == []
     finally:
         drop_database(url)
+
+
+def _ledger_rows_read(plan: dict[str, Any]) -> int:
+    """The rows the plan's scans of ledger.events' partitions read: returned or filtered out."""
+    return sum(
+        (int(node.get("Actual Rows", 0)) + int(node.get("Rows Removed by Filter", 0)))
+        * int(node.get("Actual Loops", 1))
+        for node in nodes(plan)
+        if str(node.get("Relation Name", "")).startswith("events")
+    )
+
+
+def test_listing_the_partitions_reads_one_row_of_each_not_the_ledger(ledger_url: str) -> None:
+    """`ledger partitions` and doctor's upkeep check list the partitions with their rows'
+    presence: each partition is asked by its range (one row read), never the whole ledger; the
+    DEFAULT partition is asked by itself."""
+    with superuser(ledger_url) as conn:
+        found = conn.execute(f"EXPLAIN (ANALYZE, FORMAT JSON) {QUERIES['events_partitions']}").fetchone()
+    assert found is not None
+    with connect(ledger_url, Role.READER) as conn:
+        listed = list_partitions(conn)
+    assert _ledger_rows_read(found[0][0]["Plan"]) <= len(listed), found
+    assert [p.has_rows for p in listed if p.lower is None] == [False]
+    assert sum(p.has_rows for p in listed) >= 3

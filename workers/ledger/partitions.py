@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 import psycopg
@@ -61,7 +61,21 @@ def list_partitions(conn: Connection) -> list[Partition]:
     """Every partition of ledger.events in time order, the DEFAULT partition last."""
     with translated(), conn.cursor(row_factory=class_row(Partition)) as cur:
         cur.execute(QUERIES["events_partitions"])
-        return cur.fetchall()
+        listed = cur.fetchall()
+        # The DEFAULT partition has no range to prune by: ask it directly (events_partitions).
+        return [
+            part
+            if part.has_rows is not None
+            else replace(part, has_rows=_holds_rows(conn, part.partition_name))
+            for part in listed
+        ]
+
+
+def _holds_rows(conn: Connection, partition: str) -> bool:
+    found = conn.execute(
+        sql.SQL("SELECT EXISTS (SELECT FROM ledger.{})").format(sql.Identifier(partition))
+    ).fetchone()
+    return bool(found and found[0])
 
 
 # What a REINDEX CONCURRENTLY cut short (cancelled, connection lost, server restarted) leaves on the

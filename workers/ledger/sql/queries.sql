@@ -623,11 +623,13 @@ SELECT partition_name FROM ledger.create_events_partitions(%(ahead)s, %(months)s
 
 -- name: events_partitions
 -- Each partition of ledger.events with its range (the DEFAULT partition has none) and its rows'
--- presence, in time order.
+-- presence, in time order. A partition's rows are found by its range: PostgreSQL then reads that
+-- partition only (run-time pruning). The DEFAULT partition's is NULL here: no filter on
+-- ledger.events reaches it alone (one on tableoid reads every partition to the end), so the
+-- caller asks the partition itself.
 SELECT c.relname AS partition_name, b.lower, b.upper,
-       CASE WHEN b.lower IS NULL THEN EXISTS (SELECT FROM ledger.events e WHERE e.tableoid = c.oid)
-            -- by its range: PostgreSQL then reads that partition only (run-time pruning)
-            ELSE EXISTS (SELECT FROM ledger.events e WHERE e.recorded_at >= b.lower AND e.recorded_at < b.upper)
+       CASE WHEN b.lower IS NOT NULL THEN
+           EXISTS (SELECT FROM ledger.events e WHERE e.recorded_at >= b.lower AND e.recorded_at < b.upper)
        END AS has_rows,
        coalesce(starts_with(obj_description(c.oid, 'pg_class'), 'compacted '), false) AS compacted
   FROM pg_inherits i

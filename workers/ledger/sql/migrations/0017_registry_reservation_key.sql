@@ -10,9 +10,17 @@
 -- now holds ledger.key64(reservation_sid), as the registry's task and correlation indexes and the
 -- ledger's chain, task, worker and correlation indexes do: its one reader (queries.sql,
 -- settled_actions) matches the key and the text, so a collision costs a row read, never a wrong
--- row. The index is rebuilt in this migration's transaction: writes to the registry wait for it
--- (0.9 s a million actions on a 2-core machine; plan a window on a large registry).
+-- row.
+--
+-- The new index is built first, under another name (a SHARE lock: the registry's readers go on,
+-- its writers wait for the build, 0.9 s a million actions on a 2-core machine), then the old one
+-- is dropped and the new one renamed, which needs ACCESS EXCLUSIVE until the commit right after:
+-- a moment, readers included. Neither lock is waited for more than 10 s (a long reader, such as
+-- `replay rebuild`, would otherwise queue every query behind the migration): the migration then
+-- fails, changing nothing, and is run again.
 SET LOCAL ROLE reservations_owner;
+SET LOCAL lock_timeout = '10s';
 
+CREATE INDEX actions_reservation_key ON ledger.actions (ledger.key64(reservation_sid));
 DROP INDEX ledger.actions_reservation;
-CREATE INDEX actions_reservation ON ledger.actions (ledger.key64(reservation_sid));
+ALTER INDEX ledger.actions_reservation_key RENAME TO actions_reservation;
