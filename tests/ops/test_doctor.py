@@ -111,6 +111,23 @@ def test_doctor_names_a_ledger_out_of_reach_in_one_line(env: dict[str, str]) -> 
     assert f"fail  ledger        cannot reach the ledger's PostgreSQL at 127.0.0.1:{closed}/ledger" in text
     assert "pw" not in text
     assert checks["broker"]["status"] == checks["taskrouter"]["status"] == "ok"
+    assert "upkeep" not in checks  # the ledger's failure, said once
+
+
+def test_doctor_warns_of_rows_in_the_default_partition(env: dict[str, str], fresh_db_url: str) -> None:
+    """A row whose month had no partition lands in ledger.events_default for good: the upkeep
+    check says so (the row is written here with the guards off, five years back)."""
+    with psycopg.connect(fresh_db_url, autocommit=True) as conn:
+        conn.execute("SET session_replication_role = replica")
+        conn.execute(
+            "INSERT INTO ledger.events_default (position, tx_id, recorded_at, chain_key, chain_seq,"
+            " prev_hash, row_hash, kind) VALUES (1, '3', now() - interval '5 years', 'rejected_input', 1,"
+            " '\\x00', '\\x00', 'rejected_input')"
+        )
+    code, checks, text = doctor({**env, "DATABASE_URL": fresh_db_url})
+    assert code == 0, text
+    assert checks["upkeep"]["status"] == "warn"
+    assert "rows in ledger.events_default" in checks["upkeep"]["detail"]
 
 
 def test_doctor_finds_a_ledger_behind_this_release(env: dict[str, str], fresh_db_url: str) -> None:
