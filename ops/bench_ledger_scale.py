@@ -248,7 +248,9 @@ def compact_time(url: str, args: argparse.Namespace, t0: datetime, span: timedel
     before and after, bytes per action, and history timed again on the compacted months."""
     with connect(url, Role.OWNER) as conn:
         began = time.perf_counter()
-        done = partitions.compact_closed(conn, datetime.now(UTC).replace(day=1, hour=0, minute=0, second=0))
+        done = list(
+            partitions.compact_closed(conn, archive.bounds(datetime.now(UTC).date().replace(day=1))["start"])
+        )
         took = time.perf_counter() - began
     before = sum(c.index_bytes_before for c in done) / 2**20
     after = sum(c.index_bytes_after for c in done) / 2**20

@@ -20,7 +20,7 @@ from workers.broker.reach import topology_problems
 from workers.config import Settings
 from workers.errors import ReservationsError, TaskRouterError, unreachable
 from workers.health import FAIL, OK, WARN, Check
-from workers.ledger import migrations, partitions
+from workers.ledger import archive, migrations, partitions
 from workers.ledger.connector import connect, reach, where
 from workers.ledger.models import Role
 from workers.metrics import parse_address
@@ -72,9 +72,8 @@ def upkeep(settings: Settings) -> Check:
     months that are over compacted. A warning at most: nothing is lost meanwhile."""
     with connect(settings.database_url, Role.WRITER, connect_timeout=round(TIMEOUT)) as conn:
         listed = partitions.list_partitions(conn)
-    now = datetime.now(UTC)
-    this_month = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-    next_month = this_month.replace(year=now.year + now.month // 12, month=now.month % 12 + 1)
+    month = archive.bounds(datetime.now(UTC).date().replace(day=1))
+    this_month, next_month = month["start"], month["end"]
     ranges = [(p.lower, p.upper, p) for p in listed if p.lower is not None and p.upper is not None]
     problems = []
     if not any(lower <= next_month < upper for lower, upper, _p in ranges):

@@ -144,18 +144,19 @@ def compact_command(database_url: str, before: date | None) -> None:
     month = before or current
     if month > current:
         _fail(f"{month:%Y-%m} is not over yet: only months before {current:%Y-%m} can be compacted")
-    until = datetime(month.year, month.month, 1, tzinfo=UTC)
     done = 0
     try:
-        with connect(database_url, Role.OWNER) as conn, partitions.compacting(conn):
-            for name in partitions.partitions_to_compact(conn, until):
-                click.echo(f"compacting ledger.{name} (REINDEX CONCURRENTLY) ...")
-                compaction = partitions.compact_partition(conn, name)
+        with connect(database_url, Role.OWNER) as conn:
+            for compaction in partitions.compact_closed(
+                conn,
+                archive.bounds(month)["start"],
+                lambda name: click.echo(f"compacting ledger.{name} (REINDEX CONCURRENTLY) ..."),
+            ):
                 done += 1
                 was, now = compaction.index_bytes_before, compaction.index_bytes_after
                 click.echo(
-                    f"compacted ledger.{name}: indexes {was / 1e6:,.1f} MB to {now / 1e6:,.1f} MB"
-                    f" ({1 - now / was if was else 0:.0%} smaller)"
+                    f"compacted ledger.{compaction.partition_name}: indexes {was / 1e6:,.1f} MB to"
+                    f" {now / 1e6:,.1f} MB ({1 - now / was if was else 0:.0%} smaller)"
                 )
     except ReservationsError as exc:
         _fail(str(exc))

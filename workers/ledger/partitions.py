@@ -14,7 +14,7 @@ stopping writers or readers, and marks the partition.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -175,11 +175,16 @@ def compact_partition(conn: Connection, partition: str) -> Compaction:
     return compaction
 
 
-def compact_closed(conn: Connection, before: datetime) -> list[Compaction]:
+def compact_closed(
+    conn: Connection, before: datetime, started: Callable[[str], None] = lambda _name: None
+) -> Iterator[Compaction]:
     """Compact every partition whose months are over by ``before`` and that is not compacted yet,
-    oldest first, holding the compaction lock (idempotent)."""
+    oldest first, holding the compaction lock (idempotent): each as it is done; ``started`` is
+    told each partition's name before its rebuild."""
     with compacting(conn):
-        return [compact_partition(conn, name) for name in partitions_to_compact(conn, before)]
+        for name in partitions_to_compact(conn, before):
+            started(name)
+            yield compact_partition(conn, name)
 
 
 def _qualified(index_name: str) -> sql.Composable:
