@@ -15,9 +15,11 @@ users' work included; ``pg-own`` is the part spent by the backends connected to 
 database, which is this run's ledger and audit work alone), and ``ours / min(CPU ceiling,
 C/(k*L))``: the CPU ceiling is this machine's cores over the CPU all processes spent per action
 (then, stricter, with ``pg-own`` for PostgreSQL), C the workers' threads, k HTTP calls per action
-and L the latency; and the load average. At ``--pace-latency`` (50 ms) it then paces ours at a
-steady half of the rate it just reached and prints p50/p95/p99 publish->outcome, and at the end
-the workers' memory (PSS).
+and L the latency; and the load average. At ``--pace-latency`` (50 ms) it then paces each side at
+a steady half of the rate it just reached, and then at ``--floor-pace`` (20 actions/s, the machine
+nearly idle), and prints p50/p95/p99 publish->outcome of each: the issue's target is ours at half
+our peak; the peer's figures and the near-idle ones show what this machine, the emulator and the
+broker allow any worker. At the end it prints the workers' memory (PSS).
 
 Run from the repository root: ``.venv/bin/python ops/bench_peer.py`` (``--help`` for options).
 """
@@ -31,7 +33,7 @@ import sys
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -183,7 +185,7 @@ class Side:
 
     figures: Figures
     cpu: dict[str, float]  # seconds per group
-    paced: Side | None = None  # the same side at a steady share of this rate
+    paced: list[Side] = field(default_factory=list)  # the same side at steady paces
 
     def cpu_ms(self, group: str) -> float:
         return self.cpu[group] * 1000 / self.figures.actions
@@ -268,10 +270,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--workers", type=int, default=2, help="worker processes per side (default 2)")
     parser.add_argument("--concurrency", type=int, default=32, help="threads per worker process (32)")
+    parser.add_argument("--pace-latency", type=int, default=50, help="latency of the paced runs (50 ms)")
     parser.add_argument(
-        "--pace-latency", type=int, default=50, help="latency of the paced run of ours (50 ms)"
+        "--floor-pace",
+        type=float,
+        default=20.0,
+        help="also pace each side at this rate, the machine nearly idle (20 actions/s; 0: no)",
     )
-    parser.add_argument("--pace-seconds", type=float, default=10.0, help="length of the paced run (10 s)")
+    parser.add_argument("--pace-seconds", type=float, default=10.0, help="length of each paced run (10 s)")
     args = parser.parse_args(argv)
     latencies = [int(x) for x in args.latencies.split(",") if x.strip()]
     concurrency = args.workers * args.concurrency
@@ -303,7 +309,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         }
         memory: dict[str, float] = {}
 
-        def bout(name: str, latency: int, admin: EmulatorAdmin, pace_share: float | None = None) -> Side:
+        def bout(name: str, latency: int, admin: EmulatorAdmin, paced: bool = False) -> Side:
             """Start one side's workers, warm them up, measure them, stop them: the two sides
             never hold PostgreSQL connections at once (the server allows 100)."""
             side_env, app, lanes, outcomes_sql = feeds[name]
@@ -321,19 +327,21 @@ def main(argv: Sequence[str] | None = None) -> int:
                 label = f"{'naive peer' if name == 'peer' else 'ours, plain JSON'}, {latency} ms"
                 side = measured(label, meter, settings, admin, args.actions, db_url, lanes, outcomes_sql)
                 memory[name] = sum(proportional_memory_mb(w.process.pid) for w in processes if w.process)
-                if pace_share is not None:
-                    pace = side.figures.rate * pace_share
-                    side.paced = measured(
-                        f"{label}, paced {pace:.0f}/s",
-                        meter,
-                        settings,
-                        admin,
-                        max(1, int(pace * args.pace_seconds)),
-                        db_url,
-                        lanes,
-                        outcomes_sql,
-                        pace=pace,
-                    )
+                if paced:
+                    paces = [side.figures.rate * 0.5] + ([args.floor_pace] if args.floor_pace > 0 else [])
+                    for pace in paces:
+                        run = measured(
+                            f"{label}, paced {pace:.0f}/s",
+                            meter,
+                            settings,
+                            admin,
+                            max(1, int(pace * args.pace_seconds)),
+                            db_url,
+                            lanes,
+                            outcomes_sql,
+                            pace=pace,
+                        )
+                        side.paced.append(run)
             return side
 
         with EmulatorAdmin(emulator.base_url) as admin:
@@ -342,16 +350,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if latency:
                     admin.add_fault("latency", latency_ms=latency)
                 order = ("peer", "ours") if n % 2 == 0 else ("ours", "peer")
-                paced_share = 0.5 if latency == args.pace_latency else None  # ours only
-                results = {
-                    name: bout(name, latency, admin, paced_share if name == "ours" else None)
-                    for name in order
-                }
+                paced = latency == args.pace_latency
+                results = {name: bout(name, latency, admin, paced) for name in order}
                 report(latency, results["peer"], results["ours"], concurrency)
-                paced = results["ours"].paced
-                if paced is not None:
-                    print(paced.figures.line())
-                    print(f"  p99 target 2L+20 = {2 * latency + 20} ms")
+                if paced:
+                    for name in ("ours", "peer"):
+                        for run in results[name].paced:
+                            print(run.figures.line())
+                    target = 2 * latency + 20
+                    print(f"  p99 target 2L+20 = {target} ms (ours at half its peak: the first line)")
             for name, megabytes in memory.items():
                 print(f"worker memory (PSS, {args.workers} processes), {name}: {megabytes:.0f} MB")
     return 0
