@@ -20,8 +20,12 @@ workers leave. Empty partitions (made ahead of time) cost a page or two per inde
 volume: they are printed apart and left out of the per-action figure. A last line gives the total
 once the dead versions of the rows updated in place (the registry, the projection, the chain
 heads) are reclaimed (their live rows copied into fresh tables with the same indexes): at scale
-autovacuum lets that space be reused. The very last line adds what ``reservations ledger compact``
+autovacuum lets that space be reused. The next line adds what ``reservations ledger compact``
 does to a month once it is over (its indexes rebuilt packed full): what an action costs for good.
+The last line is a study, not the ledger: the same rows copied into the most compact encoding
+that keeps every fact exactly (``ops/ledger_encoding_study.sql``: raw 16-byte SIDs and ids,
+one-byte codes, no stored ``prev_hash``, the projection and the chain heads in one table), to
+show what a change of the row format could save.
 
 Run from the repository root: ``.venv/bin/python ops/bench_ledger_size.py``.
 """
@@ -34,6 +38,7 @@ import secrets
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from psycopg import Connection, sql
 
@@ -72,6 +77,7 @@ SELECT l.root, coalesce(pg_partition_root(x.indexrelid), x.indexrelid)::regclass
 # The ledger's tables that are updated in place (the rest only grow): each update leaves a dead
 # row version behind until (auto)vacuum makes its space reusable.
 UPDATED_IN_PLACE = ("actions", "reservations", "chain_heads")
+STUDY_SQL = Path(__file__).with_name("ledger_encoding_study.sql")
 
 
 @dataclass
@@ -369,6 +375,23 @@ def live_size(conn: Connection, name: str) -> Table:
     return table
 
 
+def encoding_study(url: str, settled: dict[str, Table]) -> tuple[int, int]:
+    """Run the study on ``url``'s ledger: (the bytes of every table of it that holds rows, those
+    of its events). ``ledger.schema_migrations`` counts as it is (``settled``)."""
+    sizes: dict[str, int] = {}
+    with connect(url, None, autocommit=True) as conn:
+        conn.execute(STUDY_SQL.read_text(encoding="utf-8"))
+        rows = conn.execute(
+            "SELECT c.relname, pg_total_relation_size(c.oid) FROM pg_class c"
+            " WHERE c.relnamespace = 'encoding_study'::regnamespace AND c.relkind = 'r'"
+        ).fetchall()
+        for name, size in rows:
+            query = sql.SQL("SELECT EXISTS (SELECT FROM {})").format(sql.Identifier("encoding_study", name))
+            if conn.execute(query).fetchone() == (True,):
+                sizes[str(name)] = int(size)
+    return sum(sizes.values()) + settled["ledger.schema_migrations"].total, sizes["events"]
+
+
 def report(tables: dict[str, Table], empty_bytes: int, actions: int) -> None:
     def per(size: int) -> str:
         return f"{size / actions:8.1f}"
@@ -423,6 +446,12 @@ def main(argv: list[str] | None = None) -> int:
             f"{'TOTAL once reclaimed and the month compacted':<52} {total / actions:8.1f}"
             f"  (`reservations ledger compact`: ledger.events {events.total / actions:.1f},"
             f" its indexes {sum(events.indexes.values()) / actions:.1f})"
+        )
+        study, study_events = encoding_study(url, settled)
+        print(
+            f"{'STUDY, not the ledger: the most compact exact encoding':<52} {study / actions:8.1f}"
+            f"  (ops/{STUDY_SQL.name}: ledger.events {study_events / actions:.1f}; the registry,"
+            " the projection and the chain heads as it stores them)"
         )
     finally:
         if args.keep:
