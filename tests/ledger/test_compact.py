@@ -228,6 +228,33 @@ def test_a_compaction_cut_short_is_finished_by_the_next_run(ledger_url: str, cut
         assert verify(conn) == []
 
 
+def test_a_wait_limit_gives_up_on_an_open_transaction_and_the_next_run_finishes(ledger_url: str) -> None:
+    """Another application's transaction open in the ledger's database holds every rebuild back:
+    with --wait-limit the run gives up in that time, saying why, instead of hanging a cron job;
+    the next run, once the transaction is over, finishes the month."""
+    with psycopg.connect(ledger_url, autocommit=True) as blocker:
+        blocker.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        blocker.execute("SELECT count(*) FROM ledger.chain_heads")  # holds a snapshot
+        started = time.monotonic()
+        result = CliRunner().invoke(
+            main, ["ledger", "compact", "--database-url", ledger_url, "--wait-limit", "1"]
+        )
+        waited = time.monotonic() - started
+        blocker.execute("ROLLBACK")
+    assert result.exit_code == 2, result.output
+    assert "gave up after waiting 1 s for the transactions open in this database" in result.output
+    assert waited < 20  # one rebuild's wait, not the transaction's life
+    assert not all(p.compacted for p in _closed(ledger_url))
+
+    result = CliRunner().invoke(
+        main, ["ledger", "compact", "--database-url", ledger_url, "--wait-limit", "30"]
+    )
+    assert result.exit_code == 0, result.output
+    assert all(p.compacted for p in _closed(ledger_url))
+    assert not any("_cc" in name for name in _index_state(ledger_url))
+    assert _invalid_indexes(ledger_url) == []
+
+
 @pytest.mark.parametrize("role", [Role.WRITER, Role.READER])
 def test_only_the_owner_compacts(ledger_url: str, role: Role) -> None:
     oldest = _closed(ledger_url)[0]

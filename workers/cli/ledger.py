@@ -130,15 +130,23 @@ def partitions_command(database_url: str, ahead: int, months: int) -> None:
     callback=lambda _ctx, _param, value: None if value is None else _month(value),
     help="Compact the months before this one (default: this month, i.e. every month that is over).",
 )
-def compact_command(database_url: str, before: date | None) -> None:
+@click.option(
+    "--wait-limit",
+    type=click.FloatRange(min=1),
+    metavar="SECONDS",
+    help="Give up when a rebuild has waited this long for the transactions open in this database"
+    " (or for a lock); the next run finishes the month. Default: wait as long as they last.",
+)
+def compact_command(database_url: str, before: date | None, wait_limit: float | None) -> None:
     """Rebuild the indexes of each month of ledger.events that is over, packed full, once.
 
     A month that is over takes no new row, but its indexes keep the half-empty pages that inserts
     left (a fifth to a third of their bytes). Each index of the month is rebuilt CONCURRENTLY
     (writers, readers and history go on; each rebuild waits for the transactions open in this
     database) and the month is marked compacted: run it monthly from cron, after `ledger
-    partitions`, off-peak and not while `ledger archive` runs. Rows and hashes are not touched. A
-    run cut short is finished by the next one; two runs at once are refused.
+    partitions`, off-peak and not while `ledger archive` runs (in cron, bound the waits with
+    --wait-limit). Rows and hashes are not touched. A run cut short is finished by the next one;
+    two runs at once are refused.
     """
     current = datetime.now(UTC).date().replace(day=1)
     month = before or current
@@ -151,6 +159,7 @@ def compact_command(database_url: str, before: date | None) -> None:
                 conn,
                 archive.bounds(month)["start"],
                 lambda name: click.echo(f"compacting ledger.{name} (REINDEX CONCURRENTLY) ..."),
+                wait_limit,
             ):
                 done += 1
                 was, now = compaction.index_bytes_before, compaction.index_bytes_after

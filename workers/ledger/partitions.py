@@ -23,7 +23,7 @@ import psycopg
 from psycopg import Connection, sql
 from psycopg.rows import class_row
 
-from workers.errors import LedgerError
+from workers.errors import LedgerError, ReservationBusy
 from workers.ledger.connector import translated
 from workers.ledger.models import Role
 from workers.ledger.queries import QUERIES
@@ -135,7 +135,7 @@ def _indexes(conn: Connection, partition: str) -> list[_Index]:
         return cur.fetchall()
 
 
-def compact_partition(conn: Connection, partition: str) -> Compaction:
+def compact_partition(conn: Connection, partition: str, wait_limit: float | None = None) -> Compaction:
     """Rebuild each index of ``partition`` packed full (B-trees at fillfactor 100: no insert will
     need the room) with ``REINDEX INDEX CONCURRENTLY``, writers and readers going on, then mark the
     partition compacted. Its TOAST index is left alone (nearly empty, nothing to pack, and a
@@ -145,8 +145,27 @@ def compact_partition(conn: Connection, partition: str) -> Compaction:
     :func:`compacting`. A run cut short leaves invalid ``_ccnew``/``_ccold`` copies and no mark:
     the next run drops those and starts again. Rows and their hashes are not touched: an index
     holds no evidence.
+
+    Each rebuild waits for the transactions open in the database (and for locks); ``wait_limit``
+    seconds (None: no limit) bounds each such wait, past which it gives up (:class:`LedgerError`,
+    the month left for the next run).
     """
     table = sql.Identifier(partition)
+    limit = "0" if wait_limit is None else f"{max(1, round(wait_limit * 1000))}ms"
+    with translated():
+        conn.execute("SELECT set_config('lock_timeout', %s, false)", [limit])
+    try:
+        return _compact(conn, partition, table)
+    except ReservationBusy as exc:  # a lock timeout: here, the wait_limit
+        if wait_limit is None:
+            raise
+        raise LedgerError(
+            f"ledger.{partition}: gave up after waiting {wait_limit:g} s for the transactions open in this"
+            " database (or a lock) to end; run it again when they have (the next run finishes the month)"
+        ) from exc
+
+
+def _compact(conn: Connection, partition: str, table: sql.Identifier) -> Compaction:
     with translated():
         for index in _indexes(conn, partition):
             if not index.valid and not index.attached and _LEFTOVER.search(index.index_name):
@@ -176,15 +195,18 @@ def compact_partition(conn: Connection, partition: str) -> Compaction:
 
 
 def compact_closed(
-    conn: Connection, before: datetime, started: Callable[[str], None] = lambda _name: None
+    conn: Connection,
+    before: datetime,
+    started: Callable[[str], None] = lambda _name: None,
+    wait_limit: float | None = None,
 ) -> Iterator[Compaction]:
     """Compact every partition whose months are over by ``before`` and that is not compacted yet,
     oldest first, holding the compaction lock (idempotent): each as it is done; ``started`` is
-    told each partition's name before its rebuild."""
+    told each partition's name before its rebuild; ``wait_limit`` as in :func:`compact_partition`."""
     with compacting(conn):
         for name in partitions_to_compact(conn, before):
             started(name)
-            yield compact_partition(conn, name)
+            yield compact_partition(conn, name, wait_limit)
 
 
 def _qualified(index_name: str) -> sql.Composable:
