@@ -242,8 +242,13 @@ CREATE TABLE ledger.chain_heads (
     chain_key text PRIMARY KEY,
     chain_seq bigint NOT NULL,
     head_hash bytea NOT NULL,
-    head_position bigint NOT NULL
+    head_position bigint NOT NULL,
+    -- The earliest recorded_at of the chain's rows, so that look-ups in a chain read only the
+    -- months it has rows in (migration 0018); NULL for a chain begun before.
+    first_recorded_at timestamptz
 );
+COMMENT ON COLUMN ledger.chain_heads.first_recorded_at IS
+    'The earliest recorded_at of the chain''s rows (migration 0018); NULL for a chain begun before.';
 
 -- The canonical serialisation of a ledger row: the one definition that the chain trigger and
 -- `reservations ledger verify` both hash. It is the text form of a row value (PostgreSQL's record
@@ -374,14 +379,21 @@ BEGIN
         NEW.chain_seq := 1;
         NEW.prev_hash := '\x0000000000000000000000000000000000000000000000000000000000000000'::bytea;
         NEW.row_hash := ledger.event_hash(NEW);
-        INSERT INTO ledger.chain_heads (chain_key, chain_seq, head_hash, head_position)
-        VALUES (NEW.chain_key, NEW.chain_seq, NEW.row_hash, NEW.position);
+        INSERT INTO ledger.chain_heads (chain_key, chain_seq, head_hash, head_position, first_recorded_at)
+        VALUES (NEW.chain_key, NEW.chain_seq, NEW.row_hash, NEW.position, NEW.recorded_at);
     ELSE
         NEW.chain_seq := head.chain_seq + 1;
         NEW.prev_hash := head.head_hash;
         NEW.row_hash := ledger.event_hash(NEW);
+        -- A row's recorded_at is taken before it waits for the chain's lock, so a row appended
+        -- later may be recorded earlier than the chain's first: keep the earlier. NULL (a chain
+        -- begun before migration 0018) stays NULL: its first moment is not known (least() would
+        -- take the new row's, which is not).
         UPDATE ledger.chain_heads
-           SET chain_seq = NEW.chain_seq, head_hash = NEW.row_hash, head_position = NEW.position
+           SET chain_seq = NEW.chain_seq, head_hash = NEW.row_hash, head_position = NEW.position,
+               first_recorded_at = CASE WHEN first_recorded_at <= NEW.recorded_at THEN first_recorded_at
+                                        WHEN first_recorded_at IS NULL THEN NULL
+                                        ELSE NEW.recorded_at END
          WHERE chain_key = NEW.chain_key;
     END IF;
     RETURN NEW;
@@ -768,6 +780,7 @@ CREATE FUNCTION ledger.record_transition(
     p_source text DEFAULT NULL, p_trace_id text DEFAULT NULL
 ) RETURNS TABLE (transition_position bigint, outcome_position bigint, outcome text, appended boolean)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+    SET plan_cache_mode = force_generic_plan
 AS $$
 DECLARE
     a ledger.actions;
@@ -776,6 +789,8 @@ DECLARE
     from_status text := p_from_status;
     t_pos bigint;
     t_at timestamptz;
+    head ledger.chain_heads;
+    since timestamptz;
     o_pos bigint;
     o_detail text := p_detail;
     settles boolean := false;
@@ -789,9 +804,16 @@ BEGIN
         END IF;
     END IF;
     SELECT * INTO r FROM ledger.reservations WHERE reservation_sid = p_reservation_sid;
+    -- Every row of the chain was recorded at or after its first moment (migration 0018): the
+    -- look-ups below read only the partitions from that month on. No head: the chain has no row
+    -- yet. A head without it (a chain begun before 0018): every partition, as before.
+    SELECT * INTO head FROM ledger.chain_heads h WHERE h.chain_key = p_reservation_sid;
+    since := CASE WHEN head.chain_key IS NULL THEN 'infinity'
+                  ELSE coalesce(head.first_recorded_at, '-infinity') END;
     SELECT e.position INTO t_pos
       FROM ledger.events e
      WHERE ledger.key64(e.chain_key) = ledger.key64(p_reservation_sid) AND e.chain_key = p_reservation_sid
+       AND e.recorded_at >= since
        AND e.kind = 'transition' AND e.to_status = p_to_status
        AND (src = 'event' OR e.source = 'event')
      ORDER BY e.position
@@ -808,6 +830,7 @@ BEGIN
             SELECT e.to_status INTO from_status
               FROM ledger.events e
              WHERE ledger.key64(e.chain_key) = ledger.key64(p_reservation_sid) AND e.chain_key = p_reservation_sid
+               AND e.recorded_at >= since
                AND e.kind = 'transition'
                AND ledger.status_rank(e.to_status) < ledger.status_rank(p_to_status)
              ORDER BY ledger.status_rank(e.to_status) DESC, e.position DESC

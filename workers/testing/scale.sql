@@ -112,13 +112,15 @@ WITH added AS (
                                      %(step_us)s, %(xid_per_position)s, %(in_flight)s,
                                      %(rows_per_action)s)
      ORDER BY position  -- in time order on disk, as the workers write them
-    RETURNING chain_key, chain_seq, row_hash, position
+    RETURNING chain_key, chain_seq, row_hash, position, recorded_at
 )
-INSERT INTO ledger.chain_heads (chain_key, chain_seq, head_hash, head_position)
-SELECT DISTINCT ON (chain_key) chain_key, chain_seq, row_hash, position
+INSERT INTO ledger.chain_heads (chain_key, chain_seq, head_hash, head_position, first_recorded_at)
+SELECT DISTINCT ON (chain_key) chain_key, chain_seq, row_hash, position,
+       min(recorded_at) OVER (PARTITION BY chain_key)
   FROM added ORDER BY chain_key, chain_seq DESC
 ON CONFLICT (chain_key) DO UPDATE
-   SET chain_seq = excluded.chain_seq, head_hash = excluded.head_hash, head_position = excluded.head_position;
+   SET chain_seq = excluded.chain_seq, head_hash = excluded.head_hash, head_position = excluded.head_position,
+       first_recorded_at = least(ledger.chain_heads.first_recorded_at, excluded.first_recorded_at);
 
 -- name: load_actions
 -- The registry of the same reservations, its outcomes those of the rows (the complete of every
