@@ -11,7 +11,13 @@ includes the SQL each runs: index upkeep, the hash chain's reads and writes), th
 as the owner of the database's URL (a superuser can set ``track_functions``) and then as the
 writer role, as the workers do.
 
-Run from the repository root: ``.venv/bin/python ops/bench_ledger_path.py [--accepts 1000]``.
+With ``--history-months N`` the database first holds N months of history (``--history-rows``
+rows, whole reservations, loaded by the scale loader as ``ops/bench_ledger_scale.py`` loads
+them, one partition a month): what an accept costs on a ledger kept that long, rather than on
+a new one.
+
+Run from the repository root: ``.venv/bin/python ops/bench_ledger_path.py [--accepts 1000]
+[--history-months 12]``.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import argparse
 import time
 import uuid
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psycopg
@@ -32,6 +39,7 @@ from workers.ledger.connector import BoundConnection, prepare
 from workers.ledger.events import Intent, Transition
 from workers.ledger.models import Outcome, Role, Source
 from workers.ledger.writer import PostgresLedgerWriter
+from workers.testing import scale
 
 FUNCTION_STATS = """
 SELECT funcname, calls, total_time, self_time
@@ -99,9 +107,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--accepts", type=int, default=1000, help="accepts replayed (default 1000)")
+    parser.add_argument(
+        "--history-months",
+        type=int,
+        default=0,
+        help="months of history the ledger holds first (default 0: a new ledger)",
+    )
+    parser.add_argument(
+        "--history-rows",
+        type=int,
+        default=600_000,
+        help="rows of that history (default 600,000)",
+    )
     args = parser.parse_args(argv)
     n = args.accepts
-    with scratch_database() as url, psycopg.connect(url, autocommit=True) as conn:
+    with scratch_database() as url:
+        if args.history_months > 0:
+            end = datetime.now(UTC) - timedelta(minutes=1)
+            shape = scale.plan(url, args.history_rows, 0, end - timedelta(days=30 * args.history_months), end)
+            scale.load(url, shape, 0, shape.top)
+            print(f"history: {args.history_rows:,} rows over {args.history_months} months")
+        run(url, n)
+    return 0
+
+
+def run(url: str, n: int) -> None:
+    """Replay ``n`` accepts on ``url`` and print where the backend's time went."""
+    with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("SET track_functions = 'pl'")
         pid = conn.info.backend_pid
         prepare(conn, Role.WRITER)
@@ -130,7 +162,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if cpu_before is not None and cpu_after is not None:
         print(f"  backend CPU {(cpu_after - cpu_before) * 1000 / n:.2f} ms", end="; ")
     print(f"wall {wall * 1000 / n:.2f} ms")
-    return 0
 
 
 if __name__ == "__main__":
