@@ -13,12 +13,13 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.ledger.conftest import make_action, open_writer, superuser
+from tests.ledger.conftest import make_action, open_writer, seal, superuser
 from workers.core.sids import new_sid
 from workers.ledger import partitions
 from workers.ledger.connector import connect
 from workers.ledger.events import Attempt, Transition
 from workers.ledger.models import Role, Source
+from workers.ledger.verify import verify, verify_since
 
 
 def _head(url: str, chain_key: str) -> tuple[datetime | None, datetime]:
@@ -33,14 +34,28 @@ def _head(url: str, chain_key: str) -> tuple[datetime | None, datetime]:
     return row[0], row[1]
 
 
-def _append_direct(conn: psycopg.Connection[Any], chain_key: str, detail: str) -> None:
-    """A row of the chain, appended by a superuser straight into ledger.events: through the chain
-    trigger like any other (it sets recorded_at before it waits for the chain's lock)."""
+def _append_direct(conn: psycopg.Connection[Any], chain_key: str, detail: str, to_status: str) -> None:
+    """TaskRouter's event of a transition, appended by a superuser straight into ledger.events:
+    through the chain trigger like any other row (it sets recorded_at before it waits for the
+    chain's lock)."""
     conn.execute(
         "INSERT INTO ledger.events (kind, reservation_sid, to_status, detail, source)"
-        " VALUES ('transition', %s, 'pending', %s, 'fetch')",
-        [chain_key, detail],
+        " VALUES ('transition', %s, %s, %s, 'event')",
+        [chain_key, to_status, detail],
     )
+
+
+def _event_transition_appended(url: str, chain_key: str, to_status: str) -> bool:
+    """Whether record_transition appends TaskRouter's event of ``to_status`` to the chain (False:
+    it found the chain's row of that event, however far back)."""
+    with connect(url, Role.WRITER) as conn:
+        row = conn.execute(
+            "SELECT appended FROM ledger.record_transition(NULL, %s, NULL, NULL, NULL, NULL, %s, NULL,"
+            " NULL, NULL, NULL, NULL, NULL, NULL, 'event again', 'tests', 1, 'event', NULL)",
+            [chain_key, to_status],
+        ).fetchone()
+    assert row is not None
+    return bool(row[0])
 
 
 def test_the_head_keeps_the_chains_first_moment(db_url: str) -> None:
@@ -74,7 +89,7 @@ def test_a_row_recorded_before_the_chains_first_appended_row_moves_the_first_mom
 
         def append_late() -> None:
             try:
-                _append_direct(late, chain, "recorded first, appended second")
+                _append_direct(late, chain, "recorded first, appended second", "accepted")
             except BaseException as exc:  # reported to the test
                 waited.append(exc)
 
@@ -84,16 +99,17 @@ def test_a_row_recorded_before_the_chains_first_appended_row_moves_the_first_mom
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline:
                 row = admin.execute(
-                    "SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s", [late.info.backend_pid]
+                    "SELECT wait_event FROM pg_stat_activity WHERE pid = %s", [late.info.backend_pid]
                 ).fetchone()
-                if row and row[0] == "Lock":
+                if row and row[0] == "advisory":
                     break
                 time.sleep(0.02)
             else:
                 pytest.fail("the late row never waited for the chain's lock")
-        _append_direct(holder, chain, "recorded second, appended first")
+        _append_direct(holder, chain, "recorded second, appended first", "pending")
         holder.execute("COMMIT")
         other.join(10)
+    assert not other.is_alive()
     assert not waited
     with superuser(db_url) as conn:
         rows = conn.execute(
@@ -103,6 +119,70 @@ def test_a_row_recorded_before_the_chains_first_appended_row_moves_the_first_mom
     assert rows[1][1] < rows[0][1]
     first, earliest = _head(db_url, chain)
     assert first == earliest == rows[1][1]
+    assert not _event_transition_appended(db_url, chain, "accepted")  # found at the first moment
+    assert not _event_transition_appended(db_url, chain, "pending")
+
+
+def test_the_chains_first_row_is_found_by_the_bounded_look_up(db_url: str) -> None:
+    """The row at the chain's very first moment is inside the bound: TaskRouter's event begins the
+    chain, and the action's answer of the same transition is that row, not a second one."""
+    action = make_action()
+    with open_writer(db_url) as writer:
+        writer.append(
+            Transition(
+                action.reservation_sid,
+                from_status="pending",
+                to_status="accepted",
+                etag_before=None,
+                etag_after="2",
+                source=Source.EVENT,
+            )
+        )
+        writer.receive(action)
+        first, earliest = _head(db_url, action.reservation_sid)
+        assert first == earliest
+        result = writer.append(
+            Transition(
+                action.reservation_sid,
+                from_status="pending",
+                to_status="accepted",
+                etag_before="1",
+                etag_after="2",
+                action_id=action.action_id,
+                workspace_sid=action.workspace_sid,
+                task_sid=action.task_sid,
+                worker_sid=action.worker_sid,
+                attempt=1,
+                http_status=200,
+            )
+        )
+    assert not result.appended
+
+
+def test_verify_reports_a_head_that_says_its_chain_began_later(fresh_db_url: str) -> None:
+    """first_recorded_at is not hashed: a head edited to a later moment would hide the chain's
+    earlier rows from the write path's look-ups (a transition recorded twice). The full verify and
+    the incremental one both report it."""
+    with open_writer(fresh_db_url) as writer:
+        writer.receive(make_action())
+        checkpoint = seal(fresh_db_url)
+        action = make_action()
+        writer.receive(action)
+    with connect(fresh_db_url, Role.READER) as conn:
+        assert verify(conn) == []
+    with superuser(fresh_db_url) as conn, conn.transaction():
+        conn.execute("SET LOCAL session_replication_role = replica")  # the guards off
+        conn.execute(
+            "UPDATE ledger.chain_heads SET first_recorded_at = first_recorded_at + interval '1 microsecond'"
+            " WHERE chain_key = %s",
+            [action.reservation_sid],
+        )
+    with connect(fresh_db_url, Role.READER) as conn:
+        found = verify(conn)
+        since, _checked = verify_since(conn, checkpoint.checkpoint_id)
+    for problems in (found, since):
+        assert [(p.kind, p.chain_key) for p in problems] == [("altered", action.reservation_sid)]
+        assert "the chain's head says it began at" in problems[0].message
 
 
 def test_a_chain_begun_before_0018_keeps_no_first_moment_and_is_read_whole(db_url: str) -> None:
@@ -154,11 +234,11 @@ def test_a_transition_of_a_chain_begun_this_month_reads_no_older_month(ledger_ur
     chain index of no month before the chain began (before 0018: every partition's)."""
     with connect(ledger_url, Role.READER) as conn:
         month_start = datetime.now(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-        older = [
-            p.partition_name
-            for p in partitions.list_partitions(conn)
-            if p.upper is not None and p.upper <= month_start and p.has_rows
-        ]
+        listed = partitions.list_partitions(conn)
+    older = {
+        p.partition_name for p in listed if p.upper is not None and p.upper <= month_start and p.has_rows
+    }
+    current = next(p.partition_name for p in listed if p.lower is not None and p.lower == month_start)
     assert len(older) >= 2
     action = make_action()
     with open_writer(ledger_url) as writer:
@@ -176,8 +256,9 @@ def test_a_transition_of_a_chain_begun_this_month_reads_no_older_month(ledger_ur
                 "  FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class t ON t.oid = i.indrelid"
                 "  JOIN pg_catalog.pg_class x ON x.oid = i.indexrelid"
                 " WHERE x.relname LIKE '%%chain%%' AND t.relname = ANY(%s)",
-                [older],
+                [sorted(older | {current})],
             ).fetchall()
         )
-    assert set(probed) == set(older)  # the counters are there to read
-    assert probed == dict.fromkeys(older, 0)
+    assert set(probed) == set(older | {current})  # the counters are there to read
+    assert probed[current] >= 1  # the chain's own month is read
+    assert {name: probed[name] for name in older} == dict.fromkeys(older, 0)

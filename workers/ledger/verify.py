@@ -40,6 +40,7 @@ def verify(conn: Connection, expected: Sequence[tuple[int, bytes]] = ()) -> list
             problems.extend(_row_problems(row))
         problems.extend(_unheaded_problems(_rows(conn, "verify_unheaded_rows")))
         problems.extend(_head_problem(row) for row in _rows(conn, "verify_heads"))
+        problems.extend(_first_moment_problems(_rows(conn, "verify_first_moments")))
         for row in _rows(conn, "verify_sealed_heads"):
             kind = "removed" if row["missing"] else "altered"
             what = "is missing" if row["missing"] else "differs from the sealed head"
@@ -91,6 +92,7 @@ def verify_since(
             problems.extend(_row_problems(row))
         problems.extend(_unheaded_problems(_rows(conn, "verify_unheaded_rows_since", params)))
         problems.extend(_head_problem(row) for row in _rows(conn, "verify_heads_since", params))
+        problems.extend(_first_moment_problems(_rows(conn, "verify_first_moments_since", params)))
         problems.extend(_checkpoint_problems(_rows(conn, "verify_checkpoints", {"after": checkpoint_id})))
     return problems, checked
 
@@ -166,6 +168,19 @@ def _row_problems(row: dict[str, Any]) -> list[Problem]:
             )
         )
     return found
+
+
+def _first_moment_problems(rows: list[dict[str, Any]]) -> list[Problem]:
+    return [
+        Problem(
+            "altered",
+            row["chain_key"],
+            row["head_position"],
+            f"the chain's head says it began at {row['first_recorded_at'].isoformat()}, but a row of it"
+            f" was recorded at {row['earliest'].isoformat()}: the head was altered",
+        )
+        for row in rows
+    ]
 
 
 def _head_problem(row: dict[str, Any]) -> Problem:

@@ -256,6 +256,34 @@ SELECT h.chain_key, h.chain_seq AS head_seq, h.head_position,
     OR coalesce(t.row_hash, a.row_hash) <> h.head_hash
  ORDER BY h.head_position;
 
+-- name: verify_first_moments
+-- Chains whose head says they began after one of their rows was recorded (migration 0018): the
+-- write path's look-ups in a chain read only from that moment on, so such a head would hide the
+-- row from them. A head without a first moment (a chain begun before 0018) is not checked. One
+-- pass over the ledger (each chain's earliest row), as the rest of the full verify reads it.
+SELECT h.chain_key, h.head_position, h.first_recorded_at, m.earliest
+  FROM (SELECT e.chain_key, min(e.recorded_at) AS earliest FROM ledger.events e GROUP BY e.chain_key) AS m
+  JOIN ledger.chain_heads h ON h.chain_key = m.chain_key
+ WHERE h.first_recorded_at > m.earliest
+ ORDER BY h.head_position;
+
+-- name: verify_first_moments_since
+-- verify_first_moments for the chains with a row at or above a checkpoint's horizon, each read
+-- only in the months before its head's first moment.
+SELECT h.chain_key, h.head_position, h.first_recorded_at, r.earliest
+  FROM (SELECT DISTINCT e.chain_key FROM ledger.events e WHERE e.tx_id >= %(horizon)s::text::xid8) AS moved
+ CROSS JOIN LATERAL (
+    SELECT * FROM ledger.chain_heads c WHERE c.chain_key = moved.chain_key LIMIT 1
+ ) AS h
+ CROSS JOIN LATERAL (
+    SELECT min(e.recorded_at) AS earliest
+      FROM ledger.events e
+     WHERE ledger.key64(e.chain_key) = ledger.key64(h.chain_key) AND e.chain_key = h.chain_key
+       AND e.recorded_at < h.first_recorded_at
+ ) AS r
+ WHERE r.earliest IS NOT NULL
+ ORDER BY h.head_position;
+
 -- name: verify_sealed_heads
 -- Each chain's latest sealed head that the ledger no longer holds as sealed (a head in a month
 -- archived and detached was checked against the export when it was archived).
