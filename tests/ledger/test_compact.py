@@ -255,6 +255,15 @@ def test_a_wait_limit_gives_up_on_an_open_transaction_and_the_next_run_finishes(
     assert _invalid_indexes(ledger_url) == []
 
 
+def test_a_wait_limit_leaves_the_callers_own_lock_timeout(ledger_url: str) -> None:
+    oldest = _closed(ledger_url)[0]
+    with connect(ledger_url, Role.OWNER) as conn:
+        conn.execute("SET lock_timeout = '7s'")
+        with partitions.compacting(conn):
+            partitions.compact_partition(conn, oldest.partition_name, wait_limit=30)
+        assert conn.execute("SHOW lock_timeout").fetchone() == ("7s",)
+
+
 @pytest.mark.parametrize("role", [Role.WRITER, Role.READER])
 def test_only_the_owner_compacts(ledger_url: str, role: Role) -> None:
     oldest = _closed(ledger_url)[0]

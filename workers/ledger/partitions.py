@@ -151,18 +151,22 @@ def compact_partition(conn: Connection, partition: str, wait_limit: float | None
     the month left for the next run).
     """
     table = sql.Identifier(partition)
-    limit = "0" if wait_limit is None else f"{max(1, round(wait_limit * 1000))}ms"
+    if wait_limit is None:
+        return _compact(conn, partition, table)
     with translated():
+        found = conn.execute("SELECT current_setting('lock_timeout')").fetchone()
+        limit = f"{max(1, round(wait_limit * 1000))}ms"
         conn.execute("SELECT set_config('lock_timeout', %s, false)", [limit])
     try:
         return _compact(conn, partition, table)
     except ReservationBusy as exc:  # a lock timeout: here, the wait_limit
-        if wait_limit is None:
-            raise
         raise LedgerError(
             f"ledger.{partition}: gave up after waiting {wait_limit:g} s for the transactions open in this"
             " database (or a lock) to end; run it again when they have (the next run finishes the month)"
         ) from exc
+    finally:  # the caller's connection keeps its own setting (a connection cut has none to keep)
+        with suppress(psycopg.Error):
+            conn.execute("SELECT set_config('lock_timeout', %s, false)", [found[0] if found else "0"])
 
 
 def _compact(conn: Connection, partition: str, table: sql.Identifier) -> Compaction:
