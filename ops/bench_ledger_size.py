@@ -23,7 +23,7 @@ heads) are reclaimed (their live rows copied into fresh tables with the same ind
 autovacuum lets that space be reused. The next line adds what ``reservations ledger compact``
 does to a month once it is over (its indexes rebuilt packed full): what an action costs for good.
 The last line is a study, not the ledger: the same rows copied into the most compact encoding
-that keeps every fact exactly (``ops/ledger_encoding_study.sql``: raw 16-byte SIDs and ids,
+that keeps every fact of these rows exactly (``ops/ledger_encoding_study.sql``: raw 16-byte SIDs and ids,
 one-byte codes, no stored ``prev_hash``, the projection and the chain heads in one table), to
 show what a change of the row format could save.
 

@@ -3,15 +3,17 @@
 -- 2,000 bytes per action). `ops/bench_ledger_size.py` runs it on its database after its own
 -- figures and prints the total; nothing reads these tables.
 --
--- What it changes, each exact (a value that does not fit keeps its text in a fallback column,
--- NULL otherwise, which costs one bit):
+-- What it changes, each exact for the benchmark's rows (a SID, request or trace id that does not
+-- fit keeps its text in a fallback column, NULL otherwise, which costs one bit; the study assumes
+-- the shapes the benchmark writes: one SID prefix a column, no reservation_sid stored on a row,
+-- action names the registry knows):
 --   * SIDs, request ids and trace ids as their 16 raw bytes (two letters and 32 hex digits);
 --   * kinds, statuses, outcomes, sources and action names as one-byte codes ("char");
 --   * no stored prev_hash (it is the previous row's row_hash in the same chain);
 --   * the intent's argument digest as its 32 raw bytes instead of "arguments hmac-sha256:<hex>";
 --   * the projection and the chain heads of reservations in one table, one row a reservation;
---   * small counts as smallint; every index as the ledger has it, built packed full (as
---     `reservations ledger compact` leaves a month).
+--   * small counts as smallint; the events' indexes as the ledger has them, built packed full (as
+--     `reservations ledger compact` leaves a month); the others built fresh.
 SET client_min_messages = warning;
 DROP SCHEMA IF EXISTS encoding_study CASCADE;
 CREATE SCHEMA encoding_study;
@@ -158,13 +160,14 @@ CREATE TABLE encoding_study.reservations (
     chain_seq bigint NOT NULL,
     head_position bigint NOT NULL,
     head_hash bytea NOT NULL,
+    first_recorded_at timestamptz,
     status "char",
     etag text
 );
 INSERT INTO encoding_study.reservations
 SELECT encoding_study.raw(h.chain_key), encoding_study.raw(r.workspace_sid), encoding_study.raw(r.task_sid),
        encoding_study.raw(r.worker_sid), r.last_position, r.updated_at, h.chain_seq, h.head_position,
-       h.head_hash, encoding_study.code(r.status, s.words), r.etag
+       h.head_hash, h.first_recorded_at, encoding_study.code(r.status, s.words), r.etag
   FROM ledger.chain_heads h
   LEFT JOIN ledger.reservations r ON r.reservation_sid = h.chain_key,
        (SELECT ARRAY['pending', 'accepted', 'rejected', 'timeout', 'canceled', 'rescinded', 'wrapping',

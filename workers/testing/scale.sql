@@ -120,7 +120,8 @@ SELECT DISTINCT ON (chain_key) chain_key, chain_seq, row_hash, position,
   FROM added ORDER BY chain_key, chain_seq DESC
 ON CONFLICT (chain_key) DO UPDATE
    SET chain_seq = excluded.chain_seq, head_hash = excluded.head_hash, head_position = excluded.head_position,
-       first_recorded_at = least(ledger.chain_heads.first_recorded_at, excluded.first_recorded_at);
+       first_recorded_at = CASE WHEN ledger.chain_heads.first_recorded_at IS NULL THEN NULL
+                                ELSE least(ledger.chain_heads.first_recorded_at, excluded.first_recorded_at) END;
 
 -- name: load_actions
 -- The registry of the same reservations, its outcomes those of the rows (the complete of every

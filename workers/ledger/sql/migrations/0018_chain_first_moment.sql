@@ -13,8 +13,10 @@
 -- the chain was recorded at or after that moment. A chain begun before this migration has no
 -- first moment (NULL, never filled in: that would read the whole ledger here) and is read in
 -- every partition, as before. record_transition runs its statements as generic plans
--- (plan_cache_mode): a custom plan would plan every partition at each call before pruning them,
--- which cost more than the probes saved; a generic plan is pruned when it starts.
+-- (plan_cache_mode): with the bound, PostgreSQL would otherwise plan the look-ups afresh at every
+-- call (a custom plan, pruned while planning, but planning itself visits every partition), which
+-- cost more than the probes saved; a generic plan is planned once and pruned when it starts (it
+-- still locks each partition at each call, a small cost that grows with the months kept).
 SET LOCAL ROLE reservations_owner;
 -- Adding a nullable column is a change of the catalog only, but it needs ACCESS EXCLUSIVE on
 -- chain_heads, which every append reads: wait at most 10 s for it (then nothing changes, and the
