@@ -14,6 +14,7 @@ import psycopg
 import pytest
 
 from tests.ledger.conftest import make_action, open_writer, seal, superuser
+from workers.core.action import Action
 from workers.core.sids import new_sid
 from workers.ledger import partitions
 from workers.ledger.connector import connect
@@ -32,6 +33,23 @@ def _head(url: str, chain_key: str) -> tuple[datetime | None, datetime]:
         ).fetchone()
     assert row is not None
     return row[0], row[1]
+
+
+def _accepted(action: Action) -> Transition:
+    """The action's own answer: pending to accepted."""
+    return Transition(
+        action.reservation_sid,
+        from_status="pending",
+        to_status="accepted",
+        etag_before="1",
+        etag_after="2",
+        action_id=action.action_id,
+        workspace_sid=action.workspace_sid,
+        task_sid=action.task_sid,
+        worker_sid=action.worker_sid,
+        attempt=1,
+        http_status=200,
+    )
 
 
 def _append_direct(conn: psycopg.Connection[Any], chain_key: str, detail: str, to_status: str) -> None:
@@ -141,21 +159,7 @@ def test_the_chains_first_row_is_found_by_the_bounded_look_up(db_url: str) -> No
         writer.receive(action)
         first, earliest = _head(db_url, action.reservation_sid)
         assert first == earliest
-        result = writer.append(
-            Transition(
-                action.reservation_sid,
-                from_status="pending",
-                to_status="accepted",
-                etag_before="1",
-                etag_after="2",
-                action_id=action.action_id,
-                workspace_sid=action.workspace_sid,
-                task_sid=action.task_sid,
-                worker_sid=action.worker_sid,
-                attempt=1,
-                http_status=200,
-            )
-        )
+        result = writer.append(_accepted(action))
     assert not result.appended
 
 
@@ -210,21 +214,7 @@ def test_a_chain_begun_before_0018_keeps_no_first_moment_and_is_read_whole(db_ur
             )
         writer.append(Attempt(action.action_id, attempt=1, etag_before="1", http_status=503))
         assert _head(db_url, action.reservation_sid)[0] is None  # a row now has not given it one
-        result = writer.append(
-            Transition(
-                action.reservation_sid,
-                from_status="pending",
-                to_status="accepted",
-                etag_before="1",
-                etag_after="2",
-                action_id=action.action_id,
-                workspace_sid=action.workspace_sid,
-                task_sid=action.task_sid,
-                worker_sid=action.worker_sid,
-                attempt=1,
-                http_status=200,
-            )
-        )
+        result = writer.append(_accepted(action))
     assert not result.appended  # the event's row is the transition
     assert _head(db_url, action.reservation_sid)[0] is None
 
