@@ -3,6 +3,7 @@ tests/conftest.py (one per module, or one per test for tests that tamper with it
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -76,6 +77,19 @@ def make_action(**overrides: Any) -> Action:
 def superuser(url: str) -> psycopg.Connection[Any]:
     """A superuser connection that bypasses the ledger's role (for tampering and inspection)."""
     return psycopg.connect(url, autocommit=True)
+
+
+def waits_for(url: str, pid: int, wait_event: str, seconds: float = 30) -> bool:
+    """Whether the backend ``pid`` comes to wait on ``wait_event`` (pg_stat_activity) within
+    ``seconds``: how a test knows another connection is blocked where it means it to be."""
+    with superuser(url) as admin:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            found = admin.execute("SELECT wait_event FROM pg_stat_activity WHERE pid = %s", [pid]).fetchone()
+            if found and found[0] == wait_event:
+                return True
+            time.sleep(0.02)
+    return False
 
 
 def seal(url: str) -> Checkpoint:

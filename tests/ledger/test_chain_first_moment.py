@@ -6,14 +6,13 @@ and a chain begun before 0018 is read in every month, as before."""
 from __future__ import annotations
 
 import threading
-import time
 from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
 import pytest
 
-from tests.ledger.conftest import make_action, open_writer, seal, superuser
+from tests.ledger.conftest import make_action, open_writer, seal, superuser, waits_for
 from workers.core.action import Action
 from workers.core.sids import new_sid
 from workers.ledger import partitions
@@ -49,6 +48,18 @@ def _accepted(action: Action) -> Transition:
         worker_sid=action.worker_sid,
         attempt=1,
         http_status=200,
+    )
+
+
+def _event_accepted(reservation_sid: str) -> Transition:
+    """TaskRouter's event of the same transition."""
+    return Transition(
+        reservation_sid,
+        from_status="pending",
+        to_status="accepted",
+        etag_before=None,
+        etag_after="2",
+        source=Source.EVENT,
     )
 
 
@@ -113,17 +124,8 @@ def test_a_row_recorded_before_the_chains_first_appended_row_moves_the_first_mom
 
         other = threading.Thread(target=append_late)
         other.start()
-        with superuser(db_url) as admin:
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline:
-                row = admin.execute(
-                    "SELECT wait_event FROM pg_stat_activity WHERE pid = %s", [late.info.backend_pid]
-                ).fetchone()
-                if row and row[0] == "advisory":
-                    break
-                time.sleep(0.02)
-            else:
-                pytest.fail("the late row never waited for the chain's lock")
+        if not waits_for(db_url, late.info.backend_pid, "advisory", 10):
+            pytest.fail("the late row never waited for the chain's lock")
         _append_direct(holder, chain, "recorded second, appended first", "pending")
         holder.execute("COMMIT")
         other.join(10)
@@ -146,16 +148,7 @@ def test_the_chains_first_row_is_found_by_the_bounded_look_up(db_url: str) -> No
     chain, and the action's answer of the same transition is that row, not a second one."""
     action = make_action()
     with open_writer(db_url) as writer:
-        writer.append(
-            Transition(
-                action.reservation_sid,
-                from_status="pending",
-                to_status="accepted",
-                etag_before=None,
-                etag_after="2",
-                source=Source.EVENT,
-            )
-        )
+        writer.append(_event_accepted(action.reservation_sid))
         writer.receive(action)
         first, earliest = _head(db_url, action.reservation_sid)
         assert first == earliest
@@ -196,16 +189,7 @@ def test_a_chain_begun_before_0018_keeps_no_first_moment_and_is_read_whole(db_ur
     action = make_action()
     with open_writer(db_url) as writer:
         writer.receive(action)
-        writer.append(
-            Transition(
-                action.reservation_sid,
-                from_status="pending",
-                to_status="accepted",
-                etag_before=None,
-                etag_after="2",
-                source=Source.EVENT,
-            )
-        )
+        writer.append(_event_accepted(action.reservation_sid))
         with superuser(db_url) as conn, conn.transaction():
             conn.execute("SET LOCAL session_replication_role = replica")  # the guards off: a 0017 head
             conn.execute(

@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 from psycopg import sql
 
-from tests.ledger.conftest import open_reader, superuser
+from tests.ledger.conftest import open_reader, superuser, waits_for
 from workers.cli import main
 from workers.errors import ReservationsError
 from workers.ledger import partitions
@@ -196,17 +196,9 @@ def test_a_compaction_cut_short_is_finished_by_the_next_run(ledger_url: str, cut
         pid = owner.info.backend_pid
         worker = threading.Thread(target=compact)
         worker.start()
+        if not waits_for(ledger_url, pid, "virtualxid"):
+            pytest.fail("the compaction never waited for the open snapshot")
         with superuser(ledger_url) as admin:
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline:
-                found = admin.execute(
-                    "SELECT wait_event FROM pg_stat_activity WHERE pid = %s", [pid]
-                ).fetchone()
-                if found and found[0] == "virtualxid":
-                    break
-                time.sleep(0.05)
-            else:
-                pytest.fail("the compaction never waited for the open snapshot")
             admin.execute(sql.SQL("SELECT {}(%s)").format(sql.Identifier(cut)), [pid])
         worker.join(30)
         blocker.execute("ROLLBACK")
